@@ -1,0 +1,241 @@
+//! The one HTTP error type: every failure leaves the server as OpenAI's error envelope
+//! `{"error": {"message", "type", "param", "code"}}`, including actix's own rejections.
+
+use actix_web::body::EitherBody;
+use actix_web::dev::ServiceResponse;
+use actix_web::http::StatusCode;
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::middleware::ErrorHandlerResponse;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::domain::DomainError;
+use crate::store::StoreError;
+
+/// An error as the client sees it.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    kind: &'static str,
+    param: Option<String>,
+    code: Option<String>,
+}
+
+/// The envelope's inner object.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorObject {
+    /// Human-readable description.
+    pub message: String,
+    /// `invalid_request_error`, `server_error`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The offending parameter, if any.
+    pub param: Option<String>,
+    /// A machine-readable code, if any.
+    pub code: Option<String>,
+}
+
+/// `{"error": {...}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorResponse {
+    /// The error.
+    pub error: ErrorObject,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+        }
+    }
+
+    /// 400 `invalid_request_error`.
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self {
+            param: param.map(str::to_owned),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+        }
+    }
+
+    /// 404 for an object that does not exist (or belongs to someone else).
+    pub fn not_found(what: &str, id: &str) -> Self {
+        Self {
+            param: Some("id".to_owned()),
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("No such {what}: '{id}'"),
+            )
+        }
+    }
+
+    /// 409 for a state conflict.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "invalid_request_error", message).with_code("conflict")
+    }
+
+    /// 401 with `invalid_api_key`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+            .with_code("invalid_api_key")
+    }
+
+    /// 413 for an oversize body.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", message)
+            .with_code("payload_too_large")
+    }
+
+    /// 500: logs the cause, shows the client a fixed message.
+    pub fn internal(cause: impl std::fmt::Debug) -> Self {
+        tracing::error!(error = ?cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "The server had an error while processing your request.",
+        )
+    }
+
+    /// Set the machine-readable code.
+    pub fn with_code(mut self, code: &str) -> Self {
+        self.code = Some(code.to_owned());
+        self
+    }
+
+    /// Set the offending parameter.
+    pub fn with_param(mut self, param: &str) -> Self {
+        self.param = Some(param.to_owned());
+        self
+    }
+
+    /// The envelope for an error status that reached us without one (unknown route, wrong
+    /// method, …).
+    pub fn for_status(status: StatusCode, req: &HttpRequest) -> Self {
+        match status {
+            StatusCode::NOT_FOUND => Self::new(
+                status,
+                "invalid_request_error",
+                format!(
+                    "Unknown request URL: {} {}. Please check the URL for typos.",
+                    req.method(),
+                    req.path()
+                ),
+            )
+            .with_code("unknown_url"),
+            StatusCode::METHOD_NOT_ALLOWED => Self::new(
+                status,
+                "invalid_request_error",
+                format!("Method {} is not allowed for {}", req.method(), req.path()),
+            )
+            .with_code("method_not_allowed"),
+            StatusCode::PAYLOAD_TOO_LARGE => Self::too_large("The request body is too large"),
+            s if s.is_server_error() => Self::internal(format!("{s} for {}", req.path())),
+            s => Self::new(
+                s,
+                "invalid_request_error",
+                s.canonical_reason().unwrap_or("Request failed").to_owned(),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(ErrorResponse {
+            error: ErrorObject {
+                message: self.message.clone(),
+                kind: self.kind.to_owned(),
+                param: self.param.clone(),
+                code: self.code.clone(),
+            },
+        })
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        let mut err = Self::invalid(e.message, e.param.as_deref());
+        err.code = e.code.map(str::to_owned);
+        err
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownCursor(id) => Self::invalid(
+                format!("No object with id '{id}' to list after"),
+                Some("after"),
+            ),
+            other => Self::internal(other),
+        }
+    }
+}
+
+/// Middleware hook: replace any non-JSON error body (actix's defaults) with the envelope.
+pub fn envelope_plain_errors<B>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = res
+        .response()
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let (req, _) = res.into_parts();
+    let response = ApiError::for_status(status, &req).error_response();
+    let res: ServiceResponse<EitherBody<B>> =
+        ServiceResponse::new(req, response).map_into_right_body();
+    Ok(ErrorHandlerResponse::Response(res))
+}
+
+/// Render a JSON body rejection (malformed JSON, wrong types, missing fields, too large).
+pub fn json_rejection(err: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as E;
+    let api = match &err {
+        E::Overflow { .. } | E::OverflowKnownLength { .. } => {
+            ApiError::too_large("The JSON body is too large")
+        }
+        E::ContentType => ApiError::invalid(
+            "The request body must be JSON with Content-Type: application/json",
+            None,
+        ),
+        E::Deserialize(e) => {
+            let text = e.to_string();
+            let param = text
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next());
+            ApiError::invalid(format!("Invalid JSON body: {text}"), param)
+        }
+        other => ApiError::invalid(format!("Invalid JSON body: {other}"), None),
+    };
+    api.into()
+}
+
+/// Render a query-string rejection.
+pub fn query_rejection(err: actix_web::error::QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::invalid(format!("Invalid query parameters: {err}"), None).into()
+}
+
+/// Render a path rejection.
+pub fn path_rejection(err: actix_web::error::PathError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::invalid(format!("Invalid path: {err}"), None).into()
+}

@@ -1,0 +1,207 @@
+//! `POST /v1/files`: a multipart upload streamed to disk, size-limited, and for `fine-tune`
+//! validated line by line before anything is recorded. A rejected upload leaves nothing behind.
+
+use actix_multipart::{Field, Multipart};
+use actix_web::http::header::CONTENT_LENGTH;
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{Duration, Utc};
+use futures_util::TryStreamExt;
+use tokio::io::AsyncWriteExt;
+
+use super::ApiState;
+use super::auth::Caller;
+use super::error::ApiError;
+use super::objects::OpenAIFile;
+use crate::domain::dataset::{ScanError, scan};
+use crate::domain::ids::FileId;
+use crate::store::NewFile;
+use crate::store::blobs::TempBlob;
+
+/// Purposes a client may upload with (`fine-tune-results` is ours to write).
+pub const UPLOAD_PURPOSES: [&str; 6] = ["fine-tune", "batch", "assistants", "vision", "user_data", "evals"];
+
+/// The multipart form of `POST /v1/files` (documentation only; parsed by hand to stream).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CreateFileRequest {
+    /// The file (with a filename).
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// fine-tune, batch, assistants, vision, user_data or evals.
+    purpose: String,
+    /// Optional: `created_at`.
+    #[schema(rename = "expires_after[anchor]")]
+    expires_after_anchor: Option<String>,
+    /// Optional: seconds after the anchor (3600–2592000).
+    #[schema(rename = "expires_after[seconds]")]
+    expires_after_seconds: Option<i64>,
+}
+
+struct Upload {
+    temp: TempBlob,
+    filename: String,
+    bytes: u64,
+}
+
+/// Upload a file.
+#[utoipa::path(post, path = "/v1/files", operation_id = "create_file", tag = "Files",
+    request_body(content = CreateFileRequest, content_type = "multipart/form-data"),
+    responses((status = 200, body = OpenAIFile), (status = 400, body = super::error::ErrorResponse),
+              (status = 413, body = super::error::ErrorResponse)))]
+pub async fn create_file(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    req: HttpRequest,
+    mut form: Multipart,
+) -> Result<HttpResponse, ApiError> {
+    let max = state.max_upload_bytes;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // Multipart framing adds a little; anything far beyond the limit is refused unread.
+    if declared.is_some_and(|len| len > max.saturating_add(64 * 1024)) {
+        return Err(too_large(max));
+    }
+    let mut upload: Option<Upload> = None;
+    let mut purpose = None;
+    let mut anchor = None;
+    let mut seconds = None;
+    while let Some(mut field) = form.try_next().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        match name.as_str() {
+            "file" => {
+                if upload.is_some() {
+                    return Err(ApiError::invalid("Only one `file` field is allowed", Some("file")));
+                }
+                upload = Some(receive_file(&state, &mut field, max).await?);
+            }
+            "purpose" => purpose = Some(text_field(&mut field, &name).await?),
+            "expires_after[anchor]" => anchor = Some(text_field(&mut field, &name).await?),
+            "expires_after[seconds]" => seconds = Some(text_field(&mut field, &name).await?),
+            _ => while field.try_next().await.map_err(multipart_error)?.is_some() {},
+        }
+    }
+    let purpose = purpose.ok_or_else(|| ApiError::invalid("Missing required parameter: 'purpose'", Some("purpose")))?;
+    if !UPLOAD_PURPOSES.contains(&purpose.as_str()) {
+        return Err(ApiError::invalid(
+            format!("Invalid purpose '{purpose}': expected one of {}", UPLOAD_PURPOSES.join(", ")),
+            Some("purpose"),
+        ));
+    }
+    let upload = upload.ok_or_else(|| ApiError::invalid("Missing required parameter: 'file'", Some("file")))?;
+    let expires_at = match (anchor.as_deref(), seconds.as_deref()) {
+        (None, None) => None,
+        (Some("created_at") | None, Some(s)) => {
+            let secs: i64 = s
+                .parse()
+                .ok()
+                .filter(|v| (3600..=2_592_000).contains(v))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "expires_after[seconds] must be an integer between 3600 and 2592000",
+                        Some("expires_after[seconds]"),
+                    )
+                })?;
+            Some(Utc::now() + Duration::seconds(secs))
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "expires_after needs anchor 'created_at' and seconds",
+                Some("expires_after"),
+            ));
+        }
+    };
+    let (dataset_format, example_count) = if purpose == "fine-tune" {
+        let path = upload.temp.path().to_owned();
+        let summary = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(path)?;
+            Ok::<_, std::io::Error>(scan(std::io::BufReader::new(file), |_, _| {}))
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?
+        .map_err(|e| match e {
+            ScanError::Invalid { .. } => ApiError::invalid(
+                format!("Invalid file format for fine-tuning: {e}"),
+                Some("file"),
+            )
+            .with_code("invalid_file_format"),
+            ScanError::Io(_) => ApiError::internal(e),
+        })?;
+        (
+            Some(summary.format.as_str().to_owned()),
+            Some(i32::try_from(summary.examples).unwrap_or(i32::MAX)),
+        )
+    } else {
+        (None, None)
+    };
+    let id = FileId::generate();
+    state.blobs.commit(upload.temp, &id).await?;
+    let new = NewFile {
+        id: id.clone(),
+        organization_id: caller.0,
+        bytes: i64::try_from(upload.bytes).unwrap_or(i64::MAX),
+        filename: upload.filename,
+        purpose,
+        dataset_format,
+        example_count,
+        expires_at,
+    };
+    match state.store.insert_file(&new).await {
+        Ok(row) => Ok(HttpResponse::Ok().json(OpenAIFile::from(row))),
+        Err(e) => {
+            let _ = state.blobs.remove(&id).await;
+            Err(e.into())
+        }
+    }
+}
+
+fn too_large(max: u64) -> ApiError {
+    ApiError::too_large(format!("File is too large: the maximum upload size is {max} bytes"))
+        .with_param("file")
+}
+
+fn multipart_error(e: actix_multipart::MultipartError) -> ApiError {
+    ApiError::invalid(format!("Invalid multipart/form-data body: {e}"), None)
+}
+
+async fn receive_file(state: &ApiState, field: &mut Field, max: u64) -> Result<Upload, ApiError> {
+    let filename = field
+        .content_disposition()
+        .and_then(|cd| cd.get_filename())
+        .filter(|f| !f.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::invalid("The `file` field must carry a filename", Some("file")))?;
+    let temp = state.blobs.temp();
+    let mut out = tokio::fs::File::create(temp.path())
+        .await
+        .map_err(ApiError::internal)?;
+    let mut bytes: u64 = 0;
+    while let Some(chunk) = field.try_next().await.map_err(multipart_error)? {
+        bytes += chunk.len() as u64;
+        if bytes > max {
+            return Err(too_large(max));
+        }
+        out.write_all(&chunk).await.map_err(ApiError::internal)?;
+    }
+    out.flush().await.map_err(ApiError::internal)?;
+    Ok(Upload {
+        temp,
+        filename,
+        bytes,
+    })
+}
+
+async fn text_field(field: &mut Field, name: &str) -> Result<String, ApiError> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = field.try_next().await.map_err(multipart_error)? {
+        buf.extend_from_slice(&chunk);
+        if buf.len() > 4096 {
+            return Err(ApiError::invalid(format!("`{name}` is too long"), Some(name)));
+        }
+    }
+    String::from_utf8(buf)
+        .map(|s| s.trim().to_owned())
+        .map_err(|_| ApiError::invalid(format!("`{name}` must be UTF-8 text"), Some(name)))
+}

@@ -1,0 +1,110 @@
+//! `/v1/files`: list, retrieve, delete, download. Upload is in `file_upload`.
+//! See <https://platform.openai.com/docs/api-reference/files>.
+
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use tokio_util::io::ReaderStream;
+
+use super::ApiState;
+use super::auth::Caller;
+use super::error::ApiError;
+use super::objects::{DeletedObject, ListResponse, OpenAIFile};
+use crate::domain::ids::FileId;
+use crate::domain::pagination::PageRequest;
+
+/// Query of `GET /v1/files`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListFilesQuery {
+    /// Only files with this purpose.
+    pub purpose: Option<String>,
+    /// 1–10000, default 10000.
+    pub limit: Option<i64>,
+    /// `asc` or `desc` (default) by creation time.
+    pub order: Option<String>,
+    /// A file id to list after.
+    pub after: Option<String>,
+}
+
+/// List the caller's files.
+#[utoipa::path(get, path = "/v1/files", operation_id = "list_files", tag = "Files",
+    params(ListFilesQuery),
+    responses((status = 200, body = ListResponse<OpenAIFile>), (status = 400, body = super::error::ErrorResponse)))]
+pub async fn list_files(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    query: web::Query<ListFilesQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let page = PageRequest::parse(q.limit, q.after, q.order.as_deref(), 10_000, 10_000)?;
+    let rows = state
+        .store
+        .list_files(&caller.0, q.purpose.as_deref(), &page)
+        .await?;
+    let list: ListResponse<OpenAIFile> = ListResponse::with_ids(rows, |f: &OpenAIFile| &f.id);
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// Retrieve one file's metadata.
+#[utoipa::path(get, path = "/v1/files/{file_id}", operation_id = "retrieve_file", tag = "Files",
+    params(("file_id" = String, Path, description = "The file id")),
+    responses((status = 200, body = OpenAIFile), (status = 404, body = super::error::ErrorResponse)))]
+pub async fn retrieve_file(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let file = state
+        .store
+        .get_file(&caller.0, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("File", &id))?;
+    Ok(HttpResponse::Ok().json(OpenAIFile::from(file)))
+}
+
+/// Delete a file and its bytes.
+#[utoipa::path(delete, path = "/v1/files/{file_id}", operation_id = "delete_file", tag = "Files",
+    params(("file_id" = String, Path, description = "The file id")),
+    responses((status = 200, body = DeletedObject), (status = 404, body = super::error::ErrorResponse)))]
+pub async fn delete_file(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    if !state.store.delete_file(&caller.0, &id).await? {
+        return Err(ApiError::not_found("File", &id));
+    }
+    if let Some(file_id) = FileId::parse(&id) {
+        state.blobs.remove(&file_id).await?;
+    }
+    Ok(HttpResponse::Ok().json(DeletedObject {
+        id,
+        object: "file",
+        deleted: true,
+    }))
+}
+
+/// Stream a file's bytes.
+#[utoipa::path(get, path = "/v1/files/{file_id}/content", operation_id = "download_file", tag = "Files",
+    params(("file_id" = String, Path, description = "The file id")),
+    responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream"),
+              (status = 404, body = super::error::ErrorResponse)))]
+pub async fn download_file(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let (Some(row), Some(file_id)) = (state.store.get_file(&caller.0, &id).await?, FileId::parse(&id))
+    else {
+        return Err(ApiError::not_found("File", &id));
+    };
+    let file = tokio::fs::File::open(state.blobs.path_of(&file_id))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .no_chunking(u64::try_from(row.bytes).unwrap_or(0))
+        .streaming(ReaderStream::new(file)))
+}

@@ -1,0 +1,133 @@
+//! The command line: `serve`, `worker`, `migrate`, `openapi`.
+
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{HttpSettings, LogFormat, Settings, StorageSettings, WorkerOptions};
+use crate::startup::{Application, Database, build_worker, prepare_data_dir};
+use crate::worker::Unavailable;
+
+/// ferrotune: an OpenAI-compatible fine-tune-and-serve service.
+#[derive(Debug, Parser)]
+#[command(name = "ferrotune", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "FERROTUNE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API and one job worker.
+    Serve {
+        /// Storage.
+        #[command(flatten)]
+        storage: StorageSettings,
+        /// HTTP.
+        #[command(flatten)]
+        http: HttpSettings,
+        /// Worker.
+        #[command(flatten)]
+        worker: WorkerOptions,
+        /// Do not run a worker in this process (run `ferrotune worker` separately).
+        #[arg(long, env = "FERROTUNE_NO_WORKER")]
+        no_worker: bool,
+    },
+    /// Run a job worker alone against the same database (more workers = more concurrent jobs).
+    Worker {
+        /// Storage.
+        #[command(flatten)]
+        storage: StorageSettings,
+        /// Worker.
+        #[command(flatten)]
+        worker: WorkerOptions,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        /// Storage.
+        #[command(flatten)]
+        storage: StorageSettings,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+/// Parse the command line and run it.
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        print!("{}", crate::api::openapi::spec_json());
+        return Ok(());
+    }
+    crate::telemetry::init(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve {
+            storage,
+            http,
+            worker,
+            no_worker,
+        } => {
+            let settings = Settings {
+                storage,
+                http,
+                worker,
+                run_worker: !no_worker,
+            };
+            let app = Application::build(settings).await?;
+            let handle = app.handle();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutting down");
+                handle.stop(true).await;
+            });
+            app.run_until_stopped().await
+        }
+        Command::Worker { mut storage, worker } => {
+            storage.data_dir = prepare_data_dir(&storage)?;
+            let database = Database::open(&storage).await?;
+            let w = build_worker(database.store.clone(), &storage.data_dir, &worker, Arc::new(Unavailable))?;
+            let shutdown = CancellationToken::new();
+            let stopper = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                stopper.cancel();
+            });
+            w.run_until_stopped(shutdown).await;
+            database.close().await;
+            Ok(())
+        }
+        Command::Migrate { mut storage } => {
+            storage.data_dir = prepare_data_dir(&storage)?;
+            let database = Database::open(&storage).await?;
+            tracing::info!("migrations applied");
+            database.close().await;
+            Ok(())
+        }
+        Command::Openapi => unreachable!("handled before the runtime starts"),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

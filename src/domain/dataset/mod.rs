@@ -1,0 +1,82 @@
+//! Training examples: the dataset formats we accept and their normal form, a list of chat turns.
+//!
+//! Accepted formats: OpenAI chat (`messages`), legacy `prompt`/`completion`, alpaca
+//! (`instruction`, `input`, `output`, optional `system` and `history`) and ShareGPT
+//! (`conversations` of `from`/`value`). All become [`Example`]s.
+
+mod records;
+mod scan;
+
+pub use records::parse_record;
+pub use scan::{DatasetSummary, ScanError, scan};
+
+use serde::{Deserialize, Serialize};
+
+/// The format of a dataset file, detected from its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetFormat {
+    /// OpenAI chat: `{"messages": [...]}`.
+    Chat,
+    /// Legacy OpenAI: `{"prompt": ..., "completion": ...}`.
+    Completion,
+    /// Alpaca: `{"instruction", "input", "output", "system"?, "history"?}`.
+    Alpaca,
+    /// ShareGPT: `{"conversations": [{"from", "value"}]}`.
+    Sharegpt,
+}
+
+impl DatasetFormat {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Completion => "completion",
+            Self::Alpaca => "alpaca",
+            Self::Sharegpt => "sharegpt",
+        }
+    }
+}
+
+/// Who speaks a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// System prompt (`developer` maps here too).
+    System,
+    /// The user.
+    User,
+    /// The model: the only role trained on.
+    Assistant,
+    /// A tool result.
+    Tool,
+}
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    /// Speaker.
+    pub role: Role,
+    /// Text content (text parts joined).
+    pub content: String,
+    /// Whether the loss covers this turn (assistant turns with `weight` != 0).
+    pub train: bool,
+}
+
+/// One training example in normal form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    /// The conversation, in order.
+    pub turns: Vec<Turn>,
+    /// Tool definitions offered in this example, if any (kept for the chat template).
+    pub tools: Option<serde_json::Value>,
+}
+
+impl Example {
+    /// True when at least one assistant turn is trained on.
+    pub fn has_trained_assistant_turn(&self) -> bool {
+        self.turns
+            .iter()
+            .any(|t| t.role == Role::Assistant && t.train)
+    }
+}

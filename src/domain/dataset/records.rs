@@ -1,0 +1,264 @@
+//! Parsing one JSON record of any accepted format into an [`Example`].
+
+use serde_json::{Map, Value};
+
+use super::{DatasetFormat, Example, Role, Turn};
+
+/// Detect the record's format and convert it; the error says what is wrong with the record.
+pub fn parse_record(value: &Value) -> Result<(DatasetFormat, Example), String> {
+    let Value::Object(obj) = value else {
+        return Err(format!("expected a JSON object, found {}", kind(value)));
+    };
+    if obj.contains_key("messages") {
+        chat(obj).map(|e| (DatasetFormat::Chat, e))
+    } else if obj.contains_key("prompt") && obj.contains_key("completion") {
+        completion(obj).map(|e| (DatasetFormat::Completion, e))
+    } else if obj.contains_key("instruction") && obj.contains_key("output") {
+        alpaca(obj).map(|e| (DatasetFormat::Alpaca, e))
+    } else if obj.contains_key("conversations") {
+        sharegpt(obj).map(|e| (DatasetFormat::Sharegpt, e))
+    } else {
+        Err("unrecognised example format: expected `messages` (chat), `prompt`/`completion`, \
+             `instruction`/`input`/`output` (alpaca) or `conversations` (ShareGPT)"
+            .to_owned())
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn string_field(obj: &Map<String, Value>, key: &str, required: bool) -> Result<String, String> {
+    match obj.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        None | Some(Value::Null) if !required => Ok(String::new()),
+        Some(other) => Err(format!("`{key}` must be a string, found {}", kind(other))),
+        None => Err(format!("missing `{key}`")),
+    }
+}
+
+fn turn(role: Role, content: String) -> Turn {
+    Turn {
+        train: role == Role::Assistant,
+        role,
+        content,
+    }
+}
+
+fn chat(obj: &Map<String, Value>) -> Result<Example, String> {
+    let Some(Value::Array(messages)) = obj.get("messages") else {
+        return Err("`messages` must be a list".to_owned());
+    };
+    if messages.is_empty() {
+        return Err("`messages` must not be empty".to_owned());
+    }
+    let turns = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| chat_message(m).map_err(|e| format!("messages[{i}]: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tools = obj.get("tools").filter(|t| !t.is_null()).cloned();
+    if tools.as_ref().is_some_and(|t| !t.is_array()) {
+        return Err("`tools` must be a list".to_owned());
+    }
+    Ok(Example { turns, tools })
+}
+
+fn chat_message(m: &Value) -> Result<Turn, String> {
+    let Value::Object(m) = m else {
+        return Err(format!("expected an object, found {}", kind(m)));
+    };
+    let role = match m.get("role").and_then(Value::as_str) {
+        Some("system" | "developer") => Role::System,
+        Some("user") => Role::User,
+        Some("assistant") => Role::Assistant,
+        Some("tool" | "function") => Role::Tool,
+        Some(other) => return Err(format!("unknown role '{other}'")),
+        None => return Err("missing `role`".to_owned()),
+    };
+    let content = match m.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => text_parts(parts)?,
+        None | Some(Value::Null) if role == Role::Assistant && m.contains_key("tool_calls") => {
+            serde_json::to_string(&m["tool_calls"]).unwrap_or_default()
+        }
+        None | Some(Value::Null) => return Err("missing `content`".to_owned()),
+        Some(other) => return Err(format!("`content` must be a string or a list, found {}", kind(other))),
+    };
+    let train = match m.get("weight") {
+        None | Some(Value::Null) => role == Role::Assistant,
+        Some(w) if role != Role::Assistant => {
+            return Err(format!("`weight` ({w}) is only allowed on assistant messages"));
+        }
+        Some(w) => match w.as_u64() {
+            Some(0) => false,
+            Some(1) => true,
+            _ => return Err(format!("`weight` must be 0 or 1, found {w}")),
+        },
+    };
+    Ok(Turn { role, content, train })
+}
+
+fn text_parts(parts: &[Value]) -> Result<String, String> {
+    let mut out = String::new();
+    for part in parts {
+        match (part.get("type").and_then(Value::as_str), part.get("text")) {
+            (Some("text"), Some(Value::String(t))) => out.push_str(t),
+            (Some(other), _) if other != "text" => {
+                return Err(format!("content part type '{other}' is not supported; only text"));
+            }
+            _ => return Err("content parts must be {\"type\": \"text\", \"text\": …}".to_owned()),
+        }
+    }
+    Ok(out)
+}
+
+fn completion(obj: &Map<String, Value>) -> Result<Example, String> {
+    let prompt = string_field(obj, "prompt", true)?;
+    let completion = string_field(obj, "completion", true)?;
+    Ok(Example {
+        turns: vec![turn(Role::User, prompt), turn(Role::Assistant, completion)],
+        tools: None,
+    })
+}
+
+fn alpaca(obj: &Map<String, Value>) -> Result<Example, String> {
+    let instruction = string_field(obj, "instruction", true)?;
+    let input = string_field(obj, "input", false)?;
+    let output = string_field(obj, "output", true)?;
+    let system = string_field(obj, "system", false)?;
+    let mut turns = Vec::new();
+    if !system.is_empty() {
+        turns.push(turn(Role::System, system));
+    }
+    match obj.get("history") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(pairs)) => {
+            for (i, pair) in pairs.iter().enumerate() {
+                let p = pair.as_array().filter(|p| p.len() == 2);
+                let (Some(q), Some(a)) = (
+                    p.and_then(|p| p[0].as_str()),
+                    p.and_then(|p| p[1].as_str()),
+                ) else {
+                    return Err(format!("history[{i}] must be a [question, answer] pair of strings"));
+                };
+                turns.push(turn(Role::User, q.to_owned()));
+                turns.push(turn(Role::Assistant, a.to_owned()));
+            }
+        }
+        Some(other) => return Err(format!("`history` must be a list, found {}", kind(other))),
+    }
+    // LLaMA-Factory joins instruction and input with a newline.
+    let prompt = if input.is_empty() {
+        instruction
+    } else {
+        format!("{instruction}\n{input}")
+    };
+    turns.push(turn(Role::User, prompt));
+    turns.push(turn(Role::Assistant, output));
+    Ok(Example { turns, tools: None })
+}
+
+fn sharegpt(obj: &Map<String, Value>) -> Result<Example, String> {
+    let Some(Value::Array(conv)) = obj.get("conversations") else {
+        return Err("`conversations` must be a list".to_owned());
+    };
+    let mut turns = Vec::new();
+    let system = string_field(obj, "system", false)?;
+    if !system.is_empty() {
+        turns.push(turn(Role::System, system));
+    }
+    for (i, c) in conv.iter().enumerate() {
+        let role = match c.get("from").and_then(Value::as_str) {
+            Some("human" | "user") => Role::User,
+            Some("gpt" | "assistant" | "function_call") => Role::Assistant,
+            Some("system") => Role::System,
+            Some("observation" | "tool") => Role::Tool,
+            Some(other) => return Err(format!("conversations[{i}]: unknown `from` '{other}'")),
+            None => return Err(format!("conversations[{i}]: missing `from`")),
+        };
+        let Some(value) = c.get("value").and_then(Value::as_str) else {
+            return Err(format!("conversations[{i}]: `value` must be a string"));
+        };
+        turns.push(turn(role, value.to_owned()));
+    }
+    if turns.is_empty() {
+        return Err("`conversations` must not be empty".to_owned());
+    }
+    let tools = obj.get("tools").filter(|t| !t.is_null()).cloned();
+    Ok(Example { turns, tools })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn alpaca_records_become_system_history_and_a_joined_prompt() {
+        let (format, ex) = parse_record(&json!({
+            "instruction": "Q", "input": "ctx", "output": "A", "system": "S",
+            "history": [["q0", "a0"]]
+        }))
+        .unwrap();
+        assert_eq!(format, DatasetFormat::Alpaca);
+        let texts: Vec<_> = ex.turns.iter().map(|t| (t.role, t.content.as_str())).collect();
+        assert_eq!(
+            texts,
+            vec![
+                (Role::System, "S"),
+                (Role::User, "q0"),
+                (Role::Assistant, "a0"),
+                (Role::User, "Q\nctx"),
+                (Role::Assistant, "A")
+            ]
+        );
+    }
+
+    #[test]
+    fn chat_weight_zero_turns_are_not_trained() {
+        let (_, ex) = parse_record(&json!({"messages": [
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+            {"role": "assistant", "content": "a", "weight": 0},
+            {"role": "assistant", "content": "b", "weight": 1}
+        ]}))
+        .unwrap();
+        assert_eq!(ex.turns[0].content, "hi");
+        assert!(!ex.turns[1].train && ex.turns[2].train);
+        assert!(ex.has_trained_assistant_turn());
+    }
+
+    #[test]
+    fn sharegpt_and_completion_records_are_recognised() {
+        let (f, ex) = parse_record(&json!({"conversations": [
+            {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}))
+        .unwrap();
+        assert_eq!((f, ex.turns.len()), (DatasetFormat::Sharegpt, 2));
+        let (f, _) = parse_record(&json!({"prompt": "p", "completion": "c"})).unwrap();
+        assert_eq!(f, DatasetFormat::Completion);
+    }
+
+    #[test]
+    fn malformed_records_say_what_is_wrong() {
+        let cases = [
+            (json!([1]), "expected a JSON object"),
+            (json!({"text": "x"}), "unrecognised example format"),
+            (json!({"messages": []}), "must not be empty"),
+            (json!({"messages": [{"role": "robot", "content": "x"}]}), "unknown role"),
+            (json!({"messages": [{"role": "user", "content": "x", "weight": 0}]}), "only allowed"),
+            (json!({"messages": [{"role": "assistant", "content": "x", "weight": 2}]}), "0 or 1"),
+            (json!({"instruction": 1, "output": "x"}), "must be a string"),
+        ];
+        for (input, needle) in cases {
+            let err = parse_record(&input).unwrap_err();
+            assert!(err.contains(needle), "{input}: {err}");
+        }
+    }
+}

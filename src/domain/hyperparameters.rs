@@ -1,0 +1,317 @@
+//! Training hyperparameters: OpenAI's three (each a number or `"auto"`) plus our LoRA knobs.
+//!
+//! Parsed from `method.supervised.hyperparameters` or the deprecated top-level `hyperparameters`;
+//! every out-of-range value is rejected with the exact parameter path.
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use super::DomainError;
+
+/// A value the client may leave to the service with `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AutoOr<T> {
+    /// Resolved by the trainer from the dataset size.
+    Auto,
+    /// Set by the client.
+    Value(T),
+}
+
+impl<T: Serialize> Serialize for AutoOr<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => s.serialize_str("auto"),
+            Self::Value(v) => v.serialize(s),
+        }
+    }
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for AutoOr<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) if s == "auto" => Ok(Self::Auto),
+            other => serde_json::from_value(other)
+                .map(Self::Value)
+                .map_err(de::Error::custom),
+        }
+    }
+}
+
+/// Learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrScheduler {
+    /// Cosine decay to zero.
+    Cosine,
+    /// Linear decay to zero.
+    Linear,
+    /// Constant after warm-up.
+    Constant,
+}
+
+/// The projection modules LoRA can target in Llama-family models.
+pub const LORA_MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// Everything a supervised LoRA job is trained with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hyperparameters {
+    /// Passes over the training set.
+    pub n_epochs: AutoOr<u32>,
+    /// Examples per micro-batch.
+    pub batch_size: AutoOr<u32>,
+    /// Multiplier on the default learning rate.
+    pub learning_rate_multiplier: AutoOr<f64>,
+    /// Absolute learning rate; wins over the multiplier when set.
+    pub learning_rate: Option<f64>,
+    /// LoRA rank `r`.
+    pub lora_rank: u32,
+    /// LoRA `alpha`; the update is scaled by `alpha / r`.
+    pub lora_alpha: f64,
+    /// Dropout on the LoRA input.
+    pub lora_dropout: f64,
+    /// Modules that get adapters.
+    pub lora_target: Vec<String>,
+    /// Schedule after warm-up.
+    pub lr_scheduler_type: LrScheduler,
+    /// Fraction of steps spent warming up.
+    pub warmup_ratio: f64,
+    /// Micro-batches per optimizer step.
+    pub gradient_accumulation_steps: u32,
+    /// Cut-off length in tokens.
+    pub max_length: u32,
+    /// Optional source/target split of `max_length` (LLaMA-Factory's knobs).
+    pub max_source_length: Option<u32>,
+    /// See `max_source_length`.
+    pub max_target_length: Option<u32>,
+    /// Emit a metrics event every this many optimizer steps.
+    pub logging_steps: u32,
+    /// Write a checkpoint every this many optimizer steps.
+    pub save_steps: u32,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Gradient-norm clipping threshold (0 disables clipping).
+    pub max_grad_norm: f64,
+}
+
+impl Default for Hyperparameters {
+    fn default() -> Self {
+        Self {
+            n_epochs: AutoOr::Auto,
+            batch_size: AutoOr::Auto,
+            learning_rate_multiplier: AutoOr::Auto,
+            learning_rate: None,
+            lora_rank: 8,
+            lora_alpha: 32.0,
+            lora_dropout: 0.05,
+            lora_target: LORA_MODULES.iter().map(|m| (*m).to_owned()).collect(),
+            lr_scheduler_type: LrScheduler::Cosine,
+            warmup_ratio: 0.0,
+            gradient_accumulation_steps: 1,
+            max_length: 1024,
+            max_source_length: None,
+            max_target_length: None,
+            logging_steps: 10,
+            save_steps: 100,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
+impl Hyperparameters {
+    /// Apply the fields of a request object onto `self`; `prefix` names the object in errors.
+    pub fn apply(mut self, object: &Value, prefix: &str) -> Result<Self, DomainError> {
+        let Value::Object(map) = object else {
+            return Err(DomainError::invalid(prefix, format!("{prefix} must be an object")));
+        };
+        let f = Fields { map, prefix };
+        for key in map.keys() {
+            match key.as_str() {
+                "n_epochs" => self.n_epochs = f.auto_int(key, 1, 50)?,
+                "batch_size" => self.batch_size = f.auto_int(key, 1, 256)?,
+                "learning_rate_multiplier" => {
+                    self.learning_rate_multiplier = match &map[key] {
+                        Value::String(s) if s == "auto" => AutoOr::Auto,
+                        _ => AutoOr::Value(f.float(key, 0.0, 100.0, false)?),
+                    }
+                }
+                "learning_rate" => self.learning_rate = Some(f.float(key, 0.0, 1.0, false)?),
+                "lora_rank" => self.lora_rank = f.int(key, 1, 1024)?,
+                "lora_alpha" => self.lora_alpha = f.float(key, 0.0, 4096.0, false)?,
+                "lora_dropout" => self.lora_dropout = f.float(key, 0.0, 1.0, true)?,
+                "lora_target" => self.lora_target = f.modules(key)?,
+                "lr_scheduler_type" => self.lr_scheduler_type = f.scheduler(key)?,
+                "warmup_ratio" => self.warmup_ratio = f.float(key, 0.0, 1.0, true)?,
+                "gradient_accumulation_steps" => {
+                    self.gradient_accumulation_steps = f.int(key, 1, 1024)?
+                }
+                "max_length" => self.max_length = f.int(key, 16, 131_072)?,
+                "max_source_length" => self.max_source_length = Some(f.int(key, 1, 131_072)?),
+                "max_target_length" => self.max_target_length = Some(f.int(key, 1, 131_072)?),
+                "logging_steps" => self.logging_steps = f.int(key, 1, 1_000_000)?,
+                "save_steps" => self.save_steps = f.int(key, 1, 1_000_000)?,
+                "weight_decay" => self.weight_decay = f.float(key, 0.0, 1.0, true)?,
+                "max_grad_norm" => self.max_grad_norm = f.float(key, 0.0, 1.0e6, true)?,
+                other => {
+                    return Err(DomainError::invalid(
+                        format!("{prefix}.{other}"),
+                        format!("Unknown hyperparameter '{other}'"),
+                    ));
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// The object shown on the job (`"auto"` until resolved).
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).expect("hyperparameters serialize to JSON")
+    }
+}
+
+struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    prefix: &'a str,
+}
+
+impl Fields<'_> {
+    fn err(&self, key: &str, message: String) -> DomainError {
+        DomainError::invalid(format!("{}.{key}", self.prefix), message)
+    }
+
+    fn int(&self, key: &str, min: u32, max: u32) -> Result<u32, DomainError> {
+        self.map[key]
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| (min..=max).contains(v))
+            .ok_or_else(|| {
+                self.err(key, format!("{key} must be an integer between {min} and {max}"))
+            })
+    }
+
+    fn auto_int(&self, key: &str, min: u32, max: u32) -> Result<AutoOr<u32>, DomainError> {
+        match &self.map[key] {
+            Value::String(s) if s == "auto" => Ok(AutoOr::Auto),
+            _ => self.int(key, min, max).map(AutoOr::Value).map_err(|mut e| {
+                e.message = format!("{key} must be \"auto\" or an integer between {min} and {max}");
+                e
+            }),
+        }
+    }
+
+    /// A finite number in `(min, max]`, or `[min, max)` when `min_inclusive`.
+    fn float(&self, key: &str, min: f64, max: f64, min_inclusive: bool) -> Result<f64, DomainError> {
+        let v = self.map[key].as_f64().filter(|v| v.is_finite());
+        let ok = v.is_some_and(|v| {
+            if min_inclusive {
+                v >= min && v < max
+            } else {
+                v > min && v <= max
+            }
+        });
+        let range = if min_inclusive {
+            format!("in [{min}, {max})")
+        } else {
+            format!("in ({min}, {max}]")
+        };
+        v.filter(|_| ok)
+            .ok_or_else(|| self.err(key, format!("{key} must be a number {range}")))
+    }
+
+    fn modules(&self, key: &str) -> Result<Vec<String>, DomainError> {
+        let names: Vec<String> = match &self.map[key] {
+            Value::String(s) => s.split(',').map(|p| p.trim().to_owned()).collect(),
+            Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or_else(|| self.err(key, "lora_target must be a list of strings".into()))?,
+            _ => return Err(self.err(key, "lora_target must be a list of module names".into())),
+        };
+        if names.iter().any(|n| n == "all") {
+            return Ok(LORA_MODULES.iter().map(|m| (*m).to_owned()).collect());
+        }
+        let unknown: Vec<&String> = names
+            .iter()
+            .filter(|n| !LORA_MODULES.contains(&n.as_str()))
+            .collect();
+        if names.is_empty() || !unknown.is_empty() {
+            return Err(self.err(
+                key,
+                format!(
+                    "lora_target must name modules from {} (or \"all\"); unknown: {unknown:?}",
+                    LORA_MODULES.join(", ")
+                ),
+            ));
+        }
+        let mut out: Vec<String> = Vec::new();
+        for n in names {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+
+    fn scheduler(&self, key: &str) -> Result<LrScheduler, DomainError> {
+        serde_json::from_value(self.map[key].clone()).map_err(|_| {
+            self.err(key, "lr_scheduler_type must be one of cosine, linear, constant".into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_match_the_seed_recipe() {
+        let hp = Hyperparameters::default();
+        assert_eq!((hp.lora_rank, hp.lora_alpha, hp.lora_dropout), (8, 32.0, 0.05));
+        assert_eq!(hp.lora_target.len(), 7);
+        assert_eq!(hp.to_json()["n_epochs"], json!("auto"));
+    }
+
+    #[test]
+    fn values_are_applied_and_round_trip_through_json() {
+        let hp = Hyperparameters::default()
+            .apply(
+                &json!({"n_epochs": 3, "batch_size": "auto", "learning_rate": 1e-4,
+                        "lora_target": "q_proj, v_proj", "lr_scheduler_type": "linear"}),
+                "hyperparameters",
+            )
+            .unwrap();
+        assert_eq!(hp.n_epochs, AutoOr::Value(3));
+        assert_eq!(hp.lora_target, vec!["q_proj", "v_proj"]);
+        let back: Hyperparameters = serde_json::from_value(hp.to_json()).unwrap();
+        assert_eq!(back, hp);
+    }
+
+    #[test]
+    fn out_of_range_and_unknown_values_name_their_param() {
+        let cases = [
+            (json!({"n_epochs": 0}), "h.n_epochs"),
+            (json!({"n_epochs": 51}), "h.n_epochs"),
+            (json!({"batch_size": "big"}), "h.batch_size"),
+            (json!({"learning_rate_multiplier": 0}), "h.learning_rate_multiplier"),
+            (json!({"lora_dropout": 1.0}), "h.lora_dropout"),
+            (json!({"lora_target": ["q_proj", "lm_head"]}), "h.lora_target"),
+            (json!({"lr_scheduler_type": "step"}), "h.lr_scheduler_type"),
+            (json!({"lora_rnak": 8}), "h.lora_rnak"),
+        ];
+        for (input, param) in cases {
+            let err = Hyperparameters::default().apply(&input, "h").unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(param), "{input}");
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! `POST /v1/fine_tuning/jobs`: the wire request and the job specification parsed from it.
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::DomainError;
+use super::hyperparameters::Hyperparameters;
+use super::ids::FileId;
+use super::model_name::Suffix;
+
+/// The create-job request body as clients send it.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+pub struct CreateFineTuningJobRequest {
+    /// The base model to fine-tune (see `GET /v1/models`).
+    pub model: String,
+    /// A `fine-tune` file id.
+    pub training_file: String,
+    /// An optional `fine-tune` file id for validation metrics.
+    #[serde(default)]
+    pub validation_file: Option<String>,
+    /// Up to 64 characters added to the fine-tuned model's name.
+    #[serde(default)]
+    pub suffix: Option<String>,
+    /// Seed for shuffling and initialisation (0–2147483647); generated when absent.
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// Up to 16 string pairs to tag the job with.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    /// Accepted and echoed (no integration is run).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub integrations: Option<Value>,
+    /// `{type: "supervised", supervised: {hyperparameters: {...}}}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub method: Option<Value>,
+    /// Deprecated top-level hyperparameters (`n_epochs`, `batch_size`,
+    /// `learning_rate_multiplier`, and the LoRA extensions).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub hyperparameters: Option<Value>,
+}
+
+/// A job ready to be stored: every field checked.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// Base model name.
+    pub model: String,
+    /// Training file.
+    pub training_file: FileId,
+    /// Validation file.
+    pub validation_file: Option<FileId>,
+    /// Model-name suffix.
+    pub suffix: Option<Suffix>,
+    /// Seed.
+    pub seed: i64,
+    /// Metadata pairs.
+    pub metadata: Option<Value>,
+    /// Echoed integrations.
+    pub integrations: Option<Value>,
+    /// Resolved-or-auto hyperparameters.
+    pub hyperparameters: Hyperparameters,
+}
+
+impl JobSpec {
+    /// Check every field of the request; the files' existence is checked by the caller.
+    pub fn parse(req: CreateFineTuningJobRequest) -> Result<Self, DomainError> {
+        if req.model.trim().is_empty() {
+            return Err(DomainError::invalid("model", "model must not be empty"));
+        }
+        let training_file = parse_file_id(&req.training_file, "training_file")?;
+        let validation_file = req
+            .validation_file
+            .as_deref()
+            .map(|v| parse_file_id(v, "validation_file"))
+            .transpose()?;
+        let suffix = req.suffix.as_deref().map(Suffix::parse).transpose()?;
+        let seed = match req.seed {
+            None => i64::from(rand::random::<u32>() >> 1),
+            Some(s) if (0..=2_147_483_647).contains(&s) => s,
+            Some(_) => {
+                return Err(DomainError::invalid("seed", "seed must be between 0 and 2147483647"));
+            }
+        };
+        let metadata = req.metadata.map(parse_metadata).transpose()?;
+        if let Some(i) = &req.integrations {
+            if !i.is_array() && !i.is_null() {
+                return Err(DomainError::invalid("integrations", "integrations must be a list"));
+            }
+        }
+        let mut hyperparameters = Hyperparameters::default();
+        if let Some(h) = req.hyperparameters.as_ref().filter(|h| !h.is_null()) {
+            hyperparameters = hyperparameters.apply(h, "hyperparameters")?;
+        }
+        if let Some(method) = req.method.as_ref().filter(|m| !m.is_null()) {
+            hyperparameters = apply_method(method, hyperparameters)?;
+        }
+        Ok(Self {
+            model: req.model,
+            training_file,
+            validation_file,
+            suffix,
+            seed,
+            metadata,
+            integrations: req.integrations.filter(|i| !i.is_null()),
+            hyperparameters,
+        })
+    }
+
+    /// The `method` object echoed on the job.
+    pub fn method_json(hyperparameters: &Hyperparameters) -> Value {
+        json!({"type": "supervised", "supervised": {"hyperparameters": hyperparameters.to_json()}})
+    }
+}
+
+fn parse_file_id(raw: &str, param: &str) -> Result<FileId, DomainError> {
+    FileId::parse(raw).ok_or_else(|| {
+        DomainError::invalid(param, format!("Invalid file id '{raw}': expected 'file-…'"))
+            .with_code("invalid_file_id")
+    })
+}
+
+fn parse_metadata(value: Value) -> Result<Value, DomainError> {
+    let Value::Object(map) = value else {
+        if value.is_null() {
+            return Ok(Value::Object(Map::new()));
+        }
+        return Err(DomainError::invalid("metadata", "metadata must be an object of strings"));
+    };
+    if map.len() > 16 {
+        return Err(DomainError::invalid("metadata", "metadata may have at most 16 pairs"));
+    }
+    for (k, v) in &map {
+        if k.chars().count() > 64 {
+            return Err(DomainError::invalid("metadata", "metadata keys may be at most 64 characters"));
+        }
+        match v.as_str() {
+            Some(s) if s.chars().count() <= 512 => {}
+            Some(_) => {
+                return Err(DomainError::invalid(
+                    format!("metadata.{k}"),
+                    "metadata values may be at most 512 characters",
+                ));
+            }
+            None => {
+                return Err(DomainError::invalid(
+                    format!("metadata.{k}"),
+                    "metadata values must be strings",
+                ));
+            }
+        }
+    }
+    Ok(Value::Object(map))
+}
+
+fn apply_method(method: &Value, hp: Hyperparameters) -> Result<Hyperparameters, DomainError> {
+    let kind = method.get("type").and_then(Value::as_str);
+    match kind {
+        Some("supervised") | None => {}
+        Some("dpo") | Some("reinforcement") => {
+            return Err(DomainError::invalid(
+                "method.type",
+                format!("method type '{}' is not supported yet; use 'supervised'", kind.unwrap_or("")),
+            )
+            .with_code("unsupported_method"));
+        }
+        Some(other) => {
+            return Err(DomainError::invalid(
+                "method.type",
+                format!("Unknown method type '{other}': expected supervised, dpo or reinforcement"),
+            ));
+        }
+    }
+    match method.get("supervised").and_then(|s| s.get("hyperparameters")) {
+        Some(h) if !h.is_null() => hp.apply(h, "method.supervised.hyperparameters"),
+        _ => Ok(hp),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::hyperparameters::AutoOr;
+
+    fn request(extra: Value) -> CreateFineTuningJobRequest {
+        let mut base = json!({"model": "tiny", "training_file": "file-abc"});
+        base.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn method_hyperparameters_override_top_level_ones() {
+        let spec = JobSpec::parse(request(json!({
+            "hyperparameters": {"n_epochs": 2},
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "lora_rank": 16}}}
+        })))
+        .unwrap();
+        assert_eq!(spec.hyperparameters.n_epochs, AutoOr::Value(4));
+        assert_eq!(spec.hyperparameters.lora_rank, 16);
+        assert!((0..=2_147_483_647).contains(&spec.seed));
+    }
+
+    #[test]
+    fn bad_fields_are_rejected_with_their_param() {
+        let cases = [
+            (json!({"seed": -1}), "seed"),
+            (json!({"suffix": "a:b"}), "suffix"),
+            (json!({"validation_file": "nope"}), "validation_file"),
+            (json!({"metadata": {"k": 1}}), "metadata.k"),
+            (json!({"method": {"type": "dpo"}}), "method.type"),
+            (json!({"integrations": "wandb"}), "integrations"),
+        ];
+        for (extra, param) in cases {
+            let err = JobSpec::parse(request(extra.clone())).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(param), "{extra}");
+        }
+    }
+}

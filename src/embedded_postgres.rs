@@ -1,0 +1,224 @@
+//! A private PostgreSQL cluster run from the machine's own binaries (the default when no
+//! `DATABASE_URL` is given), listening only on a Unix socket inside its directory.
+//!
+//! Layout under the cluster directory: `data/` (PGDATA), `run/` (the socket), `postgres.log`.
+//! When we run as root the cluster runs as the unprivileged `postgres` (or `nobody`) user,
+//! because the server refuses to run as root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use nix::unistd::{Uid, User};
+
+/// The superuser `initdb` creates; connections over the private socket are trusted.
+pub const SUPERUSER: &str = "ferrotune";
+
+/// Why the cluster could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// `initdb`/`pg_ctl` were not found.
+    #[error(
+        "PostgreSQL server binaries (initdb, pg_ctl, postgres) were not found on PATH or under \
+         /usr/lib/postgresql/*/bin. Install them (Debian/Ubuntu: `apt-get install postgresql`; \
+         Fedora: `dnf install postgresql-server`; macOS: `brew install postgresql`) or point \
+         ferrotune at an existing server with DATABASE_URL=postgres://…"
+    )]
+    BinariesNotFound,
+    /// A step failed; the message includes the tool's output.
+    #[error("embedded PostgreSQL: {0}")]
+    Failed(String),
+}
+
+/// A running (or reusable) private cluster.
+#[derive(Debug)]
+pub struct EmbeddedPostgres {
+    root: PathBuf,
+    bin: PathBuf,
+    run_as: Option<User>,
+    started_by_us: bool,
+}
+
+impl EmbeddedPostgres {
+    /// Initialise the cluster in `root` if needed and start it unless it already runs.
+    /// `fast` turns off fsync (for throwaway test clusters only).
+    pub fn start(root: &Path, fast: bool) -> Result<Self, ClusterError> {
+        let bin = find_binaries().ok_or(ClusterError::BinariesNotFound)?;
+        let run_as = if Uid::effective().is_root() {
+            let user = User::from_name("postgres")
+                .ok()
+                .flatten()
+                .or_else(|| User::from_name("nobody").ok().flatten())
+                .ok_or_else(|| fail("running as root and no unprivileged user to run PostgreSQL as"))?;
+            Some(user)
+        } else {
+            None
+        };
+        let mut cluster = Self {
+            root: absolute(root)?,
+            bin,
+            run_as,
+            started_by_us: false,
+        };
+        cluster.prepare_dirs()?;
+        let socket = cluster.socket_dir().join(".s.PGSQL.5432");
+        if socket.as_os_str().len() > 100 {
+            return Err(fail(&format!(
+                "the socket path {} is too long for a Unix socket; use a shorter --data-dir",
+                socket.display()
+            )));
+        }
+        if !cluster.data_dir().join("PG_VERSION").exists() {
+            cluster.initdb()?;
+        }
+        if !cluster.is_running() {
+            cluster.pg_ctl_start(fast)?;
+            cluster.started_by_us = true;
+        }
+        Ok(cluster)
+    }
+
+    /// The URL of database `db` on this cluster.
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://{SUPERUSER}@localhost/{db}?host={}",
+            self.socket_dir().display()
+        )
+    }
+
+    /// Stop the server if this process started it.
+    pub fn stop(&self) {
+        if self.started_by_us {
+            let out = self.tool("pg_ctl", &["stop", "-m", "fast", "-w", "-D"], true);
+            if let Err(e) = out {
+                tracing::warn!(error = %e, "stopping embedded PostgreSQL failed");
+            }
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    fn socket_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    fn prepare_dirs(&self) -> Result<(), ClusterError> {
+        for dir in [&self.root, &self.socket_dir()] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| fail(&format!("creating {}: {e}", dir.display())))?;
+        }
+        if let Some(user) = &self.run_as {
+            chown_tree(&self.root, user)?;
+        }
+        Ok(())
+    }
+
+    fn initdb(&self) -> Result<(), ClusterError> {
+        tracing::info!(dir = %self.root.display(), "initialising embedded PostgreSQL cluster");
+        let data = self.data_dir();
+        let data = data.to_string_lossy();
+        self.tool(
+            "initdb",
+            &["-D", &data, "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-locale"],
+            false,
+        )
+        .map(|_| ())
+    }
+
+    fn is_running(&self) -> bool {
+        self.tool("pg_ctl", &["status", "-D"], true).is_ok()
+    }
+
+    fn pg_ctl_start(&self, fast: bool) -> Result<(), ClusterError> {
+        let mut opts = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{}' -c unix_socket_permissions=0700 \
+             -c max_connections=300",
+            self.socket_dir().display()
+        );
+        if fast {
+            opts.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
+        let log = self.root.join("postgres.log");
+        let log = log.to_string_lossy();
+        tracing::info!(dir = %self.root.display(), "starting embedded PostgreSQL");
+        self.tool("pg_ctl", &["start", "-w", "-t", "60", "-l", &log, "-o", &opts, "-D"], true)
+            .map(|_| ())
+    }
+
+    /// Run a tool as the cluster's user; with `with_data` the data dir is appended.
+    fn tool(&self, name: &str, args: &[&str], with_data: bool) -> Result<Output, ClusterError> {
+        let mut cmd = Command::new(self.bin.join(name));
+        cmd.args(args).current_dir(&self.root);
+        if with_data {
+            cmd.arg(self.data_dir());
+        }
+        if let Some(user) = &self.run_as {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| fail(&format!("running {name}: {e}")))?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(fail(&format!(
+                "{name} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+}
+
+fn fail(message: &str) -> ClusterError {
+    ClusterError::Failed(message.to_owned())
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, ClusterError> {
+    std::path::absolute(path).map_err(|e| fail(&format!("resolving {}: {e}", path.display())))
+}
+
+/// The directory holding `initdb` and `pg_ctl`: PATH first, then the newest Debian layout.
+pub fn find_binaries() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    if let Some(dir) = on_path
+        .into_iter()
+        .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
+    {
+        return Some(dir);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn chown_tree(path: &Path, user: &User) -> Result<(), ClusterError> {
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| fail(&format!("reading {}: {e}", path.display())))?;
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() != user.uid.as_raw() {
+        nix::unistd::chown(path, Some(user.uid), Some(user.gid))
+            .map_err(|e| fail(&format!("handing {} to {}: {e}", path.display(), user.name)))?;
+    }
+    if meta.is_dir() {
+        let entries = std::fs::read_dir(path)
+            .map_err(|e| fail(&format!("listing {}: {e}", path.display())))?;
+        for entry in entries.flatten() {
+            chown_tree(&entry.path(), user)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! ferrotune: an OpenAI-compatible fine-tune-and-serve service.
+//!
+//! A tour of the modules, in the order a request travels:
+//!
+//! - [`api`] speaks HTTP (actix-web): parses requests, calls the store, renders OpenAI objects,
+//!   and turns every failure into OpenAI's error envelope.
+//! - [`domain`] holds the parsed types and their rules (ids, job statuses, hyperparameters,
+//!   dataset formats, model names). No I/O.
+//! - [`store`] holds every SQL statement (sqlx on Postgres), the job queue (claim with
+//!   `FOR UPDATE SKIP LOCKED`, leases, fencing) and the on-disk file blobs.
+//! - [`worker`] is the job loop: claim, validate files, hand the job to a trainer, record events.
+//! - [`embedded_postgres`] runs a private PostgreSQL cluster when no `DATABASE_URL` is given.
+//! - [`config`], [`telemetry`], [`startup`] and [`cli`] glue it together.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod embedded_postgres;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

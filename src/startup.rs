@@ -1,0 +1,190 @@
+//! Wiring: database (embedded or external), migrations, the HTTP server and the worker.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+use anyhow::Context as _;
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState, auth::Auth};
+use crate::config::{Settings, StorageSettings, WorkerOptions};
+use crate::embedded_postgres::EmbeddedPostgres;
+use crate::store::Store;
+use crate::store::blobs::BlobStore;
+use crate::worker::{Trainer, Unavailable, Worker, WorkerSettings};
+
+/// The name of the database ferrotune uses in its embedded cluster.
+pub const EMBEDDED_DATABASE: &str = "ferrotune";
+
+/// A migrated database, and the embedded cluster behind it when we started one.
+#[derive(Debug)]
+pub struct Database {
+    /// The store.
+    pub store: Store,
+    cluster: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    /// Connect to `DATABASE_URL`, or start the embedded cluster; then apply migrations.
+    pub async fn open(storage: &StorageSettings) -> anyhow::Result<Self> {
+        let (url, cluster) = match &storage.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let root = storage.data_dir.join("postgres");
+                let cluster = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root, false))
+                    .await??;
+                ensure_database(&cluster.url("postgres"), EMBEDDED_DATABASE).await?;
+                (cluster.url(EMBEDDED_DATABASE), Some(cluster))
+            }
+        };
+        let store = Store::connect(&url).await?;
+        store.migrate().await?;
+        Ok(Self { store, cluster })
+    }
+
+    /// Stop the embedded cluster if we started it.
+    pub async fn close(self) {
+        self.store.pool().close().await;
+        if let Some(cluster) = self.cluster {
+            let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
+        }
+    }
+}
+
+/// Create database `name` through the admin URL unless it exists.
+pub async fn ensure_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    let mut conn = sqlx::PgConnection::connect(admin_url)
+        .await
+        .context("connecting to the PostgreSQL admin database")?;
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        sqlx::query(&format!("create database \"{}\"", name.replace('"', "")))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+    }
+    Ok(())
+}
+
+/// The absolute data directory, created if missing.
+pub fn prepare_data_dir(storage: &StorageSettings) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(&storage.data_dir)
+        .with_context(|| format!("creating data dir {}", storage.data_dir.display()))?;
+    Ok(std::path::absolute(&storage.data_dir)?)
+}
+
+/// A worker on `store`, writing job outputs under `data_dir/jobs`.
+pub fn build_worker(
+    store: Store,
+    data_dir: &std::path::Path,
+    options: &WorkerOptions,
+    trainer: Arc<dyn Trainer>,
+) -> anyhow::Result<Worker> {
+    let settings = WorkerSettings {
+        poll_interval: options.poll_interval(),
+        lease: options.lease(),
+        max_lost_leases: options.max_lost_leases,
+        jobs_dir: data_dir.join("jobs"),
+    };
+    Ok(Worker::new(store, BlobStore::open(data_dir)?, trainer, settings))
+}
+
+/// The running service: HTTP server, optional in-process worker, database.
+pub struct Application {
+    port: u16,
+    server: Server,
+    worker: Option<tokio::task::JoinHandle<()>>,
+    shutdown: CancellationToken,
+    database: Database,
+    store: Store,
+}
+
+impl Application {
+    /// Open the database, bind the listener and build the server (not yet polled).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let mut storage = settings.storage.clone();
+        storage.data_dir = prepare_data_dir(&storage)?;
+        let database = Database::open(&storage).await?;
+        let store = database.store.clone();
+        let keys = settings.http.all_api_keys().context("reading the API key file")?;
+        if keys.is_empty() {
+            tracing::warn!("no API keys configured: the API is open to anyone who can reach it");
+        } else {
+            tracing::info!(keys = keys.len(), "API keys required on /v1 routes");
+        }
+        let state = web::Data::new(ApiState {
+            store: store.clone(),
+            blobs: BlobStore::open(&storage.data_dir)?,
+            auth: Auth::from_keys(&keys),
+            max_upload_bytes: settings.http.max_upload_bytes,
+            base_models: vec![settings.http.base_model_name.clone()],
+        });
+        let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port))
+            .with_context(|| format!("binding {}:{}", settings.http.host, settings.http.port))?;
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(api::error_envelopes())
+                .wrap(tracing_actix())
+                .app_data(state.clone())
+                .configure(api::configure)
+        })
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        let shutdown = CancellationToken::new();
+        let worker = if settings.run_worker {
+            let trainer: Arc<dyn Trainer> = Arc::new(Unavailable);
+            let worker = build_worker(store.clone(), &storage.data_dir, &settings.worker, trainer)?;
+            Some(tokio::spawn(worker.run_until_stopped(shutdown.clone())))
+        } else {
+            None
+        };
+        tracing::info!(port, data_dir = %storage.data_dir.display(), "ferrotune listening");
+        Ok(Self {
+            port,
+            server,
+            worker,
+            shutdown,
+            database,
+            store,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The store the server uses.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A handle to stop the server gracefully.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serve until stopped, then stop the worker and the embedded database.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let served = self.server.await;
+        self.shutdown.cancel();
+        if let Some(worker) = self.worker {
+            let _ = worker.await;
+        }
+        self.database.close().await;
+        served.context("HTTP server failed")
+    }
+}
+
+fn tracing_actix() -> actix_web::middleware::Logger {
+    actix_web::middleware::Logger::new("%r %s %Dms").log_target("ferrotune::http")
+}

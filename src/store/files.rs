@@ -1,0 +1,144 @@
+//! The `file` table.
+
+use chrono::{DateTime, Utc};
+use sqlx::FromRow;
+
+use super::{Context, Store, StoreError};
+use crate::domain::ids::FileId;
+use crate::domain::organization::OrganizationId;
+use crate::domain::pagination::{Page, PageRequest};
+
+/// A stored file's metadata.
+#[derive(Debug, Clone, FromRow)]
+pub struct FileRow {
+    /// `file-…`.
+    pub id: String,
+    /// Owner.
+    pub organization_id: String,
+    /// Size in bytes.
+    pub bytes: i64,
+    /// Name given at upload.
+    pub filename: String,
+    /// Purpose given at upload.
+    pub purpose: String,
+    /// `processed` once validated.
+    pub status: String,
+    /// Validation details.
+    pub status_details: Option<String>,
+    /// Detected dataset format for `fine-tune` files.
+    pub dataset_format: Option<String>,
+    /// Number of examples for `fine-tune` files.
+    pub example_count: Option<i32>,
+    /// Upload time.
+    pub created_at: DateTime<Utc>,
+    /// When the file expires, if it does.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A file to record.
+#[derive(Debug, Clone)]
+pub struct NewFile {
+    /// Its id (already used for the blob's path).
+    pub id: FileId,
+    /// Owner.
+    pub organization_id: OrganizationId,
+    /// Size in bytes.
+    pub bytes: i64,
+    /// Name given at upload.
+    pub filename: String,
+    /// Purpose.
+    pub purpose: String,
+    /// Detected dataset format.
+    pub dataset_format: Option<String>,
+    /// Number of examples.
+    pub example_count: Option<i32>,
+    /// Expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, organization_id, bytes, filename, purpose, status, status_details, \
+                       dataset_format, example_count, created_at, expires_at";
+const VISIBLE: &str = "(expires_at is null or expires_at > now())";
+
+impl Store {
+    /// Record a file whose bytes are already in place.
+    #[tracing::instrument(skip_all, fields(file_id = %file.id))]
+    pub async fn insert_file(&self, file: &NewFile) -> Result<FileRow, StoreError> {
+        sqlx::query_as(&format!(
+            "insert into file (id, organization_id, bytes, filename, purpose, dataset_format, \
+             example_count, expires_at) values ($1, $2, $3, $4, $5, $6, $7, $8) returning {COLUMNS}"
+        ))
+        .bind(file.id.as_str())
+        .bind(file.organization_id.as_str())
+        .bind(file.bytes)
+        .bind(&file.filename)
+        .bind(&file.purpose)
+        .bind(&file.dataset_format)
+        .bind(file.example_count)
+        .bind(file.expires_at)
+        .fetch_one(&self.pool)
+        .await
+        .ctx("inserting a file")
+    }
+
+    /// One file of `org`, unless missing or expired.
+    pub async fn get_file(
+        &self,
+        org: &OrganizationId,
+        id: &str,
+    ) -> Result<Option<FileRow>, StoreError> {
+        sqlx::query_as(&format!(
+            "select {COLUMNS} from file where id = $1 and organization_id = $2 and {VISIBLE}"
+        ))
+        .bind(id)
+        .bind(org.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("reading a file")
+    }
+
+    /// A page of `org`'s files, optionally of one purpose.
+    pub async fn list_files(
+        &self,
+        org: &OrganizationId,
+        purpose: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Page<FileRow>, StoreError> {
+        let c = self
+            .cursor("file", "organization_id", org.as_str(), page)
+            .await?;
+        let rows = sqlx::query_as(&format!(
+            "select {COLUMNS} from file where organization_id = $1 and {VISIBLE} \
+             and ($2::text is null or purpose = $2) and ($3::bigint is null or seq {} $3) \
+             order by seq {} limit $4",
+            c.cmp, c.dir
+        ))
+        .bind(org.as_str())
+        .bind(purpose)
+        .bind(c.seq)
+        .bind(page.limit + 1)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("listing files")?;
+        Ok(Page::from_overfetch(rows, page.limit))
+    }
+
+    /// Delete a file's row; true when it existed.
+    pub async fn delete_file(&self, org: &OrganizationId, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("delete from file where id = $1 and organization_id = $2")
+            .bind(id)
+            .bind(org.as_str())
+            .execute(&self.pool)
+            .await
+            .ctx("deleting a file")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Delete expired files' rows, returning their ids so their bytes can be removed.
+    pub async fn delete_expired_files(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("delete from file where expires_at <= now() returning id")
+            .fetch_all(&self.pool)
+            .await
+            .ctx("deleting expired files")
+    }
+}

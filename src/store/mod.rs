@@ -1,0 +1,109 @@
+//! Every SQL statement, and the on-disk blobs of uploaded files.
+//!
+//! `Store` wraps the pool; each table's statements live in their own module as an `impl Store`
+//! block. The queue (claim, lease, heartbeat, fencing) is in [`queue`]. Nothing here knows HTTP.
+
+pub mod blobs;
+pub mod checkpoints;
+pub mod events;
+pub mod files;
+pub mod jobs;
+mod paging;
+pub mod queue;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+pub use checkpoints::CheckpointRow;
+pub use events::{EventRow, NewEvent};
+pub use files::{FileRow, NewFile};
+pub use jobs::JobRow;
+pub use queue::ClaimedJob;
+
+/// The migrations in `migrations/`, embedded at compile time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A failure in the storage layer, with what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A statement failed.
+    #[error("database error while {context}: {source}")]
+    Database {
+        /// What the store was doing.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying migrations failed.
+    #[error("applying migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A list's `after` cursor names no object visible to the caller.
+    #[error("no object with id '{0}' to page after")]
+    UnknownCursor(String),
+    /// Reading or writing a blob failed.
+    #[error("file storage error while {context}: {source}")]
+    Io {
+        /// What the store was doing.
+        context: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Attach what the store was doing to a driver error.
+pub(crate) trait Context<T> {
+    /// Wrap the error with `context`.
+    fn ctx(self, context: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Context<T> for Result<T, sqlx::Error> {
+    fn ctx(self, context: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Database { context, source })
+    }
+}
+
+impl<T> Context<T> for Result<T, std::io::Error> {
+    fn ctx(self, context: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Io { context, source })
+    }
+}
+
+/// The database handle shared by the API and the workers.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connect with a URL (`postgres://…`, `?host=/socket/dir` for Unix sockets).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse::<PgConnectOptions>().ctx("parsing DATABASE_URL")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .ctx("connecting to Postgres")?;
+        Ok(Self { pool })
+    }
+
+    /// Apply pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The pool, for tests and health checks.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// True when the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("select 1").execute(&self.pool).await.is_ok()
+    }
+}

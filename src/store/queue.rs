@@ -1,0 +1,183 @@
+//! The job queue: claim with `FOR UPDATE SKIP LOCKED`, a lease renewed by heartbeat, and the
+//! attempt number as a fencing token on every write a worker makes.
+//!
+//! Claiming commits at once; no transaction stays open while a job runs.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::jobs::JOB_COLUMNS;
+use super::{Context, JobRow, NewEvent, Store, StoreError};
+use crate::domain::job::JobStatus;
+
+/// A job this worker holds the lease on, and the fencing token that proves it.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    /// The job as claimed.
+    pub job: JobRow,
+    /// The attempt number every later write must match.
+    pub attempt: i32,
+}
+
+const ACTIVE: [&str; 3] = ["validating_files", "queued", "running"];
+
+impl Store {
+    /// Claim the oldest runnable job whose lease is free or expired, taking a lease of `lease`.
+    #[tracing::instrument(skip(self))]
+    pub async fn claim_job(
+        &self,
+        worker_id: &str,
+        lease: Duration,
+    ) -> Result<Option<ClaimedJob>, StoreError> {
+        let job: Option<JobRow> = sqlx::query_as(&format!(
+            "with next as ( \
+                select id from fine_tuning_job \
+                where status = any($3) and (locked_until is null or locked_until < now()) \
+                order by seq limit 1 for update skip locked) \
+             update fine_tuning_job j set attempt = j.attempt + 1, \
+                lost_leases = j.lost_leases + (case when j.locked_until is null then 0 else 1 end), \
+                locked_by = $1, locked_until = now() + make_interval(secs => $2), updated_at = now() \
+             from next where j.id = next.id returning {}",
+            JOB_COLUMNS
+                .split(", ")
+                .map(|c| format!("j.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .bind(worker_id)
+        .bind(lease.as_secs_f64())
+        .bind(&ACTIVE[..])
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("claiming a job")?;
+        Ok(job.map(|job| ClaimedJob {
+            attempt: job.attempt,
+            job,
+        }))
+    }
+
+    /// Renew the lease. `None`: another worker has taken the job (stop at once); otherwise the
+    /// job's current status, so the caller sees a cancel or pause.
+    pub async fn heartbeat(
+        &self,
+        claim: &ClaimedJob,
+        lease: Duration,
+    ) -> Result<Option<JobStatus>, StoreError> {
+        let status: Option<String> = sqlx::query_scalar(
+            "update fine_tuning_job set locked_until = now() + make_interval(secs => $3) \
+             where id = $1 and attempt = $2 returning status",
+        )
+        .bind(&claim.job.id)
+        .bind(claim.attempt)
+        .bind(lease.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("renewing a job lease")?;
+        Ok(status.and_then(|s| JobStatus::parse(&s)))
+    }
+
+    /// Give the lease back without changing the status (after a pause or cancel).
+    pub async fn release_job(&self, claim: &ClaimedJob) -> Result<(), StoreError> {
+        sqlx::query(
+            "update fine_tuning_job set locked_by = null, locked_until = null \
+             where id = $1 and attempt = $2",
+        )
+        .bind(&claim.job.id)
+        .bind(claim.attempt)
+        .execute(&self.pool)
+        .await
+        .ctx("releasing a job lease")?;
+        Ok(())
+    }
+
+    /// Move a held job from one of `from` to `to`, with an event. False when fenced off or the
+    /// status changed under us (a cancel or pause won the race).
+    pub async fn advance_job(
+        &self,
+        claim: &ClaimedJob,
+        from: &[JobStatus],
+        to: JobStatus,
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let mut tx = self.pool.begin().await.ctx("starting a transaction")?;
+        let done = sqlx::query(
+            "update fine_tuning_job set status = $3, updated_at = now() \
+             where id = $1 and attempt = $2 and status = any($4)",
+        )
+        .bind(&claim.job.id)
+        .bind(claim.attempt)
+        .bind(to.as_str())
+        .bind(&from)
+        .execute(&mut *tx)
+        .await
+        .ctx("advancing a job")?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        Self::insert_event_in(&mut tx, &claim.job.id, event).await?;
+        tx.commit().await.ctx("committing a job advance")?;
+        Ok(true)
+    }
+
+    /// End a held job as `failed` with `{code, message, param}`, releasing the lease.
+    pub async fn fail_job(
+        &self,
+        claim: &ClaimedJob,
+        error: Value,
+        message: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.ctx("starting a transaction")?;
+        let done = sqlx::query(
+            "update fine_tuning_job set status = 'failed', error = $3, finished_at = now(), \
+             estimated_finish = null, locked_by = null, locked_until = null, updated_at = now() \
+             where id = $1 and attempt = $2 and status = any($4)",
+        )
+        .bind(&claim.job.id)
+        .bind(claim.attempt)
+        .bind(error)
+        .bind(&ACTIVE[..])
+        .execute(&mut *tx)
+        .await
+        .ctx("failing a job")?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        Self::insert_event_in(&mut tx, &claim.job.id, &NewEvent::error(message)).await?;
+        tx.commit().await.ctx("committing a job failure")?;
+        Ok(true)
+    }
+}
+
+impl Store {
+    /// End a held running job as `succeeded` with its model name, releasing the lease.
+    pub async fn succeed_job(
+        &self,
+        claim: &ClaimedJob,
+        model: &crate::domain::model_name::FineTunedModelName,
+        trained_tokens: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.ctx("starting a transaction")?;
+        let done = sqlx::query(
+            "update fine_tuning_job set status = 'succeeded', fine_tuned_model = $3, \
+             trained_tokens = $4, finished_at = now(), estimated_finish = null, locked_by = null, \
+             locked_until = null, updated_at = now() \
+             where id = $1 and attempt = $2 and status = 'running'",
+        )
+        .bind(&claim.job.id)
+        .bind(claim.attempt)
+        .bind(model.as_str())
+        .bind(trained_tokens)
+        .execute(&mut *tx)
+        .await
+        .ctx("completing a job")?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let event = NewEvent::info("The job has successfully completed");
+        Self::insert_event_in(&mut tx, &claim.job.id, &event).await?;
+        tx.commit().await.ctx("committing a job success")?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,69 @@
+//! Full validation of a job's files before it is queued.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::domain::dataset::{ScanError, scan};
+
+/// The fewest examples a training file may have.
+pub const MIN_EXAMPLES: usize = 10;
+
+/// A validation failure, shown as the job's `error`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileProblem {
+    /// Machine-readable code (`invalid_n_examples`).
+    pub code: &'static str,
+    /// `training_file` or `validation_file`.
+    pub param: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl FileProblem {
+    /// The job's `error` object.
+    pub fn to_json(&self) -> Value {
+        json!({"code": self.code, "message": self.message, "param": self.param})
+    }
+}
+
+/// Check a dataset file in full: readable, one format, enough examples, each with an
+/// assistant turn to learn from. Runs on a blocking thread (it reads the whole file).
+pub fn validate_dataset(path: &Path, param: &'static str, min: usize) -> Result<usize, FileProblem> {
+    let problem = |code, message| FileProblem { code, param, message };
+    let file = std::fs::File::open(path)
+        .map_err(|e| problem("invalid_file", format!("{param} could not be read: {e}")))?;
+    let summary = scan(std::io::BufReader::new(file), |_, _| {}).map_err(|e| match e {
+        ScanError::Invalid { .. } => problem("invalid_file_format", format!("{param} is invalid: {e}")),
+        ScanError::Io(_) => problem("invalid_file", format!("{param} could not be read: {e}")),
+    })?;
+    if summary.examples < min {
+        return Err(problem(
+            "invalid_n_examples",
+            format!(
+                "{} has {} example(s), but must have at least {min} examples",
+                title(param),
+                summary.examples
+            ),
+        ));
+    }
+    if let Some(line) = summary.lines_without_assistant.first() {
+        return Err(problem(
+            "invalid_file_format",
+            format!(
+                "{} has {} example(s) with no assistant message to learn from (first on line {line})",
+                title(param),
+                summary.lines_without_assistant.len()
+            ),
+        ));
+    }
+    Ok(summary.examples)
+}
+
+fn title(param: &str) -> &'static str {
+    if param == "validation_file" {
+        "Validation file"
+    } else {
+        "Training file"
+    }
+}
