@@ -14,7 +14,13 @@ use crate::worker::Unavailable;
 #[command(name = "ferrotune", version, about)]
 pub struct Cli {
     /// Log format.
-    #[arg(long, global = true, env = "FERROTUNE_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERROTUNE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
@@ -95,10 +101,18 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             });
             app.run_until_stopped().await
         }
-        Command::Worker { mut storage, worker } => {
+        Command::Worker {
+            mut storage,
+            worker,
+        } => {
             storage.data_dir = prepare_data_dir(&storage)?;
             let database = Database::open(&storage).await?;
-            let w = build_worker(database.store.clone(), &storage.data_dir, &worker, Arc::new(Unavailable))?;
+            let w = build_worker(
+                database.store.clone(),
+                &storage.data_dir,
+                &worker,
+                Arc::new(Unavailable),
+            )?;
             let shutdown = CancellationToken::new();
             let stopper = shutdown.clone();
             tokio::spawn(async move {

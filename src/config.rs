@@ -36,7 +36,11 @@ pub struct HttpSettings {
     #[arg(long, env = "FERROTUNE_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
     /// The base model's name as clients give it in `model`.
-    #[arg(long, env = "FERROTUNE_BASE_MODEL_NAME", default_value = "ferrotune-tiny")]
+    #[arg(
+        long,
+        env = "FERROTUNE_BASE_MODEL_NAME",
+        default_value = "ferrotune-tiny"
+    )]
     pub base_model_name: String,
 }
 

@@ -48,7 +48,9 @@ impl EmbeddedPostgres {
                 .ok()
                 .flatten()
                 .or_else(|| User::from_name("nobody").ok().flatten())
-                .ok_or_else(|| fail("running as root and no unprivileged user to run PostgreSQL as"))?;
+                .ok_or_else(|| {
+                    fail("running as root and no unprivileged user to run PostgreSQL as")
+                })?;
             Some(user)
         } else {
             None
@@ -120,7 +122,16 @@ impl EmbeddedPostgres {
         let data = data.to_string_lossy();
         self.tool(
             "initdb",
-            &["-D", &data, "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-locale"],
+            &[
+                "-D",
+                &data,
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ],
             false,
         )
         .map(|_| ())
@@ -142,8 +153,12 @@ impl EmbeddedPostgres {
         let log = self.root.join("postgres.log");
         let log = log.to_string_lossy();
         tracing::info!(dir = %self.root.display(), "starting embedded PostgreSQL");
-        self.tool("pg_ctl", &["start", "-w", "-t", "60", "-l", &log, "-o", &opts, "-D"], true)
-            .map(|_| ())
+        self.tool(
+            "pg_ctl",
+            &["start", "-w", "-t", "60", "-l", &log, "-o", &opts, "-D"],
+            true,
+        )
+        .map(|_| ())
     }
 
     /// Run a tool as the cluster's user; with `with_data` the data dir is appended.

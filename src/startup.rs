@@ -35,8 +35,9 @@ impl Database {
             Some(url) => (url.clone(), None),
             None => {
                 let root = storage.data_dir.join("postgres");
-                let cluster = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root, false))
-                    .await??;
+                let cluster =
+                    tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root, false))
+                        .await??;
                 ensure_database(&cluster.url("postgres"), EMBEDDED_DATABASE).await?;
                 (cluster.url(EMBEDDED_DATABASE), Some(cluster))
             }
@@ -60,10 +61,11 @@ pub async fn ensure_database(admin_url: &str, name: &str) -> anyhow::Result<()> 
     let mut conn = sqlx::PgConnection::connect(admin_url)
         .await
         .context("connecting to the PostgreSQL admin database")?;
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
         sqlx::query(&format!("create database \"{}\"", name.replace('"', "")))
             .execute(&mut conn)
@@ -93,7 +95,12 @@ pub fn build_worker(
         max_lost_leases: options.max_lost_leases,
         jobs_dir: data_dir.join("jobs"),
     };
-    Ok(Worker::new(store, BlobStore::open(data_dir)?, trainer, settings))
+    Ok(Worker::new(
+        store,
+        BlobStore::open(data_dir)?,
+        trainer,
+        settings,
+    ))
 }
 
 /// The running service: HTTP server, optional in-process worker, database.
@@ -113,7 +120,10 @@ impl Application {
         storage.data_dir = prepare_data_dir(&storage)?;
         let database = Database::open(&storage).await?;
         let store = database.store.clone();
-        let keys = settings.http.all_api_keys().context("reading the API key file")?;
+        let keys = settings
+            .http
+            .all_api_keys()
+            .context("reading the API key file")?;
         if keys.is_empty() {
             tracing::warn!("no API keys configured: the API is open to anyone who can reach it");
         } else {

@@ -54,9 +54,9 @@ impl Auth {
             .or_else(|| header.strip_prefix("bearer "))
             .map(str::trim)
             .unwrap_or_default();
-        keys.get(&digest(key)).cloned().ok_or_else(|| {
-            ApiError::unauthorized("Incorrect API key provided.")
-        })
+        keys.get(&digest(key))
+            .cloned()
+            .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))
     }
 }
 

@@ -87,8 +87,12 @@ impl ApiError {
 
     /// 413 for an oversize body.
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", message)
-            .with_code("payload_too_large")
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            message,
+        )
+        .with_code("payload_too_large")
     }
 
     /// 500: logs the cause, shows the client a fixed message.
@@ -208,7 +212,10 @@ pub fn envelope_plain_errors<B>(
 }
 
 /// Render a JSON body rejection (malformed JSON, wrong types, missing fields, too large).
-pub fn json_rejection(err: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+pub fn json_rejection(
+    err: actix_web::error::JsonPayloadError,
+    _: &HttpRequest,
+) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as E;
     let api = match &err {
         E::Overflow { .. } | E::OverflowKnownLength { .. } => {
@@ -231,7 +238,10 @@ pub fn json_rejection(err: actix_web::error::JsonPayloadError, _: &HttpRequest) 
 }
 
 /// Render a query-string rejection.
-pub fn query_rejection(err: actix_web::error::QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+pub fn query_rejection(
+    err: actix_web::error::QueryPayloadError,
+    _: &HttpRequest,
+) -> actix_web::Error {
     ApiError::invalid(format!("Invalid query parameters: {err}"), None).into()
 }
 

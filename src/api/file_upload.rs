@@ -18,7 +18,14 @@ use crate::store::NewFile;
 use crate::store::blobs::TempBlob;
 
 /// Purposes a client may upload with (`fine-tune-results` is ours to write).
-pub const UPLOAD_PURPOSES: [&str; 6] = ["fine-tune", "batch", "assistants", "vision", "user_data", "evals"];
+pub const UPLOAD_PURPOSES: [&str; 6] = [
+    "fine-tune",
+    "batch",
+    "assistants",
+    "vision",
+    "user_data",
+    "evals",
+];
 
 /// The multipart form of `POST /v1/files` (documentation only; parsed by hand to stream).
 #[derive(utoipa::ToSchema)]
@@ -72,7 +79,10 @@ pub async fn create_file(
         match name.as_str() {
             "file" => {
                 if upload.is_some() {
-                    return Err(ApiError::invalid("Only one `file` field is allowed", Some("file")));
+                    return Err(ApiError::invalid(
+                        "Only one `file` field is allowed",
+                        Some("file"),
+                    ));
                 }
                 upload = Some(receive_file(&state, &mut field, max).await?);
             }
@@ -82,14 +92,20 @@ pub async fn create_file(
             _ => while field.try_next().await.map_err(multipart_error)?.is_some() {},
         }
     }
-    let purpose = purpose.ok_or_else(|| ApiError::invalid("Missing required parameter: 'purpose'", Some("purpose")))?;
+    let purpose = purpose.ok_or_else(|| {
+        ApiError::invalid("Missing required parameter: 'purpose'", Some("purpose"))
+    })?;
     if !UPLOAD_PURPOSES.contains(&purpose.as_str()) {
         return Err(ApiError::invalid(
-            format!("Invalid purpose '{purpose}': expected one of {}", UPLOAD_PURPOSES.join(", ")),
+            format!(
+                "Invalid purpose '{purpose}': expected one of {}",
+                UPLOAD_PURPOSES.join(", ")
+            ),
             Some("purpose"),
         ));
     }
-    let upload = upload.ok_or_else(|| ApiError::invalid("Missing required parameter: 'file'", Some("file")))?;
+    let upload = upload
+        .ok_or_else(|| ApiError::invalid("Missing required parameter: 'file'", Some("file")))?;
     let expires_at = match (anchor.as_deref(), seconds.as_deref()) {
         (None, None) => None,
         (Some("created_at") | None, Some(s)) => {
@@ -158,8 +174,10 @@ pub async fn create_file(
 }
 
 fn too_large(max: u64) -> ApiError {
-    ApiError::too_large(format!("File is too large: the maximum upload size is {max} bytes"))
-        .with_param("file")
+    ApiError::too_large(format!(
+        "File is too large: the maximum upload size is {max} bytes"
+    ))
+    .with_param("file")
 }
 
 fn multipart_error(e: actix_multipart::MultipartError) -> ApiError {
@@ -198,7 +216,10 @@ async fn text_field(field: &mut Field, name: &str) -> Result<String, ApiError> {
     while let Some(chunk) = field.try_next().await.map_err(multipart_error)? {
         buf.extend_from_slice(&chunk);
         if buf.len() > 4096 {
-            return Err(ApiError::invalid(format!("`{name}` is too long"), Some(name)));
+            return Err(ApiError::invalid(
+                format!("`{name}` is too long"),
+                Some(name),
+            ));
         }
     }
     String::from_utf8(buf)

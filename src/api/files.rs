@@ -96,8 +96,10 @@ pub async fn download_file(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    let (Some(row), Some(file_id)) = (state.store.get_file(&caller.0, &id).await?, FileId::parse(&id))
-    else {
+    let (Some(row), Some(file_id)) = (
+        state.store.get_file(&caller.0, &id).await?,
+        FileId::parse(&id),
+    ) else {
         return Err(ApiError::not_found("File", &id));
     };
     let file = tokio::fs::File::open(state.blobs.path_of(&file_id))

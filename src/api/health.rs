@@ -12,6 +12,7 @@ pub async fn health(state: web::Data<ApiState>) -> HttpResponse {
     if state.store.ping().await {
         HttpResponse::Ok().json(json!({"status": "ok", "database": "ok"}))
     } else {
-        HttpResponse::ServiceUnavailable().json(json!({"status": "unavailable", "database": "unreachable"}))
+        HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "unavailable", "database": "unreachable"}))
     }
 }

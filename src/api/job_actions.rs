@@ -19,9 +19,9 @@ async fn apply(
     match state.store.transition_job(&caller.0, &id, action).await? {
         Transition::Done(job) => Ok(HttpResponse::Ok().json(FineTuningJob::from(*job))),
         Transition::NotFound => Err(ApiError::not_found("fine-tuning job", &id)),
-        Transition::Conflict(status) => {
-            Err(ApiError::conflict(JobStatus::conflict_message(status, action)))
-        }
+        Transition::Conflict(status) => Err(ApiError::conflict(JobStatus::conflict_message(
+            status, action,
+        ))),
     }
 }
 

@@ -60,6 +60,7 @@ pub async fn list_fine_tuning_job_checkpoints(
     let q = query.into_inner();
     let page = PageRequest::parse(q.limit, q.after, None, 10, 100)?;
     let rows = state.store.list_checkpoints(&id, &page).await?;
-    let list: ListResponse<FineTuningJobCheckpoint> = ListResponse::with_ids(rows, |c: &FineTuningJobCheckpoint| &c.id);
+    let list: ListResponse<FineTuningJobCheckpoint> =
+        ListResponse::with_ids(rows, |c: &FineTuningJobCheckpoint| &c.id);
     Ok(HttpResponse::Ok().json(list))
 }

@@ -51,10 +51,14 @@ async fn check_file(
     id: &FileId,
     param: &str,
 ) -> Result<(), ApiError> {
-    let file = state.store.get_file(org, id.as_str()).await?.ok_or_else(|| {
-        ApiError::invalid(format!("Invalid file id '{id}': no such file"), Some(param))
-            .with_code("invalid_file_id")
-    })?;
+    let file = state
+        .store
+        .get_file(org, id.as_str())
+        .await?
+        .ok_or_else(|| {
+            ApiError::invalid(format!("Invalid file id '{id}': no such file"), Some(param))
+                .with_code("invalid_file_id")
+        })?;
     if file.purpose != "fine-tune" {
         return Err(ApiError::invalid(
             format!(
@@ -87,21 +91,27 @@ pub async fn list_paginated_fine_tuning_jobs(
         match key.as_str() {
             "after" => after = Some(value),
             "limit" => {
-                limit = Some(value.parse::<i64>().map_err(|_| {
-                    ApiError::invalid("limit must be an integer", Some("limit"))
-                })?)
+                limit =
+                    Some(value.parse::<i64>().map_err(|_| {
+                        ApiError::invalid("limit must be an integer", Some("limit"))
+                    })?)
             }
-            k => match k.strip_prefix("metadata[").and_then(|r| r.strip_suffix(']')) {
-                Some(name) => {
+            k => {
+                if let Some(name) = k
+                    .strip_prefix("metadata[")
+                    .and_then(|r| r.strip_suffix(']'))
+                {
                     metadata.insert(name.to_owned(), Value::String(value));
                 }
-                None => {}
-            },
+            }
         }
     }
     let page = PageRequest::parse(limit, after, None, 20, 100)?;
-    let filter = (!metadata.is_empty()).then(|| Value::Object(metadata));
-    let rows = state.store.list_jobs(&caller.0, filter.as_ref(), &page).await?;
+    let filter = (!metadata.is_empty()).then_some(Value::Object(metadata));
+    let rows = state
+        .store
+        .list_jobs(&caller.0, filter.as_ref(), &page)
+        .await?;
     Ok(HttpResponse::Ok().json(ListResponse::<FineTuningJob>::plain(rows)))
 }
 

@@ -131,7 +131,10 @@ impl Hyperparameters {
     /// Apply the fields of a request object onto `self`; `prefix` names the object in errors.
     pub fn apply(mut self, object: &Value, prefix: &str) -> Result<Self, DomainError> {
         let Value::Object(map) = object else {
-            return Err(DomainError::invalid(prefix, format!("{prefix} must be an object")));
+            return Err(DomainError::invalid(
+                prefix,
+                format!("{prefix} must be an object"),
+            ));
         };
         let f = Fields { map, prefix };
         for key in map.keys() {
@@ -194,7 +197,10 @@ impl Fields<'_> {
             .and_then(|v| u32::try_from(v).ok())
             .filter(|v| (min..=max).contains(v))
             .ok_or_else(|| {
-                self.err(key, format!("{key} must be an integer between {min} and {max}"))
+                self.err(
+                    key,
+                    format!("{key} must be an integer between {min} and {max}"),
+                )
             })
     }
 
@@ -209,7 +215,13 @@ impl Fields<'_> {
     }
 
     /// A finite number in `(min, max]`, or `[min, max)` when `min_inclusive`.
-    fn float(&self, key: &str, min: f64, max: f64, min_inclusive: bool) -> Result<f64, DomainError> {
+    fn float(
+        &self,
+        key: &str,
+        min: f64,
+        max: f64,
+        min_inclusive: bool,
+    ) -> Result<f64, DomainError> {
         let v = self.map[key].as_f64().filter(|v| v.is_finite());
         let ok = v.is_some_and(|v| {
             if min_inclusive {
@@ -264,7 +276,10 @@ impl Fields<'_> {
 
     fn scheduler(&self, key: &str) -> Result<LrScheduler, DomainError> {
         serde_json::from_value(self.map[key].clone()).map_err(|_| {
-            self.err(key, "lr_scheduler_type must be one of cosine, linear, constant".into())
+            self.err(
+                key,
+                "lr_scheduler_type must be one of cosine, linear, constant".into(),
+            )
         })
     }
 }
@@ -277,7 +292,10 @@ mod tests {
     #[test]
     fn defaults_match_the_seed_recipe() {
         let hp = Hyperparameters::default();
-        assert_eq!((hp.lora_rank, hp.lora_alpha, hp.lora_dropout), (8, 32.0, 0.05));
+        assert_eq!(
+            (hp.lora_rank, hp.lora_alpha, hp.lora_dropout),
+            (8, 32.0, 0.05)
+        );
         assert_eq!(hp.lora_target.len(), 7);
         assert_eq!(hp.to_json()["n_epochs"], json!("auto"));
     }
@@ -303,9 +321,15 @@ mod tests {
             (json!({"n_epochs": 0}), "h.n_epochs"),
             (json!({"n_epochs": 51}), "h.n_epochs"),
             (json!({"batch_size": "big"}), "h.batch_size"),
-            (json!({"learning_rate_multiplier": 0}), "h.learning_rate_multiplier"),
+            (
+                json!({"learning_rate_multiplier": 0}),
+                "h.learning_rate_multiplier",
+            ),
             (json!({"lora_dropout": 1.0}), "h.lora_dropout"),
-            (json!({"lora_target": ["q_proj", "lm_head"]}), "h.lora_target"),
+            (
+                json!({"lora_target": ["q_proj", "lm_head"]}),
+                "h.lora_target",
+            ),
             (json!({"lr_scheduler_type": "step"}), "h.lr_scheduler_type"),
             (json!({"lora_rnak": 8}), "h.lora_rnak"),
         ];

@@ -122,7 +122,11 @@ mod tests {
 
     #[test]
     fn terminal_jobs_accept_no_action() {
-        for status in [JobStatus::Succeeded, JobStatus::Failed, JobStatus::Cancelled] {
+        for status in [
+            JobStatus::Succeeded,
+            JobStatus::Failed,
+            JobStatus::Cancelled,
+        ] {
             for action in [JobAction::Cancel, JobAction::Pause, JobAction::Resume] {
                 assert!(!JobStatus::allowed_sources(action).contains(&status));
             }
@@ -139,7 +143,14 @@ mod tests {
 
     #[test]
     fn only_paused_jobs_resume() {
-        assert_eq!(JobStatus::allowed_sources(JobAction::Resume), &[JobStatus::Paused]);
-        assert!(JobStatus::Running.conflict_message(JobAction::Resume).contains("running"));
+        assert_eq!(
+            JobStatus::allowed_sources(JobAction::Resume),
+            &[JobStatus::Paused]
+        );
+        assert!(
+            JobStatus::Running
+                .conflict_message(JobAction::Resume)
+                .contains("running")
+        );
     }
 }

@@ -81,14 +81,22 @@ impl JobSpec {
             None => i64::from(rand::random::<u32>() >> 1),
             Some(s) if (0..=2_147_483_647).contains(&s) => s,
             Some(_) => {
-                return Err(DomainError::invalid("seed", "seed must be between 0 and 2147483647"));
+                return Err(DomainError::invalid(
+                    "seed",
+                    "seed must be between 0 and 2147483647",
+                ));
             }
         };
         let metadata = req.metadata.map(parse_metadata).transpose()?;
-        if let Some(i) = &req.integrations {
-            if !i.is_array() && !i.is_null() {
-                return Err(DomainError::invalid("integrations", "integrations must be a list"));
-            }
+        if req
+            .integrations
+            .as_ref()
+            .is_some_and(|i| !i.is_array() && !i.is_null())
+        {
+            return Err(DomainError::invalid(
+                "integrations",
+                "integrations must be a list",
+            ));
         }
         let mut hyperparameters = Hyperparameters::default();
         if let Some(h) = req.hyperparameters.as_ref().filter(|h| !h.is_null()) {
@@ -127,14 +135,23 @@ fn parse_metadata(value: Value) -> Result<Value, DomainError> {
         if value.is_null() {
             return Ok(Value::Object(Map::new()));
         }
-        return Err(DomainError::invalid("metadata", "metadata must be an object of strings"));
+        return Err(DomainError::invalid(
+            "metadata",
+            "metadata must be an object of strings",
+        ));
     };
     if map.len() > 16 {
-        return Err(DomainError::invalid("metadata", "metadata may have at most 16 pairs"));
+        return Err(DomainError::invalid(
+            "metadata",
+            "metadata may have at most 16 pairs",
+        ));
     }
     for (k, v) in &map {
         if k.chars().count() > 64 {
-            return Err(DomainError::invalid("metadata", "metadata keys may be at most 64 characters"));
+            return Err(DomainError::invalid(
+                "metadata",
+                "metadata keys may be at most 64 characters",
+            ));
         }
         match v.as_str() {
             Some(s) if s.chars().count() <= 512 => {}
@@ -162,7 +179,10 @@ fn apply_method(method: &Value, hp: Hyperparameters) -> Result<Hyperparameters, 
         Some("dpo") | Some("reinforcement") => {
             return Err(DomainError::invalid(
                 "method.type",
-                format!("method type '{}' is not supported yet; use 'supervised'", kind.unwrap_or("")),
+                format!(
+                    "method type '{}' is not supported yet; use 'supervised'",
+                    kind.unwrap_or("")
+                ),
             )
             .with_code("unsupported_method"));
         }
@@ -173,7 +193,10 @@ fn apply_method(method: &Value, hp: Hyperparameters) -> Result<Hyperparameters, 
             ));
         }
     }
-    match method.get("supervised").and_then(|s| s.get("hyperparameters")) {
+    match method
+        .get("supervised")
+        .and_then(|s| s.get("hyperparameters"))
+    {
         Some(h) if !h.is_null() => hp.apply(h, "method.supervised.hyperparameters"),
         _ => Ok(hp),
     }

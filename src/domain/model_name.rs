@@ -60,11 +60,15 @@ mod tests {
     fn model_names_follow_the_openai_pattern() {
         let job = JobId::parse("ftjob-abcdefghijkl").unwrap();
         let org = OrganizationId::local();
-        let named = FineTunedModelName::new("tiny", &org, Some(&Suffix::parse("med").unwrap()), &job);
+        let named =
+            FineTunedModelName::new("tiny", &org, Some(&Suffix::parse("med").unwrap()), &job);
         assert_eq!(named.as_str(), "ft:tiny:org-local:med:abcdefgh");
         let bare = FineTunedModelName::new("tiny", &org, None, &job);
         assert_eq!(bare.as_str(), "ft:tiny:org-local::abcdefgh");
-        assert_eq!(bare.checkpoint(20), "ft:tiny:org-local::abcdefgh:ckpt-step-20");
+        assert_eq!(
+            bare.checkpoint(20),
+            "ft:tiny:org-local::abcdefgh:ckpt-step-20"
+        );
     }
 
     #[test]

@@ -96,7 +96,10 @@ mod tests {
         let err = PageRequest::parse(Some(0), None, None, 20, 100).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("limit"));
         assert!(PageRequest::parse(Some(101), None, None, 20, 100).is_err());
-        assert_eq!(PageRequest::parse(None, None, None, 20, 100).unwrap().limit, 20);
+        assert_eq!(
+            PageRequest::parse(None, None, None, 20, 100).unwrap().limit,
+            20
+        );
     }
 
     #[test]

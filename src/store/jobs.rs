@@ -111,8 +111,12 @@ impl Store {
         .fetch_one(&mut *tx)
         .await
         .ctx("inserting a job")?;
-        Self::insert_event_in(&mut tx, id.as_str(), &NewEvent::info(format!("Created fine-tuning job: {id}")))
-            .await?;
+        Self::insert_event_in(
+            &mut tx,
+            id.as_str(),
+            &NewEvent::info(format!("Created fine-tuning job: {id}")),
+        )
+        .await?;
         tx.commit().await.ctx("committing a new job")?;
         Ok(job)
     }

@@ -81,7 +81,9 @@ pub struct Store {
 impl Store {
     /// Connect with a URL (`postgres://…`, `?host=/socket/dir` for Unix sockets).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options: PgConnectOptions = url.parse::<PgConnectOptions>().ctx("parsing DATABASE_URL")?;
+        let options: PgConnectOptions = url
+            .parse::<PgConnectOptions>()
+            .ctx("parsing DATABASE_URL")?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))

@@ -18,7 +18,11 @@ impl Worker {
     /// Take a claimed job to its next resting point; always leaves the lease released or the job
     /// finished.
     #[tracing::instrument(skip_all, fields(job_id = %claim.job.id, attempt = claim.attempt))]
-    pub(super) async fn drive(&self, claim: &ClaimedJob, stop: &CancellationToken) -> anyhow::Result<()> {
+    pub(super) async fn drive(
+        &self,
+        claim: &ClaimedJob,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
         if claim.job.lost_leases > self.settings.max_lost_leases {
             let message = format!(
                 "The job was abandoned by {} worker(s) that stopped responding; giving up",
@@ -31,11 +35,16 @@ impl Worker {
         let mut status = claim.job.status();
         if status == JobStatus::ValidatingFiles {
             if let Err(problem) = self.validate_files(claim).await? {
-                self.store.fail_job(claim, problem.to_json(), &problem.message).await?;
+                self.store
+                    .fail_job(claim, problem.to_json(), &problem.message)
+                    .await?;
                 return Ok(());
             }
             let event = NewEvent::info("Files validated, moving job to queued state");
-            if !self.advance(claim, status, JobStatus::Queued, event).await? {
+            if !self
+                .advance(claim, status, JobStatus::Queued, event)
+                .await?
+            {
                 return Ok(());
             }
             status = JobStatus::Queued;
@@ -46,7 +55,10 @@ impl Worker {
         }
         if status == JobStatus::Queued {
             let event = NewEvent::info("Fine-tuning job started");
-            if !self.advance(claim, status, JobStatus::Running, event).await? {
+            if !self
+                .advance(claim, status, JobStatus::Running, event)
+                .await?
+            {
                 return Ok(());
             }
         }
@@ -68,20 +80,26 @@ impl Worker {
         Ok(moved)
     }
 
-    async fn validate_files(
-        &self,
-        claim: &ClaimedJob,
-    ) -> anyhow::Result<Result<(), FileProblem>> {
+    async fn validate_files(&self, claim: &ClaimedJob) -> anyhow::Result<Result<(), FileProblem>> {
         let job = &claim.job;
         let org = OrganizationId::from_stored(job.organization_id.clone());
         let files = [
             Some((job.training_file.as_str(), "training_file", MIN_EXAMPLES)),
-            job.validation_file.as_deref().map(|v| (v, "validation_file", 1)),
+            job.validation_file
+                .as_deref()
+                .map(|v| (v, "validation_file", 1)),
         ];
         for (id, param, min) in files.into_iter().flatten() {
-            let what = if param == "training_file" { "training" } else { "validation" };
+            let what = if param == "training_file" {
+                "training"
+            } else {
+                "validation"
+            };
             self.store
-                .insert_event(&job.id, &NewEvent::info(format!("Validating {what} file: {id}")))
+                .insert_event(
+                    &job.id,
+                    &NewEvent::info(format!("Validating {what} file: {id}")),
+                )
                 .await?;
             let found = self.store.get_file(&org, id).await?;
             let (Some(_), Some(file_id)) = (found, FileId::parse(id)) else {
@@ -110,7 +128,9 @@ impl Worker {
             model: job.model.clone(),
             training_file: path_of(&job.training_file).unwrap_or_default(),
             validation_file: job.validation_file.as_deref().and_then(path_of),
-            hyperparameters: serde_json::from_value::<Hyperparameters>(job.hyperparameters.clone())?,
+            hyperparameters: serde_json::from_value::<Hyperparameters>(
+                job.hyperparameters.clone(),
+            )?,
             seed: job.seed,
             output_dir: self.settings.jobs_dir.join(&job.id),
         };
@@ -130,14 +150,19 @@ impl Worker {
             self.store.insert_event(&job.id, &event).await?;
         }
         let fail = |code: &str, message: String| {
-            (json!({"code": code, "message": message, "param": null}), message)
+            (
+                json!({"code": code, "message": message, "param": null}),
+                message,
+            )
         };
         let (error, message) = match result {
             Ok(Ok(outcome)) => {
                 let job_id = JobId::parse(&job.id).ok_or_else(|| anyhow::anyhow!("bad job id"))?;
                 let suffix = job.suffix.as_deref().map(Suffix::parse).transpose()?;
                 let name = FineTunedModelName::new(&job.model, &org, suffix.as_ref(), &job_id);
-                self.store.succeed_job(claim, &name, outcome.trained_tokens).await?;
+                self.store
+                    .succeed_job(claim, &name, outcome.trained_tokens)
+                    .await?;
                 return Ok(());
             }
             Ok(Err(TrainerError::Stopped)) => {

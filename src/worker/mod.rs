@@ -120,7 +120,9 @@ async fn heartbeat(store: Store, claim: ClaimedJob, lease: Duration, stop: Cance
     loop {
         tokio::time::sleep(every).await;
         match store.heartbeat(&claim, lease).await {
-            Ok(Some(status)) if status.is_terminal() || status == crate::domain::job::JobStatus::Paused => {
+            Ok(Some(status))
+                if status.is_terminal() || status == crate::domain::job::JobStatus::Paused =>
+            {
                 tracing::info!(job_id = %claim.job.id, %status, "job stopped by the client");
                 stop.cancel();
                 return;

@@ -29,12 +29,22 @@ impl FileProblem {
 
 /// Check a dataset file in full: readable, one format, enough examples, each with an
 /// assistant turn to learn from. Runs on a blocking thread (it reads the whole file).
-pub fn validate_dataset(path: &Path, param: &'static str, min: usize) -> Result<usize, FileProblem> {
-    let problem = |code, message| FileProblem { code, param, message };
+pub fn validate_dataset(
+    path: &Path,
+    param: &'static str,
+    min: usize,
+) -> Result<usize, FileProblem> {
+    let problem = |code, message| FileProblem {
+        code,
+        param,
+        message,
+    };
     let file = std::fs::File::open(path)
         .map_err(|e| problem("invalid_file", format!("{param} could not be read: {e}")))?;
     let summary = scan(std::io::BufReader::new(file), |_, _| {}).map_err(|e| match e {
-        ScanError::Invalid { .. } => problem("invalid_file_format", format!("{param} is invalid: {e}")),
+        ScanError::Invalid { .. } => {
+            problem("invalid_file_format", format!("{param} is invalid: {e}"))
+        }
         ScanError::Io(_) => problem("invalid_file", format!("{param} could not be read: {e}")),
     })?;
     if summary.examples < min {

@@ -18,9 +18,11 @@ pub fn parse_record(value: &Value) -> Result<(DatasetFormat, Example), String> {
     } else if obj.contains_key("conversations") {
         sharegpt(obj).map(|e| (DatasetFormat::Sharegpt, e))
     } else {
-        Err("unrecognised example format: expected `messages` (chat), `prompt`/`completion`, \
+        Err(
+            "unrecognised example format: expected `messages` (chat), `prompt`/`completion`, \
              `instruction`/`input`/`output` (alpaca) or `conversations` (ShareGPT)"
-            .to_owned())
+                .to_owned(),
+        )
     }
 }
 
@@ -90,12 +92,19 @@ fn chat_message(m: &Value) -> Result<Turn, String> {
             serde_json::to_string(&m["tool_calls"]).unwrap_or_default()
         }
         None | Some(Value::Null) => return Err("missing `content`".to_owned()),
-        Some(other) => return Err(format!("`content` must be a string or a list, found {}", kind(other))),
+        Some(other) => {
+            return Err(format!(
+                "`content` must be a string or a list, found {}",
+                kind(other)
+            ));
+        }
     };
     let train = match m.get("weight") {
         None | Some(Value::Null) => role == Role::Assistant,
         Some(w) if role != Role::Assistant => {
-            return Err(format!("`weight` ({w}) is only allowed on assistant messages"));
+            return Err(format!(
+                "`weight` ({w}) is only allowed on assistant messages"
+            ));
         }
         Some(w) => match w.as_u64() {
             Some(0) => false,
@@ -103,7 +112,11 @@ fn chat_message(m: &Value) -> Result<Turn, String> {
             _ => return Err(format!("`weight` must be 0 or 1, found {w}")),
         },
     };
-    Ok(Turn { role, content, train })
+    Ok(Turn {
+        role,
+        content,
+        train,
+    })
 }
 
 fn text_parts(parts: &[Value]) -> Result<String, String> {
@@ -112,7 +125,9 @@ fn text_parts(parts: &[Value]) -> Result<String, String> {
         match (part.get("type").and_then(Value::as_str), part.get("text")) {
             (Some("text"), Some(Value::String(t))) => out.push_str(t),
             (Some(other), _) if other != "text" => {
-                return Err(format!("content part type '{other}' is not supported; only text"));
+                return Err(format!(
+                    "content part type '{other}' is not supported; only text"
+                ));
             }
             _ => return Err("content parts must be {\"type\": \"text\", \"text\": …}".to_owned()),
         }
@@ -143,11 +158,12 @@ fn alpaca(obj: &Map<String, Value>) -> Result<Example, String> {
         Some(Value::Array(pairs)) => {
             for (i, pair) in pairs.iter().enumerate() {
                 let p = pair.as_array().filter(|p| p.len() == 2);
-                let (Some(q), Some(a)) = (
-                    p.and_then(|p| p[0].as_str()),
-                    p.and_then(|p| p[1].as_str()),
-                ) else {
-                    return Err(format!("history[{i}] must be a [question, answer] pair of strings"));
+                let (Some(q), Some(a)) =
+                    (p.and_then(|p| p[0].as_str()), p.and_then(|p| p[1].as_str()))
+                else {
+                    return Err(format!(
+                        "history[{i}] must be a [question, answer] pair of strings"
+                    ));
                 };
                 turns.push(turn(Role::User, q.to_owned()));
                 turns.push(turn(Role::Assistant, a.to_owned()));
@@ -209,7 +225,11 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(format, DatasetFormat::Alpaca);
-        let texts: Vec<_> = ex.turns.iter().map(|t| (t.role, t.content.as_str())).collect();
+        let texts: Vec<_> = ex
+            .turns
+            .iter()
+            .map(|t| (t.role, t.content.as_str()))
+            .collect();
         assert_eq!(
             texts,
             vec![
@@ -251,9 +271,18 @@ mod tests {
             (json!([1]), "expected a JSON object"),
             (json!({"text": "x"}), "unrecognised example format"),
             (json!({"messages": []}), "must not be empty"),
-            (json!({"messages": [{"role": "robot", "content": "x"}]}), "unknown role"),
-            (json!({"messages": [{"role": "user", "content": "x", "weight": 0}]}), "only allowed"),
-            (json!({"messages": [{"role": "assistant", "content": "x", "weight": 2}]}), "0 or 1"),
+            (
+                json!({"messages": [{"role": "robot", "content": "x"}]}),
+                "unknown role",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x", "weight": 0}]}),
+                "only allowed",
+            ),
+            (
+                json!({"messages": [{"role": "assistant", "content": "x", "weight": 2}]}),
+                "0 or 1",
+            ),
             (json!({"instruction": 1, "output": "x"}), "must be a string"),
         ];
         for (input, needle) in cases {

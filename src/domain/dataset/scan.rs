@@ -101,7 +101,11 @@ pub fn scan<R: BufRead>(
         line_no += 1;
         let text = std::str::from_utf8(&buf)
             .map_err(|_| invalid(line_no, "the line is not valid UTF-8"))?;
-        let text = if line_no == 1 { text.trim_start_matches('\u{feff}') } else { text };
+        let text = if line_no == 1 {
+            text.trim_start_matches('\u{feff}')
+        } else {
+            text
+        };
         let trimmed = text.trim();
         if trimmed.is_empty() {
             continue;
@@ -127,11 +131,19 @@ fn scan_array<F: FnMut(usize, Example)>(
     c: &mut Collector<F>,
 ) -> Result<(), ScanError> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        let line = first_line + bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count();
+        let line = first_line
+            + bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count();
         invalid(line, "the line is not valid UTF-8")
     })?;
-    let items: Vec<&RawValue> = serde_json::from_str(text)
-        .map_err(|e| invalid(first_line + e.line() - 1, format!("not a valid JSON array ({e})")))?;
+    let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
+        invalid(
+            first_line + e.line() - 1,
+            format!("not a valid JSON array ({e})"),
+        )
+    })?;
     let base = text.as_ptr() as usize;
     let (mut counted_to, mut line) = (0, first_line);
     for item in items {
@@ -173,8 +185,10 @@ mod tests {
 
     #[test]
     fn jsonl_counts_examples_and_skips_blank_lines() {
-        let s = run(b"{\"prompt\":\"a\",\"completion\":\"b\"}\n\n{\"prompt\":\"c\",\"completion\":\"d\"}\n")
-            .unwrap();
+        let s = run(
+            b"{\"prompt\":\"a\",\"completion\":\"b\"}\n\n{\"prompt\":\"c\",\"completion\":\"d\"}\n",
+        )
+        .unwrap();
         assert_eq!((s.format, s.examples), (DatasetFormat::Completion, 2));
     }
 
@@ -188,8 +202,14 @@ mod tests {
 
     #[test]
     fn bad_lines_are_reported_by_number() {
-        assert_eq!(line_of(run(b"{\"prompt\":\"a\",\"completion\":\"b\"}\nnot json\n").unwrap_err()), 2);
-        assert_eq!(line_of(run(b"{\"prompt\":\"a\",\"completion\":\"b\"}\n\xff\xfe\n").unwrap_err()), 2);
+        assert_eq!(
+            line_of(run(b"{\"prompt\":\"a\",\"completion\":\"b\"}\nnot json\n").unwrap_err()),
+            2
+        );
+        assert_eq!(
+            line_of(run(b"{\"prompt\":\"a\",\"completion\":\"b\"}\n\xff\xfe\n").unwrap_err()),
+            2
+        );
         assert_eq!(line_of(run(b"[1]\n").unwrap_err()), 1);
         let mixed = b"{\"prompt\":\"a\",\"completion\":\"b\"}\n{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}\n";
         assert_eq!(line_of(run(mixed).unwrap_err()), 2);

@@ -1,0 +1,291 @@
+//! `spawn_app()`: a real server on a fresh database of a shared embedded test cluster.
+
+use std::sync::{Arc, OnceLock};
+
+use ferrotune::config::{HttpSettings, Settings, StorageSettings, WorkerOptions};
+use ferrotune::embedded_postgres::EmbeddedPostgres;
+use ferrotune::startup::{Application, build_worker, ensure_database};
+use ferrotune::store::Store;
+use ferrotune::worker::{Trainer, Unavailable, Worker};
+use reqwest::multipart::{Form, Part};
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+static CLUSTER: OnceLock<EmbeddedPostgres> = OnceLock::new();
+
+/// One PostgreSQL cluster for the whole test run (fsync off), reused across runs.
+pub fn cluster() -> &'static EmbeddedPostgres {
+    CLUSTER.get_or_init(|| {
+        let root =
+            std::env::temp_dir().join(format!("ferrotune-test-pg-{}", nix::unistd::getuid()));
+        // Serialise start-up across test processes (e.g. nextest runs one per test).
+        let lock = std::fs::File::create(root.with_extension("lock")).expect("lock file");
+        lock.lock().expect("locking the test cluster");
+        EmbeddedPostgres::start(&root, true).expect("starting the test PostgreSQL cluster")
+    })
+}
+
+/// Options for [`spawn_app_with`].
+#[derive(Default)]
+pub struct AppOptions {
+    /// API keys to require.
+    pub api_keys: Vec<String>,
+    /// Upload limit (default 512 MiB).
+    pub max_upload_bytes: Option<u64>,
+}
+
+/// A running server and what tests need to talk to it.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub address: String,
+    /// HTTP client.
+    pub client: reqwest::Client,
+    /// Direct database access.
+    pub store: Store,
+    /// The server's data directory.
+    pub data_dir: tempfile::TempDir,
+    /// Bearer key sent by the helpers, if any.
+    pub api_key: Option<String>,
+    db_name: String,
+}
+
+/// A server with no API keys.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+/// A server with options. No worker runs inside it: tests drive workers explicitly.
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    let cluster = cluster();
+    let db_name = format!(
+        "test_{}",
+        ferrotune::domain::ids::JobId::generate()
+            .body()
+            .to_lowercase()
+    );
+    ensure_database(&cluster.url("postgres"), &db_name)
+        .await
+        .expect("creating the test database");
+    let data_dir = tempfile::tempdir().expect("temp data dir");
+    let settings = Settings {
+        storage: StorageSettings {
+            data_dir: data_dir.path().to_owned(),
+            database_url: Some(cluster.url(&db_name)),
+        },
+        http: HttpSettings {
+            host: "127.0.0.1".into(),
+            port: 0,
+            max_upload_bytes: options.max_upload_bytes.unwrap_or(512 * 1024 * 1024),
+            api_keys: options.api_keys.clone(),
+            api_key_file: None,
+            base_model_name: "ferrotune-tiny".into(),
+        },
+        worker: WorkerOptions {
+            poll_interval_ms: 50,
+            lease_seconds: 30,
+            max_lost_leases: 3,
+        },
+        run_worker: false,
+    };
+    let app = Application::build(settings)
+        .await
+        .expect("building the app");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let store = app.store().clone();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        store,
+        data_dir,
+        api_key: options.api_keys.first().cloned(),
+        db_name,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let url = cluster().url("postgres");
+        let name = self.db_name.clone();
+        // Drop runs inside the test's runtime; use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&url).await?;
+                sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
+                    .execute(&mut conn)
+                    .await?;
+                Ok::<_, anyhow::Error>(())
+            })
+        })
+        .join();
+    }
+}
+
+/// `n` alpaca records as JSON Lines.
+pub fn alpaca_jsonl(n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| json!({"instruction": format!("What is {i} + 1?"), "input": "", "output": format!("{}", i + 1)}).to_string() + "\n")
+        .collect::<String>()
+        .into_bytes()
+}
+
+impl TestApp {
+    fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(key) => req.bearer_auth(key),
+            None => req,
+        }
+    }
+
+    /// GET a path.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.auth(self.client.get(format!("{}{path}", self.address)))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// DELETE a path.
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.auth(self.client.delete(format!("{}{path}", self.address)))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// POST JSON to a path.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.auth(
+            self.client
+                .post(format!("{}{path}", self.address))
+                .json(body),
+        )
+        .send()
+        .await
+        .expect("request")
+    }
+
+    /// POST with an empty body (job actions).
+    pub async fn post_empty(&self, path: &str) -> reqwest::Response {
+        self.auth(self.client.post(format!("{}{path}", self.address)))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Upload bytes as a file.
+    pub async fn upload(&self, filename: &str, bytes: Vec<u8>, purpose: &str) -> reqwest::Response {
+        let form = Form::new()
+            .text("purpose", purpose.to_owned())
+            .part("file", Part::bytes(bytes).file_name(filename.to_owned()));
+        self.auth(
+            self.client
+                .post(format!("{}/v1/files", self.address))
+                .multipart(form),
+        )
+        .send()
+        .await
+        .expect("request")
+    }
+
+    /// Upload a valid training file of `n` examples and return its id.
+    pub async fn training_file(&self, n: usize) -> String {
+        let res = self
+            .upload("train.jsonl", alpaca_jsonl(n), "fine-tune")
+            .await;
+        assert_eq!(res.status(), 200);
+        res.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Create a job on `file` and return its object.
+    pub async fn create_job(&self, file: &str, extra: Value) -> Value {
+        let mut body = json!({"model": "ferrotune-tiny", "training_file": file});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().cloned().unwrap_or_default());
+        let res = self.post("/v1/fine_tuning/jobs", &body).await;
+        assert_eq!(res.status(), 200);
+        res.json().await.unwrap()
+    }
+
+    /// A job's current object.
+    pub async fn job(&self, id: &str) -> Value {
+        self.get(&format!("/v1/fine_tuning/jobs/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A job's event messages, oldest first.
+    pub async fn event_messages(&self, id: &str) -> Vec<String> {
+        let list: Value = self
+            .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=100"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let mut out: Vec<String> = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["message"].as_str().unwrap().to_owned())
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// A worker on this app's database with `trainer`, polling fast and leasing `lease_seconds`.
+    pub fn worker_with(&self, trainer: Arc<dyn Trainer>, lease_seconds: u64) -> Worker {
+        let options = WorkerOptions {
+            poll_interval_ms: 50,
+            lease_seconds,
+            max_lost_leases: 3,
+        };
+        build_worker(self.store.clone(), self.data_dir.path(), &options, trainer).unwrap()
+    }
+
+    /// A worker with the server's own trainer.
+    pub fn worker(&self) -> Worker {
+        self.worker_with(Arc::new(Unavailable), 30)
+    }
+
+    /// Files stored on disk (excluding the staging folder).
+    pub fn stored_blobs(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.data_dir.path().join("files"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let tmp: Vec<_> = std::fs::read_dir(self.data_dir.path().join("files/.tmp"))
+            .unwrap()
+            .flatten()
+            .map(|e| format!(".tmp/{}", e.file_name().to_string_lossy()))
+            .collect();
+        names.retain(|n| n != ".tmp");
+        names.extend(tmp);
+        names
+    }
+}
+
+/// Assert an OpenAI error envelope with this status and `param`; returns the error object.
+pub async fn assert_error(res: reqwest::Response, status: u16, param: Option<&str>) -> Value {
+    assert_eq!(res.status().as_u16(), status, "unexpected status");
+    let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ct.starts_with("application/json"), "content-type {ct}");
+    let body: Value = res.json().await.unwrap();
+    let err = body["error"].clone();
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(err["type"].is_string(), "{body}");
+    assert_eq!(err["param"].as_str(), param, "{body}");
+    err
+}

@@ -1,0 +1,13 @@
+//! Integration tests: the real server over HTTP, on a real PostgreSQL database per test.
+
+mod auth;
+mod errors;
+mod files;
+mod helpers;
+mod job_actions;
+mod jobs;
+mod openapi;
+mod packaging;
+mod queue;
+mod serve_binary;
+mod worker;

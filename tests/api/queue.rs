@@ -1,0 +1,110 @@
+//! The queue's guarantees, exercised through the store directly.
+
+use std::time::Duration;
+
+use ferrotune::domain::job::JobStatus;
+use ferrotune::store::NewEvent;
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn concurrent_claims_hand_a_job_to_exactly_one_worker() {
+    let app = spawn_app().await;
+    let file = app.training_file(10).await;
+    app.create_job(&file, json!({})).await;
+    let lease = Duration::from_secs(30);
+    let claims = futures_util::future::join_all((0..8).map(|i| {
+        let store = app.store.clone();
+        async move { store.claim_job(&format!("w{i}"), lease).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(claims.iter().filter(|c| c.is_some()).count(), 1);
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_reclaimed_and_the_stale_worker_is_fenced_off() {
+    let app = spawn_app().await;
+    let file = app.training_file(10).await;
+    let id = app.create_job(&file, json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stale = app
+        .store
+        .claim_job("dead", Duration::from_millis(300))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        app.store
+            .claim_job("other", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let fresh = app
+        .store
+        .claim_job("other", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fresh.job.id, id);
+    assert_eq!(fresh.attempt, stale.attempt + 1);
+    assert_eq!(fresh.job.lost_leases, 1);
+    // The stale worker can no longer write.
+    let event = NewEvent::info("stale write");
+    let moved = app
+        .store
+        .advance_job(
+            &stale,
+            &[JobStatus::ValidatingFiles],
+            JobStatus::Queued,
+            &event,
+        )
+        .await
+        .unwrap();
+    assert!(!moved);
+    assert!(
+        app.store
+            .heartbeat(&stale, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        !app.store
+            .fail_job(&stale, json!({}), "stale")
+            .await
+            .unwrap()
+    );
+    assert_eq!(app.job(&id).await["status"], "validating_files");
+    assert!(
+        !app.event_messages(&id)
+            .await
+            .contains(&"stale write".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn a_job_abandoned_too_often_fails_instead_of_looping() {
+    let app = spawn_app().await;
+    let file = app.training_file(10).await;
+    let id = app.create_job(&file, json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..4 {
+        app.store
+            .claim_job("dies", Duration::from_millis(100))
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    app.worker().run_once().await.unwrap();
+    let job = app.job(&id).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"]["code"], "worker_lost");
+}
