@@ -112,6 +112,7 @@ impl EmbeddedPostgres {
         }
         if let Some(user) = &self.run_as {
             chown_tree(&self.root, user)?;
+            chown_tree(&self.socket_dir(), user)?;
         }
         Ok(())
     }
@@ -198,8 +199,16 @@ fn absolute(path: &Path) -> Result<PathBuf, ClusterError> {
 
 /// The directory holding `initdb` and `pg_ctl`: PATH first, then the newest Debian layout.
 pub fn find_binaries() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+    find_binaries_in(
+        std::env::var_os("PATH").as_deref(),
+        Path::new("/usr/lib/postgresql"),
+    )
+}
+
+/// [`find_binaries`] with the search path and the Debian root given.
+pub fn find_binaries_in(path_var: Option<&std::ffi::OsStr>, debian_root: &Path) -> Option<PathBuf> {
+    let on_path = path_var
+        .map(|p| std::env::split_paths(p).collect::<Vec<_>>())
         .unwrap_or_default();
     if let Some(dir) = on_path
         .into_iter()
@@ -207,7 +216,7 @@ pub fn find_binaries() -> Option<PathBuf> {
     {
         return Some(dir);
     }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(debian_root)
         .ok()?
         .flatten()
         .filter_map(|e| {
@@ -228,7 +237,8 @@ fn chown_tree(path: &Path, user: &User) -> Result<(), ClusterError> {
         nix::unistd::chown(path, Some(user.uid), Some(user.gid))
             .map_err(|e| fail(&format!("handing {} to {}: {e}", path.display(), user.name)))?;
     }
-    if meta.is_dir() {
+    // A tree we handed over before stays owned by the user: only a new root needs the walk.
+    if meta.is_dir() && meta.uid() != user.uid.as_raw() {
         let entries = std::fs::read_dir(path)
             .map_err(|e| fail(&format!("listing {}: {e}", path.display())))?;
         for entry in entries.flatten() {
@@ -236,4 +246,33 @@ fn chown_tree(path: &Path, user: &User) -> Result<(), ClusterError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binaries_are_reported_with_how_to_install_them() {
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(
+            find_binaries_in(Some(std::ffi::OsStr::new("")), empty.path()),
+            None
+        );
+        let message = ClusterError::BinariesNotFound.to_string();
+        assert!(message.contains("apt-get install postgresql"));
+        assert!(message.contains("DATABASE_URL"));
+    }
+
+    #[test]
+    fn binaries_are_found_under_the_newest_debian_version() {
+        let root = tempfile::tempdir().unwrap();
+        for v in ["13", "15"] {
+            let bin = root.path().join(v).join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            std::fs::write(bin.join("initdb"), "").unwrap();
+        }
+        let found = find_binaries_in(None, root.path()).unwrap();
+        assert!(found.ends_with("15/bin"));
+    }
 }
