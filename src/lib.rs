@@ -20,4 +20,5 @@ pub mod embedded_postgres;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod train;
 pub mod worker;

@@ -76,3 +76,15 @@ impl BlobStore {
         }
     }
 }
+
+impl BlobStore {
+    /// Copy a file produced elsewhere (a job's result) in as `id`; returns its size.
+    pub async fn import(&self, src: &Path, id: &FileId) -> Result<u64, StoreError> {
+        let temp = self.temp();
+        let bytes = tokio::fs::copy(src, temp.path())
+            .await
+            .ctx("copying a result file")?;
+        self.commit(temp, id).await?;
+        Ok(bytes)
+    }
+}

@@ -49,3 +49,48 @@ impl Store {
         Ok(Page::from_overfetch(rows, page.limit))
     }
 }
+
+impl Store {
+    /// Record a checkpoint of a held job (fenced by the claim's attempt); replaces one of the
+    /// same step left by an earlier attempt.
+    pub async fn insert_checkpoint(
+        &self,
+        claim: &super::ClaimedJob,
+        step: i32,
+        model_name: &str,
+        metrics: &Value,
+        path: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "insert into fine_tuning_job_checkpoint (id, job_id, fine_tuned_model_checkpoint, \
+             step_number, metrics, path) \
+             select $1, id, $3, $4, $5, $6 from fine_tuning_job where id = $2 and attempt = $7 \
+             on conflict on constraint fine_tuning_job_checkpoint_job_step_key \
+             do update set metrics = excluded.metrics, path = excluded.path, created_at = now()",
+        )
+        .bind(crate::domain::ids::CheckpointId::generate().as_str())
+        .bind(&claim.job.id)
+        .bind(model_name)
+        .bind(step)
+        .bind(metrics)
+        .bind(path)
+        .bind(claim.attempt)
+        .execute(&self.pool)
+        .await
+        .ctx("recording a checkpoint")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forget a pruned checkpoint.
+    pub async fn delete_checkpoint(&self, job_id: &str, step: i32) -> Result<(), StoreError> {
+        sqlx::query(
+            "delete from fine_tuning_job_checkpoint where job_id = $1 and step_number = $2",
+        )
+        .bind(job_id)
+        .bind(step)
+        .execute(&self.pool)
+        .await
+        .ctx("deleting a checkpoint")?;
+        Ok(())
+    }
+}

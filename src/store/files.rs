@@ -62,8 +62,16 @@ const VISIBLE: &str = "(expires_at is null or expires_at > now())";
 
 impl Store {
     /// Record a file whose bytes are already in place.
-    #[tracing::instrument(skip_all, fields(file_id = %file.id))]
     pub async fn insert_file(&self, file: &NewFile) -> Result<FileRow, StoreError> {
+        let mut conn = self.pool.acquire().await.ctx("acquiring a connection")?;
+        Self::insert_file_in(&mut conn, file).await
+    }
+
+    /// Record a file inside a caller's transaction.
+    pub(crate) async fn insert_file_in(
+        conn: &mut sqlx::PgConnection,
+        file: &NewFile,
+    ) -> Result<FileRow, StoreError> {
         sqlx::query_as(&format!(
             "insert into file (id, organization_id, bytes, filename, purpose, dataset_format, \
              example_count, expires_at) values ($1, $2, $3, $4, $5, $6, $7, $8) returning {COLUMNS}"
@@ -76,7 +84,7 @@ impl Store {
         .bind(&file.dataset_format)
         .bind(file.example_count)
         .bind(file.expires_at)
-        .fetch_one(&self.pool)
+        .fetch_one(conn)
         .await
         .ctx("inserting a file")
     }

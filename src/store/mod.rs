@@ -20,7 +20,7 @@ pub use checkpoints::CheckpointRow;
 pub use events::{EventRow, NewEvent};
 pub use files::{FileRow, NewFile};
 pub use jobs::JobRow;
-pub use queue::ClaimedJob;
+pub use queue::{ClaimedJob, JobResults};
 
 /// The migrations in `migrations/`, embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

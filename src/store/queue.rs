@@ -150,31 +150,100 @@ impl Store {
     }
 }
 
+/// What a successful job publishes.
+#[derive(Debug, Clone)]
+pub struct JobResults {
+    /// The fine-tuned model's name.
+    pub model: crate::domain::model_name::FineTunedModelName,
+    /// Tokens trained on.
+    pub trained_tokens: i64,
+    /// Result files (bytes already in place).
+    pub files: Vec<super::NewFile>,
+    /// The adapter directory served as the model.
+    pub adapter_path: String,
+}
+
 impl Store {
-    /// End a held running job as `succeeded` with its model name, releasing the lease.
-    pub async fn succeed_job(
+    /// Update a held job's hyperparameters (and its `method` echo) once `auto` is resolved.
+    pub async fn set_job_hyperparameters(
         &self,
         claim: &ClaimedJob,
-        model: &crate::domain::model_name::FineTunedModelName,
-        trained_tokens: i64,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.ctx("starting a transaction")?;
-        let done = sqlx::query(
-            "update fine_tuning_job set status = 'succeeded', fine_tuned_model = $3, \
-             trained_tokens = $4, finished_at = now(), estimated_finish = null, locked_by = null, \
-             locked_until = null, updated_at = now() \
+        hp: &Value,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "update fine_tuning_job set hyperparameters = $3, \
+             method = jsonb_set(method, '{supervised,hyperparameters}', $3), updated_at = now() \
+             where id = $1 and attempt = $2",
+        )
+        .bind(&claim.job.id)
+        .bind(claim.attempt)
+        .bind(hp)
+        .execute(&self.pool)
+        .await
+        .ctx("recording resolved hyperparameters")?;
+        Ok(())
+    }
+
+    /// Update a held job's estimated finish time.
+    pub async fn set_estimated_finish(
+        &self,
+        claim: &ClaimedJob,
+        seconds: f64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "update fine_tuning_job set estimated_finish = now() + make_interval(secs => $3) \
              where id = $1 and attempt = $2 and status = 'running'",
         )
         .bind(&claim.job.id)
         .bind(claim.attempt)
-        .bind(model.as_str())
-        .bind(trained_tokens)
+        .bind(seconds)
+        .execute(&self.pool)
+        .await
+        .ctx("recording the estimated finish")?;
+        Ok(())
+    }
+
+    /// End a held running job as `succeeded`: result files, the model row and the job's final
+    /// fields in one transaction. False when fenced off or no longer running.
+    pub async fn succeed_job(
+        &self,
+        claim: &ClaimedJob,
+        results: &JobResults,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.ctx("starting a transaction")?;
+        let ids: Vec<&str> = results.files.iter().map(|f| f.id.as_str()).collect();
+        let done = sqlx::query(
+            "update fine_tuning_job set status = 'succeeded', fine_tuned_model = $3, \
+             trained_tokens = $4, result_files = $5, finished_at = now(), estimated_finish = null, \
+             locked_by = null, locked_until = null, updated_at = now() \
+             where id = $1 and attempt = $2 and status = 'running'",
+        )
+        .bind(&claim.job.id)
+        .bind(claim.attempt)
+        .bind(results.model.as_str())
+        .bind(results.trained_tokens)
+        .bind(&ids)
         .execute(&mut *tx)
         .await
         .ctx("completing a job")?;
         if done.rows_affected() != 1 {
             return Ok(false);
         }
+        for file in &results.files {
+            Self::insert_file_in(&mut tx, file).await?;
+        }
+        sqlx::query(
+            "insert into model (id, organization_id, kind, job_id, base_model, path) \
+             values ($1, $2, 'fine_tuned', $3, $4, $5)",
+        )
+        .bind(results.model.as_str())
+        .bind(&claim.job.organization_id)
+        .bind(&claim.job.id)
+        .bind(&claim.job.model)
+        .bind(&results.adapter_path)
+        .execute(&mut *tx)
+        .await
+        .ctx("registering the fine-tuned model")?;
         let event = NewEvent::info("The job has successfully completed");
         Self::insert_event_in(&mut tx, &claim.job.id, &event).await?;
         tx.commit().await.ctx("committing a job success")?;

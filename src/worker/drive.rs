@@ -121,8 +121,8 @@ impl Worker {
 
     async fn train(&self, claim: &ClaimedJob, stop: &CancellationToken) -> anyhow::Result<()> {
         let job = &claim.job;
-        let org = OrganizationId::from_stored(job.organization_id.clone());
         let path_of = |id: &str| FileId::parse(id).map(|f| self.blobs.path_of(&f));
+        let output_dir = self.settings.jobs_dir.join(&job.id);
         let request = TrainingRequest {
             job_id: job.id.clone(),
             model: job.model.clone(),
@@ -132,8 +132,9 @@ impl Worker {
                 job.hyperparameters.clone(),
             )?,
             seed: job.seed,
-            output_dir: self.settings.jobs_dir.join(&job.id),
+            output_dir: output_dir.clone(),
         };
+        let name = model_name(job)?;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let trainer = self.trainer.clone();
         let trainer_stop = stop.clone();
@@ -142,12 +143,12 @@ impl Worker {
         });
         let result = loop {
             tokio::select! {
-                Some(event) = rx.recv() => self.store.insert_event(&job.id, &event).await?,
+                Some(update) = rx.recv() => self.apply_update(claim, &name, update).await?,
                 joined = &mut handle => break joined,
             }
         };
-        while let Ok(event) = rx.try_recv() {
-            self.store.insert_event(&job.id, &event).await?;
+        while let Ok(update) = rx.try_recv() {
+            self.apply_update(claim, &name, update).await?;
         }
         let fail = |code: &str, message: String| {
             (
@@ -157,16 +158,17 @@ impl Worker {
         };
         let (error, message) = match result {
             Ok(Ok(outcome)) => {
-                let job_id = JobId::parse(&job.id).ok_or_else(|| anyhow::anyhow!("bad job id"))?;
-                let suffix = job.suffix.as_deref().map(Suffix::parse).transpose()?;
-                let name = FineTunedModelName::new(&job.model, &org, suffix.as_ref(), &job_id);
-                self.store
-                    .succeed_job(claim, &name, outcome.trained_tokens)
-                    .await?;
+                self.publish(claim, name, outcome).await?;
                 return Ok(());
             }
             Ok(Err(TrainerError::Stopped)) => {
                 self.store.release_job(claim).await?;
+                let org = OrganizationId::from_stored(job.organization_id.clone());
+                let now = self.store.get_job(&org, &job.id).await?;
+                if now.is_some_and(|j| j.status() == JobStatus::Cancelled) {
+                    // A cancelled job never resumes: free its disk.
+                    let _ = tokio::fs::remove_dir_all(&output_dir).await;
+                }
                 return Ok(());
             }
             Ok(Err(TrainerError::Unavailable(message))) => fail("trainer_unavailable", message),
@@ -176,4 +178,18 @@ impl Worker {
         self.store.fail_job(claim, error, &message).await?;
         Ok(())
     }
+}
+
+/// The name the job's model (and its checkpoints) will carry.
+fn model_name(job: &crate::store::JobRow) -> anyhow::Result<FineTunedModelName> {
+    let org = OrganizationId::from_stored(job.organization_id.clone());
+    let job_id =
+        JobId::parse(&job.id).ok_or_else(|| anyhow::anyhow!("malformed job id {}", job.id))?;
+    let suffix = job.suffix.as_deref().map(Suffix::parse).transpose()?;
+    Ok(FineTunedModelName::new(
+        &job.model,
+        &org,
+        suffix.as_ref(),
+        &job_id,
+    ))
 }

@@ -4,6 +4,7 @@
 //! reaches a running trainer within one heartbeat. Every write is fenced by the claim's attempt.
 
 mod drive;
+mod publish;
 pub mod trainer;
 pub mod validate;
 

@@ -33,10 +33,36 @@ pub struct TrainingRequest {
 }
 
 /// What a finished training run produced.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TrainingOutcome {
     /// Tokens trained on (all epochs).
     pub trained_tokens: i64,
+    /// The final adapter directory (PEFT), served as the fine-tuned model.
+    pub adapter_dir: PathBuf,
+    /// Files to publish as `fine-tune-results`: (path, filename shown to clients).
+    pub result_files: Vec<(PathBuf, String)>,
+}
+
+/// Something a trainer reports while it runs.
+#[derive(Debug, Clone)]
+pub enum TrainerUpdate {
+    /// Append an event to the job.
+    Event(NewEvent),
+    /// `auto` hyperparameters resolved: the job's `hyperparameters` become this object.
+    Resolved(serde_json::Value),
+    /// Seconds left, estimated.
+    Estimate(f64),
+    /// A checkpoint was written at `step` into `dir`, with these metrics.
+    Checkpoint {
+        /// Optimizer step.
+        step: u64,
+        /// PEFT directory.
+        dir: PathBuf,
+        /// Metrics object.
+        metrics: serde_json::Value,
+    },
+    /// The checkpoint of `step` was deleted.
+    Pruned(u64),
 }
 
 /// Why training did not finish.
@@ -58,21 +84,26 @@ pub enum TrainerError {
     },
 }
 
-/// Events a trainer reports while it runs.
+/// The channel a trainer reports through.
 #[derive(Debug, Clone)]
 pub struct Progress {
-    tx: UnboundedSender<NewEvent>,
+    tx: UnboundedSender<TrainerUpdate>,
 }
 
 impl Progress {
-    /// Wrap the worker's event channel.
-    pub fn new(tx: UnboundedSender<NewEvent>) -> Self {
+    /// Wrap the worker's channel.
+    pub fn new(tx: UnboundedSender<TrainerUpdate>) -> Self {
         Self { tx }
     }
 
-    /// Append an event to the job (dropped if the job is no longer being watched).
+    /// Report an update (dropped if the job is no longer being watched).
+    pub fn send(&self, update: TrainerUpdate) {
+        let _ = self.tx.send(update);
+    }
+
+    /// Append an event to the job.
     pub fn event(&self, event: NewEvent) {
-        let _ = self.tx.send(event);
+        self.send(TrainerUpdate::Event(event));
     }
 }
 

@@ -10,4 +10,5 @@ mod openapi;
 mod packaging;
 mod queue;
 mod serve_binary;
+mod train_parity;
 mod worker;

@@ -1,0 +1,97 @@
+//! Files a run leaves behind: safetensors with PEFT's metadata, and the resumable training state
+//! (adapter, optimizer moments, step, metrics so far) written when a job is paused.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::lora::LoraSet;
+use super::optim::AdamW;
+use super::run::MetricsRow;
+use super::{TensorContext, TrainError, io_err};
+
+/// Write tensors with `{"format": "pt"}` metadata, as PyTorch/PEFT expect.
+pub fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    let mut sorted: Vec<(&String, &Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file(sorted, Some(metadata), &tmp)
+        .map_err(|e| TrainError::Invalid(format!("writing {}: {e}", path.display())))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Where a paused run stopped.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResumeState {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Tokens trained on so far.
+    pub trained_tokens: u64,
+    /// Metrics logged so far.
+    pub metrics: Vec<MetricsRow>,
+    /// Checkpoint steps written so far.
+    pub checkpoints: Vec<usize>,
+}
+
+const STATE_JSON: &str = "state.json";
+const STATE_TENSORS: &str = "state.safetensors";
+
+/// Save everything needed to continue exactly where training stopped.
+pub fn save_state(
+    dir: &Path,
+    lora: &LoraSet,
+    opt: &AdamW,
+    state: &ResumeState,
+) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut tensors: HashMap<String, Tensor> = lora.named_tensors().into_iter().collect();
+    for (i, (m, v)) in opt.moments().iter().enumerate() {
+        tensors.insert(format!("adam.m.{i}"), m.clone());
+        tensors.insert(format!("adam.v.{i}"), v.clone());
+    }
+    write_safetensors(&dir.join(STATE_TENSORS), &tensors)?;
+    let path = dir.join(STATE_JSON);
+    let text = serde_json::to_string(state).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    std::fs::write(&path, text).map_err(io_err(&path))
+}
+
+/// Restore a saved state into `lora` and `opt`; `None` when there is none.
+pub fn load_state(
+    dir: &Path,
+    lora: &LoraSet,
+    opt: &mut AdamW,
+    device: &Device,
+) -> Result<Option<ResumeState>, TrainError> {
+    let path = dir.join(STATE_JSON);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let state: ResumeState = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    let file = dir.join(STATE_TENSORS);
+    lora.load_peft(&file, device)?;
+    let tensors = candle_core::safetensors::load(&file, device).ctx("reading optimizer state")?;
+    let moments = (0..opt.moments().len())
+        .map(|i| {
+            let get = |k: String| {
+                tensors
+                    .get(&k)
+                    .cloned()
+                    .ok_or_else(|| TrainError::Invalid(format!("optimizer state '{k}' is missing")))
+            };
+            Ok((get(format!("adam.m.{i}"))?, get(format!("adam.v.{i}"))?))
+        })
+        .collect::<Result<Vec<_>, TrainError>>()?;
+    opt.restore(moments, state.step)?;
+    Ok(Some(state))
+}
+
+/// Remove a saved state (after the run it belongs to finished).
+pub fn clear_state(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(STATE_JSON));
+    let _ = std::fs::remove_file(dir.join(STATE_TENSORS));
+}

@@ -1,0 +1,188 @@
+//! From examples to batches: render with the chat template, tokenize piece by piece, mask the
+//! labels of everything but trained responses, truncate, pad, shuffle by seed.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use rand::seq::SliceRandom;
+use tokenizers::Tokenizer;
+
+use super::rng::{self, purpose};
+use super::template::ChatTemplate;
+use super::{TensorContext, TrainError};
+use crate::domain::dataset::{Example, ScanError, scan};
+
+/// Label value the loss ignores.
+pub const IGNORE: i64 = -100;
+
+/// One tokenized example.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Token ids.
+    pub input_ids: Vec<u32>,
+    /// Per-token labels: the token itself where trained, else [`IGNORE`].
+    pub labels: Vec<i64>,
+}
+
+impl Sample {
+    /// Number of trained tokens.
+    pub fn trained_tokens(&self) -> usize {
+        self.labels.iter().filter(|l| **l != IGNORE).count()
+    }
+}
+
+/// Length limits (LLaMA-Factory's `cutoff_len`, `max_source_length`, `max_target_length`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Whole sequence.
+    pub max_length: usize,
+    /// Each prompt piece, when set.
+    pub max_source_length: Option<usize>,
+    /// Each response piece, when set.
+    pub max_target_length: Option<usize>,
+}
+
+/// Read every example of a dataset file.
+pub fn read_examples(path: &Path) -> Result<Vec<Example>, TrainError> {
+    let file = std::fs::File::open(path).map_err(super::io_err(path))?;
+    let mut out = Vec::new();
+    scan(std::io::BufReader::new(file), |_, e| out.push(e)).map_err(|e| match e {
+        ScanError::Invalid { .. } | ScanError::Io(_) => {
+            TrainError::Invalid(format!("{}: {e}", path.display()))
+        }
+    })?;
+    Ok(out)
+}
+
+/// Load `tokenizer.json` from a model directory.
+pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer, TrainError> {
+    let path = dir.join("tokenizer.json");
+    Tokenizer::from_file(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// Tokenize one example; `None` when truncation leaves nothing to learn.
+pub fn encode(
+    example: &Example,
+    template: &ChatTemplate,
+    tokenizer: &Tokenizer,
+    limits: Limits,
+) -> Result<Option<Sample>, TrainError> {
+    let mut input_ids = Vec::new();
+    let mut labels = Vec::new();
+    for (text, trained) in template.segments(example)? {
+        let enc = tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| TrainError::Invalid(format!("tokenizing failed: {e}")))?;
+        let mut ids = enc.get_ids().to_vec();
+        let cap = if trained {
+            limits.max_target_length
+        } else {
+            limits.max_source_length
+        };
+        if let Some(cap) = cap {
+            ids.truncate(cap);
+        }
+        labels.extend(
+            ids.iter()
+                .map(|&id| if trained { i64::from(id) } else { IGNORE }),
+        );
+        input_ids.extend(ids);
+    }
+    input_ids.truncate(limits.max_length);
+    labels.truncate(limits.max_length);
+    let sample = Sample { input_ids, labels };
+    Ok((sample.trained_tokens() > 0).then_some(sample))
+}
+
+/// A padded micro-batch on the device.
+pub struct Batch {
+    /// `[b, t]` u32.
+    pub input_ids: Tensor,
+    /// `[b][t]`, 1 for tokens and 0 for padding.
+    pub attention_mask: Vec<Vec<u8>>,
+    /// `[b][t]` labels, [`IGNORE`] on padding.
+    pub labels: Vec<Vec<i64>>,
+}
+
+impl Batch {
+    /// Right-pad `samples` with `pad_id` to the longest.
+    pub fn new(samples: &[&Sample], pad_id: u32, device: &Device) -> Result<Self, TrainError> {
+        let t = samples
+            .iter()
+            .map(|s| s.input_ids.len())
+            .max()
+            .unwrap_or(1)
+            .max(2);
+        let mut ids = Vec::with_capacity(samples.len() * t);
+        let mut attention_mask = Vec::new();
+        let mut labels = Vec::new();
+        for s in samples {
+            let pad = t - s.input_ids.len();
+            ids.extend_from_slice(&s.input_ids);
+            ids.extend(std::iter::repeat_n(pad_id, pad));
+            let mut m = vec![1u8; s.input_ids.len()];
+            m.extend(std::iter::repeat_n(0, pad));
+            attention_mask.push(m);
+            let mut l = s.labels.clone();
+            l.extend(std::iter::repeat_n(IGNORE, pad));
+            labels.push(l);
+        }
+        let input_ids =
+            Tensor::from_vec(ids, (samples.len(), t), device).ctx("building a batch")?;
+        Ok(Self {
+            input_ids,
+            attention_mask,
+            labels,
+        })
+    }
+
+    /// Tokens that are not padding.
+    pub fn tokens(&self) -> usize {
+        self.attention_mask
+            .iter()
+            .flatten()
+            .filter(|m| **m == 1)
+            .count()
+    }
+}
+
+/// The example order of `epoch`: a seeded shuffle, the same on every run.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng::stream(seed, purpose::SHUFFLE, epoch as u64));
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_pad_on_the_right_and_ignore_padding() {
+        let a = Sample {
+            input_ids: vec![1, 2, 3],
+            labels: vec![IGNORE, 2, 3],
+        };
+        let b = Sample {
+            input_ids: vec![4],
+            labels: vec![4],
+        };
+        let batch = Batch::new(&[&a, &b], 0, &Device::Cpu).unwrap();
+        assert_eq!(
+            batch.input_ids.to_vec2::<u32>().unwrap(),
+            vec![vec![1, 2, 3], vec![4, 0, 0]]
+        );
+        assert_eq!(batch.attention_mask[1], vec![1, 0, 0]);
+        assert_eq!(batch.labels[1], vec![4, IGNORE, IGNORE]);
+        assert_eq!(batch.tokens(), 4);
+    }
+
+    #[test]
+    fn shuffles_depend_only_on_seed_and_epoch() {
+        assert_eq!(epoch_order(20, 7, 1), epoch_order(20, 7, 1));
+        assert_ne!(epoch_order(20, 7, 1), epoch_order(20, 7, 2));
+        let mut sorted = epoch_order(20, 7, 3);
+        sorted.sort();
+        assert_eq!(sorted, (0..20).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,116 @@
+//! Building blocks: RMSNorm (Zhang & Sennrich, arXiv:1910.07467) and linear layers that may carry
+//! a LoRA adapter. Differentiable ops only.
+
+use candle_core::{D, DType, Module, Result, Tensor};
+
+use crate::train::lora::AdapterVars;
+use crate::train::rng::{self, purpose};
+
+/// Root-mean-square normalisation, computed in f32.
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// From the checkpoint's `weight`.
+    pub fn new(weight: Tensor, eps: f64) -> Self {
+        Self { weight, eps }
+    }
+
+    /// `x / sqrt(mean(x²) + eps) * weight`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
+        x.broadcast_div(&rms)?
+            .to_dtype(dtype)?
+            .broadcast_mul(&self.weight)
+    }
+}
+
+/// How a forward pass runs: training (dropout on) and where dropout draws its masks from.
+#[derive(Debug, Clone, Copy)]
+pub struct Dropout {
+    /// Job seed.
+    pub seed: u64,
+    /// Global micro-batch index (so every micro-batch gets fresh, reproducible masks).
+    pub micro_batch: u64,
+}
+
+/// A frozen linear layer, optionally with a LoRA adapter.
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    lora: Option<Lora>,
+}
+
+struct Lora {
+    vars: AdapterVars,
+    scale: f64,
+    dropout: f32,
+    index: u64,
+}
+
+impl Linear {
+    /// A frozen layer.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            lora: None,
+        }
+    }
+
+    /// Attach an adapter; `index` keeps its dropout stream distinct.
+    pub fn with_lora(mut self, vars: AdapterVars, scale: f64, dropout: f32, index: u64) -> Self {
+        self.lora = Some(Lora {
+            vars,
+            scale,
+            dropout,
+            index,
+        });
+        self
+    }
+
+    /// `[out, in]` of the frozen weight.
+    pub fn shape(&self) -> (usize, usize) {
+        let d = self.weight.dims();
+        (d[0], d[1])
+    }
+
+    /// `x W^T + b + scale · dropout(x) A^T B^T` for `x` of shape `[..., in]`.
+    pub fn forward(&self, x: &Tensor, dropout: Option<Dropout>) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim;
+        let flat = x.reshape((rows, in_dim))?;
+        let mut y =
+            candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(&flat)?;
+        if let Some(l) = &self.lora {
+            let input = match dropout {
+                Some(d) if l.dropout > 0.0 => {
+                    let keep = 1.0 - l.dropout;
+                    let mut g =
+                        rng::stream(d.seed, purpose::DROPOUT, d.micro_batch * 4096 + l.index);
+                    let mask: Vec<f32> = rng::uniform(&mut g, rows * in_dim, 0.0, 1.0)
+                        .into_iter()
+                        .map(|u| if u < keep { 1.0 / keep } else { 0.0 })
+                        .collect();
+                    let mask =
+                        Tensor::from_vec(mask, (rows, in_dim), x.device())?.to_dtype(x.dtype())?;
+                    flat.mul(&mask)?
+                }
+                _ => flat.clone(),
+            };
+            let a = l.vars.a.as_tensor().to_dtype(x.dtype())?;
+            let b = l.vars.b.as_tensor().to_dtype(x.dtype())?;
+            let update = input.matmul(&a.t()?)?.matmul(&b.t()?)?;
+            y = (y + (update * l.scale)?)?;
+        }
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = y.dim(1)?;
+        y.reshape(out_dims)
+    }
+}

@@ -1,0 +1,77 @@
+//! Rotary position embeddings (RoFormer, arXiv:2104.09864) in Hugging Face's "rotate half" layout,
+//! with Llama 3 and linear frequency scaling. Built from differentiable ops (candle's fused `rope`
+//! has no backward).
+
+use candle_core::{D, DType, Device, Result, Tensor};
+use serde_json::Value;
+
+use super::Config;
+
+/// Per-dimension inverse frequencies after scaling.
+pub fn inv_freq(cfg: &Config) -> Vec<f32> {
+    let hd = cfg.head_dim();
+    let theta = cfg.rope_theta();
+    let base: Vec<f64> = (0..hd / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f64 / hd as f64))
+        .collect();
+    let scaled = match cfg.rope_scaling() {
+        None => base,
+        Some(s) => scale(&base, s),
+    };
+    scaled.into_iter().map(|f| f as f32).collect()
+}
+
+fn scale(base: &[f64], s: &Value) -> Vec<f64> {
+    let num = |k: &str, d: f64| s.get(k).and_then(Value::as_f64).unwrap_or(d);
+    let kind = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let factor = num("factor", 1.0);
+    match kind {
+        "llama3" => {
+            let (low, high) = (num("low_freq_factor", 1.0), num("high_freq_factor", 4.0));
+            let orig = num("original_max_position_embeddings", 8192.0);
+            let (low_wl, high_wl) = (orig / low, orig / high);
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_wl {
+                        f
+                    } else if wavelen > low_wl {
+                        f / factor
+                    } else {
+                        let smooth = (orig / wavelen - low) / (high - low);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+        "linear" => base.iter().map(|f| f / factor).collect(),
+        // Other schemes (dynamic NTK, YaRN) only change long contexts; train unscaled.
+        _ => base.to_vec(),
+    }
+}
+
+/// `(cos, sin)` tables of shape `[seq, head_dim]` for positions `0..seq`.
+pub fn tables(inv: &[f32], seq: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = inv.len();
+    let mut angles = Vec::with_capacity(seq * half * 2);
+    for p in 0..seq {
+        let row: Vec<f32> = inv.iter().map(|f| p as f32 * f).collect();
+        angles.extend_from_slice(&row);
+        angles.extend_from_slice(&row);
+    }
+    let a = Tensor::from_vec(angles, (seq, half * 2), device)?;
+    Ok((a.cos()?.to_dtype(dtype)?, a.sin()?.to_dtype(dtype)?))
+}
+
+/// Rotate `x` of shape `[b, heads, seq, head_dim]`.
+pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(cos)?.add(&rotated.broadcast_mul(sin)?)
+}

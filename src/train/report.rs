@@ -1,0 +1,85 @@
+//! Result files of a finished run: the metrics CSV OpenAI returns, the loss curve as SVG (the
+//! seed's `plot_loss`), and the final adapter as a `.tar.gz`.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::run::MetricsRow;
+use super::{TrainError, io_err};
+
+/// `step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy`, one row per step.
+pub fn write_csv(path: &Path, rows: &[MetricsRow]) -> Result<(), TrainError> {
+    let opt = |v: Option<f32>| v.map(|v| v.to_string()).unwrap_or_default();
+    let mut text =
+        String::from("step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n");
+    for r in rows {
+        text.push_str(&format!(
+            "{},{},{},{},{}\n",
+            r.step,
+            r.train_loss,
+            r.train_accuracy,
+            opt(r.valid_loss),
+            opt(r.valid_accuracy)
+        ));
+    }
+    std::fs::write(path, text).map_err(io_err(path))
+}
+
+/// The training (and validation) loss against the step.
+pub fn write_loss_svg(path: &Path, rows: &[MetricsRow]) -> Result<(), TrainError> {
+    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let max_step = rows.last().map(|r| r.step).unwrap_or(1).max(2) as f64;
+        let losses = rows
+            .iter()
+            .flat_map(|r| [Some(r.train_loss), r.valid_loss])
+            .flatten();
+        let top = losses.fold(0f32, f32::max).max(1e-3) as f64 * 1.05;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(20)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(1f64..max_step, 0f64..top)?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("loss")
+            .draw()?;
+        chart
+            .draw_series(LineSeries::new(
+                rows.iter()
+                    .map(|r| (r.step as f64, f64::from(r.train_loss))),
+                &BLUE,
+            ))?
+            .label("train loss")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        let valid: Vec<(f64, f64)> = rows
+            .iter()
+            .filter_map(|r| r.valid_loss.map(|v| (r.step as f64, f64::from(v))))
+            .collect();
+        if !valid.is_empty() {
+            chart
+                .draw_series(LineSeries::new(valid, &RED))?
+                .label("validation loss")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        }
+        chart.configure_series_labels().border_style(BLACK).draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| TrainError::Invalid(format!("plotting the loss curve: {e}")))
+}
+
+/// `dir` as a gzip'd tarball whose entries sit under `adapter/`.
+pub fn write_archive(path: &Path, dir: &Path) -> Result<(), TrainError> {
+    let file = std::fs::File::create(path).map_err(io_err(path))?;
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    tar.append_dir_all("adapter", dir).map_err(io_err(dir))?;
+    tar.into_inner()
+        .and_then(|gz| gz.finish())
+        .map(|_| ())
+        .map_err(io_err(path))
+}

@@ -1,0 +1,417 @@
+//! The training loop: epochs of seeded shuffles, micro-batches with gradient accumulation,
+//! clipping, AdamW with a schedule, metrics every `logging_steps`, PEFT checkpoints every
+//! `save_steps` and at each epoch end, and a saved state when asked to stop (pause).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::auto::{self, Resolved};
+use super::checkpoint::{self, ResumeState};
+use super::data::{self, Batch, Limits, Sample};
+use super::lora::{LoraSet, LoraSpec};
+use super::loss::causal_lm_loss;
+use super::model::layers_dropout as dropout_for;
+use super::model::{CausalLm, ForwardCtx};
+use super::optim::{AdamW, clip_grad_norm, learning_rate};
+use super::template::{ChatTemplate, read_tokenizer_config};
+use super::{TensorContext, TrainError, io_err};
+use crate::domain::hyperparameters::Hyperparameters;
+
+/// What to train.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Hugging Face model directory.
+    pub model_dir: PathBuf,
+    /// Name written as `base_model_name_or_path` in adapters.
+    pub base_model_name: String,
+    /// Training data (any accepted format).
+    pub train_file: PathBuf,
+    /// Validation data.
+    pub valid_file: Option<PathBuf>,
+    /// A built-in template name; `None` uses the model's own.
+    pub template: Option<String>,
+    /// Hyperparameters (may contain `auto`).
+    pub hyperparameters: Hyperparameters,
+    /// Seed for init, shuffles and dropout.
+    pub seed: u64,
+    /// Where checkpoints, state and results go.
+    pub output_dir: PathBuf,
+    /// Compute device.
+    pub device: Device,
+    /// Compute dtype of the frozen weights (LoRA weights stay f32).
+    pub dtype: DType,
+}
+
+/// Metrics of one optimizer step.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MetricsRow {
+    /// 1-based optimizer step.
+    pub step: usize,
+    /// Mean training loss over the step's micro-batches.
+    pub train_loss: f32,
+    /// Mean token accuracy.
+    pub train_accuracy: f32,
+    /// Validation loss, when evaluated at this step.
+    pub valid_loss: Option<f32>,
+    /// Validation token accuracy.
+    pub valid_accuracy: Option<f32>,
+}
+
+/// Something the loop reports.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// `auto` values resolved.
+    Resolved(Hyperparameters),
+    /// A human-readable message.
+    Message(String),
+    /// Metrics at a logging step.
+    Metrics {
+        /// The row.
+        row: MetricsRow,
+        /// Total optimizer steps.
+        total_steps: usize,
+    },
+    /// Seconds left, estimated.
+    Estimate(f64),
+    /// A checkpoint directory was written.
+    Checkpoint {
+        /// Step.
+        step: usize,
+        /// PEFT directory.
+        dir: PathBuf,
+        /// Metrics at that step.
+        metrics: MetricsRow,
+    },
+    /// An old checkpoint was deleted.
+    Pruned(usize),
+}
+
+/// Files of a finished run.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// Tokens processed over all epochs.
+    pub trained_tokens: u64,
+    /// The final adapter (PEFT).
+    pub adapter_dir: PathBuf,
+    /// `step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy`.
+    pub metrics_csv: PathBuf,
+    /// Loss curve.
+    pub loss_svg: PathBuf,
+    /// The final adapter as `.tar.gz`.
+    pub adapter_archive: PathBuf,
+    /// Every step's metrics.
+    pub metrics: Vec<MetricsRow>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum RunEnd {
+    /// All epochs done.
+    Finished(RunOutcome),
+    /// Stopped on request after saving its state; running again resumes.
+    Stopped {
+        /// Steps done.
+        step: usize,
+    },
+}
+
+struct Prepared {
+    train: Vec<Sample>,
+    valid: Vec<Sample>,
+    pad_id: u32,
+    resolved: Resolved,
+}
+
+/// Train per `cfg`; `stop` is polled after every optimizer step.
+pub fn train(
+    cfg: &RunConfig,
+    stop: &dyn Fn() -> bool,
+    on: &mut dyn FnMut(Update),
+) -> Result<RunEnd, TrainError> {
+    let hp = &cfg.hyperparameters;
+    let p = prepare(cfg, on)?;
+    let spec = LoraSpec {
+        rank: hp.lora_rank as usize,
+        alpha: hp.lora_alpha,
+        dropout: hp.lora_dropout as f32,
+        targets: hp.lora_target.clone(),
+    };
+    let (model, lora) = CausalLm::load(
+        &cfg.model_dir,
+        Some(&spec),
+        cfg.seed,
+        &cfg.device,
+        cfg.dtype,
+    )?;
+    let mut opt = AdamW::new(lora.vars(), hp.weight_decay)?;
+    let bs = p.resolved.batch_size as usize;
+    let accum = hp.gradient_accumulation_steps as usize;
+    let steps_per_epoch = p.train.len().div_ceil(bs * accum);
+    let total = steps_per_epoch * p.resolved.n_epochs as usize;
+    let warmup = (hp.warmup_ratio * total as f64).ceil() as usize;
+    let state_dir = cfg.output_dir.join("state");
+    let mut st =
+        checkpoint::load_state(&state_dir, &lora, &mut opt, &cfg.device)?.unwrap_or(ResumeState {
+            step: 0,
+            trained_tokens: 0,
+            metrics: Vec::new(),
+            checkpoints: Vec::new(),
+        });
+    on(Update::Message(if st.step == 0 {
+        format!(
+            "Training {} LoRA parameters on {} examples: {} epochs × {} steps (batch {} × {} accumulation)",
+            lora.parameter_count(),
+            p.train.len(),
+            p.resolved.n_epochs,
+            steps_per_epoch,
+            bs,
+            accum
+        )
+    } else {
+        format!("Resuming from step {}/{total}", st.step)
+    }));
+    let started = Instant::now();
+    let first_step = st.step;
+    while st.step < total {
+        let step = st.step;
+        let epoch = step / steps_per_epoch;
+        let order = data::epoch_order(p.train.len(), cfg.seed, epoch);
+        let k = step % steps_per_epoch;
+        let chunk = &order[k * bs * accum..((k + 1) * bs * accum).min(order.len())];
+        let micro: Vec<&[usize]> = chunk.chunks(bs).collect();
+        let mut grads: Vec<Option<Tensor>> = vec![None; lora.vars().len()];
+        let (mut loss_sum, mut correct, mut count) = (0f32, 0usize, 0usize);
+        for (j, indices) in micro.iter().enumerate() {
+            let samples: Vec<&Sample> = indices.iter().map(|i| &p.train[*i]).collect();
+            let batch = Batch::new(&samples, p.pad_id, &cfg.device)?;
+            let ctx = ForwardCtx {
+                dropout: Some(dropout_for(cfg.seed, (step * accum + j) as u64)),
+            };
+            let logits = model.forward(&batch.input_ids, &batch.attention_mask, ctx)?;
+            let out = causal_lm_loss(&logits, &batch.labels)?;
+            let value = out.loss.to_scalar::<f32>().ctx("reading the loss")?;
+            if !value.is_finite() {
+                return Err(TrainError::NonFiniteLoss {
+                    step: step + 1,
+                    loss: value,
+                });
+            }
+            loss_sum += value;
+            (correct, count) = (correct + out.correct, count + out.count);
+            st.trained_tokens += batch.tokens() as u64;
+            let scaled = (out.loss / micro.len() as f64).ctx("scaling the loss")?;
+            accumulate(&mut grads, &lora, &scaled.backward().ctx("backward pass")?)?;
+        }
+        clip_grad_norm(&mut grads, hp.max_grad_norm)?;
+        let lr = learning_rate(
+            p.resolved.learning_rate,
+            hp.lr_scheduler_type,
+            warmup,
+            step,
+            total,
+        );
+        opt.step(&grads, lr)?;
+        st.step += 1;
+        let mut row = MetricsRow {
+            step: st.step,
+            train_loss: loss_sum / micro.len() as f32,
+            train_accuracy: correct as f32 / count.max(1) as f32,
+            valid_loss: None,
+            valid_accuracy: None,
+        };
+        let epoch_end = st.step % steps_per_epoch == 0;
+        let log = st.step % hp.logging_steps as usize == 0 || st.step == total;
+        if (log || epoch_end) && !p.valid.is_empty() {
+            let (l, a) = evaluate(&model, &p.valid, p.pad_id, bs, &cfg.device)?;
+            (row.valid_loss, row.valid_accuracy) = (Some(l), Some(a));
+        }
+        st.metrics.push(row.clone());
+        if log {
+            on(Update::Metrics {
+                row: row.clone(),
+                total_steps: total,
+            });
+            let per_step = started.elapsed().as_secs_f64() / (st.step - first_step) as f64;
+            on(Update::Estimate(per_step * (total - st.step) as f64));
+        }
+        if st.step % hp.save_steps as usize == 0 || epoch_end {
+            save_checkpoint(cfg, &spec, &lora, &mut st, &row, steps_per_epoch, on)?;
+        }
+        if st.step < total && stop() {
+            checkpoint::save_state(&state_dir, &lora, &opt, &st)?;
+            on(Update::Message(format!(
+                "Saved training state at step {}/{total}",
+                st.step
+            )));
+            return Ok(RunEnd::Stopped { step: st.step });
+        }
+    }
+    let outcome = finish(cfg, &spec, &lora, &st)?;
+    checkpoint::clear_state(&state_dir);
+    Ok(RunEnd::Finished(outcome))
+}
+
+fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, TrainError> {
+    let hp = &cfg.hyperparameters;
+    let tokenizer = data::load_tokenizer(&cfg.model_dir)?;
+    let template = match &cfg.template {
+        Some(name) => {
+            let tc = read_tokenizer_config(&cfg.model_dir)?;
+            let tok = |k: &str| tc.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+            ChatTemplate::builtin(name, &tok("bos_token"), &tok("eos_token"))?
+        }
+        None => ChatTemplate::from_model_dir(&cfg.model_dir)?,
+    };
+    let limits = Limits {
+        max_length: hp.max_length as usize,
+        max_source_length: hp.max_source_length.map(|v| v as usize),
+        max_target_length: hp.max_target_length.map(|v| v as usize),
+    };
+    let encode_all = |path: &Path| -> Result<(Vec<Sample>, usize), TrainError> {
+        let examples = data::read_examples(path)?;
+        let total = examples.len();
+        let mut out = Vec::with_capacity(total);
+        for e in &examples {
+            if let Some(s) = data::encode(e, &template, &tokenizer, limits)? {
+                out.push(s);
+            }
+        }
+        Ok((out, total))
+    };
+    let (train, total) = encode_all(&cfg.train_file)?;
+    if train.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "none of the {total} training examples has a response left to learn after truncation to {} tokens",
+            hp.max_length
+        )));
+    }
+    if train.len() < total {
+        on(Update::Message(format!(
+            "{} of {total} examples had no response tokens left after truncation and were skipped",
+            total - train.len()
+        )));
+    }
+    let valid = match &cfg.valid_file {
+        Some(f) => encode_all(f)?.0,
+        None => Vec::new(),
+    };
+    let pad_id = ["<|endoftext|>", "<pad>", "<|end_of_text|>", "</s>"]
+        .iter()
+        .find_map(|t| tokenizer.token_to_id(t))
+        .unwrap_or(0);
+    let resolved = auto::resolve(hp, train.len());
+    on(Update::Resolved(resolved.apply(hp)));
+    Ok(Prepared {
+        train,
+        valid,
+        pad_id,
+        resolved,
+    })
+}
+
+fn accumulate(
+    grads: &mut [Option<Tensor>],
+    lora: &LoraSet,
+    store: &candle_core::backprop::GradStore,
+) -> Result<(), TrainError> {
+    for (slot, var) in grads.iter_mut().zip(lora.vars()) {
+        if let Some(g) = store.get(var.as_tensor()) {
+            *slot = Some(match slot.take() {
+                Some(acc) => (acc + g).ctx("accumulating gradients")?,
+                None => g.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Mean loss and token accuracy over `samples`, without dropout or gradients.
+pub fn evaluate(
+    model: &CausalLm,
+    samples: &[Sample],
+    pad_id: u32,
+    bs: usize,
+    device: &Device,
+) -> Result<(f32, f32), TrainError> {
+    let (mut loss, mut correct, mut count) = (0f64, 0usize, 0usize);
+    for chunk in samples.chunks(bs.max(1)) {
+        let refs: Vec<&Sample> = chunk.iter().collect();
+        let batch = Batch::new(&refs, pad_id, device)?;
+        let logits = model.forward(
+            &batch.input_ids,
+            &batch.attention_mask,
+            ForwardCtx::default(),
+        )?;
+        let out = causal_lm_loss(&logits.detach(), &batch.labels)?;
+        loss += f64::from(out.loss.to_scalar::<f32>().ctx("reading the loss")?) * out.count as f64;
+        (correct, count) = (correct + out.correct, count + out.count);
+    }
+    Ok((
+        (loss / count.max(1) as f64) as f32,
+        correct as f32 / count.max(1) as f32,
+    ))
+}
+
+fn save_checkpoint(
+    cfg: &RunConfig,
+    spec: &LoraSpec,
+    lora: &LoraSet,
+    st: &mut ResumeState,
+    row: &MetricsRow,
+    steps_per_epoch: usize,
+    on: &mut dyn FnMut(Update),
+) -> Result<(), TrainError> {
+    let dir = checkpoint_dir(&cfg.output_dir, st.step);
+    lora.save_peft(&dir, spec, &cfg.base_model_name)?;
+    st.checkpoints.push(st.step);
+    on(Update::Checkpoint {
+        step: st.step,
+        dir,
+        metrics: row.clone(),
+    });
+    // Keep the checkpoints of the last three epochs.
+    let completed = st.step / steps_per_epoch;
+    let keep_after = completed.saturating_sub(3) * steps_per_epoch;
+    let (old, kept): (Vec<usize>, Vec<usize>) =
+        st.checkpoints.iter().partition(|s| **s <= keep_after);
+    for s in old {
+        let _ = std::fs::remove_dir_all(checkpoint_dir(&cfg.output_dir, s));
+        on(Update::Pruned(s));
+    }
+    st.checkpoints = kept;
+    Ok(())
+}
+
+/// Where the checkpoint of `step` lives.
+pub fn checkpoint_dir(output: &Path, step: usize) -> PathBuf {
+    output.join("checkpoints").join(format!("step-{step}"))
+}
+
+fn finish(
+    cfg: &RunConfig,
+    spec: &LoraSpec,
+    lora: &LoraSet,
+    st: &ResumeState,
+) -> Result<RunOutcome, TrainError> {
+    let adapter_dir = cfg.output_dir.join("adapter");
+    lora.save_peft(&adapter_dir, spec, &cfg.base_model_name)?;
+    let results = cfg.output_dir.join("results");
+    std::fs::create_dir_all(&results).map_err(io_err(&results))?;
+    let metrics_csv = results.join("metrics.csv");
+    super::report::write_csv(&metrics_csv, &st.metrics)?;
+    let loss_svg = results.join("loss.svg");
+    super::report::write_loss_svg(&loss_svg, &st.metrics)?;
+    let adapter_archive = results.join("adapter.tar.gz");
+    super::report::write_archive(&adapter_archive, &adapter_dir)?;
+    Ok(RunOutcome {
+        trained_tokens: st.trained_tokens,
+        adapter_dir,
+        metrics_csv,
+        loss_svg,
+        adapter_archive,
+        metrics: st.metrics.clone(),
+    })
+}

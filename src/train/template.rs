@@ -1,0 +1,243 @@
+//! Chat templates: the model's own jinja `chat_template` (rendered with minijinja, Python string
+//! methods enabled so Hugging Face templates such as Qwen2's work), or a built-in named as in
+//! LLaMA-Factory's `--template` (`qwen`, `chatml`, `llama3`, `mistral`, `alpaca`).
+//!
+//! [`ChatTemplate::segments`] splits a rendered conversation into prompt and response pieces, so
+//! labels cover the assistant's tokens (and its end-of-turn token) only.
+
+use std::path::Path;
+
+use minijinja::{Environment, context};
+use serde_json::Value;
+
+use super::{TrainError, io_err};
+use crate::domain::dataset::{Example, Role, Turn};
+
+const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+const QWEN: &str = "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+const LLAMA3: &str = "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+const MISTRAL: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}{% elif message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}";
+const ALPACA: &str = "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}{% elif message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + '\n\n' }}{% elif message['role'] == 'assistant' %}{{ '### Response:\n' + message['content'] + eos_token + '\n\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}";
+
+/// The ChatML template written into generated tiny models.
+pub const CHATML_TEMPLATE: &str = CHATML;
+
+/// Built-in template names.
+pub const BUILTIN: [&str; 5] = ["qwen", "chatml", "llama3", "mistral", "alpaca"];
+
+/// A chat template with the special tokens it refers to.
+#[derive(Debug, Clone)]
+pub struct ChatTemplate {
+    source: String,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl ChatTemplate {
+    /// A built-in template by LLaMA-Factory name.
+    pub fn builtin(name: &str, bos_token: &str, eos_token: &str) -> Result<Self, TrainError> {
+        let source = match name {
+            "qwen" => QWEN,
+            "chatml" => CHATML,
+            "llama3" => LLAMA3,
+            "mistral" => MISTRAL,
+            "alpaca" => ALPACA,
+            other => {
+                return Err(TrainError::Invalid(format!(
+                    "unknown template '{other}'; built-ins: {}",
+                    BUILTIN.join(", ")
+                )));
+            }
+        };
+        Ok(Self {
+            source: source.to_owned(),
+            bos_token: bos_token.to_owned(),
+            eos_token: eos_token.to_owned(),
+        })
+    }
+
+    /// The model's template: `chat_template.jinja`, else `tokenizer_config.json`'s
+    /// `chat_template` (a string, or a list with a `default` entry).
+    pub fn from_model_dir(dir: &Path) -> Result<Self, TrainError> {
+        let config = read_tokenizer_config(dir)?;
+        let token = |key: &str| -> String {
+            match config.get(key) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Object(o)) => o
+                    .get("content")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                _ => String::new(),
+            }
+        };
+        let jinja = dir.join("chat_template.jinja");
+        let source = if jinja.exists() {
+            std::fs::read_to_string(&jinja).map_err(io_err(&jinja))?
+        } else {
+            match config.get("chat_template") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                    .and_then(|t| t.get("template")?.as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+                _ => String::new(),
+            }
+        };
+        if source.is_empty() {
+            return Err(TrainError::Invalid(format!(
+                "{} has no chat template; pass a built-in template ({})",
+                dir.display(),
+                BUILTIN.join(", ")
+            )));
+        }
+        Ok(Self {
+            source,
+            bos_token: token("bos_token"),
+            eos_token: token("eos_token"),
+        })
+    }
+
+    /// The end-of-sequence token text.
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
+    }
+
+    /// Render `turns` as the model sees them.
+    pub fn render(
+        &self,
+        turns: &[Turn],
+        add_generation_prompt: bool,
+        tools: Option<&Value>,
+    ) -> Result<String, TrainError> {
+        let mut env = Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_function("strftime_now", |fmt: String| {
+            chrono::Utc::now().format(&fmt).to_string()
+        });
+        env.add_template("chat", &self.source)
+            .map_err(|e| TrainError::Invalid(format!("chat template does not parse: {e}")))?;
+        let messages: Vec<Value> = turns
+            .iter()
+            .map(|t| serde_json::json!({"role": role_name(t.role), "content": t.content}))
+            .collect();
+        let tmpl = env
+            .get_template("chat")
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        tmpl.render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+            tools => tools.cloned(),
+        })
+        .map_err(|e| TrainError::Invalid(format!("rendering the chat template failed: {e}")))
+    }
+
+    /// `(text, trained)` pieces whose concatenation is the rendered conversation up to its last
+    /// assistant turn. Assistant content (with its end-of-turn text) is trained when its turn is.
+    pub fn segments(&self, example: &Example) -> Result<Vec<(String, bool)>, TrainError> {
+        let tools = example.tools.as_ref();
+        let mut out = Vec::new();
+        let mut done = String::new();
+        for (i, turn) in example.turns.iter().enumerate() {
+            if turn.role != Role::Assistant {
+                continue;
+            }
+            let prompt = self.render(&example.turns[..i], true, tools)?;
+            let full = self.render(&example.turns[..=i], false, tools)?;
+            let (Some(prompt_part), Some(answer)) = (
+                prompt.strip_prefix(done.as_str()),
+                full.strip_prefix(prompt.as_str()),
+            ) else {
+                return Err(TrainError::Invalid(
+                    "the chat template does not render conversations incrementally, so responses \
+                     cannot be located; use a built-in template"
+                        .to_owned(),
+                ));
+            };
+            out.push((prompt_part.to_owned(), false));
+            out.push((answer.to_owned(), turn.train));
+            done = full;
+        }
+        Ok(out)
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    }
+}
+
+/// `tokenizer_config.json` as JSON (empty when absent).
+pub fn read_tokenizer_config(dir: &Path) -> Result<Value, TrainError> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.exists() {
+        return Ok(Value::Object(Default::default()));
+    }
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::dataset::parse_record;
+
+    fn example() -> Example {
+        parse_record(&serde_json::json!({"messages": [
+            {"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "A1", "weight": 0}, {"role": "user", "content": "Q2"},
+            {"role": "assistant", "content": "A2"}]}))
+        .unwrap()
+        .1
+    }
+
+    #[test]
+    fn chatml_segments_train_only_on_answers() {
+        let t = ChatTemplate::builtin("chatml", "", "<|im_end|>").unwrap();
+        let segs = t.segments(&example()).unwrap();
+        let trained: Vec<&str> = segs.iter().filter(|s| s.1).map(|s| s.0.as_str()).collect();
+        assert_eq!(trained, vec!["A2<|im_end|>\n"]);
+        let joined: String = segs.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(joined, t.render(&example().turns, false, None).unwrap());
+        assert!(segs[0].0.ends_with("<|im_start|>assistant\n"));
+    }
+
+    #[test]
+    fn every_builtin_renders_incrementally() {
+        for name in BUILTIN {
+            let t = ChatTemplate::builtin(name, "<s>", "</s>").unwrap();
+            let segs = t.segments(&example()).unwrap();
+            assert_eq!(segs.len(), 4, "{name}");
+            assert!(segs[3].0.contains("A2"), "{name}: {segs:?}");
+        }
+    }
+
+    #[test]
+    fn python_style_hf_templates_render() {
+        let src = "{% for m in messages %}{% if m.content.startswith('Q') %}{{ m.content.strip() | upper }}{% endif %}{% endfor %}";
+        let t = ChatTemplate {
+            source: src.into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        assert_eq!(t.render(&example().turns, false, None).unwrap(), "Q1Q2");
+    }
+}
