@@ -35,13 +35,6 @@ pub struct HttpSettings {
     /// A file with one API key per line (blank lines and `#` comments ignored).
     #[arg(long, env = "FERROTUNE_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
-    /// The base model's name as clients give it in `model`.
-    #[arg(
-        long,
-        env = "FERROTUNE_BASE_MODEL_NAME",
-        default_value = "ferrotune-tiny"
-    )]
-    pub base_model_name: String,
 }
 
 impl HttpSettings {
@@ -63,6 +56,99 @@ impl HttpSettings {
             );
         }
         Ok(keys)
+    }
+}
+
+/// The base model and where it runs.
+#[derive(Debug, Clone, Args)]
+pub struct ModelSettings {
+    /// A local Hugging Face model directory (config.json, model.safetensors, tokenizer.json) to
+    /// fine-tune. Without it, a tiny model with random weights is generated in
+    /// <data dir>/models/ferrotune-tiny: fine for trying the API, useless for answers.
+    #[arg(long, env = "FERROTUNE_BASE_MODEL")]
+    pub base_model: Option<PathBuf>,
+    /// The name clients use for the base model (default: the directory's name).
+    #[arg(long, env = "FERROTUNE_BASE_MODEL_NAME")]
+    pub base_model_name: Option<String>,
+    /// Device for training: `cpu` or `cuda[:N]` (CUDA needs a build with `--features cuda`).
+    #[arg(long, env = "FERROTUNE_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype of the frozen weights: `f32`, `bf16` or `f16` (LoRA weights stay f32).
+    #[arg(long, env = "FERROTUNE_DTYPE", default_value = "f32")]
+    pub dtype: String,
+}
+
+/// The name of the generated tiny model.
+pub const TINY_MODEL_NAME: &str = "ferrotune-tiny";
+
+impl ModelSettings {
+    /// `(name, directory)` of the base model, generating the tiny model on first use.
+    pub fn resolve(&self, data_dir: &std::path::Path) -> anyhow::Result<(String, PathBuf)> {
+        match &self.base_model {
+            Some(dir) => {
+                let dir = std::path::absolute(dir)?;
+                if !dir.join("config.json").exists() {
+                    anyhow::bail!("--base-model {}: no config.json there", dir.display());
+                }
+                let name = self.base_model_name.clone().unwrap_or_else(|| {
+                    dir.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "base".to_owned())
+                });
+                Ok((name, dir))
+            }
+            None => {
+                let dir = data_dir.join("models").join(TINY_MODEL_NAME);
+                if !dir.join("model.safetensors").exists() {
+                    crate::train::tiny::init_tiny(&dir, crate::train::tiny::TinyArch::Llama, 0)?;
+                }
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "no --base-model: using the generated tiny model '{TINY_MODEL_NAME}'; it has \
+                     random weights and is only for trying the API"
+                );
+                let name = self
+                    .base_model_name
+                    .clone()
+                    .unwrap_or_else(|| TINY_MODEL_NAME.to_owned());
+                Ok((name, dir))
+            }
+        }
+    }
+
+    /// The candle device.
+    pub fn device(&self) -> anyhow::Result<candle_core::Device> {
+        parse_device(&self.device)
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> anyhow::Result<candle_core::DType> {
+        parse_dtype(&self.dtype)
+    }
+}
+
+/// `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(raw: &str) -> anyhow::Result<candle_core::Device> {
+    match raw {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        other => {
+            let ordinal = match other.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest.trim_start_matches(':').parse()?,
+                None => anyhow::bail!("unknown device '{other}': use cpu or cuda[:N]"),
+            };
+            Ok(candle_core::Device::new_cuda(ordinal)?)
+        }
+    }
+}
+
+/// `f32`, `bf16` or `f16`.
+pub fn parse_dtype(raw: &str) -> anyhow::Result<candle_core::DType> {
+    match raw {
+        "f32" | "float32" => Ok(candle_core::DType::F32),
+        "bf16" | "bfloat16" => Ok(candle_core::DType::BF16),
+        "f16" | "float16" => Ok(candle_core::DType::F16),
+        other => anyhow::bail!("unknown dtype '{other}': use f32, bf16 or f16"),
     }
 }
 
@@ -108,6 +194,8 @@ pub struct Settings {
     pub storage: StorageSettings,
     /// HTTP.
     pub http: HttpSettings,
+    /// Base model and device.
+    pub model: ModelSettings,
     /// Worker.
     pub worker: WorkerOptions,
     /// Run a worker inside the server process.

@@ -11,11 +11,12 @@ use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState, auth::Auth};
-use crate::config::{Settings, StorageSettings, WorkerOptions};
+use crate::config::{ModelSettings, Settings, StorageSettings, WorkerOptions};
 use crate::embedded_postgres::EmbeddedPostgres;
 use crate::store::Store;
 use crate::store::blobs::BlobStore;
-use crate::worker::{Trainer, Unavailable, Worker, WorkerSettings};
+use crate::worker::candle_trainer::CandleTrainer;
+use crate::worker::{Trainer, Worker, WorkerSettings};
 
 /// The name of the database ferrotune uses in its embedded cluster.
 pub const EMBEDDED_DATABASE: &str = "ferrotune";
@@ -103,6 +104,17 @@ pub fn build_worker(
     ))
 }
 
+/// The base model's name and the trainer for it.
+pub fn build_trainer(
+    model: &ModelSettings,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(String, Arc<dyn Trainer>)> {
+    let (name, dir) = model.resolve(data_dir)?;
+    let models = std::collections::HashMap::from([(name.clone(), dir)]);
+    let trainer = CandleTrainer::new(models, model.device()?, model.dtype()?);
+    Ok((name, Arc::new(trainer)))
+}
+
 /// The running service: HTTP server, optional in-process worker, database.
 pub struct Application {
     port: u16,
@@ -111,6 +123,8 @@ pub struct Application {
     shutdown: CancellationToken,
     database: Database,
     store: Store,
+    trainer: Arc<dyn Trainer>,
+    data_dir: PathBuf,
 }
 
 impl Application {
@@ -129,12 +143,13 @@ impl Application {
         } else {
             tracing::info!(keys = keys.len(), "API keys required on /v1 routes");
         }
+        let (base_model, trainer) = build_trainer(&settings.model, &storage.data_dir)?;
         let state = web::Data::new(ApiState {
             store: store.clone(),
             blobs: BlobStore::open(&storage.data_dir)?,
             auth: Auth::from_keys(&keys),
             max_upload_bytes: settings.http.max_upload_bytes,
-            base_models: vec![settings.http.base_model_name.clone()],
+            base_models: vec![base_model],
         });
         let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port))
             .with_context(|| format!("binding {}:{}", settings.http.host, settings.http.port))?;
@@ -151,8 +166,12 @@ impl Application {
         .run();
         let shutdown = CancellationToken::new();
         let worker = if settings.run_worker {
-            let trainer: Arc<dyn Trainer> = Arc::new(Unavailable);
-            let worker = build_worker(store.clone(), &storage.data_dir, &settings.worker, trainer)?;
+            let worker = build_worker(
+                store.clone(),
+                &storage.data_dir,
+                &settings.worker,
+                trainer.clone(),
+            )?;
             Some(tokio::spawn(worker.run_until_stopped(shutdown.clone())))
         } else {
             None
@@ -165,6 +184,8 @@ impl Application {
             shutdown,
             database,
             store,
+            trainer,
+            data_dir: storage.data_dir.clone(),
         })
     }
 
@@ -176,6 +197,16 @@ impl Application {
     /// The store the server uses.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The trainer the in-process worker uses.
+    pub fn trainer(&self) -> Arc<dyn Trainer> {
+        self.trainer.clone()
+    }
+
+    /// The absolute data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
     }
 
     /// A handle to stop the server gracefully.

@@ -19,7 +19,7 @@ pub struct LoraSpec {
     /// `alpha`; the update is scaled by `alpha / rank`.
     pub alpha: f64,
     /// Dropout probability on the adapter's input.
-    pub dropout: f32,
+    pub dropout: f64,
     /// Module names (`q_proj`, …, `down_proj`).
     pub targets: Vec<String>,
 }

@@ -13,6 +13,7 @@
 pub mod auto;
 pub mod checkpoint;
 pub mod data;
+pub mod generate;
 pub mod lora;
 pub mod loss;
 pub mod model;

@@ -31,6 +31,9 @@ pub struct RunConfig {
     pub train_file: PathBuf,
     /// Validation data.
     pub valid_file: Option<PathBuf>,
+    /// Without a validation file: hold out this fraction (< 1) or count (≥ 1) of the training
+    /// examples for validation (LLaMA-Factory's `val_size`).
+    pub valid_split: Option<f64>,
     /// A built-in template name; `None` uses the model's own.
     pub template: Option<String>,
     /// Hyperparameters (may contain `auto`).
@@ -76,6 +79,17 @@ pub enum Update {
     },
     /// Seconds left, estimated.
     Estimate(f64),
+    /// One optimizer step done (for progress displays).
+    Step {
+        /// Steps done.
+        step: usize,
+        /// Total steps.
+        total: usize,
+        /// Its training loss.
+        loss: f32,
+        /// Tokens processed so far.
+        tokens: u64,
+    },
     /// A checkpoint directory was written.
     Checkpoint {
         /// Step.
@@ -136,7 +150,7 @@ pub fn train(
     let spec = LoraSpec {
         rank: hp.lora_rank as usize,
         alpha: hp.lora_alpha,
-        dropout: hp.lora_dropout as f32,
+        dropout: hp.lora_dropout,
         targets: hp.lora_target.clone(),
     };
     let (model, lora) = CausalLm::load(
@@ -229,6 +243,12 @@ pub fn train(
             (row.valid_loss, row.valid_accuracy) = (Some(l), Some(a));
         }
         st.metrics.push(row.clone());
+        on(Update::Step {
+            step: st.step,
+            total,
+            loss: row.train_loss,
+            tokens: st.trained_tokens,
+        });
         if log {
             on(Update::Metrics {
                 row: row.clone(),
@@ -281,7 +301,7 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
         }
         Ok((out, total))
     };
-    let (train, total) = encode_all(&cfg.train_file)?;
+    let (mut train, total) = encode_all(&cfg.train_file)?;
     if train.is_empty() {
         return Err(TrainError::Invalid(format!(
             "none of the {total} training examples has a response left to learn after truncation to {} tokens",
@@ -294,9 +314,10 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
             total - train.len()
         )));
     }
-    let valid = match &cfg.valid_file {
-        Some(f) => encode_all(f)?.0,
-        None => Vec::new(),
+    let valid = match (&cfg.valid_file, cfg.valid_split) {
+        (Some(f), _) => encode_all(f)?.0,
+        (None, Some(split)) if split > 0.0 => hold_out(&mut train, split, cfg.seed)?,
+        (None, _) => Vec::new(),
     };
     let pad_id = ["<|endoftext|>", "<pad>", "<|end_of_text|>", "</s>"]
         .iter()
@@ -310,6 +331,34 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
         pad_id,
         resolved,
     })
+}
+
+/// Move a seeded random `split` (fraction or count) of `train` into a validation set.
+fn hold_out(train: &mut Vec<Sample>, split: f64, seed: u64) -> Result<Vec<Sample>, TrainError> {
+    let n = train.len();
+    let k = if split < 1.0 {
+        (split * n as f64).round() as usize
+    } else {
+        split as usize
+    };
+    if k == 0 || k >= n {
+        return Err(TrainError::Invalid(format!(
+            "val_size {split} leaves no training or no validation examples out of {n}"
+        )));
+    }
+    let order = data::epoch_order(n, seed ^ 0x5eed, 0);
+    let held: std::collections::HashSet<usize> = order[..k].iter().copied().collect();
+    let mut valid = Vec::with_capacity(k);
+    let mut kept = Vec::with_capacity(n - k);
+    for (i, s) in train.drain(..).enumerate() {
+        if held.contains(&i) {
+            valid.push(s)
+        } else {
+            kept.push(s)
+        }
+    }
+    *train = kept;
+    Ok(valid)
 }
 
 fn accumulate(

@@ -33,6 +33,7 @@ const INTERMEDIATE: usize = 176;
 const LAYERS: usize = 2;
 const HEADS: usize = 4;
 const KV_HEADS: usize = 2;
+const STD: f32 = 0.1;
 
 /// Write the tiny model into `dir` (created if needed).
 pub fn init_tiny(dir: &Path, arch: TinyArch, seed: u64) -> Result<(), TrainError> {
@@ -139,13 +140,15 @@ fn random_weights(
         };
     let hd = HIDDEN / HEADS;
     let ones = |n: usize| Tensor::ones(n, candle_core::DType::F32, &dev);
+    // Output weights wide enough that an adapter can make the model confident: a choice for a
+    // useful toy, not a pretrained distribution.
     normal(
         "model.embed_tokens.weight".into(),
         (vocab, HIDDEN),
-        0.02,
+        1.0,
         &mut out,
     )?;
-    normal("lm_head.weight".into(), (vocab, HIDDEN), 0.02, &mut out)?;
+    normal("lm_head.weight".into(), (vocab, HIDDEN), 0.5, &mut out)?;
     out.insert("model.norm.weight".into(), ones(HIDDEN)?);
     for i in 0..LAYERS {
         let p = format!("model.layers.{i}");
@@ -158,14 +161,14 @@ fn random_weights(
             normal(
                 format!("{p}.self_attn.{name}.weight"),
                 (rows, HIDDEN),
-                0.02,
+                STD,
                 &mut out,
             )?;
             if arch == TinyArch::Qwen2 && name != "o_proj" {
                 normal(
                     format!("{p}.self_attn.{name}.bias"),
                     (1, rows),
-                    0.02,
+                    STD,
                     &mut out,
                 )?;
                 let b = out[&format!("{p}.self_attn.{name}.bias")].flatten_all()?;
@@ -175,19 +178,19 @@ fn random_weights(
         normal(
             format!("{p}.mlp.gate_proj.weight"),
             (INTERMEDIATE, HIDDEN),
-            0.02,
+            STD,
             &mut out,
         )?;
         normal(
             format!("{p}.mlp.up_proj.weight"),
             (INTERMEDIATE, HIDDEN),
-            0.02,
+            STD,
             &mut out,
         )?;
         normal(
             format!("{p}.mlp.down_proj.weight"),
             (HIDDEN, INTERMEDIATE),
-            0.02,
+            STD,
             &mut out,
         )?;
         out.insert(format!("{p}.input_layernorm.weight"), ones(HIDDEN)?);

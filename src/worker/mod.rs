@@ -3,6 +3,7 @@
 //! A heartbeat renews the lease while a job is held and watches its status, so a cancel or pause
 //! reaches a running trainer within one heartbeat. Every write is fenced by the claim's attempt.
 
+pub mod candle_trainer;
 mod drive;
 mod publish;
 pub mod trainer;

@@ -2,11 +2,11 @@
 
 use std::sync::{Arc, OnceLock};
 
-use ferrotune::config::{HttpSettings, Settings, StorageSettings, WorkerOptions};
+use ferrotune::config::{HttpSettings, ModelSettings, Settings, StorageSettings, WorkerOptions};
 use ferrotune::embedded_postgres::EmbeddedPostgres;
 use ferrotune::startup::{Application, build_worker, ensure_database};
 use ferrotune::store::Store;
-use ferrotune::worker::{Trainer, Unavailable, Worker};
+use ferrotune::worker::{Trainer, Worker};
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -46,6 +46,8 @@ pub struct TestApp {
     pub data_dir: tempfile::TempDir,
     /// Bearer key sent by the helpers, if any.
     pub api_key: Option<String>,
+    /// The server's trainer (the real candle trainer on the generated tiny model).
+    pub trainer: Arc<dyn Trainer>,
     db_name: String,
 }
 
@@ -78,7 +80,12 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
             max_upload_bytes: options.max_upload_bytes.unwrap_or(512 * 1024 * 1024),
             api_keys: options.api_keys.clone(),
             api_key_file: None,
-            base_model_name: "ferrotune-tiny".into(),
+        },
+        model: ModelSettings {
+            base_model: None,
+            base_model_name: None,
+            device: "cpu".into(),
+            dtype: "f32".into(),
         },
         worker: WorkerOptions {
             poll_interval_ms: 50,
@@ -92,6 +99,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         .expect("building the app");
     let address = format!("http://127.0.0.1:{}", app.port());
     let store = app.store().clone();
+    let trainer = app.trainer();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
@@ -99,6 +107,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         store,
         data_dir,
         api_key: options.api_keys.first().cloned(),
+        trainer,
         db_name,
     }
 }
@@ -253,7 +262,7 @@ impl TestApp {
 
     /// A worker with the server's own trainer.
     pub fn worker(&self) -> Worker {
-        self.worker_with(Arc::new(Unavailable), 30)
+        self.worker_with(self.trainer.clone(), 30)
     }
 
     /// Files stored on disk (excluding the staging folder).

@@ -10,5 +10,7 @@ mod openapi;
 mod packaging;
 mod queue;
 mod serve_binary;
+mod train_loop;
 mod train_parity;
+mod training_jobs;
 mod worker;

@@ -35,7 +35,7 @@ impl Trainer for WaitsForStop {
     }
 }
 
-async fn wait_for_status(app: &TestApp, id: &str, status: &str) -> Value {
+pub async fn wait_for_status(app: &TestApp, id: &str, status: &str) -> Value {
     for _ in 0..200 {
         let job = app.job(id).await;
         if job["status"] == status {
@@ -47,12 +47,13 @@ async fn wait_for_status(app: &TestApp, id: &str, status: &str) -> Value {
 }
 
 #[tokio::test]
-async fn a_job_that_reaches_training_without_a_trainer_fails_honestly() {
+async fn a_job_whose_trainer_is_unavailable_fails_honestly() {
     let app = spawn_app().await;
     let file = app.training_file(12).await;
     let job = app.create_job(&file, json!({})).await;
     let id = job["id"].as_str().unwrap();
-    assert!(app.worker().run_once().await.unwrap());
+    let worker = app.worker_with(Arc::new(ferrotune::worker::Unavailable), 30);
+    assert!(worker.run_once().await.unwrap());
     let job = app.job(id).await;
     assert_eq!(job["status"], "failed");
     assert_eq!(job["error"]["code"], "trainer_unavailable");
@@ -218,7 +219,7 @@ async fn the_worker_loop_picks_up_jobs_and_stops_on_shutdown() {
         .to_owned();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let handle = tokio::spawn(app.worker().run_until_stopped(shutdown.clone()));
-    wait_for_status(&app, &id, "failed").await;
+    wait_for_status(&app, &id, "succeeded").await;
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(5), handle)
         .await

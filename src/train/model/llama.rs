@@ -77,7 +77,7 @@ impl Builder<'_> {
                 let vars =
                     self.set
                         .create(module, layer.shape(), spec.rank, self.seed, self.device)?;
-                Ok(layer.with_lora(vars, spec.scale(), spec.dropout, index))
+                Ok(layer.with_lora(vars, spec.scale(), spec.dropout as f32, index))
             }
             _ => Ok(layer),
         }

@@ -1,13 +1,17 @@
-//! The command line: `serve`, `worker`, `migrate`, `openapi`.
+//! The command line: `serve`, `worker`, `migrate`, `openapi`, `model init-tiny`, `train`.
 
-use std::sync::Arc;
+mod train;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{HttpSettings, LogFormat, Settings, StorageSettings, WorkerOptions};
-use crate::startup::{Application, Database, build_worker, prepare_data_dir};
-use crate::worker::Unavailable;
+use crate::config::{
+    HttpSettings, LogFormat, ModelSettings, Settings, StorageSettings, WorkerOptions,
+};
+use crate::startup::{Application, Database, build_trainer, build_worker, prepare_data_dir};
+use crate::train::tiny::{TinyArch, init_tiny};
 
 /// ferrotune: an OpenAI-compatible fine-tune-and-serve service.
 #[derive(Debug, Parser)]
@@ -38,6 +42,9 @@ pub enum Command {
         /// HTTP.
         #[command(flatten)]
         http: HttpSettings,
+        /// Base model.
+        #[command(flatten)]
+        model: ModelSettings,
         /// Worker.
         #[command(flatten)]
         worker: WorkerOptions,
@@ -50,6 +57,9 @@ pub enum Command {
         /// Storage.
         #[command(flatten)]
         storage: StorageSettings,
+        /// Base model.
+        #[command(flatten)]
+        model: ModelSettings,
         /// Worker.
         #[command(flatten)]
         worker: WorkerOptions,
@@ -62,16 +72,59 @@ pub enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Model utilities.
+    Model {
+        /// What to do.
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Train one LoRA adapter with no server, from a LLaMA-Factory style config (JSON or YAML).
+    Train {
+        /// The config file (`model_name_or_path`, `dataset`, `lora_rank`, …).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// `ferrotune model …`.
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Write a deterministic tiny model (random weights) in Hugging Face layout, for tests and
+    /// demos.
+    InitTiny {
+        /// Output directory.
+        dir: PathBuf,
+        /// Architecture to imitate.
+        #[arg(long, value_enum, default_value = "llama")]
+        arch: TinyArch,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 /// Parse the command line and run it.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Openapi = cli.command {
-        print!("{}", crate::api::openapi::spec_json());
-        return Ok(());
-    }
     crate::telemetry::init(cli.log_format);
+    match &cli.command {
+        Command::Openapi => {
+            print!("{}", crate::api::openapi::spec_json());
+            return Ok(());
+        }
+        Command::Model {
+            command: ModelCommand::InitTiny { dir, arch, seed },
+        } => {
+            init_tiny(dir, *arch, *seed)?;
+            println!(
+                "wrote a tiny {arch:?} model (random weights) to {}",
+                dir.display()
+            );
+            return Ok(());
+        }
+        Command::Train { config } => return train::run(config),
+        _ => {}
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -83,12 +136,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Serve {
             storage,
             http,
+            model,
             worker,
             no_worker,
         } => {
             let settings = Settings {
                 storage,
                 http,
+                model,
                 worker,
                 run_worker: !no_worker,
             };
@@ -103,16 +158,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Worker {
             mut storage,
+            model,
             worker,
         } => {
             storage.data_dir = prepare_data_dir(&storage)?;
             let database = Database::open(&storage).await?;
-            let w = build_worker(
-                database.store.clone(),
-                &storage.data_dir,
-                &worker,
-                Arc::new(Unavailable),
-            )?;
+            let (_, trainer) = build_trainer(&model, &storage.data_dir)?;
+            let w = build_worker(database.store.clone(), &storage.data_dir, &worker, trainer)?;
             let shutdown = CancellationToken::new();
             let stopper = shutdown.clone();
             tokio::spawn(async move {
@@ -130,7 +182,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             database.close().await;
             Ok(())
         }
-        Command::Openapi => unreachable!("handled before the runtime starts"),
+        Command::Openapi | Command::Model { .. } | Command::Train { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 

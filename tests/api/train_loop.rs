@@ -1,0 +1,373 @@
+//! The candle trainer on the generated tiny model: gradients, determinism, pause/resume,
+//! checkpoints, and that it actually learns.
+
+use std::cell::Cell;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use ferrotune::domain::dataset::{Role, Turn};
+use ferrotune::domain::hyperparameters::{AutoOr, Hyperparameters};
+use ferrotune::train::data::{self, Batch, Limits};
+use ferrotune::train::generate::greedy;
+use ferrotune::train::lora::LoraSpec;
+use ferrotune::train::loss::causal_lm_loss;
+use ferrotune::train::model::{CausalLm, ForwardCtx};
+use ferrotune::train::run::{self, RunConfig, RunEnd, RunOutcome, Update};
+use ferrotune::train::template::ChatTemplate;
+use ferrotune::train::tiny::{TinyArch, init_tiny};
+use serde_json::json;
+
+/// Ten short health Q&A pairs in the seed's alpaca format.
+pub const QA: [(&str, &str); 10] = [
+    (
+        "What should I do for a mild headache?",
+        "Rest and drink water.",
+    ),
+    (
+        "How much water should adults drink?",
+        "About two litres a day.",
+    ),
+    ("Can I exercise with a cold?", "Light exercise is fine."),
+    ("How long should adults sleep?", "Seven to nine hours."),
+    ("What helps a sore throat?", "Warm drinks and honey."),
+    (
+        "When is a fever serious?",
+        "Above 39.5 C or over three days.",
+    ),
+    (
+        "When should I wash my hands?",
+        "Before meals and after the toilet.",
+    ),
+    (
+        "Is ibuprofen fine on an empty stomach?",
+        "Take it with food.",
+    ),
+    (
+        "What is a normal resting pulse?",
+        "60 to 100 beats a minute.",
+    ),
+    ("How can I lower stress?", "Walk daily and breathe slowly."),
+];
+
+/// Write the tiny model and the dataset into `dir`.
+pub fn setup(dir: &Path, arch: TinyArch) {
+    init_tiny(&dir.join("model"), arch, 0).unwrap();
+    let records: Vec<_> = QA
+        .iter()
+        .map(|(q, a)| json!({"instruction": q, "input": "", "output": a}))
+        .collect();
+    std::fs::write(
+        dir.join("train.json"),
+        serde_json::to_string_pretty(&records).unwrap(),
+    )
+    .unwrap();
+}
+
+fn config(dir: &Path, epochs: u32, lr: f64) -> RunConfig {
+    RunConfig {
+        model_dir: dir.join("model"),
+        base_model_name: "ferrotune-tiny".into(),
+        train_file: dir.join("train.json"),
+        valid_file: None,
+        valid_split: None,
+        template: None,
+        hyperparameters: Hyperparameters {
+            n_epochs: AutoOr::Value(epochs),
+            batch_size: AutoOr::Value(2),
+            learning_rate: Some(lr),
+            lora_dropout: 0.05,
+            logging_steps: 5,
+            save_steps: 1000,
+            ..Default::default()
+        },
+        seed: 7,
+        output_dir: dir.join("out"),
+        device: Device::Cpu,
+        dtype: DType::F32,
+    }
+}
+
+fn finish(cfg: &RunConfig) -> RunOutcome {
+    match run::train(cfg, &|| false, &mut |_| {}).unwrap() {
+        RunEnd::Finished(out) => out,
+        RunEnd::Stopped { .. } => panic!("stopped without being asked"),
+    }
+}
+
+fn spec() -> LoraSpec {
+    LoraSpec {
+        rank: 8,
+        alpha: 32.0,
+        dropout: 0.0,
+        targets: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+        .map(String::from)
+        .to_vec(),
+    }
+}
+
+fn first_batch(dir: &Path, model: &CausalLm) -> Batch {
+    let tok = data::load_tokenizer(&dir.join("model")).unwrap();
+    let template = ChatTemplate::from_model_dir(&dir.join("model")).unwrap();
+    let examples = data::read_examples(&dir.join("train.json")).unwrap();
+    let limits = Limits {
+        max_length: 512,
+        max_source_length: None,
+        max_target_length: None,
+    };
+    let samples: Vec<_> = examples[..2]
+        .iter()
+        .map(|e| data::encode(e, &template, &tok, limits).unwrap().unwrap())
+        .collect();
+    Batch::new(&samples.iter().collect::<Vec<_>>(), 0, model.device()).unwrap()
+}
+
+#[test]
+fn a_fresh_adapter_leaves_the_model_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Qwen2);
+    let dev = Device::Cpu;
+    let (base, _) = CausalLm::load(&dir.path().join("model"), None, 1, &dev, DType::F32).unwrap();
+    let (adapted, lora) = CausalLm::load(
+        &dir.path().join("model"),
+        Some(&spec()),
+        1,
+        &dev,
+        DType::F32,
+    )
+    .unwrap();
+    assert_eq!(lora.adapters.len(), 14);
+    let batch = first_batch(dir.path(), &base);
+    let a = base
+        .forward(
+            &batch.input_ids,
+            &batch.attention_mask,
+            ForwardCtx::default(),
+        )
+        .unwrap();
+    let b = adapted
+        .forward(
+            &batch.input_ids,
+            &batch.attention_mask,
+            ForwardCtx::default(),
+        )
+        .unwrap();
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+}
+
+#[test]
+fn every_lora_tensor_receives_a_finite_nonzero_gradient() {
+    for arch in [TinyArch::Llama, TinyArch::Qwen2] {
+        let dir = tempfile::tempdir().unwrap();
+        setup(dir.path(), arch);
+        let (model, lora) = CausalLm::load(
+            &dir.path().join("model"),
+            Some(&spec()),
+            1,
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap();
+        // With B = 0 the gradient of A is zero by construction; give B values first.
+        for a in &lora.adapters {
+            let b = Tensor::randn(0f32, 0.1, a.b.dims(), &Device::Cpu).unwrap();
+            a.b.set(&b).unwrap();
+        }
+        let batch = first_batch(dir.path(), &model);
+        let logits = model
+            .forward(
+                &batch.input_ids,
+                &batch.attention_mask,
+                ForwardCtx::default(),
+            )
+            .unwrap();
+        let grads = causal_lm_loss(&logits, &batch.labels)
+            .unwrap()
+            .loss
+            .backward()
+            .unwrap();
+        for (name, t) in lora.named_tensors() {
+            let g = grads
+                .get(&t)
+                .unwrap_or_else(|| panic!("{arch:?}: {name} got no gradient"));
+            let v: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(
+                v.iter().all(|x| x.is_finite()),
+                "{name} has a non-finite gradient"
+            );
+            assert!(
+                v.iter().any(|x| *x != 0.0),
+                "{arch:?}: {name} has an all-zero gradient"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_same_seed_and_data_give_the_same_loss_curve_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let mut cfg = config(dir.path(), 2, 5e-3);
+    let first = finish(&cfg).metrics;
+    cfg.output_dir = dir.path().join("out2");
+    let second = finish(&cfg).metrics;
+    assert_eq!(first.len(), 10);
+    assert_eq!(first, second);
+    cfg.seed = 8;
+    cfg.output_dir = dir.path().join("out3");
+    assert_ne!(
+        finish(&cfg).metrics,
+        first,
+        "another seed must change the run"
+    );
+}
+
+#[test]
+fn pausing_and_resuming_ends_exactly_where_an_uninterrupted_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let mut cfg = config(dir.path(), 4, 5e-3);
+    let reference = finish(&cfg).metrics;
+    cfg.output_dir = dir.path().join("paused");
+    let polls = Cell::new(0);
+    let stop_at_7 = || {
+        polls.set(polls.get() + 1);
+        polls.get() == 7
+    };
+    match run::train(&cfg, &stop_at_7, &mut |_| {}).unwrap() {
+        RunEnd::Stopped { step } => assert_eq!(step, 7),
+        RunEnd::Finished(_) => panic!("the run ignored the stop signal"),
+    }
+    assert!(cfg.output_dir.join("state/state.json").exists());
+    let mut messages = Vec::new();
+    let resumed = match run::train(&cfg, &|| false, &mut |u| {
+        if let Update::Message(m) = u {
+            messages.push(m)
+        }
+    })
+    .unwrap()
+    {
+        RunEnd::Finished(out) => out,
+        RunEnd::Stopped { .. } => panic!("stopped"),
+    };
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("Resuming from step 7/20")),
+        "{messages:?}"
+    );
+    assert_eq!(resumed.metrics, reference);
+    assert!(
+        !cfg.output_dir.join("state/state.json").exists(),
+        "state is cleared after the run"
+    );
+}
+
+#[test]
+fn checkpoints_are_peft_directories_and_only_the_last_three_epochs_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let mut cfg = config(dir.path(), 5, 5e-3);
+    cfg.hyperparameters.save_steps = 2;
+    let mut written = Vec::new();
+    let mut pruned = Vec::new();
+    run::train(&cfg, &|| false, &mut |u| match u {
+        Update::Checkpoint { step, .. } => written.push(step),
+        Update::Pruned(step) => pruned.push(step),
+        _ => {}
+    })
+    .unwrap();
+    // 5 steps per epoch: saves at 2, 4, 5 (epoch end), 6, 8, 10, …, 25.
+    assert!(written.contains(&5) && written.contains(&25));
+    let kept: Vec<usize> = written
+        .iter()
+        .copied()
+        .filter(|s| !pruned.contains(s))
+        .collect();
+    assert!(kept.iter().all(|s| *s > 10), "kept {kept:?}");
+    for step in &kept {
+        let ckpt = run::checkpoint_dir(&cfg.output_dir, *step);
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(ckpt.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config["peft_type"], "LORA");
+        assert_eq!(config["task_type"], "CAUSAL_LM");
+        assert_eq!(config["r"], 8);
+        assert_eq!(config["lora_alpha"], 32.0);
+        assert_eq!(config["lora_dropout"], 0.05);
+        assert_eq!(config["target_modules"].as_array().unwrap().len(), 7);
+        let tensors =
+            candle_core::safetensors::load(ckpt.join("adapter_model.safetensors"), &Device::Cpu)
+                .unwrap();
+        assert!(
+            tensors.contains_key("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight")
+        );
+        assert_eq!(tensors.len(), 28);
+    }
+    for step in &pruned {
+        assert!(!run::checkpoint_dir(&cfg.output_dir, *step).exists());
+    }
+}
+
+#[test]
+fn ten_examples_are_learned_well_enough_to_recite_an_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let mut cfg = config(dir.path(), 20, 1e-2);
+    cfg.hyperparameters.lora_dropout = 0.0;
+    let out = finish(&cfg);
+    let first = out.metrics.first().unwrap().train_loss;
+    let last = out.metrics.last().unwrap().train_loss;
+    assert!(
+        last < 0.3,
+        "training loss went from {first} to {last}, expected < 0.3"
+    );
+    // Load the written adapter and decode greedily.
+    let model_dir = dir.path().join("model");
+    let spec = LoraSpec {
+        dropout: 0.0,
+        ..spec()
+    };
+    let (model, lora) =
+        CausalLm::load(&model_dir, Some(&spec), 0, &Device::Cpu, DType::F32).unwrap();
+    lora.load_peft(
+        &out.adapter_dir.join("adapter_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let tok = data::load_tokenizer(&model_dir).unwrap();
+    let template = ChatTemplate::from_model_dir(&model_dir).unwrap();
+    let turns = [Turn {
+        role: Role::User,
+        content: QA[0].0.into(),
+        train: false,
+    }];
+    let answer = greedy(&model, &tok, &template, &turns, 40).unwrap();
+    assert_eq!(answer, QA[0].1);
+    let csv = std::fs::read_to_string(&out.metrics_csv).unwrap();
+    assert!(
+        csv.starts_with("step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n")
+    );
+    assert_eq!(csv.lines().count(), 101);
+    assert!(
+        std::fs::read_to_string(&out.loss_svg)
+            .unwrap()
+            .contains("<polyline")
+    );
+}

@@ -1,0 +1,268 @@
+//! Fine-tuning jobs trained for real: the candle trainer on the generated tiny model, driven by
+//! the worker, observed through the HTTP API.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app};
+use crate::train_loop::QA;
+use crate::worker::wait_for_status;
+
+async fn upload_qa(app: &TestApp, n: usize) -> String {
+    let records: Vec<Value> = QA
+        .iter()
+        .cycle()
+        .take(n)
+        .map(|(q, a)| json!({"instruction": q, "input": "", "output": a}))
+        .collect();
+    let body = serde_json::to_vec_pretty(&records).unwrap();
+    let file: Value = app
+        .upload("health.json", body, "fine-tune")
+        .await
+        .json()
+        .await
+        .unwrap();
+    file["id"].as_str().unwrap().to_owned()
+}
+
+fn supervised(hp: Value) -> Value {
+    json!({"type": "supervised", "supervised": {"hyperparameters": hp}})
+}
+
+#[tokio::test]
+async fn a_job_trains_to_succeeded_with_events_checkpoints_results_and_a_model() {
+    let app = spawn_app().await;
+    let train = upload_qa(&app, 10).await;
+    let valid = upload_qa(&app, 3).await;
+    let job = app
+        .create_job(&train, json!({"validation_file": valid, "suffix": "health", "method": supervised(json!(
+            {"n_epochs": 4, "batch_size": 2, "learning_rate": 0.01, "logging_steps": 5, "save_steps": 5}))}))
+        .await;
+    let id = job["id"].as_str().unwrap();
+    assert!(app.worker().run_once().await.unwrap());
+    let job = app.job(id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["error"], Value::Null);
+    let model = job["fine_tuned_model"].as_str().unwrap();
+    assert_eq!(
+        model,
+        format!("ft:ferrotune-tiny:org-local:health:{}", &id[6..14])
+    );
+    assert!(job["trained_tokens"].as_i64().unwrap() > 0);
+    assert_eq!(job["hyperparameters"]["n_epochs"], 4);
+    assert_eq!(job["hyperparameters"]["learning_rate_multiplier"], 1.0);
+    assert_eq!(
+        job["method"]["supervised"]["hyperparameters"]["batch_size"],
+        2
+    );
+
+    // Events: metrics every 5 steps with validation numbers, then success.
+    let events: Value = app
+        .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=100"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let events = events["data"].as_array().unwrap();
+    assert_eq!(events[0]["message"], "The job has successfully completed");
+    let metrics: Vec<&Value> = events.iter().filter(|e| e["type"] == "metrics").collect();
+    assert_eq!(metrics.len(), 4, "steps 5, 10, 15, 20");
+    let last = &metrics[0]["data"];
+    assert_eq!(
+        (last["step"].clone(), last["total_steps"].clone()),
+        (json!(20), json!(20))
+    );
+    assert!(
+        last["train_loss"].as_f64().unwrap() < metrics[3]["data"]["train_loss"].as_f64().unwrap()
+    );
+    assert!(last["valid_loss"].is_f64() && last["valid_mean_token_accuracy"].is_f64());
+    assert!(
+        metrics[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Step 20/20: training loss=")
+    );
+
+    // Checkpoints: every 5 steps, all within the last three epochs (5 steps each).
+    let ckpts: Value = app
+        .get(&format!("/v1/fine_tuning/jobs/{id}/checkpoints"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let steps: Vec<i64> = ckpts["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["step_number"].as_i64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![20, 15, 10]);
+    let newest = &ckpts["data"][0];
+    assert_eq!(
+        newest["fine_tuned_model_checkpoint"],
+        format!("{model}:ckpt-step-20")
+    );
+    assert_eq!(newest["fine_tuning_job_id"], id);
+    assert!(newest["metrics"]["train_loss"].is_f64());
+    assert_eq!(ckpts["first_id"], newest["id"]);
+
+    // Result files: the metrics CSV, the loss curve and the adapter archive.
+    let mut names = Vec::new();
+    for file_id in job["result_files"].as_array().unwrap() {
+        let file: Value = app
+            .get(&format!("/v1/files/{}", file_id.as_str().unwrap()))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(file["purpose"], "fine-tune-results");
+        names.push(file["filename"].as_str().unwrap().to_owned());
+        let bytes = app
+            .get(&format!(
+                "/v1/files/{}/content",
+                file["id"].as_str().unwrap()
+            ))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(bytes.len() as i64, file["bytes"].as_i64().unwrap());
+        if file["filename"] == "step_metrics.csv" {
+            let csv = String::from_utf8(bytes.to_vec()).unwrap();
+            assert!(csv.starts_with(
+                "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n1,"
+            ));
+        }
+    }
+    names.sort();
+    assert_eq!(names, ["adapter.tar.gz", "loss.svg", "step_metrics.csv"]);
+}
+
+async fn final_loss(app: &TestApp, id: &str) -> f64 {
+    let events: Value = app
+        .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=100"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let last = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "metrics")
+        .unwrap()
+        .clone();
+    assert_eq!(last["data"]["step"], last["data"]["total_steps"]);
+    last["data"]["train_loss"].as_f64().unwrap()
+}
+
+#[tokio::test]
+async fn a_job_paused_mid_training_resumes_to_the_same_final_loss() {
+    let app = spawn_app().await;
+    let train = upload_qa(&app, 10).await;
+    let hp = json!({"n_epochs": 50, "batch_size": 1, "learning_rate": 0.005, "logging_steps": 10});
+    let reference = app
+        .create_job(
+            &train,
+            json!({"seed": 11, "method": supervised(hp.clone())}),
+        )
+        .await;
+    let paused = app
+        .create_job(&train, json!({"seed": 11, "method": supervised(hp)}))
+        .await;
+    let (reference, paused) = (
+        reference["id"].as_str().unwrap(),
+        paused["id"].as_str().unwrap().to_owned(),
+    );
+    assert!(app.worker().run_once().await.unwrap());
+    assert_eq!(app.job(reference).await["status"], "succeeded");
+
+    let worker = app.worker();
+    let run = tokio::spawn(async move { worker.run_once().await.unwrap() });
+    wait_for_status(&app, &paused, "running").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.post_empty(&format!("/v1/fine_tuning/jobs/{paused}/pause"))
+            .await
+            .status(),
+        200
+    );
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap()
+        .unwrap();
+    let messages = app.event_messages(&paused).await;
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("Saved training state at step")),
+        "{messages:?}"
+    );
+    assert_eq!(app.job(&paused).await["status"], "paused");
+
+    app.post_empty(&format!("/v1/fine_tuning/jobs/{paused}/resume"))
+        .await;
+    assert!(app.worker().run_once().await.unwrap());
+    assert_eq!(app.job(&paused).await["status"], "succeeded");
+    assert!(
+        app.event_messages(&paused)
+            .await
+            .iter()
+            .any(|m| m.starts_with("Resuming from step"))
+    );
+    assert_eq!(
+        final_loss(&app, &paused).await,
+        final_loss(&app, reference).await
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_training_job_stops_it_and_frees_its_outputs() {
+    let app = spawn_app().await;
+    let train = upload_qa(&app, 10).await;
+    let job = app
+        .create_job(
+            &train,
+            json!({"method": supervised(json!({"n_epochs": 50, "batch_size": 1}))}),
+        )
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let worker = app.worker();
+    let run = tokio::spawn(async move { worker.run_once().await.unwrap() });
+    wait_for_status(&app, &id, "running").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.post_empty(&format!("/v1/fine_tuning/jobs/{id}/cancel"))
+        .await;
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap()
+        .unwrap();
+    let job = app.job(&id).await;
+    assert_eq!(job["status"], "cancelled");
+    assert_eq!(job["fine_tuned_model"], Value::Null);
+    assert!(!app.data_dir.path().join("jobs").join(&id).exists());
+}
+
+#[tokio::test]
+async fn data_that_cannot_be_trained_on_fails_the_job_with_a_clear_error() {
+    let app = spawn_app().await;
+    let train = upload_qa(&app, 10).await;
+    let job = app
+        .create_job(
+            &train,
+            json!({"method": supervised(json!({"max_length": 16}))}),
+        )
+        .await;
+    app.worker().run_once().await.unwrap();
+    let job = app.job(job["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"]["code"], "invalid_training_data");
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("truncation to 16 tokens"),
+        "{job}"
+    );
+}
