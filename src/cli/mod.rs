@@ -11,7 +11,7 @@ use crate::config::{
     HttpSettings, LogFormat, ModelSettings, Settings, StorageSettings, WorkerOptions,
 };
 use crate::startup::{Application, Database, build_trainer, build_worker, prepare_data_dir};
-use crate::train::tiny::{TinyArch, init_tiny};
+use crate::train::tiny::{TinyArch, TinySize, init_sized};
 
 /// ferrotune: an OpenAI-compatible fine-tune-and-serve service.
 #[derive(Debug, Parser)]
@@ -100,6 +100,9 @@ pub enum ModelCommand {
         /// Seed of the random weights.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// `tiny` (tests, demos) or `small` (benchmarks).
+        #[arg(long, value_enum, default_value = "tiny")]
+        size: TinySize,
     },
 }
 
@@ -113,9 +116,15 @@ pub fn run() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Model {
-            command: ModelCommand::InitTiny { dir, arch, seed },
+            command:
+                ModelCommand::InitTiny {
+                    dir,
+                    arch,
+                    seed,
+                    size,
+                },
         } => {
-            init_tiny(dir, *arch, *seed)?;
+            init_sized(dir, *arch, *size, *seed)?;
             println!(
                 "wrote a tiny {arch:?} model (random weights) to {}",
                 dir.display()

@@ -172,9 +172,19 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = std::time::Instant::now();
+    // Steady-state throughput is measured from the end of the first step (warm-up excluded).
+    let first_step: std::cell::Cell<Option<(std::time::Instant, u64)>> = std::cell::Cell::new(None);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
     let _ = ctrlc_flag(flag);
+    // Without a terminal the bar is hidden: print the lines to stderr instead.
+    let say = |line: String| {
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
     let end = run::train(
         &cfg,
         &|| stop.load(std::sync::atomic::Ordering::Relaxed),
@@ -189,9 +199,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                 bar.set_position(step as u64);
                 let rate = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!("loss {loss:.4}  {rate:.0} tok/s"));
+                if step == 1 {
+                    first_step.set(Some((std::time::Instant::now(), tokens)));
+                }
             }
-            Update::Message(m) => bar.println(m),
-            Update::Metrics { row, total_steps } => bar.println(format!(
+            Update::Message(m) => say(m),
+            Update::Metrics { row, total_steps } => say(format!(
                 "step {}/{total_steps}: train_loss={:.4} accuracy={:.3}{}",
                 row.step,
                 row.train_loss,
@@ -200,13 +213,28 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                     .map(|v| format!(" valid_loss={v:.4}"))
                     .unwrap_or_default()
             )),
-            Update::Checkpoint { dir, .. } => bar.println(format!("checkpoint: {}", dir.display())),
+            Update::Checkpoint { dir, .. } => say(format!("checkpoint: {}", dir.display())),
             _ => {}
         },
     )?;
     bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
     match end {
         RunEnd::Finished(out) => {
+            let steps = out.metrics.len();
+            println!(
+                "trained {steps} steps, {} tokens in {secs:.2} s; final loss {:.4}",
+                out.trained_tokens,
+                out.metrics.last().map(|m| m.train_loss).unwrap_or(f32::NAN)
+            );
+            if let Some((t1, tok1)) = first_step.get().filter(|_| steps > 1) {
+                let rate =
+                    (out.trained_tokens - tok1) as f64 / t1.elapsed().as_secs_f64().max(1e-9);
+                println!("steady_tokens_per_s={rate:.1}");
+            }
+            if let Some(kib) = peak_rss_kib() {
+                println!("peak_rss_mib={:.1}", kib as f64 / 1024.0);
+            }
             println!("adapter: {}", out.adapter_dir.display());
             println!("metrics: {}", out.metrics_csv.display());
             println!("loss curve: {}", out.loss_svg.display());
@@ -216,6 +244,13 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Set `flag` on Ctrl-C (SIGINT) from a small background runtime.
@@ -231,4 +266,80 @@ fn ctrlc_flag(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::io::R
         })
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::hyperparameters::{AutoOr, LrScheduler};
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("train.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn llama_factory_keys_map_onto_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "model_name_or_path: m\ndataset: d.json\ntemplate: qwen\nfinetuning_type: lora\n\
+             lora_rank: 8\nlora_alpha: 32\nlora_dropout: 0.05\nlora_target: q_proj,v_proj\n\
+             learning_rate: 1.0e-4\nnum_train_epochs: 10.0\nper_device_train_batch_size: 2\n\
+             gradient_accumulation_steps: 4\nlr_scheduler_type: cosine\ncutoff_len: 512\n\
+             logging_steps: 10\nsave_steps: 100\nplot_loss: true\noutput_dir: out\nfp16: true\n\
+             seed: 3\nval_size: 0.1\nmystery: 1\n",
+        );
+        let cfg = run_config(&path).unwrap();
+        let hp = &cfg.hyperparameters;
+        assert_eq!(cfg.model_dir, dir.path().join("m"));
+        assert_eq!(cfg.train_file, dir.path().join("d.json"));
+        assert_eq!(cfg.template.as_deref(), Some("qwen"));
+        assert_eq!(
+            (hp.lora_rank, hp.lora_alpha, hp.lora_dropout),
+            (8, 32.0, 0.05)
+        );
+        assert_eq!(hp.lora_target, vec!["q_proj", "v_proj"]);
+        assert_eq!(hp.learning_rate, Some(1e-4));
+        assert_eq!(
+            (hp.n_epochs, hp.batch_size),
+            (AutoOr::Value(10), AutoOr::Value(2))
+        );
+        assert_eq!((hp.gradient_accumulation_steps, hp.max_length), (4, 512));
+        assert_eq!(hp.lr_scheduler_type, LrScheduler::Cosine);
+        assert_eq!((cfg.seed, cfg.valid_split), (3, Some(0.1)));
+        assert_eq!(
+            cfg.dtype,
+            candle_core::DType::F32,
+            "fp16 on CPU falls back to f32"
+        );
+    }
+
+    #[test]
+    fn unsupported_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = write(
+            dir.path(),
+            "model_name_or_path: m\ndataset: d\nfinetuning_type: full\n",
+        );
+        assert!(
+            run_config(&full)
+                .unwrap_err()
+                .to_string()
+                .contains("only lora")
+        );
+        let bad = write(
+            dir.path(),
+            "model_name_or_path: m\ndataset: d\nlora_rank: 0\n",
+        );
+        assert!(
+            run_config(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("lora_rank")
+        );
+        let missing = write(dir.path(), "dataset: d\n");
+        assert!(run_config(&missing).is_err());
+    }
 }

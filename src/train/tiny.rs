@@ -28,15 +28,55 @@ pub enum TinyArch {
 /// Special tokens, in id order after the 256 byte tokens.
 pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 
-const HIDDEN: usize = 64;
-const INTERMEDIATE: usize = 176;
-const LAYERS: usize = 2;
-const HEADS: usize = 4;
-const KV_HEADS: usize = 2;
 const STD: f32 = 0.1;
+
+/// How big the generated model is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TinySize {
+    /// hidden 64, 2 layers (≈ 0.1 M parameters): tests and demos.
+    #[default]
+    Tiny,
+    /// hidden 512, 8 layers (≈ 24 M parameters): benchmarks.
+    Small,
+}
+
+struct Dims {
+    hidden: usize,
+    intermediate: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+}
+
+impl TinySize {
+    fn dims(self) -> Dims {
+        match self {
+            Self::Tiny => Dims {
+                hidden: 64,
+                intermediate: 176,
+                layers: 2,
+                heads: 4,
+                kv_heads: 2,
+            },
+            Self::Small => Dims {
+                hidden: 512,
+                intermediate: 1408,
+                layers: 8,
+                heads: 8,
+                kv_heads: 4,
+            },
+        }
+    }
+}
 
 /// Write the tiny model into `dir` (created if needed).
 pub fn init_tiny(dir: &Path, arch: TinyArch, seed: u64) -> Result<(), TrainError> {
+    init_sized(dir, arch, TinySize::Tiny, seed)
+}
+
+/// Write a generated model of `size` into `dir`.
+pub fn init_sized(dir: &Path, arch: TinyArch, size: TinySize, seed: u64) -> Result<(), TrainError> {
+    let d = size.dims();
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let tokenizer = build_tokenizer()?;
     let vocab = tokenizer.get_vocab_size(true);
@@ -53,11 +93,11 @@ pub fn init_tiny(dir: &Path, arch: TinyArch, seed: u64) -> Result<(), TrainError
         "architectures": [architecture],
         "model_type": model_type,
         "hidden_act": "silu",
-        "hidden_size": HIDDEN,
-        "intermediate_size": INTERMEDIATE,
-        "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS,
+        "hidden_size": d.hidden,
+        "intermediate_size": d.intermediate,
+        "num_hidden_layers": d.layers,
+        "num_attention_heads": d.heads,
+        "num_key_value_heads": d.kv_heads,
         "vocab_size": vocab,
         "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0,
@@ -66,7 +106,7 @@ pub fn init_tiny(dir: &Path, arch: TinyArch, seed: u64) -> Result<(), TrainError
         "attention_bias": false,
         "use_sliding_window": false,
         "sliding_window": 2048,
-        "max_window_layers": LAYERS,
+        "max_window_layers": d.layers,
         "bos_token_id": id("<|endoftext|>"),
         "eos_token_id": id("<|im_end|>"),
         "torch_dtype": "float32",
@@ -88,7 +128,7 @@ pub fn init_tiny(dir: &Path, arch: TinyArch, seed: u64) -> Result<(), TrainError
         &dir.join("generation_config.json"),
         &json!({"bos_token_id": id("<|endoftext|>"), "eos_token_id": [id("<|im_end|>"), id("<|endoftext|>")]}),
     )?;
-    let weights = random_weights(arch, vocab, seed).ctx("generating tiny weights")?;
+    let weights = random_weights(arch, &d, vocab, seed).ctx("generating tiny weights")?;
     super::checkpoint::write_safetensors(&dir.join("model.safetensors"), &weights)
 }
 
@@ -125,6 +165,7 @@ fn build_tokenizer() -> Result<Tokenizer, TrainError> {
 
 fn random_weights(
     arch: TinyArch,
+    d: &Dims,
     vocab: usize,
     seed: u64,
 ) -> candle_core::Result<HashMap<String, Tensor>> {
@@ -138,29 +179,29 @@ fn random_weights(
             let t = Tensor::from_vec(rng::normal(&mut g, shape.0 * shape.1, std), shape, &dev);
             t.map(|t| out.insert(name, t))
         };
-    let hd = HIDDEN / HEADS;
+    let hd = d.hidden / d.heads;
     let ones = |n: usize| Tensor::ones(n, candle_core::DType::F32, &dev);
     // Output weights wide enough that an adapter can make the model confident: a choice for a
     // useful toy, not a pretrained distribution.
     normal(
         "model.embed_tokens.weight".into(),
-        (vocab, HIDDEN),
+        (vocab, d.hidden),
         1.0,
         &mut out,
     )?;
-    normal("lm_head.weight".into(), (vocab, HIDDEN), 0.5, &mut out)?;
-    out.insert("model.norm.weight".into(), ones(HIDDEN)?);
-    for i in 0..LAYERS {
+    normal("lm_head.weight".into(), (vocab, d.hidden), 0.5, &mut out)?;
+    out.insert("model.norm.weight".into(), ones(d.hidden)?);
+    for i in 0..d.layers {
         let p = format!("model.layers.{i}");
         for (name, rows) in [
-            ("q_proj", HEADS * hd),
-            ("k_proj", KV_HEADS * hd),
-            ("v_proj", KV_HEADS * hd),
-            ("o_proj", HIDDEN),
+            ("q_proj", d.heads * hd),
+            ("k_proj", d.kv_heads * hd),
+            ("v_proj", d.kv_heads * hd),
+            ("o_proj", d.hidden),
         ] {
             normal(
                 format!("{p}.self_attn.{name}.weight"),
-                (rows, HIDDEN),
+                (rows, d.hidden),
                 STD,
                 &mut out,
             )?;
@@ -177,26 +218,26 @@ fn random_weights(
         }
         normal(
             format!("{p}.mlp.gate_proj.weight"),
-            (INTERMEDIATE, HIDDEN),
+            (d.intermediate, d.hidden),
             STD,
             &mut out,
         )?;
         normal(
             format!("{p}.mlp.up_proj.weight"),
-            (INTERMEDIATE, HIDDEN),
+            (d.intermediate, d.hidden),
             STD,
             &mut out,
         )?;
         normal(
             format!("{p}.mlp.down_proj.weight"),
-            (HIDDEN, INTERMEDIATE),
+            (d.hidden, d.intermediate),
             STD,
             &mut out,
         )?;
-        out.insert(format!("{p}.input_layernorm.weight"), ones(HIDDEN)?);
+        out.insert(format!("{p}.input_layernorm.weight"), ones(d.hidden)?);
         out.insert(
             format!("{p}.post_attention_layernorm.weight"),
-            ones(HIDDEN)?,
+            ones(d.hidden)?,
         );
     }
     Ok(out)

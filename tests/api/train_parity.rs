@@ -72,6 +72,7 @@ fn check(arch: &str) {
 
     let logits = model.forward(&ids, &mask, ForwardCtx::default()).unwrap();
     let err = rel_err(&logits, &expected["logits"]);
+    eprintln!("{arch}: logits relative error {err:.2e}");
     assert!(err <= 1e-4, "{arch}: logits relative error {err}");
 
     let out = causal_lm_loss(&logits, &labels).unwrap();
@@ -84,6 +85,7 @@ fn check(arch: &str) {
 
     let grads = out.loss.backward().unwrap();
     let mut checked = 0;
+    let mut worst = 0f32;
     for (name, var) in lora.named_tensors() {
         let g = grads
             .get(&var)
@@ -93,9 +95,58 @@ fn check(arch: &str) {
             err <= 1e-4,
             "{arch}: gradient of {name} relative error {err}"
         );
+        worst = worst.max(err);
         checked += 1;
     }
+    eprintln!("{arch}: loss {loss} vs {want}; worst gradient relative error {worst:.2e}");
     assert_eq!(checked, 28);
+}
+
+/// Write an adapter with our PEFT writer, and our logits with it applied, for
+/// `scripts/parity/make_fixtures.py verify-adapter` (run by scripts/parity/check_our_adapter.sh).
+#[test]
+#[ignore = "produces files for the PyTorch check; run by scripts/parity/check_our_adapter.sh"]
+fn export_our_adapter_for_peft() {
+    let out_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/parity-export");
+    for arch in ["llama", "qwen2"] {
+        let dir = fixture(arch);
+        let dev = Device::Cpu;
+        let spec = LoraSpec {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: ["q_proj", "v_proj", "down_proj"].map(String::from).to_vec(),
+        };
+        let (model, lora) =
+            CausalLm::load(&dir.join("model"), Some(&spec), 3, &dev, DType::F32).unwrap();
+        for a in &lora.adapters {
+            a.b.set(&Tensor::randn(0f32, 0.2, a.b.dims(), &dev).unwrap())
+                .unwrap();
+        }
+        let out = out_root.join(arch);
+        lora.save_peft(&out.join("adapter"), &spec, "fixture")
+            .unwrap();
+        let expected: HashMap<String, Tensor> =
+            candle_core::safetensors::load(dir.join("expected.safetensors"), &dev).unwrap();
+        let ids = expected["input_ids"].to_dtype(DType::U32).unwrap();
+        let mask: Vec<Vec<u8>> = expected["attention_mask"]
+            .to_vec2::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.into_iter().map(|v| v as u8).collect())
+            .collect();
+        let logits = model.forward(&ids, &mask, ForwardCtx::default()).unwrap();
+        let tensors = HashMap::from([
+            ("input_ids".to_owned(), expected["input_ids"].clone()),
+            (
+                "attention_mask".to_owned(),
+                expected["attention_mask"].clone(),
+            ),
+            ("logits".to_owned(), logits),
+        ]);
+        ferrotune::train::checkpoint::write_safetensors(&out.join("ours.safetensors"), &tensors)
+            .unwrap();
+    }
 }
 
 #[test]
