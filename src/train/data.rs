@@ -178,6 +178,48 @@ mod tests {
     }
 
     #[test]
+    fn truncation_honours_source_target_and_total_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::train::tiny::init_tiny(dir.path(), crate::train::tiny::TinyArch::Llama, 0).unwrap();
+        let tok = load_tokenizer(dir.path()).unwrap();
+        let template = ChatTemplate::from_model_dir(dir.path()).unwrap();
+        let (_, ex) = crate::domain::dataset::parse_record(
+            &serde_json::json!({"prompt": "a long question here", "completion": "a long answer here"}),
+        )
+        .unwrap();
+        let full = |limits| encode(&ex, &template, &tok, limits).unwrap();
+        let none = Limits {
+            max_length: 1024,
+            max_source_length: None,
+            max_target_length: None,
+        };
+        let whole = full(none).unwrap();
+        // Byte-level: the prompt is "<|im_start|>user\n…<|im_end|>\n<|im_start|>assistant\n".
+        let split = full(Limits {
+            max_source_length: Some(5),
+            max_target_length: Some(3),
+            ..none
+        })
+        .unwrap();
+        assert_eq!(split.input_ids.len(), 8);
+        assert_eq!(split.trained_tokens(), 3);
+        let cut = full(Limits {
+            max_length: whole.input_ids.len() - 2,
+            ..none
+        })
+        .unwrap();
+        assert_eq!(cut.trained_tokens(), whole.trained_tokens() - 2);
+        assert!(
+            full(Limits {
+                max_length: 16,
+                ..none
+            })
+            .is_none(),
+            "nothing left to learn"
+        );
+    }
+
+    #[test]
     fn shuffles_depend_only_on_seed_and_epoch() {
         assert_eq!(epoch_order(20, 7, 1), epoch_order(20, 7, 1));
         assert_ne!(epoch_order(20, 7, 1), epoch_order(20, 7, 2));

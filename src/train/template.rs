@@ -230,6 +230,43 @@ mod tests {
         }
     }
 
+    /// Written in the style of Hugging Face templates (Qwen2's uses these constructs): a
+    /// namespace, `loop.first`, `tools | tojson`, string methods and `raise_exception`.
+    const HF_STYLE: &str = "{%- set ns = namespace(system=false) -%}\
+        {%- if tools -%}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{%- endif -%}\
+        {%- for message in messages -%}\
+        {%- if message.role == 'system' -%}{%- set ns.system = true -%}{%- endif -%}\
+        {%- if loop.first and message.role not in ['system', 'user'] -%}{{ raise_exception('bad first role') }}{%- endif -%}\
+        <|im_start|>{{ message.role }}\n{{ message.content.strip() }}<|im_end|>\n\
+        {%- endfor -%}\
+        {%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}";
+
+    #[test]
+    fn hugging_face_style_templates_render_and_segment() {
+        let t = ChatTemplate {
+            source: HF_STYLE.into(),
+            bos_token: String::new(),
+            eos_token: "<|im_end|>".into(),
+        };
+        let mut ex = example();
+        ex.tools = Some(serde_json::json!([{"type": "function", "function": {"name": "f"}}]));
+        let segs = t.segments(&ex).unwrap();
+        assert!(
+            segs[0]
+                .0
+                .starts_with("<|im_start|>system\nTools: [{\"function\":{\"name\":\"f\"}"),
+            "{segs:?}"
+        );
+        assert!(segs[3].1 && segs[3].0.trim() == "A2<|im_end|>", "{segs:?}");
+        let bad = [Turn {
+            role: Role::Assistant,
+            content: "x".into(),
+            train: true,
+        }];
+        let err = t.render(&bad, false, None).unwrap_err().to_string();
+        assert!(err.contains("bad first role"), "{err}");
+    }
+
     #[test]
     fn python_style_hf_templates_render() {
         let src = "{% for m in messages %}{% if m.content.startswith('Q') %}{{ m.content.strip() | upper }}{% endif %}{% endfor %}";

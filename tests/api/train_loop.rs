@@ -371,3 +371,70 @@ fn ten_examples_are_learned_well_enough_to_recite_an_answer() {
             .contains("<polyline")
     );
 }
+
+#[test]
+fn sharded_checkpoints_load_like_a_single_file() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let single = dir.path().join("model");
+    let sharded = dir.path().join("sharded");
+    std::fs::create_dir_all(&sharded).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(single.join(f), sharded.join(f)).unwrap();
+    }
+    let all =
+        candle_core::safetensors::load(single.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut shards = [
+        std::collections::HashMap::new(),
+        std::collections::HashMap::new(),
+    ];
+    let mut map = serde_json::Map::new();
+    for (i, (name, t)) in all.into_iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);
+        map.insert(name.clone(), json!(file));
+        shards[i % 2].insert(name, t);
+    }
+    for (i, shard) in shards.iter().enumerate() {
+        let path = sharded.join(format!("model-0000{}-of-00002.safetensors", i + 1));
+        ferrotune::train::checkpoint::write_safetensors(&path, shard).unwrap();
+    }
+    let index = json!({"metadata": {}, "weight_map": map});
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let (a, _) = CausalLm::load(&single, None, 0, &Device::Cpu, DType::F32).unwrap();
+    let (b, _) = CausalLm::load(&sharded, None, 0, &Device::Cpu, DType::F32).unwrap();
+    let batch = first_batch(dir.path(), &a);
+    let la = a
+        .forward(
+            &batch.input_ids,
+            &batch.attention_mask,
+            ForwardCtx::default(),
+        )
+        .unwrap();
+    let lb = b
+        .forward(
+            &batch.input_ids,
+            &batch.attention_mask,
+            ForwardCtx::default(),
+        )
+        .unwrap();
+    assert_eq!(la.to_vec3::<f32>().unwrap(), lb.to_vec3::<f32>().unwrap());
+}
+
+#[test]
+fn unsupported_architectures_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let path = dir.path().join("model/config.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("LlamaForCausalLM", "GPT2LMHeadModel");
+    std::fs::write(&path, text).unwrap();
+    let err = CausalLm::load(&dir.path().join("model"), None, 0, &Device::Cpu, DType::F32)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("GPT2LMHeadModel"), "{err}");
+}
