@@ -2,7 +2,7 @@
 //! training (epoch, step, layer), so a resumed run draws exactly what an uninterrupted one would
 //! and no RNG state has to be saved.
 
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// A generator for one purpose at one point of training.
@@ -15,6 +15,16 @@ pub fn stream(seed: u64, purpose: u64, position: u64) -> ChaCha8Rng {
 /// `n` uniform samples in `[lo, hi)`.
 pub fn uniform(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(lo..hi)).collect()
+}
+
+/// An inverted-dropout mask: `1/keep` with probability `keep`, else 0 (integer comparison, the
+/// cheapest draw).
+pub fn keep_mask(rng: &mut ChaCha8Rng, n: usize, keep: f32) -> Vec<f32> {
+    let threshold = (f64::from(keep) * f64::from(u32::MAX)) as u32;
+    let scale = 1.0 / keep;
+    (0..n)
+        .map(|_| if rng.next_u32() < threshold { scale } else { 0.0 })
+        .collect()
 }
 
 /// `n` standard-normal samples (Box–Muller).

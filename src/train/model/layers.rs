@@ -91,14 +91,9 @@ impl Linear {
             let input = match dropout {
                 Some(d) if l.dropout > 0.0 => {
                     let keep = 1.0 - l.dropout;
-                    let mut g =
-                        rng::stream(d.seed, purpose::DROPOUT, d.micro_batch * 4096 + l.index);
-                    let mask: Vec<f32> = rng::uniform(&mut g, rows * in_dim, 0.0, 1.0)
-                        .into_iter()
-                        .map(|u| if u < keep { 1.0 / keep } else { 0.0 })
-                        .collect();
-                    let mask =
-                        Tensor::from_vec(mask, (rows, in_dim), x.device())?.to_dtype(x.dtype())?;
+                    let mut g = rng::stream(d.seed, purpose::DROPOUT, d.micro_batch * 4096 + l.index);
+                    let mask = rng::keep_mask(&mut g, rows * in_dim, keep);
+                    let mask = Tensor::from_vec(mask, (rows, in_dim), x.device())?.to_dtype(x.dtype())?;
                     flat.mul(&mask)?
                 }
                 _ => flat.clone(),
