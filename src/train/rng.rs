@@ -23,7 +23,13 @@ pub fn keep_mask(rng: &mut ChaCha8Rng, n: usize, keep: f32) -> Vec<f32> {
     let threshold = (f64::from(keep) * f64::from(u32::MAX)) as u32;
     let scale = 1.0 / keep;
     (0..n)
-        .map(|_| if rng.next_u32() < threshold { scale } else { 0.0 })
+        .map(|_| {
+            if rng.next_u32() < threshold {
+                scale
+            } else {
+                0.0
+            }
+        })
         .collect()
 }
 

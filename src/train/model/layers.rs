@@ -91,9 +91,11 @@ impl Linear {
             let input = match dropout {
                 Some(d) if l.dropout > 0.0 => {
                     let keep = 1.0 - l.dropout;
-                    let mut g = rng::stream(d.seed, purpose::DROPOUT, d.micro_batch * 4096 + l.index);
+                    let mut g =
+                        rng::stream(d.seed, purpose::DROPOUT, d.micro_batch * 4096 + l.index);
                     let mask = rng::keep_mask(&mut g, rows * in_dim, keep);
-                    let mask = Tensor::from_vec(mask, (rows, in_dim), x.device())?.to_dtype(x.dtype())?;
+                    let mask =
+                        Tensor::from_vec(mask, (rows, in_dim), x.device())?.to_dtype(x.dtype())?;
                     flat.mul(&mask)?
                 }
                 _ => flat.clone(),
