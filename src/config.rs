@@ -76,6 +76,13 @@ pub struct ModelSettings {
     /// Compute dtype of the frozen weights: `f32`, `bf16` or `f16` (LoRA weights stay f32).
     #[arg(long, env = "FERROTUNE_DTYPE", default_value = "f32")]
     pub dtype: String,
+    /// Most fine-tuned models kept loaded for serving besides the base model (least recently
+    /// used ones are evicted and reloaded on demand).
+    #[arg(long, env = "FERROTUNE_MAX_RESIDENT_MODELS", default_value_t = 2)]
+    pub max_resident_models: usize,
+    /// Directory from which `/v1/load_lora_adapter` may load PEFT adapters (absent: disabled).
+    #[arg(long, env = "FERROTUNE_ADAPTER_ROOT")]
+    pub adapter_root: Option<PathBuf>,
 }
 
 /// The name of the generated tiny model.

@@ -9,6 +9,7 @@
 //! - [`store`] holds every SQL statement (sqlx on Postgres), the job queue (claim with
 //!   `FOR UPDATE SKIP LOCKED`, leases, fencing) and the on-disk file blobs.
 //! - [`worker`] is the job loop: claim, validate files, hand the job to a trainer, record events.
+//! - [`train`] is LoRA fine-tuning with candle; [`serve`] is chat generation with mistral.rs.
 //! - [`embedded_postgres`] runs a private PostgreSQL cluster when no `DATABASE_URL` is given.
 //! - [`config`], [`telemetry`], [`startup`] and [`cli`] glue it together.
 
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod embedded_postgres;
+pub mod serve;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState, auth::Auth};
 use crate::config::{ModelSettings, Settings, StorageSettings, WorkerOptions};
 use crate::embedded_postgres::EmbeddedPostgres;
+use crate::serve::{Engine, EngineOptions};
 use crate::store::Store;
 use crate::store::blobs::BlobStore;
 use crate::worker::candle_trainer::CandleTrainer;
@@ -110,9 +111,28 @@ pub fn build_trainer(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<(String, Arc<dyn Trainer>)> {
     let (name, dir) = model.resolve(data_dir)?;
-    let models = std::collections::HashMap::from([(name.clone(), dir)]);
-    let trainer = CandleTrainer::new(models, model.device()?, model.dtype()?);
-    Ok((name, Arc::new(trainer)))
+    Ok((name.clone(), trainer_for(model, name, dir)?))
+}
+
+fn trainer_for(
+    model: &ModelSettings,
+    name: String,
+    dir: PathBuf,
+) -> anyhow::Result<Arc<dyn Trainer>> {
+    let models = std::collections::HashMap::from([(name, dir)]);
+    Ok(Arc::new(CandleTrainer::new(
+        models,
+        model.device()?,
+        model.dtype()?,
+    )))
+}
+
+/// A hook that preloads each newly published model into `engine` (when the budget has room).
+pub fn preload_hook(engine: Arc<Engine>) -> crate::worker::ModelReadyHook {
+    Arc::new(move |name, dir| {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.preload(&name, &dir).await });
+    })
 }
 
 /// The running service: HTTP server, optional in-process worker, database.
@@ -124,6 +144,7 @@ pub struct Application {
     database: Database,
     store: Store,
     trainer: Arc<dyn Trainer>,
+    engine: Arc<Engine>,
     data_dir: PathBuf,
 }
 
@@ -143,13 +164,24 @@ impl Application {
         } else {
             tracing::info!(keys = keys.len(), "API keys required on /v1 routes");
         }
-        let (base_model, trainer) = build_trainer(&settings.model, &storage.data_dir)?;
+        let (base_model, base_dir) = settings.model.resolve(&storage.data_dir)?;
+        let trainer = trainer_for(&settings.model, base_model.clone(), base_dir.clone())?;
+        let engine = Engine::start(EngineOptions {
+            base_dir,
+            base_name: base_model.clone(),
+            max_resident: settings.model.max_resident_models,
+            max_num_seqs: 16,
+        })
+        .await?;
         let state = web::Data::new(ApiState {
             store: store.clone(),
             blobs: BlobStore::open(&storage.data_dir)?,
             auth: Auth::from_keys(&keys),
             max_upload_bytes: settings.http.max_upload_bytes,
             base_models: vec![base_model],
+            engine: engine.clone(),
+            started_at: chrono::Utc::now().timestamp(),
+            adapter_root: settings.model.adapter_root.clone(),
         });
         let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port))
             .with_context(|| format!("binding {}:{}", settings.http.host, settings.http.port))?;
@@ -171,7 +203,8 @@ impl Application {
                 &storage.data_dir,
                 &settings.worker,
                 trainer.clone(),
-            )?;
+            )?
+            .with_model_ready(preload_hook(engine.clone()));
             Some(tokio::spawn(worker.run_until_stopped(shutdown.clone())))
         } else {
             None
@@ -185,6 +218,7 @@ impl Application {
             database,
             store,
             trainer,
+            engine,
             data_dir: storage.data_dir.clone(),
         })
     }
@@ -202,6 +236,11 @@ impl Application {
     /// The trainer the in-process worker uses.
     pub fn trainer(&self) -> Arc<dyn Trainer> {
         self.trainer.clone()
+    }
+
+    /// The serving engine.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.clone()
     }
 
     /// The absolute data directory.

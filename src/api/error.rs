@@ -74,6 +74,25 @@ impl ApiError {
         }
     }
 
+    /// 404 `model_not_found`, as OpenAI words it.
+    pub fn not_found_model(model: &str) -> Self {
+        Self {
+            param: Some("model".to_owned()),
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("The model `{model}` does not exist or you do not have access to it."),
+            )
+        }
+        .with_code("model_not_found")
+    }
+
+    /// 503 when a model cannot be made ready.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+            .with_code("model_unavailable")
+    }
+
     /// 409 for a state conflict.
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "invalid_request_error", message).with_code("conflict")

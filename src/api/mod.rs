@@ -2,7 +2,12 @@
 //!
 //! Routes follow OpenAI's API reference; handler names are OpenAI's operation ids.
 
+mod adapters;
 pub mod auth;
+mod chat;
+mod chat_render;
+pub mod chat_types;
+mod chat_validate;
 pub mod error;
 mod file_upload;
 mod files;
@@ -10,18 +15,20 @@ mod health;
 mod job_actions;
 mod job_events;
 mod jobs;
+mod models;
 pub mod objects;
 pub mod openapi;
 
 use actix_web::middleware::ErrorHandlers;
 use actix_web::web;
 
+use crate::serve::Engine;
 use crate::store::Store;
 use crate::store::blobs::BlobStore;
 use auth::Auth;
 
 /// What every handler can reach.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiState {
     /// Database.
     pub store: Store,
@@ -33,6 +40,12 @@ pub struct ApiState {
     pub max_upload_bytes: u64,
     /// Base model names jobs may fine-tune.
     pub base_models: Vec<String>,
+    /// The serving engine.
+    pub engine: std::sync::Arc<Engine>,
+    /// Server start (Unix seconds), shown as the base model's `created`.
+    pub started_at: i64,
+    /// Where runtime adapters may be loaded from (`None`: the endpoints are disabled).
+    pub adapter_root: Option<std::path::PathBuf>,
 }
 
 /// Register every route and the error envelopes for actix's own rejections.
@@ -78,6 +91,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/fine_tuning/jobs/{job_id}/checkpoints")
                 .get(job_events::list_fine_tuning_job_checkpoints),
+        )
+        .service(web::resource("/v1/chat/completions").post(chat::create_chat_completion))
+        .service(web::resource("/v1/models").get(models::list_models))
+        .service(web::resource("/v1/load_lora_adapter").post(adapters::load_lora_adapter))
+        .service(web::resource("/v1/unload_lora_adapter").post(adapters::unload_lora_adapter))
+        .service(
+            web::resource("/v1/models/{model:.*}")
+                .get(models::retrieve_model)
+                .delete(models::delete_model),
         );
 }
 

@@ -4,7 +4,7 @@
 use actix_web::HttpResponse;
 use utoipa::OpenApi;
 
-use super::{file_upload, files, health, job_actions, job_events, jobs};
+use super::{adapters, chat, file_upload, files, health, job_actions, job_events, jobs, models};
 
 /// The API's OpenAPI description.
 #[derive(OpenApi)]
@@ -25,8 +25,14 @@ use super::{file_upload, files, health, job_actions, job_events, jobs};
         job_actions::resume_fine_tuning_job,
         job_events::list_fine_tuning_events,
         job_events::list_fine_tuning_job_checkpoints,
+        chat::create_chat_completion,
+        models::list_models,
+        models::retrieve_model,
+        models::delete_model,
+        adapters::load_lora_adapter,
+        adapters::unload_lora_adapter,
     ),
-    tags((name = "Files"), (name = "Fine-tuning"), (name = "Health"))
+    tags((name = "Chat"), (name = "Files"), (name = "Fine-tuning"), (name = "Models"), (name = "Health"))
 )]
 pub struct ApiDoc;
 

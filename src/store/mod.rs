@@ -8,6 +8,7 @@ pub mod checkpoints;
 pub mod events;
 pub mod files;
 pub mod jobs;
+pub mod models;
 mod paging;
 pub mod queue;
 

@@ -31,6 +31,9 @@ pub struct WorkerSettings {
     pub jobs_dir: std::path::PathBuf,
 }
 
+/// Called with `(model name, adapter dir)` when a job's model is published.
+pub type ModelReadyHook = Arc<dyn Fn(String, std::path::PathBuf) + Send + Sync>;
+
 /// One worker: claims jobs from the shared database and runs them one at a time.
 #[derive(Clone)]
 pub struct Worker {
@@ -39,6 +42,7 @@ pub struct Worker {
     trainer: Arc<dyn Trainer>,
     settings: WorkerSettings,
     id: String,
+    on_model_ready: Option<ModelReadyHook>,
 }
 
 impl Worker {
@@ -60,7 +64,14 @@ impl Worker {
             trainer,
             settings,
             id,
+            on_model_ready: None,
         }
+    }
+
+    /// Tell `hook` about every model this worker publishes (the server preloads it).
+    pub fn with_model_ready(mut self, hook: ModelReadyHook) -> Self {
+        self.on_model_ready = Some(hook);
+        self
     }
 
     /// Run until `shutdown` is cancelled, polling for work.

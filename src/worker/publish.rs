@@ -59,13 +59,18 @@ impl Worker {
                 expires_at: None,
             });
         }
+        let adapter_dir = outcome.adapter_dir.clone();
         let results = JobResults {
             model: name,
             trained_tokens: outcome.trained_tokens,
             files,
             adapter_path: outcome.adapter_dir.to_string_lossy().into_owned(),
         };
-        if !self.store.succeed_job(claim, &results).await? {
+        if self.store.succeed_job(claim, &results).await? {
+            if let Some(hook) = &self.on_model_ready {
+                hook(results.model.as_str().to_owned(), adapter_dir);
+            }
+        } else {
             // Fenced off or cancelled meanwhile: the results are not ours to publish.
             for f in &results.files {
                 self.blobs.remove(&f.id).await?;

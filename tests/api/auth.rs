@@ -94,3 +94,36 @@ async fn each_key_sees_only_its_own_files_and_jobs() {
     app.api_key = Some("sk-a".into());
     assert_eq!(app.job(job_id).await["status"], "validating_files");
 }
+
+#[tokio::test]
+async fn fine_tuned_models_are_private_to_their_key() {
+    let mut app = spawn_app_with(AppOptions {
+        api_keys: vec!["sk-a".into(), "sk-b".into()],
+        ..Default::default()
+    })
+    .await;
+    let (_, model) = crate::chat::fine_tune(&app, "private").await;
+    app.api_key = Some("sk-b".into());
+    let chat = app
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": model, "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+    let err = assert_error(chat, 404, Some("model")).await;
+    assert_eq!(err["code"], "model_not_found");
+    assert_error(
+        app.get(&format!("/v1/models/{model}")).await,
+        404,
+        Some("model"),
+    )
+    .await;
+    assert_error(
+        app.delete(&format!("/v1/models/{model}")).await,
+        404,
+        Some("model"),
+    )
+    .await;
+    let list: Value = app.get("/v1/models").await.json().await.unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+}

@@ -32,6 +32,10 @@ pub struct AppOptions {
     pub api_keys: Vec<String>,
     /// Upload limit (default 512 MiB).
     pub max_upload_bytes: Option<u64>,
+    /// Resident fine-tuned models (default 2).
+    pub max_resident_models: Option<usize>,
+    /// Root for runtime adapters.
+    pub adapter_root: Option<std::path::PathBuf>,
 }
 
 /// A running server and what tests need to talk to it.
@@ -48,7 +52,10 @@ pub struct TestApp {
     pub api_key: Option<String>,
     /// The server's trainer (the real candle trainer on the generated tiny model).
     pub trainer: Arc<dyn Trainer>,
+    /// The server's serving engine.
+    pub engine: Arc<ferrotune::serve::Engine>,
     db_name: String,
+    owns_db: bool,
 }
 
 /// A server with no API keys.
@@ -69,9 +76,36 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         .await
         .expect("creating the test database");
     let data_dir = tempfile::tempdir().expect("temp data dir");
+    let path = data_dir.path().to_owned();
+    start(options, db_name, path, data_dir, true).await
+}
+
+/// A second server on `first`'s database and data directory, as after a restart (the first keeps
+/// running; it owns the database's lifetime).
+pub async fn spawn_app_sharing(first: &TestApp) -> TestApp {
+    let unused = tempfile::tempdir().expect("temp dir");
+    let path = first.data_dir.path().to_owned();
+    start(
+        AppOptions::default(),
+        first.db_name.clone(),
+        path,
+        unused,
+        false,
+    )
+    .await
+}
+
+async fn start(
+    options: AppOptions,
+    db_name: String,
+    data_path: std::path::PathBuf,
+    data_dir: tempfile::TempDir,
+    owns_db: bool,
+) -> TestApp {
+    let cluster = cluster();
     let settings = Settings {
         storage: StorageSettings {
-            data_dir: data_dir.path().to_owned(),
+            data_dir: data_path,
             database_url: Some(cluster.url(&db_name)),
         },
         http: HttpSettings {
@@ -86,6 +120,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
             base_model_name: None,
             device: "cpu".into(),
             dtype: "f32".into(),
+            max_resident_models: options.max_resident_models.unwrap_or(2),
+            adapter_root: options.adapter_root.clone(),
         },
         worker: WorkerOptions {
             poll_interval_ms: 50,
@@ -100,6 +136,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let address = format!("http://127.0.0.1:{}", app.port());
     let store = app.store().clone();
     let trainer = app.trainer();
+    let engine = app.engine();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
@@ -108,12 +145,17 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         data_dir,
         api_key: options.api_keys.first().cloned(),
         trainer,
+        engine,
         db_name,
+        owns_db,
     }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        if !self.owns_db {
+            return;
+        }
         let url = cluster().url("postgres");
         let name = self.db_name.clone();
         // Drop runs inside the test's runtime; use a thread with its own.
@@ -260,9 +302,10 @@ impl TestApp {
         build_worker(self.store.clone(), self.data_dir.path(), &options, trainer).unwrap()
     }
 
-    /// A worker with the server's own trainer.
+    /// A worker like the server's own: its trainer, and preloading what it publishes.
     pub fn worker(&self) -> Worker {
         self.worker_with(self.trainer.clone(), 30)
+            .with_model_ready(ferrotune::startup::preload_hook(self.engine.clone()))
     }
 
     /// Files stored on disk (excluding the staging folder).

@@ -1,6 +1,8 @@
 //! Integration tests: the real server over HTTP, on a real PostgreSQL database per test.
 
+mod adapters;
 mod auth;
+mod chat;
 mod errors;
 mod files;
 mod helpers;

@@ -28,6 +28,11 @@ fn openapi_documents_every_route() {
         "/v1/fine_tuning/jobs/{job_id}/events",
         "/v1/fine_tuning/jobs/{job_id}/checkpoints",
         "/health",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/models/{model}",
+        "/v1/load_lora_adapter",
+        "/v1/unload_lora_adapter",
     ] {
         assert!(paths.contains_key(p), "{p} missing from the spec");
     }

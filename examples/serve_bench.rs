@@ -1,0 +1,187 @@
+//! Serving benchmark (not a test): decode tokens/s of the base and a fine-tuned model, through our
+//! HTTP API and through the engine in-process, and the time from a job's `succeeded` to the first
+//! token of its model. Everything real: embedded Postgres, the generated tiny model, a job
+//! trained by the candle trainer. Run with `cargo run --release --example serve_bench`.
+
+use std::time::{Duration, Instant};
+
+use ferrotune::config::{HttpSettings, ModelSettings, Settings, StorageSettings, WorkerOptions};
+use ferrotune::serve::{ChatParams, ChatTurn, Engine};
+use ferrotune::startup::Application;
+use serde_json::{Value, json};
+
+const TOKENS: usize = 200;
+
+fn params() -> ChatParams {
+    ChatParams {
+        messages: vec![ChatTurn {
+            role: "user".into(),
+            content: "Tell me about sleep.".into(),
+        }],
+        temperature: Some(1.0),
+        n: 1,
+        max_tokens: Some(TOKENS),
+        ..Default::default()
+    }
+}
+
+/// Tokens/s of one in-process generation (completion tokens / wall time).
+async fn in_process(engine: &Engine, model: &str) -> f64 {
+    let started = Instant::now();
+    let mut g = engine.chat(model, params(), false).await.expect("chat");
+    match g.rx.recv().await {
+        Some(mistralrs::core::Response::Done(d)) => {
+            d.usage.completion_tokens as f64 / started.elapsed().as_secs_f64()
+        }
+        _ => f64::NAN,
+    }
+}
+
+/// Tokens/s of one HTTP generation.
+async fn over_http(client: &reqwest::Client, base: &str, model: &str) -> f64 {
+    let started = Instant::now();
+    let body = json!({"model": model, "temperature": 1.0, "max_tokens": TOKENS,
+        "messages": [{"role": "user", "content": "Tell me about sleep."}]});
+    let res: Value = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    res["usage"]["completion_tokens"]
+        .as_f64()
+        .unwrap_or(f64::NAN)
+        / started.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("ferrotune-serve-bench-{}", std::process::id()));
+    let settings = Settings {
+        storage: StorageSettings {
+            data_dir: dir.clone(),
+            database_url: None,
+        },
+        http: HttpSettings {
+            host: "127.0.0.1".into(),
+            port: 0,
+            max_upload_bytes: 1 << 20,
+            api_keys: vec![],
+            api_key_file: None,
+        },
+        model: ModelSettings {
+            base_model: None,
+            base_model_name: None,
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            max_resident_models: 2,
+            adapter_root: None,
+        },
+        worker: WorkerOptions {
+            poll_interval_ms: 20,
+            lease_seconds: 30,
+            max_lost_leases: 3,
+        },
+        run_worker: true,
+    };
+    let app = Application::build(settings).await?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let engine = app.engine();
+    let handle = app.handle();
+    let server = tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::new();
+
+    let rows: Vec<Value> = (0..10)
+        .map(|i| json!({"instruction": format!("Question {i}?"), "input": "", "output": format!("Answer {i}.")}))
+        .collect();
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "fine-tune")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(serde_json::to_vec(&rows)?).file_name("qa.json"),
+        );
+    let file: Value = client
+        .post(format!("{base}/v1/files"))
+        .multipart(form)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let job: Value = client
+        .post(format!("{base}/v1/fine_tuning/jobs"))
+        .json(&json!({"model": "ferrotune-tiny", "training_file": file["id"], "hyperparameters": {"n_epochs": 2}}))
+        .send().await?.json().await?;
+    let job_id = job["id"].as_str().unwrap_or_default().to_owned();
+    let model = loop {
+        let j: Value = client
+            .get(format!("{base}/v1/fine_tuning/jobs/{job_id}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        match j["status"].as_str() {
+            Some("succeeded") => {
+                break j["fine_tuned_model"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+            Some("failed") | Some("cancelled") => anyhow::bail!("job ended {j}"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let seen = Instant::now();
+    let body = json!({"model": model, "stream": true, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]});
+    let mut res = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await?;
+    res.chunk().await?;
+    let hot_load = seen.elapsed();
+
+    let mut table = Vec::new();
+    for (label, name) in [
+        ("base", "ferrotune-tiny".to_owned()),
+        ("fine-tuned", model.clone()),
+    ] {
+        let mut http = Vec::new();
+        let mut local = Vec::new();
+        for _ in 0..5 {
+            http.push(over_http(&client, &base, &name).await);
+            local.push(in_process(&engine, &name).await);
+        }
+        table.push((label, median(http), median(local)));
+    }
+    println!("\nserving benchmark (tiny model, {TOKENS} tokens, temperature 1, median of 5)");
+    println!(
+        "{:<11} {:>12} {:>14} {:>8}",
+        "model", "HTTP tok/s", "engine tok/s", "ratio"
+    );
+    for (label, http, local) in &table {
+        println!(
+            "{label:<11} {http:>12.0} {local:>14.0} {:>8.2}",
+            http / local
+        );
+    }
+    println!(
+        "fine-tuned/base decode ratio (engine): {:.2}",
+        table[1].2 / table[0].2
+    );
+    println!(
+        "job succeeded -> first token of its model: {:.0} ms",
+        hot_load.as_secs_f64() * 1000.0
+    );
+    handle.stop(true).await;
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! `POST /v1/chat/completions`: validate, route `model` to a resident engine model (loading a
+//! fine-tuned one on demand), generate, render OpenAI's response or its SSE stream.
+//! See <https://platform.openai.com/docs/api-reference/chat/create>.
+
+use std::path::Path;
+
+use actix_web::{HttpResponse, web};
+use mistralrs::core::Response;
+
+use super::ApiState;
+use super::auth::Caller;
+use super::chat_render::{completion_from, sse_stream};
+use super::chat_types::CreateChatCompletionRequest;
+use super::chat_validate::validate;
+use super::error::{ApiError, ErrorResponse};
+use crate::serve::ServeError;
+
+/// 404 `model_not_found`, worded as OpenAI does.
+pub fn model_not_found(model: &str) -> ApiError {
+    ApiError::not_found_model(model)
+}
+
+impl From<ServeError> for ApiError {
+    fn from(e: ServeError) -> Self {
+        match e {
+            ServeError::Invalid(m) => ApiError::invalid(m, None),
+            ServeError::Load { .. } => ApiError::unavailable(e.to_string()),
+            ServeError::Engine(_) => ApiError::internal(e),
+        }
+    }
+}
+
+/// Create a chat completion.
+#[utoipa::path(post, path = "/v1/chat/completions", operation_id = "create_chat_completion",
+    tag = "Chat", request_body = CreateChatCompletionRequest,
+    responses((status = 200, body = super::chat_types::CreateChatCompletionResponse,
+               description = "A completion, or with `stream: true` a text/event-stream of chunks"),
+              (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+              (status = 503, body = ErrorResponse)))]
+pub async fn create_chat_completion(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    body: web::Json<CreateChatCompletionRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let req = body.into_inner();
+    let params = validate(&req)?;
+    let engine = &state.engine;
+    if req.model != engine.base_name() {
+        let row = state
+            .store
+            .get_model(&caller.0, &req.model)
+            .await?
+            .ok_or_else(|| model_not_found(&req.model))?;
+        engine
+            .ensure_loaded(&req.model, Path::new(&row.path))
+            .await?;
+    }
+    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let n = params.n;
+    let mut generation = engine.chat(&req.model, params, req.stream).await?;
+    if req.stream {
+        return Ok(HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header(("Cache-Control", "no-cache"))
+            .streaming(sse_stream(generation, req.model.clone(), include_usage, n)));
+    }
+    match generation.rx.recv().await {
+        Some(Response::Done(done)) => {
+            Ok(HttpResponse::Ok().json(completion_from(done, &req.model)))
+        }
+        Some(Response::ValidationError(e)) => Err(ApiError::invalid(e.to_string(), None)),
+        Some(Response::ModelError(msg, _)) | Some(Response::CompletionModelError(msg, _)) => {
+            Err(ApiError::internal(format!("model error: {msg}")))
+        }
+        Some(Response::InternalError(e)) => Err(ApiError::internal(e)),
+        Some(_) => Err(ApiError::internal("unexpected engine response")),
+        None => Err(ApiError::unavailable(
+            "the model stopped before answering; try again".to_owned(),
+        )),
+    }
+}

@@ -1,0 +1,134 @@
+//! `/v1/models`: the base model, the caller's fine-tuned models and their checkpoints.
+//! See <https://platform.openai.com/docs/api-reference/models>.
+
+use actix_web::{HttpResponse, web};
+use serde::Serialize;
+
+use super::ApiState;
+use super::auth::Caller;
+use super::error::{ApiError, ErrorResponse};
+use super::objects::DeletedObject;
+
+/// A model (`object: "model"`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OpenAIModel {
+    /// The id clients pass as `model`.
+    pub id: String,
+    /// Always `model`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: i64,
+    /// `ferrotune` for the base model, else the owning organization.
+    pub owned_by: String,
+}
+
+/// `{object: "list", data}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ListModelsResponse {
+    /// Always `list`.
+    pub object: &'static str,
+    /// The models.
+    pub data: Vec<OpenAIModel>,
+}
+
+fn base(state: &ApiState) -> OpenAIModel {
+    OpenAIModel {
+        id: state.engine.base_name().to_owned(),
+        object: "model",
+        created: state.started_at,
+        owned_by: "ferrotune".to_owned(),
+    }
+}
+
+/// List the models the caller can use.
+#[utoipa::path(get, path = "/v1/models", operation_id = "list_models", tag = "Models",
+    responses((status = 200, body = ListModelsResponse)))]
+pub async fn list_models(
+    state: web::Data<ApiState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    let mut data = vec![base(&state)];
+    for m in state.store.list_models(&caller.0).await? {
+        data.push(OpenAIModel {
+            id: m.id,
+            object: "model",
+            created: m.created_at.timestamp(),
+            owned_by: m.organization_id,
+        });
+    }
+    Ok(HttpResponse::Ok().json(ListModelsResponse {
+        object: "list",
+        data,
+    }))
+}
+
+/// Retrieve a model.
+#[utoipa::path(get, path = "/v1/models/{model}", operation_id = "retrieve_model", tag = "Models",
+    params(("model" = String, Path, description = "The model id")),
+    responses((status = 200, body = OpenAIModel), (status = 404, body = ErrorResponse)))]
+pub async fn retrieve_model(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    if id == state.engine.base_name() {
+        return Ok(HttpResponse::Ok().json(base(&state)));
+    }
+    let m = state
+        .store
+        .get_model(&caller.0, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found_model(&id))?;
+    Ok(HttpResponse::Ok().json(OpenAIModel {
+        id: m.id,
+        object: "model",
+        created: m.created_at.timestamp(),
+        owned_by: m.organization_id,
+    }))
+}
+
+/// Delete a fine-tuned model (and stop serving it with its checkpoints).
+#[utoipa::path(delete, path = "/v1/models/{model}", operation_id = "delete_model", tag = "Models",
+    params(("model" = String, Path, description = "The model id")),
+    responses((status = 200, body = DeletedObject), (status = 400, body = ErrorResponse),
+              (status = 404, body = ErrorResponse)))]
+pub async fn delete_model(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    if id == state.engine.base_name() {
+        return Err(ApiError::invalid(
+            "The base model cannot be deleted",
+            Some("model"),
+        ));
+    }
+    let checkpoints: Vec<String> = state
+        .store
+        .list_models(&caller.0)
+        .await?
+        .into_iter()
+        .map(|m| m.id)
+        .filter(|m| m.starts_with(&format!("{id}:ckpt-step-")))
+        .collect();
+    if !state.store.delete_model(&caller.0, &id).await? {
+        return match state.store.get_model(&caller.0, &id).await? {
+            Some(_) => Err(ApiError::invalid(
+                "Only fine-tuned models can be deleted, not checkpoints",
+                Some("model"),
+            )),
+            None => Err(ApiError::not_found_model(&id)),
+        };
+    }
+    state.engine.remove(&id).await;
+    for c in checkpoints {
+        state.engine.remove(&c).await;
+    }
+    Ok(HttpResponse::Ok().json(DeletedObject {
+        id,
+        object: "model",
+        deleted: true,
+    }))
+}

@@ -1,0 +1,296 @@
+//! The engine: a mistral.rs runner on its own multi-threaded runtime (actix workers are
+//! single-threaded), the base model always resident, other models added on demand and evicted
+//! least-recently-used first. One load per model at a time; concurrent requests wait for it.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use mistralrs::core::{
+    AddModelConfig, DefaultSchedulerMethod, EngineConfig, Request, Response, SchedulerConfig,
+    TokenSource,
+};
+use mistralrs::{Model, ModelDType, TextModelBuilder};
+use tokio::sync::mpsc;
+
+use super::ServeError;
+use super::loader::load_with_adapter;
+use super::request::{ChatParams, normal_request};
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// The base model directory.
+    pub base_dir: PathBuf,
+    /// The base model's public name.
+    pub base_name: String,
+    /// Most non-base models kept loaded at once.
+    pub max_resident: usize,
+    /// Sequences batched together per model.
+    pub max_num_seqs: usize,
+}
+
+/// The serving engine.
+pub struct Engine {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    model: Arc<Model>,
+    options: EngineOptions,
+    /// Loaded non-base models, least recently used first.
+    resident: Mutex<Vec<String>>,
+    /// One lock per model name, so a model loads once however many requests want it.
+    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Adapter loads so far.
+    loads: std::sync::atomic::AtomicU64,
+    /// Generations whose receiver is still held (streams not yet finished or dropped).
+    active: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Held by whoever consumes a generation; dropping it (finished, or the client went away)
+/// releases the engine channel, which cancels the generation.
+pub struct Generation {
+    /// Engine responses.
+    pub rx: mpsc::Receiver<Response>,
+    active: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        self.active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn engine_err(e: impl std::fmt::Display) -> ServeError {
+    ServeError::Engine(e.to_string())
+}
+
+impl Engine {
+    /// Start the runner with the base model loaded.
+    pub async fn start(options: EngineOptions) -> Result<Arc<Self>, ServeError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mistralrs")
+            .enable_all()
+            .build()
+            .map_err(engine_err)?;
+        let handle = runtime.handle().clone();
+        let dir = options.base_dir.display().to_string();
+        let max_seqs = options.max_num_seqs;
+        let model = handle
+            .spawn(async move {
+                TextModelBuilder::new(dir)
+                    .with_token_source(TokenSource::None)
+                    .with_dtype(ModelDType::F32)
+                    .with_force_cpu()
+                    .with_max_num_seqs(max_seqs)
+                    .build()
+                    .await
+            })
+            .await
+            .map_err(engine_err)?
+            .map_err(|e| ServeError::Load {
+                model: options.base_name.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let base_id = model
+            .get_default_model_id()
+            .map_err(engine_err)?
+            .ok_or_else(|| engine_err("the engine has no default model"))?;
+        if base_id != options.base_name {
+            model
+                .inner()
+                .register_model_alias(options.base_name.clone(), &base_id)
+                .map_err(engine_err)?;
+        }
+        Ok(Arc::new(Self {
+            runtime: Some(runtime),
+            handle,
+            model: Arc::new(model),
+            options,
+            resident: Mutex::new(Vec::new()),
+            loading: Mutex::new(HashMap::new()),
+            loads: std::sync::atomic::AtomicU64::new(0),
+            active: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        }))
+    }
+
+    /// The base model's public name.
+    pub fn base_name(&self) -> &str {
+        &self.options.base_name
+    }
+
+    /// The base model's directory.
+    pub fn base_dir(&self) -> &Path {
+        &self.options.base_dir
+    }
+
+    /// How many adapter models were loaded since start.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Names of the loaded non-base models, least recently used first.
+    pub fn resident(&self) -> Vec<String> {
+        self.resident.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn touch(&self, name: &str) -> bool {
+        let Ok(mut r) = self.resident.lock() else {
+            return false;
+        };
+        match r.iter().position(|n| n == name) {
+            Some(i) => {
+                let n = r.remove(i);
+                r.push(n);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Make `name` (the base with `adapter_dir` merged) resident, loading it once if needed and
+    /// evicting the least recently used model beyond the budget.
+    pub async fn ensure_loaded(&self, name: &str, adapter_dir: &Path) -> Result<(), ServeError> {
+        if name == self.options.base_name || self.touch(name) {
+            return Ok(());
+        }
+        let lock = {
+            let mut map = self.loading.lock().map_err(engine_err)?;
+            map.entry(name.to_owned()).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        if self.touch(name) {
+            return Ok(());
+        }
+        let (base, adapter, id) = (
+            self.options.base_dir.clone(),
+            adapter_dir.to_owned(),
+            name.to_owned(),
+        );
+        let started = std::time::Instant::now();
+        let pipeline = self
+            .handle
+            .spawn_blocking(move || load_with_adapter(&base, &adapter, &id))
+            .await
+            .map_err(engine_err)??;
+        let model = self.model.clone();
+        let id = name.to_owned();
+        let seqs = NonZeroUsize::new(self.options.max_num_seqs.max(1)).unwrap_or(NonZeroUsize::MIN);
+        self.handle
+            .spawn(async move {
+                let scheduler = SchedulerConfig::DefaultScheduler {
+                    method: DefaultSchedulerMethod::Fixed(seqs),
+                };
+                model
+                    .add_model(
+                        id,
+                        pipeline,
+                        scheduler,
+                        AddModelConfig::new(EngineConfig::default()),
+                    )
+                    .await
+            })
+            .await
+            .map_err(engine_err)?
+            .map_err(|e| ServeError::Load {
+                model: name.to_owned(),
+                reason: e.to_string(),
+            })?;
+        self.loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            model = name,
+            ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        let evict = {
+            let mut r = self.resident.lock().map_err(engine_err)?;
+            r.push(name.to_owned());
+            let excess = r.len().saturating_sub(self.options.max_resident.max(1));
+            r.drain(..excess).collect::<Vec<_>>()
+        };
+        for old in evict {
+            self.remove(&old).await;
+        }
+        Ok(())
+    }
+
+    /// Unload `name` if resident (the engine refuses async-thread removal: a blocking thread).
+    pub async fn remove(&self, name: &str) {
+        if let Ok(mut r) = self.resident.lock() {
+            r.retain(|n| n != name);
+        }
+        let model = self.model.clone();
+        let id = name.to_owned();
+        let removed = self
+            .handle
+            .spawn_blocking(move || model.remove_model(&id))
+            .await;
+        match removed {
+            Ok(Ok(())) => tracing::info!(model = name, "model evicted"),
+            Ok(Err(e)) => tracing::debug!(model = name, error = %e, "model was not loaded"),
+            Err(e) => tracing::warn!(model = name, error = %e, "evicting a model failed"),
+        }
+    }
+
+    /// Start a chat generation on a resident model; responses arrive on the returned channel.
+    /// Dropping the receiver cancels the generation.
+    pub async fn chat(
+        &self,
+        name: &str,
+        params: ChatParams,
+        stream: bool,
+    ) -> Result<Generation, ServeError> {
+        let (tx, rx) = mpsc::channel(64);
+        let request = normal_request(params, tx, stream, name);
+        let sender = self
+            .model
+            .inner()
+            .get_sender(Some(name))
+            .map_err(|e| ServeError::Load {
+                model: name.to_owned(),
+                reason: e.to_string(),
+            })?;
+        sender
+            .send(Request::Normal(Box::new(request)))
+            .await
+            .map_err(engine_err)?;
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Generation {
+            rx,
+            active: self.active.clone(),
+        })
+    }
+
+    /// Generations in progress.
+    pub fn active_generations(&self) -> usize {
+        self.active.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Load `name` now if the resident budget has room (a job just succeeded); otherwise it
+    /// loads on its first request.
+    pub async fn preload(&self, name: &str, adapter_dir: &Path) {
+        let room = self
+            .resident
+            .lock()
+            .map(|r| r.len() < self.options.max_resident)
+            .unwrap_or(false);
+        if !room {
+            return;
+        }
+        if let Err(e) = self.ensure_loaded(name, adapter_dir).await {
+            tracing::warn!(model = name, error = %e, "preloading a fine-tuned model failed");
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Building mistral.rs pipelines from local directories: the base model, and the base with a
+//! PEFT adapter merged in. mistral.rs 0.8.1 keeps applied LoRAs in a thread-local list that it
+//! never clears, so every adapter load clears it before and after, on the loading thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mistralrs::Device;
+use mistralrs::core::{
+    AdapterPaths, DeviceMapSetting, Loader, LocalModelPaths, LoraAdapterPaths, ModelDType,
+    ModelPaths, NormalLoaderBuilder, NormalSpecificConfig, Pipeline,
+};
+
+use super::ServeError;
+
+/// A loaded pipeline, ready for `add_model`.
+pub type LoadedPipeline = Arc<tokio::sync::Mutex<dyn Pipeline + Send + Sync>>;
+
+/// The weight files of a model directory (single file or every shard).
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| e.to_string())?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let mut files: Vec<String> = value["weight_map"]
+            .as_object()
+            .ok_or("index has no weight_map")?
+            .values()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        files.sort();
+        files.dedup();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    Ok(vec![dir.join("model.safetensors")])
+}
+
+/// Load `base_dir` with the PEFT adapter in `adapter_dir` merged. Blocking: call on a blocking
+/// thread of the engine runtime.
+pub fn load_with_adapter(
+    base_dir: &Path,
+    adapter_dir: &Path,
+    name: &str,
+) -> Result<LoadedPipeline, ServeError> {
+    mistralrs_quant::clear_applied_loras();
+    let result = load_inner(base_dir, adapter_dir);
+    mistralrs_quant::clear_applied_loras();
+    result.map_err(|reason| ServeError::Load {
+        model: name.to_owned(),
+        reason,
+    })
+}
+
+fn load_inner(base_dir: &Path, adapter_dir: &Path) -> Result<LoadedPipeline, String> {
+    let config_text = std::fs::read_to_string(adapter_dir.join("adapter_config.json"))
+        .map_err(|e| format!("reading adapter_config.json: {e}"))?;
+    let lora_config =
+        serde_json::from_str(&config_text).map_err(|e| format!("adapter_config.json: {e}"))?;
+    let loader: Box<dyn Loader> = NormalLoaderBuilder::new(
+        NormalSpecificConfig::default(),
+        None,
+        None,
+        Some(base_dir.display().to_string()),
+        false,
+        None,
+    )
+    .with_lora(vec![])
+    .build(None)
+    .map_err(|e| e.to_string())?;
+    let opt = |name: &str| Some(base_dir.join(name)).filter(|p| p.exists());
+    let paths: Box<dyn ModelPaths> = Box::new(LocalModelPaths::new(
+        base_dir.join("tokenizer.json"),
+        base_dir.join("config.json"),
+        base_dir.join("tokenizer_config.json"),
+        weight_files(base_dir)?,
+        AdapterPaths::Lora(vec![LoraAdapterPaths {
+            lora_config,
+            adapter_path: adapter_dir.join("adapter_model.safetensors"),
+        }]),
+        opt("generation_config.json"),
+        None,
+        None,
+        opt("chat_template.json"),
+    ));
+    loader
+        .load_model_from_path(
+            &paths,
+            &ModelDType::F32,
+            &Device::Cpu,
+            true,
+            DeviceMapSetting::dummy(),
+            None,
+            None,
+        )
+        .map_err(|e| format!("{e:#}"))
+}

@@ -1,0 +1,413 @@
+//! Chat completions on mistral.rs, all real: the generated tiny base model and models fine-tuned
+//! by the candle trainer through the jobs API, hot-loaded on first use.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    AppOptions, TestApp, assert_error, spawn_app, spawn_app_sharing, spawn_app_with,
+};
+use crate::train_loop::QA;
+
+/// Train a model on the ten health answers and return (job id, fine_tuned_model); the server
+/// preloads it.
+pub async fn fine_tune(app: &TestApp, suffix: &str) -> (String, String) {
+    train_with(app, suffix, app.worker()).await
+}
+
+/// Like [`fine_tune`], but nothing is preloaded: the model loads on its first request.
+pub async fn fine_tune_lazily(app: &TestApp, suffix: &str) -> (String, String) {
+    train_with(app, suffix, app.worker_with(app.trainer.clone(), 30)).await
+}
+
+async fn train_with(
+    app: &TestApp,
+    suffix: &str,
+    worker: ferrotune::worker::Worker,
+) -> (String, String) {
+    let records: Vec<Value> = QA
+        .iter()
+        .map(|(q, a)| json!({"instruction": q, "input": "", "output": a}))
+        .collect();
+    let file: Value = app
+        .upload(
+            "qa.json",
+            serde_json::to_vec(&records).unwrap(),
+            "fine-tune",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let hp = json!({"n_epochs": 20, "batch_size": 2, "learning_rate": 0.01, "lora_dropout": 0.0, "save_steps": 50});
+    let job = app
+        .create_job(file["id"].as_str().unwrap(), json!({"suffix": suffix, "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}))
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert!(worker.run_once().await.unwrap());
+    let job = app.job(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    (id, job["fine_tuned_model"].as_str().unwrap().to_owned())
+}
+
+async fn ask(app: &TestApp, model: &str, question: &str) -> Value {
+    let res = app
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": model, "temperature": 0, "max_tokens": 40,
+            "messages": [{"role": "user", "content": question}]}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_base_model_answers_in_openai_shape() {
+    let app = spawn_app().await;
+    let body = ask(&app, "ferrotune-tiny", "Hello?").await;
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "ferrotune-tiny");
+    let choice = &body["choices"][0];
+    assert_eq!(choice["index"], 0);
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["message"]["refusal"], Value::Null);
+    assert!(choice["message"]["content"].is_string());
+    assert!(["stop", "length"].contains(&choice["finish_reason"].as_str().unwrap()));
+    let usage = &body["usage"];
+    assert_eq!(
+        usage["total_tokens"],
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_fine_tuned_model_is_served_after_its_job_and_recites_what_it_learned() {
+    let app = spawn_app().await;
+    let (job, model) = fine_tune(&app, "health").await;
+    let tuned = ask(&app, &model, QA[0].0).await;
+    assert_eq!(tuned["choices"][0]["message"]["content"], QA[0].1);
+    assert_eq!(tuned["model"], model.as_str());
+    let base = ask(&app, "ferrotune-tiny", QA[0].0).await;
+    assert_ne!(base["choices"][0]["message"]["content"], QA[0].1);
+    // A checkpoint is servable too.
+    let ckpts: Value = app
+        .get(&format!("/v1/fine_tuning/jobs/{job}/checkpoints"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ckpt = ckpts["data"][0]["fine_tuned_model_checkpoint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(ckpt.starts_with(&format!("{model}:ckpt-step-")));
+    let answer = ask(&app, &ckpt, QA[1].0).await;
+    assert_eq!(answer["model"], ckpt.as_str());
+}
+
+#[tokio::test]
+async fn streaming_sends_role_deltas_finish_usage_and_done() {
+    let app = spawn_app().await;
+    let res = app
+        .post("/v1/chat/completions", &json!({"model": "ferrotune-tiny", "stream": true, "max_tokens": 5,
+            "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "Hi"}]}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = res.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let id = events[0]["id"].as_str().unwrap();
+    assert!(
+        events
+            .iter()
+            .all(|e| e["id"] == id && e["object"] == "chat.completion.chunk")
+    );
+    assert_eq!(
+        events[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert!(last["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    assert!(
+        events[..events.len() - 1]
+            .iter()
+            .all(|e| e["usage"].is_null())
+    );
+    let finish = &events[events.len() - 2]["choices"][0];
+    assert_eq!(finish["delta"], json!({}));
+    assert_eq!(finish["finish_reason"], "length");
+    let content: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(!content.is_empty());
+}
+
+#[tokio::test]
+async fn n_stop_and_max_tokens_are_honoured() {
+    let app = spawn_app().await;
+    let two: Value = app
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "ferrotune-tiny", "n": 2, "max_tokens": 3, "temperature": 1.0,
+            "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(two["choices"].as_array().unwrap().len(), 2);
+    let short: Value = app
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "ferrotune-tiny", "max_completion_tokens": 1,
+            "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(short["choices"][0]["finish_reason"], "length");
+    assert_eq!(short["usage"]["completion_tokens"], 1);
+}
+
+#[tokio::test]
+async fn bad_chat_requests_get_openai_errors() {
+    let app = spawn_app().await;
+    let chat = |body: Value| {
+        let app = &app;
+        async move { app.post("/v1/chat/completions", &body).await }
+    };
+    let msgs = json!([{"role": "user", "content": "Hi"}]);
+    let err = assert_error(
+        chat(json!({"model": "gpt-9", "messages": msgs})).await,
+        404,
+        Some("model"),
+    )
+    .await;
+    assert_eq!(err["code"], "model_not_found");
+    assert_eq!(
+        err["message"],
+        "The model `gpt-9` does not exist or you do not have access to it."
+    );
+    assert_error(
+        chat(json!({"model": "ferrotune-tiny", "messages": []})).await,
+        400,
+        Some("messages"),
+    )
+    .await;
+    assert_error(
+        chat(json!({"model": "ferrotune-tiny", "messages": msgs, "temperature": 3})).await,
+        400,
+        Some("temperature"),
+    )
+    .await;
+    assert_error(
+        chat(json!({"model": "ferrotune-tiny", "messages": msgs, "n": 0})).await,
+        400,
+        Some("n"),
+    )
+    .await;
+    assert_error(
+        chat(
+            json!({"model": "ferrotune-tiny", "messages": msgs, "stop": ["a", "b", "c", "d", "e"]}),
+        )
+        .await,
+        400,
+        Some("stop"),
+    )
+    .await;
+    assert_error(
+        chat(json!({"model": "ferrotune-tiny", "messages": msgs, "top_logprobs": 2})).await,
+        400,
+        Some("top_logprobs"),
+    )
+    .await;
+    let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+    let err = assert_error(
+        chat(json!({"model": "ferrotune-tiny", "messages": msgs, "tools": tools})).await,
+        400,
+        Some("tools"),
+    )
+    .await;
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("not supported yet")
+    );
+    assert_error(
+        chat(json!({"model": "ferrotune-tiny", "messages": [{"role": "robot", "content": "x"}]}))
+            .await,
+        400,
+        Some("messages[0].role"),
+    )
+    .await;
+    assert_error(chat(json!({"model": "ferrotune-tiny", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]})).await, 400, Some("messages[0].content")).await;
+    assert_error(chat(json!({"messages": msgs})).await, 400, Some("model")).await;
+}
+
+#[tokio::test]
+async fn models_are_listed_retrieved_and_deleted() {
+    let app = spawn_app().await;
+    let (_, model) = fine_tune(&app, "m").await;
+    let list: Value = app.get("/v1/models").await.json().await.unwrap();
+    assert_eq!(list["object"], "list");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids[0], "ferrotune-tiny");
+    assert!(ids.contains(&model.as_str()));
+    assert!(
+        ids.iter()
+            .any(|i| i.starts_with(&format!("{model}:ckpt-step-")))
+    );
+    let one: Value = app
+        .get(&format!("/v1/models/{model}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (one["object"].clone(), one["owned_by"].clone()),
+        (json!("model"), json!("org-local"))
+    );
+    ask(&app, &model, "Hi").await;
+    assert_error(
+        app.delete("/v1/models/ferrotune-tiny").await,
+        400,
+        Some("model"),
+    )
+    .await;
+    let deleted: Value = app
+        .delete(&format!("/v1/models/{model}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted,
+        json!({"id": model, "object": "model", "deleted": true})
+    );
+    assert!(
+        app.engine.resident().is_empty(),
+        "the deleted model is evicted"
+    );
+    let chat = app
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": model, "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+    assert_error(chat, 404, Some("model")).await;
+    assert_error(
+        app.get(&format!("/v1/models/{model}")).await,
+        404,
+        Some("model"),
+    )
+    .await;
+    let list: Value = app.get("/v1/models").await.json().await.unwrap();
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        1,
+        "checkpoints go with their model"
+    );
+}
+
+#[tokio::test]
+async fn resident_models_are_bounded_lru_and_reloaded_on_demand() {
+    let app = spawn_app_with(AppOptions {
+        max_resident_models: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let (_, a) = fine_tune_lazily(&app, "a").await;
+    let (_, b) = fine_tune_lazily(&app, "b").await;
+    ask(&app, &a, QA[0].0).await;
+    assert_eq!(app.engine.resident(), vec![a.clone()]);
+    ask(&app, &b, QA[0].0).await;
+    assert_eq!(app.engine.resident(), vec![b.clone()], "a was evicted");
+    let again = ask(&app, &a, QA[0].0).await;
+    assert_eq!(
+        again["choices"][0]["message"]["content"], QA[0].1,
+        "a reloads and still answers"
+    );
+    assert_eq!(app.engine.loads(), 3);
+}
+
+#[tokio::test]
+async fn concurrent_first_requests_share_one_load() {
+    let app = spawn_app().await;
+    let (_, model) = fine_tune_lazily(&app, "c").await;
+    let requests = (0..4).map(|_| ask(&app, &model, QA[2].0));
+    let answers = futures_util::future::join_all(requests).await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| a["choices"][0]["message"]["content"] == QA[2].1)
+    );
+    assert_eq!(app.engine.loads(), 1);
+}
+
+#[tokio::test]
+async fn fine_tuned_models_survive_a_restart() {
+    let first = spawn_app().await;
+    let (_, model) = fine_tune_lazily(&first, "r").await;
+    let restarted = spawn_app_sharing(&first).await;
+    assert!(restarted.engine.resident().is_empty());
+    let answer = ask(&restarted, &model, QA[3].0).await;
+    assert_eq!(answer["choices"][0]["message"]["content"], QA[3].1);
+}
+
+#[tokio::test]
+async fn a_succeeded_job_is_preloaded_when_the_budget_has_room() {
+    let app = spawn_app().await;
+    let (_, model) = fine_tune(&app, "eager").await;
+    for _ in 0..100 {
+        if app.engine.resident() == vec![model.clone()] {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{model} was not preloaded: {:?}", app.engine.resident());
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_cancels_its_generation() {
+    let app = spawn_app().await;
+    let mut res = app
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "ferrotune-tiny", "stream": true, "max_tokens": 1_000_000,
+            "temperature": 1.0, "messages": [{"role": "user", "content": "Tell me everything."}]}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let first = res.chunk().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    assert_eq!(app.engine.active_generations(), 1);
+    drop(res);
+    for _ in 0..100 {
+        if app.engine.active_generations() == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the generation is still running after the client left");
+}
