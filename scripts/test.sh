@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, then every Rust test (unit + HTTP integration tests on
-# a real embedded PostgreSQL). Needs the PostgreSQL server binaries (initdb, pg_ctl).
+# The project's test command: formatting, every Rust test (unit + HTTP integration tests on a real
+# embedded PostgreSQL, real candle training, real mistral.rs serving), then the conformance suite:
+# the official OpenAI Python SDK against the `ferrotune serve` binary those tests built.
+# Needs the PostgreSQL server binaries (initdb, pg_ctl) and Python 3 with venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo test --locked
+VENV=${SDK_VENV:-target/sdk-venv}
+if [ ! -x "$VENV/bin/pytest" ]; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q -r tests/sdk/requirements.txt
+fi
+FERROTUNE_BIN="$PWD/target/debug/ferrotune" "$VENV/bin/pytest" -q tests/sdk

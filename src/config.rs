@@ -132,6 +132,15 @@ impl ModelSettings {
     pub fn dtype(&self) -> anyhow::Result<candle_core::DType> {
         parse_dtype(&self.dtype)
     }
+
+    /// The same dtype for the serving engine (always explicit: `auto` would probe the GPU).
+    pub fn serving_dtype(&self) -> anyhow::Result<mistralrs::ModelDType> {
+        Ok(match self.dtype()? {
+            candle_core::DType::BF16 => mistralrs::ModelDType::BF16,
+            candle_core::DType::F16 => mistralrs::ModelDType::F16,
+            _ => mistralrs::ModelDType::F32,
+        })
+    }
 }
 
 /// `cpu`, `cuda` or `cuda:N`.

@@ -171,6 +171,8 @@ impl Application {
             base_name: base_model.clone(),
             max_resident: settings.model.max_resident_models,
             max_num_seqs: 16,
+            dtype: settings.model.serving_dtype()?,
+            force_cpu: settings.model.device == "cpu",
         })
         .await?;
         let state = web::Data::new(ApiState {

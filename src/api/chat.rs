@@ -9,7 +9,7 @@ use mistralrs::core::Response;
 
 use super::ApiState;
 use super::auth::Caller;
-use super::chat_render::{completion_from, sse_stream};
+use super::chat_render::{StreamShape, completion_from, sse_stream};
 use super::chat_types::CreateChatCompletionRequest;
 use super::chat_validate::validate;
 use super::error::{ApiError, ErrorResponse};
@@ -57,12 +57,27 @@ pub async fn create_chat_completion(
     }
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let n = params.n;
+    let max_tokens = params.max_tokens;
+    let prompt_tokens = if req.stream && include_usage {
+        engine.prompt_tokens(&req.model, &params.messages).await
+    } else {
+        None
+    };
     let mut generation = engine.chat(&req.model, params, req.stream).await?;
     if req.stream {
         return Ok(HttpResponse::Ok()
             .content_type("text/event-stream")
             .insert_header(("Cache-Control", "no-cache"))
-            .streaming(sse_stream(generation, req.model.clone(), include_usage, n)));
+            .streaming(sse_stream(
+                generation,
+                req.model.clone(),
+                StreamShape {
+                    include_usage,
+                    n,
+                    max_tokens,
+                    prompt_tokens,
+                },
+            )));
     }
     match generation.rx.recv().await {
         Some(Response::Done(done)) => {

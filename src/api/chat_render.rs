@@ -103,6 +103,11 @@ struct StreamState {
     pending: VecDeque<Bytes>,
     started: bool,
     done: bool,
+    /// Token deltas seen per choice, and which choices sent their finish chunk.
+    counts: Vec<usize>,
+    finished: Vec<bool>,
+    max_tokens: Option<usize>,
+    prompt_tokens: Option<usize>,
 }
 
 impl StreamState {
@@ -146,6 +151,9 @@ impl StreamState {
                     self.event(Value::Array(first), None);
                 }
                 for c in &chunk.choices {
+                    if let Some(n) = self.counts.get_mut(c.index) {
+                        *n += 1;
+                    }
                     if let Some(text) = c.delta.content.as_ref().filter(|t| !t.is_empty()) {
                         let lp = c
                             .logprobs
@@ -154,6 +162,9 @@ impl StreamState {
                         self.event(json!([{"index": c.index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}]), None);
                     }
                     if let Some(reason) = &c.finish_reason {
+                        if let Some(f) = self.finished.get_mut(c.index) {
+                            *f = true;
+                        }
                         self.event(json!([{"index": c.index, "delta": {}, "logprobs": null, "finish_reason": finish_reason(reason)}]), None);
                     }
                 }
@@ -167,28 +178,81 @@ impl StreamState {
                 self.error(e.to_string())
             }
             Some(_) => self.error("unexpected engine response".to_owned()),
-            None => self.finish(None),
+            None => self.closed_early(),
         }
     }
+
+    /// The engine closed the channel without a final chunk: it does so when the last token is
+    /// an incomplete UTF-8 sequence (nothing to send). Finish the open choices and report the
+    /// usage we can account for.
+    fn closed_early(&mut self) {
+        let mut completion = 0;
+        for i in 0..self.n.max(1) {
+            let seen = self.counts.get(i).copied().unwrap_or(0);
+            if self.finished.get(i).copied().unwrap_or(true) {
+                completion += seen;
+                continue;
+            }
+            // The swallowed last token counts too.
+            completion += seen + 1;
+            let reason = if self.max_tokens.is_some_and(|m| seen + 1 >= m) {
+                "length"
+            } else {
+                "stop"
+            };
+            self.event(
+                json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": reason}]),
+                None,
+            );
+        }
+        let usage = self.prompt_tokens.map(|p| Usage {
+            completion_tokens: completion,
+            prompt_tokens: p,
+            total_tokens: p + completion,
+            avg_tok_per_sec: 0.0,
+            avg_prompt_tok_per_sec: 0.0,
+            avg_compl_tok_per_sec: 0.0,
+            total_time_sec: 0.0,
+            total_prompt_time_sec: 0.0,
+            total_completion_time_sec: 0.0,
+        });
+        self.finish(usage.as_ref());
+    }
+}
+
+/// What the stream needs to know about its request.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamShape {
+    /// Send `usage` (null on every chunk, then a final usage chunk).
+    pub include_usage: bool,
+    /// Choices.
+    pub n: usize,
+    /// The token limit, if any.
+    pub max_tokens: Option<usize>,
+    /// Prompt tokens, for the usage chunk if the engine does not report it.
+    pub prompt_tokens: Option<usize>,
 }
 
 /// The SSE body of a streaming completion.
 pub fn sse_stream(
     generation: Generation,
     model: String,
-    include_usage: bool,
-    n: usize,
+    shape: StreamShape,
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>> {
     let state = StreamState {
         generation,
         id: completion_id(),
         created: now(),
         model,
-        include_usage,
-        n,
+        include_usage: shape.include_usage,
+        n: shape.n,
         pending: VecDeque::new(),
         started: false,
         done: false,
+        counts: vec![0; shape.n.max(1)],
+        finished: vec![false; shape.n.max(1)],
+        max_tokens: shape.max_tokens,
+        prompt_tokens: shape.prompt_tokens,
     };
     futures_util::stream::unfold(state, |mut s| async move {
         loop {

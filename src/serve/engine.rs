@@ -29,6 +29,10 @@ pub struct EngineOptions {
     pub max_resident: usize,
     /// Sequences batched together per model.
     pub max_num_seqs: usize,
+    /// Weights dtype (`f32` on CPU).
+    pub dtype: ModelDType,
+    /// Run on the CPU even when a GPU is available.
+    pub force_cpu: bool,
 }
 
 /// The serving engine.
@@ -85,16 +89,17 @@ impl Engine {
             .map_err(engine_err)?;
         let handle = runtime.handle().clone();
         let dir = options.base_dir.display().to_string();
-        let max_seqs = options.max_num_seqs;
+        let (max_seqs, dtype, force_cpu) = (options.max_num_seqs, options.dtype, options.force_cpu);
         let model = handle
             .spawn(async move {
-                TextModelBuilder::new(dir)
+                let mut builder = TextModelBuilder::new(dir)
                     .with_token_source(TokenSource::None)
-                    .with_dtype(ModelDType::F32)
-                    .with_force_cpu()
-                    .with_max_num_seqs(max_seqs)
-                    .build()
-                    .await
+                    .with_dtype(dtype)
+                    .with_max_num_seqs(max_seqs);
+                if force_cpu {
+                    builder = builder.with_force_cpu();
+                }
+                builder.build().await
             })
             .await
             .map_err(engine_err)?
@@ -177,10 +182,11 @@ impl Engine {
             adapter_dir.to_owned(),
             name.to_owned(),
         );
+        let (dtype, force_cpu) = (self.options.dtype, self.options.force_cpu);
         let started = std::time::Instant::now();
         let pipeline = self
             .handle
-            .spawn_blocking(move || load_with_adapter(&base, &adapter, &id))
+            .spawn_blocking(move || load_with_adapter(&base, &adapter, &id, dtype, force_cpu))
             .await
             .map_err(engine_err)??;
         let model = self.model.clone();
@@ -271,6 +277,33 @@ impl Engine {
             rx,
             active: self.active.clone(),
         })
+    }
+
+    /// Prompt tokens of `messages` on model `name` (the engine's own template and tokenizer).
+    pub async fn prompt_tokens(&self, name: &str, messages: &[super::ChatTurn]) -> Option<usize> {
+        let mut text = mistralrs::TextMessages::new();
+        for m in messages {
+            let role = match m.role.as_str() {
+                "system" => mistralrs::TextMessageRole::System,
+                "assistant" => mistralrs::TextMessageRole::Assistant,
+                "tool" => mistralrs::TextMessageRole::Tool,
+                _ => mistralrs::TextMessageRole::User,
+            };
+            text = text.add_message(role, &m.content);
+        }
+        let ids = self
+            .model
+            .tokenize_with_model(
+                either::Either::Left(text),
+                None,
+                true,
+                true,
+                None,
+                Some(name),
+            )
+            .await
+            .ok()?;
+        Some(ids.len())
     }
 
     /// Generations in progress.

@@ -41,9 +41,11 @@ pub fn load_with_adapter(
     base_dir: &Path,
     adapter_dir: &Path,
     name: &str,
+    dtype: ModelDType,
+    force_cpu: bool,
 ) -> Result<LoadedPipeline, ServeError> {
     mistralrs_quant::clear_applied_loras();
-    let result = load_inner(base_dir, adapter_dir);
+    let result = load_inner(base_dir, adapter_dir, dtype, force_cpu);
     mistralrs_quant::clear_applied_loras();
     result.map_err(|reason| ServeError::Load {
         model: name.to_owned(),
@@ -51,7 +53,12 @@ pub fn load_with_adapter(
     })
 }
 
-fn load_inner(base_dir: &Path, adapter_dir: &Path) -> Result<LoadedPipeline, String> {
+fn load_inner(
+    base_dir: &Path,
+    adapter_dir: &Path,
+    dtype: ModelDType,
+    force_cpu: bool,
+) -> Result<LoadedPipeline, String> {
     let config_text = std::fs::read_to_string(adapter_dir.join("adapter_config.json"))
         .map_err(|e| format!("reading adapter_config.json: {e}"))?;
     let lora_config =
@@ -82,11 +89,16 @@ fn load_inner(base_dir: &Path, adapter_dir: &Path) -> Result<LoadedPipeline, Str
         None,
         opt("chat_template.json"),
     ));
+    let device = if force_cpu {
+        Device::Cpu
+    } else {
+        Device::cuda_if_available(0).map_err(|e| e.to_string())?
+    };
     loader
         .load_model_from_path(
             &paths,
-            &ModelDType::F32,
-            &Device::Cpu,
+            &dtype,
+            &device,
             true,
             DeviceMapSetting::dummy(),
             None,

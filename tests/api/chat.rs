@@ -411,3 +411,36 @@ async fn a_client_that_disconnects_mid_stream_cancels_its_generation() {
     }
     panic!("the generation is still running after the client left");
 }
+
+#[tokio::test]
+async fn a_model_that_cannot_be_loaded_is_a_clear_503() {
+    let app = spawn_app().await;
+    let (job, model) = fine_tune_lazily(&app, "gone").await;
+    std::fs::remove_dir_all(app.data_dir.path().join("jobs").join(job).join("adapter")).unwrap();
+    let res = app
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": model, "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+    let err = assert_error(res, 503, None).await;
+    assert_eq!(err["code"], "model_unavailable");
+    assert!(err["message"].as_str().unwrap().contains(&model), "{err}");
+    assert!(app.engine.resident().is_empty());
+}
+
+#[tokio::test]
+async fn json_object_responses_are_constrained_to_json() {
+    let app = spawn_app().await;
+    let res = app
+        .post("/v1/chat/completions", &json!({"model": "ferrotune-tiny", "max_tokens": 40,
+            "response_format": {"type": "json_object"}, "messages": [{"role": "user", "content": "JSON please"}]}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.trim_start().starts_with('{'), "{text}");
+    if body["choices"][0]["finish_reason"] == "stop" {
+        serde_json::from_str::<Value>(text).expect("a finished json_object answer parses");
+    }
+}
