@@ -11,6 +11,9 @@ use ferrotune::startup::Application;
 use serde_json::{Value, json};
 
 const TOKENS: usize = 200;
+/// The tiny model's special tokens (after its 256 byte tokens), banned so every generation runs
+/// to exactly `TOKENS` tokens and base and fine-tuned decode the same amount.
+const SPECIAL_IDS: [u32; 3] = [256, 257, 258];
 
 fn params() -> ChatParams {
     ChatParams {
@@ -21,6 +24,7 @@ fn params() -> ChatParams {
         temperature: Some(1.0),
         n: 1,
         max_tokens: Some(TOKENS),
+        logit_bias: Some(SPECIAL_IDS.iter().map(|id| (*id, -100.0)).collect()),
         ..Default::default()
     }
 }
@@ -40,7 +44,8 @@ async fn in_process(engine: &Engine, model: &str) -> f64 {
 /// Tokens/s of one HTTP generation.
 async fn over_http(client: &reqwest::Client, base: &str, model: &str) -> f64 {
     let started = Instant::now();
-    let body = json!({"model": model, "temperature": 1.0, "max_tokens": TOKENS,
+    let bias: serde_json::Map<String, Value> = SPECIAL_IDS.iter().map(|id| (id.to_string(), json!(-100))).collect();
+    let body = json!({"model": model, "temperature": 1.0, "max_tokens": TOKENS, "logit_bias": bias,
         "messages": [{"role": "user", "content": "Tell me about sleep."}]});
     let res: Value = client
         .post(format!("{base}/v1/chat/completions"))

@@ -2,6 +2,7 @@
 the whole suite, and hand out SDK clients for it."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -71,6 +72,7 @@ def server():
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+    shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
