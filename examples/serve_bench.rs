@@ -44,7 +44,10 @@ async fn in_process(engine: &Engine, model: &str) -> f64 {
 /// Tokens/s of one HTTP generation.
 async fn over_http(client: &reqwest::Client, base: &str, model: &str) -> f64 {
     let started = Instant::now();
-    let bias: serde_json::Map<String, Value> = SPECIAL_IDS.iter().map(|id| (id.to_string(), json!(-100))).collect();
+    let bias: serde_json::Map<String, Value> = SPECIAL_IDS
+        .iter()
+        .map(|id| (id.to_string(), json!(-100)))
+        .collect();
     let body = json!({"model": model, "temperature": 1.0, "max_tokens": TOKENS, "logit_bias": bias,
         "messages": [{"role": "user", "content": "Tell me about sleep."}]});
     let res: Value = client
