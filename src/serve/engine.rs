@@ -47,22 +47,28 @@ pub struct Engine {
     loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Adapter loads so far.
     loads: std::sync::atomic::AtomicU64,
-    /// Generations whose receiver is still held (streams not yet finished or dropped).
-    active: Arc<std::sync::atomic::AtomicUsize>,
+    /// Generations whose receiver is still held, per model: a model in use is not evicted.
+    active: Active,
 }
+
+type Active = Arc<Mutex<HashMap<String, usize>>>;
 
 /// Held by whoever consumes a generation; dropping it (finished, or the client went away)
 /// releases the engine channel, which cancels the generation.
 pub struct Generation {
     /// Engine responses.
     pub rx: mpsc::Receiver<Response>,
-    active: Arc<std::sync::atomic::AtomicUsize>,
+    model: String,
+    active: Active,
 }
 
 impl Drop for Generation {
     fn drop(&mut self) {
-        self.active
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut map) = self.active.lock() {
+            if let Some(n) = map.get_mut(&self.model) {
+                *n = n.saturating_sub(1);
+            }
+        }
     }
 }
 
@@ -125,7 +131,7 @@ impl Engine {
             resident: Mutex::new(Vec::new()),
             loading: Mutex::new(HashMap::new()),
             loads: std::sync::atomic::AtomicU64::new(0),
-            active: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            active: Arc::new(Mutex::new(HashMap::new())),
         }))
     }
 
@@ -222,8 +228,22 @@ impl Engine {
         let evict = {
             let mut r = self.resident.lock().map_err(engine_err)?;
             r.push(name.to_owned());
-            let excess = r.len().saturating_sub(self.options.max_resident.max(1));
-            r.drain(..excess).collect::<Vec<_>>()
+            let busy = self.active.lock().map_err(engine_err)?;
+            let mut excess = r.len().saturating_sub(self.options.max_resident.max(1));
+            // Least recently used first, skipping models with generations in flight (the budget
+            // is exceeded briefly rather than cutting a stream off).
+            let mut evict = Vec::new();
+            for candidate in r.iter().filter(|n| n.as_str() != name) {
+                if excess == 0 {
+                    break;
+                }
+                if busy.get(candidate).copied().unwrap_or(0) == 0 {
+                    evict.push(candidate.clone());
+                    excess -= 1;
+                }
+            }
+            r.retain(|n| !evict.contains(n));
+            evict
         };
         for old in evict {
             self.remove(&old).await;
@@ -271,10 +291,15 @@ impl Engine {
             .send(Request::Normal(Box::new(request)))
             .await
             .map_err(engine_err)?;
-        self.active
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self
+            .active
+            .lock()
+            .map_err(engine_err)?
+            .entry(name.to_owned())
+            .or_default() += 1;
         Ok(Generation {
             rx,
+            model: name.to_owned(),
             active: self.active.clone(),
         })
     }
@@ -308,7 +333,7 @@ impl Engine {
 
     /// Generations in progress.
     pub fn active_generations(&self) -> usize {
-        self.active.load(std::sync::atomic::Ordering::Relaxed)
+        self.active.lock().map(|m| m.values().sum()).unwrap_or(0)
     }
 
     /// Load `name` now if the resident budget has room (a job just succeeded); otherwise it

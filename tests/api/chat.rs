@@ -39,8 +39,9 @@ async fn train_with(
         .await
         .unwrap();
     let hp = json!({"n_epochs": 20, "batch_size": 2, "learning_rate": 0.01, "lora_dropout": 0.0, "save_steps": 50});
+    // A fixed seed: the tiny model's learning run is then the same every time.
     let job = app
-        .create_job(file["id"].as_str().unwrap(), json!({"suffix": suffix, "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}))
+        .create_job(file["id"].as_str().unwrap(), json!({"suffix": suffix, "seed": 7, "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}))
         .await;
     let id = job["id"].as_str().unwrap().to_owned();
     assert!(worker.run_once().await.unwrap());
@@ -443,4 +444,37 @@ async fn json_object_responses_are_constrained_to_json() {
     if body["choices"][0]["finish_reason"] == "stop" {
         serde_json::from_str::<Value>(text).expect("a finished json_object answer parses");
     }
+}
+
+#[tokio::test]
+async fn a_model_with_a_generation_in_flight_is_not_evicted() {
+    let app = spawn_app_with(AppOptions {
+        max_resident_models: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let (_, a) = fine_tune_lazily(&app, "a").await;
+    let (_, b) = fine_tune_lazily(&app, "b").await;
+    ask(&app, &a, QA[0].0).await;
+    // A generation of `a` that nobody reads yet: it stays in flight.
+    let params = ferrotune::serve::ChatParams {
+        messages: vec![ferrotune::serve::ChatTurn {
+            role: "user".into(),
+            content: "Go on.".into(),
+        }],
+        n: 1,
+        ..Default::default()
+    };
+    let generation = app.engine.chat(&a, params, true).await.unwrap();
+    ask(&app, &b, QA[0].0).await;
+    let mut resident = app.engine.resident();
+    resident.sort();
+    let mut both = vec![a.clone(), b.clone()];
+    both.sort();
+    assert_eq!(
+        resident, both,
+        "the busy model stays while the budget is exceeded"
+    );
+    drop(generation);
+    assert_eq!(app.engine.active_generations(), 0);
 }
