@@ -64,10 +64,10 @@ pub struct Generation {
 
 impl Drop for Generation {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.active.lock() {
-            if let Some(n) = map.get_mut(&self.model) {
-                *n = n.saturating_sub(1);
-            }
+        if let Ok(mut map) = self.active.lock()
+            && let Some(n) = map.get_mut(&self.model)
+        {
+            *n = n.saturating_sub(1);
         }
     }
 }
