@@ -65,6 +65,78 @@ async fn over_http(client: &reqwest::Client, base: &str, model: &str) -> f64 {
         / started.elapsed().as_secs_f64()
 }
 
+/// One streamed HTTP generation: (time to first content token, completion tokens).
+async fn stream_http(
+    client: &reqwest::Client,
+    base: &str,
+    model: &str,
+    tokens: usize,
+) -> (Duration, usize) {
+    let bias: serde_json::Map<String, Value> = SPECIAL_IDS
+        .iter()
+        .map(|id| (id.to_string(), json!(-100)))
+        .collect();
+    let body = json!({"model": model, "stream": true, "temperature": 1.0, "max_tokens": tokens,
+        "logit_bias": bias, "messages": [{"role": "user", "content": "Tell me about sleep."}]});
+    let started = Instant::now();
+    let mut res = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (mut first, mut count, mut buf) = (None, 0, String::new());
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            if event.contains("\"content\":\"") && !event.contains("\"role\"") {
+                first.get_or_insert_with(|| started.elapsed());
+                count += 1;
+            }
+        }
+    }
+    (first.unwrap_or_else(|| started.elapsed()), count)
+}
+
+/// One streamed in-process generation: (time to first token, tokens).
+async fn stream_engine(engine: &Engine, model: &str, tokens: usize) -> (Duration, usize) {
+    let started = Instant::now();
+    let mut p = params();
+    p.max_tokens = Some(tokens);
+    let mut g = engine.chat(model, p, true).await.expect("chat");
+    let (mut first, mut count) = (None, 0);
+    while let Some(r) = g.rx.recv().await {
+        match r {
+            mistralrs::core::Response::Chunk(c) => {
+                first.get_or_insert_with(|| started.elapsed());
+                count += c.choices.len();
+                if c.choices.iter().any(|ch| ch.finish_reason.is_some()) {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    (first.unwrap_or_else(|| started.elapsed()), count)
+}
+
+/// `concurrency` simultaneous streams of `tokens` tokens: (median TTFT ms, p95 TTFT ms, tokens/s).
+async fn load<F, Fut>(concurrency: usize, run: F) -> (f64, f64, f64)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = (Duration, usize)>,
+{
+    let started = Instant::now();
+    let results = futures_util::future::join_all((0..concurrency).map(|_| run())).await;
+    let wall = started.elapsed().as_secs_f64();
+    let mut ttft: Vec<f64> = results.iter().map(|r| r.0.as_secs_f64() * 1000.0).collect();
+    ttft.sort_by(|a, b| a.total_cmp(b));
+    let tokens: usize = results.iter().map(|r| r.1).sum();
+    let p95 = ttft[((ttft.len() as f64 * 0.95).ceil() as usize).clamp(1, ttft.len()) - 1];
+    (ttft[ttft.len() / 2], p95, tokens as f64 / wall)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -187,6 +259,33 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "job succeeded -> first token of its model: {:.0} ms",
         hot_load.as_secs_f64() * 1000.0
+    );
+
+    println!("\nstreaming under load (fine-tuned model, 100 tokens per stream)");
+    println!(
+        "{:>5} {:>8} {:>12} {:>12} {:>12}",
+        "conc", "side", "TTFT p50 ms", "TTFT p95 ms", "tok/s"
+    );
+    for c in [1, 8, 32] {
+        let h = load(c, || stream_http(&client, &base, &model, 100)).await;
+        let e = load(c, || stream_engine(&engine, &model, 100)).await;
+        for (side, r) in [("HTTP", h), ("engine", e)] {
+            println!("{c:>5} {side:>8} {:>12.1} {:>12.1} {:>12.0}", r.0, r.1, r.2);
+        }
+        println!(
+            "{c:>5} {:>8} {:>12} {:>12} {:>12.2}",
+            "ratio",
+            "",
+            "",
+            h.2 / e.2
+        );
+    }
+    engine.remove(&model).await;
+    let cold = Instant::now();
+    let _ = stream_http(&client, &base, &model, 1).await;
+    println!(
+        "\ncold reload of an evicted fine-tuned model -> first token: {:.0} ms",
+        cold.elapsed().as_secs_f64() * 1000.0
     );
     handle.stop(true).await;
     let _ = server.await;
