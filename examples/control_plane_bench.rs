@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferrotune::config::{HttpSettings, ModelSettings, Settings, StorageSettings, WorkerOptions};
+use ferrotune::config::Settings;
 use ferrotune::startup::Application;
 
 const CLIENTS: usize = 16;
@@ -40,33 +40,9 @@ async fn hammer(client: &reqwest::Client, url: String) -> (f64, f64, f64) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("ferrotune-cp-bench-{}", std::process::id()));
-    let settings = Settings {
-        storage: StorageSettings {
-            data_dir: dir.clone(),
-            database_url: None,
-        },
-        http: HttpSettings {
-            host: "127.0.0.1".into(),
-            port: 0,
-            max_upload_bytes: 200 << 20,
-            api_keys: vec![],
-            api_key_file: None,
-        },
-        model: ModelSettings {
-            base_model: None,
-            base_model_name: None,
-            device: "cpu".into(),
-            dtype: "f32".into(),
-            max_resident_models: 2,
-            adapter_root: None,
-        },
-        worker: WorkerOptions {
-            poll_interval_ms: 1000,
-            lease_seconds: 30,
-            max_lost_leases: 3,
-        },
-        run_worker: false,
-    };
+    let mut settings = Settings::local(dir.clone());
+    settings.http.max_upload_bytes = 200 << 20;
+    settings.run_worker = false;
     let app = Application::build(settings).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let pool = app.store().pool().clone();

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferrotune::config::{HttpSettings, ModelSettings, Settings, StorageSettings, WorkerOptions};
+use ferrotune::config::Settings;
 use ferrotune::serve::{ChatParams, ChatTurn, Engine};
 use ferrotune::startup::Application;
 use serde_json::{Value, json};
@@ -145,33 +145,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("ferrotune-serve-bench-{}", std::process::id()));
-    let settings = Settings {
-        storage: StorageSettings {
-            data_dir: dir.clone(),
-            database_url: None,
-        },
-        http: HttpSettings {
-            host: "127.0.0.1".into(),
-            port: 0,
-            max_upload_bytes: 1 << 20,
-            api_keys: vec![],
-            api_key_file: None,
-        },
-        model: ModelSettings {
-            base_model: None,
-            base_model_name: None,
-            device: "cpu".into(),
-            dtype: "f32".into(),
-            max_resident_models: 2,
-            adapter_root: None,
-        },
-        worker: WorkerOptions {
-            poll_interval_ms: 20,
-            lease_seconds: 30,
-            max_lost_leases: 3,
-        },
-        run_worker: true,
-    };
+    let mut settings = Settings::local(dir.clone());
+    settings.worker.poll_interval_ms = 20;
     let app = Application::build(settings).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let engine = app.engine();

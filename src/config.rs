@@ -203,6 +203,40 @@ pub enum LogFormat {
     Json,
 }
 
+impl Settings {
+    /// A local, open server in `data_dir` on a free port: embedded Postgres, the generated tiny
+    /// model on the CPU, an in-process worker. Benchmarks and tools adjust fields from here.
+    pub fn local(data_dir: PathBuf) -> Self {
+        Self {
+            storage: StorageSettings {
+                data_dir,
+                database_url: None,
+            },
+            http: HttpSettings {
+                host: "127.0.0.1".into(),
+                port: 0,
+                max_upload_bytes: 512 * 1024 * 1024,
+                api_keys: vec![],
+                api_key_file: None,
+            },
+            model: ModelSettings {
+                base_model: None,
+                base_model_name: None,
+                device: "cpu".into(),
+                dtype: "f32".into(),
+                max_resident_models: 2,
+                adapter_root: None,
+            },
+            worker: WorkerOptions {
+                poll_interval_ms: 50,
+                lease_seconds: 30,
+                max_lost_leases: 3,
+            },
+            run_worker: true,
+        }
+    }
+}
+
 /// Everything `ferrotune serve` needs; tests build it directly.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use ferrotune::config::{HttpSettings, ModelSettings, Settings, StorageSettings, WorkerOptions};
+use ferrotune::config::{Settings, WorkerOptions};
 use ferrotune::embedded_postgres::EmbeddedPostgres;
 use ferrotune::startup::{Application, build_worker, ensure_database};
 use ferrotune::store::Store;
@@ -103,33 +103,18 @@ async fn start(
     owns_db: bool,
 ) -> TestApp {
     let cluster = cluster();
-    let settings = Settings {
-        storage: StorageSettings {
-            data_dir: data_path,
-            database_url: Some(cluster.url(&db_name)),
-        },
-        http: HttpSettings {
-            host: "127.0.0.1".into(),
-            port: 0,
-            max_upload_bytes: options.max_upload_bytes.unwrap_or(512 * 1024 * 1024),
-            api_keys: options.api_keys.clone(),
-            api_key_file: None,
-        },
-        model: ModelSettings {
-            base_model: None,
-            base_model_name: None,
-            device: "cpu".into(),
-            dtype: "f32".into(),
-            max_resident_models: options.max_resident_models.unwrap_or(2),
-            adapter_root: options.adapter_root.clone(),
-        },
-        worker: WorkerOptions {
-            poll_interval_ms: 50,
-            lease_seconds: 30,
-            max_lost_leases: 3,
-        },
-        run_worker: false,
-    };
+    let mut settings = Settings::local(data_path);
+    settings.storage.database_url = Some(cluster.url(&db_name));
+    if let Some(max) = options.max_upload_bytes {
+        settings.http.max_upload_bytes = max;
+    }
+    settings.http.api_keys = options.api_keys.clone();
+    if let Some(max) = options.max_resident_models {
+        settings.model.max_resident_models = max;
+    }
+    settings.model.adapter_root = options.adapter_root.clone();
+    // Tests drive workers explicitly.
+    settings.run_worker = false;
     let app = Application::build(settings)
         .await
         .expect("building the app");

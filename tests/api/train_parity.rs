@@ -16,6 +16,23 @@ fn fixture(arch: &str) -> PathBuf {
         .join(arch)
 }
 
+/// The fixture's expected tensors, its input ids (u32) and attention mask.
+fn fixture_batch(
+    dir: &std::path::Path,
+    dev: &Device,
+) -> (HashMap<String, Tensor>, Tensor, Vec<Vec<u8>>) {
+    let expected: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("expected.safetensors"), dev).unwrap();
+    let ids = expected["input_ids"].to_dtype(DType::U32).unwrap();
+    let mask = expected["attention_mask"]
+        .to_vec2::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v as u8).collect())
+        .collect();
+    (expected, ids, mask)
+}
+
 fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
     let diff = (got - want)
         .unwrap()
@@ -59,15 +76,7 @@ fn check(arch: &str) {
         CausalLm::load(&dir.join("model"), Some(&spec), 0, &dev, DType::F32).unwrap();
     lora.load_peft(&dir.join("adapter/adapter_model.safetensors"), &dev)
         .unwrap();
-    let expected: HashMap<String, Tensor> =
-        candle_core::safetensors::load(dir.join("expected.safetensors"), &dev).unwrap();
-    let ids = expected["input_ids"].to_dtype(DType::U32).unwrap();
-    let mask: Vec<Vec<u8>> = expected["attention_mask"]
-        .to_vec2::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.into_iter().map(|v| v as u8).collect())
-        .collect();
+    let (expected, ids, mask) = fixture_batch(&dir, &dev);
     let labels = expected["labels"].to_vec2::<i64>().unwrap();
 
     let logits = model.forward(&ids, &mask, ForwardCtx::default()).unwrap();
@@ -126,15 +135,7 @@ fn export_our_adapter_for_peft() {
         let out = out_root.join(arch);
         lora.save_peft(&out.join("adapter"), &spec, "fixture")
             .unwrap();
-        let expected: HashMap<String, Tensor> =
-            candle_core::safetensors::load(dir.join("expected.safetensors"), &dev).unwrap();
-        let ids = expected["input_ids"].to_dtype(DType::U32).unwrap();
-        let mask: Vec<Vec<u8>> = expected["attention_mask"]
-            .to_vec2::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.into_iter().map(|v| v as u8).collect())
-            .collect();
+        let (expected, ids, mask) = fixture_batch(&dir, &dev);
         let logits = model.forward(&ids, &mask, ForwardCtx::default()).unwrap();
         let tensors = HashMap::from([
             ("input_ids".to_owned(), expected["input_ids"].clone()),
