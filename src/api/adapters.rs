@@ -53,6 +53,17 @@ fn check_name(name: &str, base: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The configured adapter root, or the 400 saying the endpoints are disabled.
+fn adapter_root(state: &ApiState) -> Result<std::path::PathBuf, ApiError> {
+    state.adapter_root.clone().ok_or_else(|| {
+        ApiError::invalid(
+            "Runtime LoRA adapters are disabled; start the server with --adapter-root DIR",
+            None,
+        )
+        .with_code("adapters_disabled")
+    })
+}
+
 /// Load a PEFT adapter from the adapter root and serve it as `lora_name`.
 #[utoipa::path(post, path = "/v1/load_lora_adapter", operation_id = "load_lora_adapter", tag = "Models",
     request_body = LoadLoraAdapterRequest,
@@ -64,13 +75,7 @@ pub async fn load_lora_adapter(
     body: web::Json<LoadLoraAdapterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let req = body.into_inner();
-    let Some(root) = state.adapter_root.clone() else {
-        return Err(ApiError::invalid(
-            "Runtime LoRA adapters are disabled; start the server with --adapter-root DIR",
-            None,
-        )
-        .with_code("adapters_disabled"));
-    };
+    let root = adapter_root(&state)?;
     let engine = state.engine.clone();
     check_name(&req.lora_name, engine.base_name())?;
     let (base_dir, base_name, path) = (
@@ -129,13 +134,7 @@ pub async fn unload_lora_adapter(
     body: web::Json<UnloadLoraAdapterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let req = body.into_inner();
-    if state.adapter_root.is_none() {
-        return Err(ApiError::invalid(
-            "Runtime LoRA adapters are disabled; start the server with --adapter-root DIR",
-            None,
-        )
-        .with_code("adapters_disabled"));
-    }
+    adapter_root(&state)?;
     if !state
         .store
         .delete_adapter(&caller.0, &req.lora_name)
