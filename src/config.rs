@@ -70,11 +70,13 @@ pub struct ModelSettings {
     /// The name clients use for the base model (default: the directory's name).
     #[arg(long, env = "FERROTUNE_BASE_MODEL_NAME")]
     pub base_model_name: Option<String>,
-    /// Device for training: `cpu` or `cuda[:N]` (CUDA needs a build with `--features cuda`).
-    #[arg(long, env = "FERROTUNE_DEVICE", default_value = "cpu")]
+    /// Device for training and serving: `auto` (the first GPU when the binary is built with
+    /// `--features cuda` and one is present, else the CPU), `cpu` or `cuda[:N]`.
+    #[arg(long, env = "FERROTUNE_DEVICE", default_value = "auto")]
     pub device: String,
-    /// Compute dtype of the frozen weights: `f32`, `bf16` or `f16` (LoRA weights stay f32).
-    #[arg(long, env = "FERROTUNE_DTYPE", default_value = "f32")]
+    /// Compute dtype of the frozen weights: `auto` (bf16 on a GPU, f32 on the CPU), `f32`,
+    /// `bf16` or `f16`. LoRA weights, optimizer state and the loss stay f32.
+    #[arg(long, env = "FERROTUNE_DTYPE", default_value = "auto")]
     pub dtype: String,
     /// Most fine-tuned models kept loaded for serving besides the base model (least recently
     /// used ones are evicted and reloaded on demand).
@@ -128,24 +130,33 @@ impl ModelSettings {
         parse_device(&self.device)
     }
 
-    /// The compute dtype.
-    pub fn dtype(&self) -> anyhow::Result<candle_core::DType> {
-        parse_dtype(&self.dtype)
-    }
-
-    /// The same dtype for the serving engine (always explicit: `auto` would probe the GPU).
-    pub fn serving_dtype(&self) -> anyhow::Result<mistralrs::ModelDType> {
-        Ok(match self.dtype()? {
-            candle_core::DType::BF16 => mistralrs::ModelDType::BF16,
-            candle_core::DType::F16 => mistralrs::ModelDType::F16,
-            _ => mistralrs::ModelDType::F32,
-        })
+    /// The compute dtype on `device` (`auto`: bf16 on a GPU, f32 on the CPU).
+    pub fn dtype(&self, device: &candle_core::Device) -> anyhow::Result<candle_core::DType> {
+        match self.dtype.as_str() {
+            "auto" if device.is_cpu() => Ok(candle_core::DType::F32),
+            "auto" => Ok(candle_core::DType::BF16),
+            other => parse_dtype(other),
+        }
     }
 }
 
-/// `cpu`, `cuda` or `cuda:N`.
+/// The serving engine's dtype for a training dtype (always explicit: mistral.rs's `auto` would
+/// probe the GPU).
+pub fn serving_dtype(dtype: candle_core::DType) -> mistralrs::ModelDType {
+    match dtype {
+        candle_core::DType::BF16 => mistralrs::ModelDType::BF16,
+        candle_core::DType::F16 => mistralrs::ModelDType::F16,
+        _ => mistralrs::ModelDType::F32,
+    }
+}
+
+/// `auto`, `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(raw: &str) -> anyhow::Result<candle_core::Device> {
     match raw {
+        "auto" if candle_core::utils::cuda_is_available() => {
+            Ok(candle_core::Device::new_cuda(0).unwrap_or(candle_core::Device::Cpu))
+        }
+        "auto" => Ok(candle_core::Device::Cpu),
         "cpu" => Ok(candle_core::Device::Cpu),
         other => {
             let ordinal = match other.strip_prefix("cuda") {

@@ -120,11 +120,10 @@ fn trainer_for(
     dir: PathBuf,
 ) -> anyhow::Result<Arc<dyn Trainer>> {
     let models = std::collections::HashMap::from([(name, dir)]);
-    Ok(Arc::new(CandleTrainer::new(
-        models,
-        model.device()?,
-        model.dtype()?,
-    )))
+    let device = model.device()?;
+    let dtype = model.dtype(&device)?;
+    tracing::info!(?device, ?dtype, "training device");
+    Ok(Arc::new(CandleTrainer::new(models, device, dtype)))
 }
 
 /// A hook that preloads each newly published model into `engine` (when the budget has room).
@@ -166,13 +165,14 @@ impl Application {
         }
         let (base_model, base_dir) = settings.model.resolve(&storage.data_dir)?;
         let trainer = trainer_for(&settings.model, base_model.clone(), base_dir.clone())?;
+        let device = settings.model.device()?;
         let engine = Engine::start(EngineOptions {
             base_dir,
             base_name: base_model.clone(),
             max_resident: settings.model.max_resident_models,
             max_num_seqs: 16,
-            dtype: settings.model.serving_dtype()?,
-            force_cpu: settings.model.device == "cpu",
+            dtype: crate::config::serving_dtype(settings.model.dtype(&device)?),
+            force_cpu: device.is_cpu(),
         })
         .await?;
         let state = web::Data::new(ApiState {

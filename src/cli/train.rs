@@ -12,7 +12,7 @@ use crate::domain::hyperparameters::Hyperparameters;
 use crate::train::run::{self, RunConfig, RunEnd, Update};
 
 /// Keys we map onto the trainer.
-const MAPPED: [&str; 27] = [
+const MAPPED: [&str; 30] = [
     "model_name_or_path",
     "dataset",
     "data_path",
@@ -40,6 +40,9 @@ const MAPPED: [&str; 27] = [
     "fp16",
     "bf16",
     "seed",
+    "gradient_checkpointing",
+    "use_gradient_checkpointing",
+    "disable_gradient_checkpointing",
 ];
 /// Keys we understand and that need nothing from us.
 const ACCEPTED: [&str; 9] = [
@@ -131,22 +134,31 @@ pub fn run_config(path: &Path) -> anyhow::Result<RunConfig> {
             json!(v.parse::<f64>().context("learning_rate")?),
         );
     }
+    let flag = |k: &str| cfg.get(k).and_then(Value::as_bool);
+    if let Some(on) = flag("gradient_checkpointing")
+        .or(flag("use_gradient_checkpointing"))
+        .or(flag("disable_gradient_checkpointing").map(|off| !off))
+    {
+        hp.insert("gradient_checkpointing".into(), json!(on));
+    }
     if let Some(e) = cfg.get("num_train_epochs").and_then(Value::as_f64) {
         hp.insert("n_epochs".into(), json!(e.ceil().max(1.0) as u64));
     }
     let hyperparameters = Hyperparameters::default()
         .apply(&Value::Object(hp), "config")
         .map_err(|e| anyhow::anyhow!("{}: {}", e.param.clone().unwrap_or_default(), e.message))?;
-    let device = parse_device(&s("device").unwrap_or_else(|| "cpu".into()))?;
-    let wants = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(false);
-    let dtype = match (&device, wants("bf16"), wants("fp16")) {
-        (candle_core::Device::Cpu, true, _) | (candle_core::Device::Cpu, _, true) => {
-            tracing::warn!("bf16/fp16 requested on CPU: training in f32");
+    let device = parse_device(&s("device").unwrap_or_else(|| "auto".into()))?;
+    // On a GPU: f16 when asked for, f32 only when bf16 is explicitly off, else bf16.
+    let dtype = match (&device, flag("bf16"), flag("fp16")) {
+        (candle_core::Device::Cpu, bf16, fp16) => {
+            if bf16 == Some(true) || fp16 == Some(true) {
+                tracing::warn!("bf16/fp16 requested on CPU: training in f32");
+            }
             candle_core::DType::F32
         }
-        (_, true, _) => parse_dtype("bf16")?,
-        (_, _, true) => parse_dtype("f16")?,
-        _ => candle_core::DType::F32,
+        (_, _, Some(true)) => parse_dtype("f16")?,
+        (_, Some(false), _) => candle_core::DType::F32,
+        _ => parse_dtype("bf16")?,
     };
     Ok(RunConfig {
         base_model_name: model_dir.display().to_string(),
@@ -232,6 +244,14 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                     (out.trained_tokens - tok1) as f64 / t1.elapsed().as_secs_f64().max(1e-9);
                 println!("steady_tokens_per_s={rate:.1}");
             }
+            if let Some(peak) = out
+                .metrics
+                .iter()
+                .filter_map(|m| m.peak_gpu_memory_bytes)
+                .max()
+            {
+                println!("peak_gpu_memory_mib={:.1}", peak as f64 / 1048576.0);
+            }
             if let Some(kib) = peak_rss_kib() {
                 println!("peak_rss_mib={:.1}", kib as f64 / 1024.0);
             }
@@ -289,7 +309,7 @@ mod tests {
              learning_rate: 1.0e-4\nnum_train_epochs: 10.0\nper_device_train_batch_size: 2\n\
              gradient_accumulation_steps: 4\nlr_scheduler_type: cosine\ncutoff_len: 512\n\
              logging_steps: 10\nsave_steps: 100\nplot_loss: true\noutput_dir: out\nfp16: true\n\
-             seed: 3\nval_size: 0.1\nmystery: 1\n",
+             seed: 3\nval_size: 0.1\nmystery: 1\nuse_gradient_checkpointing: true\n",
         );
         let cfg = run_config(&path).unwrap();
         let hp = &cfg.hyperparameters;
@@ -309,6 +329,7 @@ mod tests {
         assert_eq!((hp.gradient_accumulation_steps, hp.max_length), (4, 512));
         assert_eq!(hp.lr_scheduler_type, LrScheduler::Cosine);
         assert_eq!((cfg.seed, cfg.valid_split), (3, Some(0.1)));
+        assert!(hp.gradient_checkpointing);
         assert_eq!(
             cfg.dtype,
             candle_core::DType::F32,

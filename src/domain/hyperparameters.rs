@@ -100,6 +100,10 @@ pub struct Hyperparameters {
     pub weight_decay: f64,
     /// Gradient-norm clipping threshold (0 disables clipping).
     pub max_grad_norm: f64,
+    /// Keep activations only between decoder layers and recompute each layer in the backward
+    /// pass: less memory, about a third more compute.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for Hyperparameters {
@@ -123,6 +127,7 @@ impl Default for Hyperparameters {
             save_steps: 100,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -164,6 +169,7 @@ impl Hyperparameters {
                 "save_steps" => self.save_steps = f.int(key, 1, 1_000_000)?,
                 "weight_decay" => self.weight_decay = f.float(key, 0.0, 1.0, true)?,
                 "max_grad_norm" => self.max_grad_norm = f.float(key, 0.0, 1.0e6, true)?,
+                "gradient_checkpointing" => self.gradient_checkpointing = f.boolean(key)?,
                 other => {
                     return Err(DomainError::invalid(
                         format!("{prefix}.{other}"),
@@ -237,6 +243,12 @@ impl Fields<'_> {
         };
         v.filter(|_| ok)
             .ok_or_else(|| self.err(key, format!("{key} must be a number {range}")))
+    }
+
+    fn boolean(&self, key: &str) -> Result<bool, DomainError> {
+        self.map[key]
+            .as_bool()
+            .ok_or_else(|| self.err(key, format!("{key} must be true or false")))
     }
 
     fn modules(&self, key: &str) -> Result<Vec<String>, DomainError> {
@@ -326,6 +338,10 @@ mod tests {
                 "h.learning_rate_multiplier",
             ),
             (json!({"lora_dropout": 1.0}), "h.lora_dropout"),
+            (
+                json!({"gradient_checkpointing": "yes"}),
+                "h.gradient_checkpointing",
+            ),
             (
                 json!({"lora_target": ["q_proj", "lm_head"]}),
                 "h.lora_target",

@@ -7,6 +7,7 @@
 //! - [`tiny`]: `model init-tiny`, a deterministic tiny model in Hugging Face layout.
 //! - [`template`] + [`data`]: chat templates, label masks, truncation, batches.
 //! - [`optim`]: AdamW, gradient clipping, learning-rate schedules.
+//! - [`step`]: one micro-batch's forward and backward, optionally with gradient checkpointing.
 //! - [`run`]: the training loop, metrics, checkpoints, pause/resume state.
 //! - [`report`]: metrics CSV, loss-curve SVG, adapter archive.
 
@@ -14,6 +15,7 @@ pub mod auto;
 pub mod checkpoint;
 pub mod data;
 pub mod generate;
+pub mod gpu_memory;
 pub mod lora;
 pub mod loss;
 pub mod model;
@@ -21,6 +23,7 @@ pub mod optim;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod step;
 pub mod template;
 pub mod tiny;
 

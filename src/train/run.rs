@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 use super::auto::{self, Resolved};
 use super::checkpoint::{self, ResumeState};
 use super::data::{self, Batch, Limits, Sample};
+use super::gpu_memory;
 use super::lora::{LoraSet, LoraSpec};
 use super::loss::causal_lm_loss;
 use super::model::layers_dropout as dropout_for;
 use super::model::{CausalLm, ForwardCtx};
 use super::optim::{AdamW, clip_grad_norm, learning_rate};
+use super::step::loss_and_grads;
 use super::template::{ChatTemplate, read_tokenizer_config};
 use super::{TensorContext, TrainError, io_err};
 use crate::domain::hyperparameters::Hyperparameters;
@@ -61,6 +63,9 @@ pub struct MetricsRow {
     pub valid_loss: Option<f32>,
     /// Validation token accuracy.
     pub valid_accuracy: Option<f32>,
+    /// Peak GPU memory held by tensors during the step, in bytes (`None` on the CPU).
+    #[serde(default)]
+    pub peak_gpu_memory_bytes: Option<u64>,
 }
 
 /// Something the loop reports.
@@ -198,26 +203,31 @@ pub fn train(
         let micro: Vec<&[usize]> = chunk.chunks(bs).collect();
         let mut grads: Vec<Option<Tensor>> = vec![None; lora.vars().len()];
         let (mut loss_sum, mut correct, mut count) = (0f32, 0usize, 0usize);
+        gpu_memory::reset_peak(&cfg.device);
         for (j, indices) in micro.iter().enumerate() {
             let samples: Vec<&Sample> = indices.iter().map(|i| &p.train[*i]).collect();
             let batch = Batch::new(&samples, p.pad_id, &cfg.device)?;
             let ctx = ForwardCtx {
                 dropout: Some(dropout_for(cfg.seed, (step * accum + j) as u64)),
             };
-            let logits = model.forward(&batch.input_ids, &batch.attention_mask, ctx)?;
-            let out = causal_lm_loss(&logits, &batch.labels)?;
-            let value = out.loss.to_scalar::<f32>().ctx("reading the loss")?;
-            if !value.is_finite() {
+            let out = loss_and_grads(
+                &model,
+                &lora,
+                &batch,
+                ctx,
+                1.0 / micro.len() as f64,
+                hp.gradient_checkpointing,
+                &mut grads,
+            )?;
+            if !out.loss.is_finite() {
                 return Err(TrainError::NonFiniteLoss {
                     step: step + 1,
-                    loss: value,
+                    loss: out.loss,
                 });
             }
-            loss_sum += value;
+            loss_sum += out.loss;
             (correct, count) = (correct + out.correct, count + out.count);
             st.trained_tokens += batch.tokens() as u64;
-            let scaled = (out.loss / micro.len() as f64).ctx("scaling the loss")?;
-            accumulate(&mut grads, &lora, &scaled.backward().ctx("backward pass")?)?;
         }
         clip_grad_norm(&mut grads, hp.max_grad_norm)?;
         let lr = learning_rate(
@@ -235,6 +245,7 @@ pub fn train(
             train_accuracy: correct as f32 / count.max(1) as f32,
             valid_loss: None,
             valid_accuracy: None,
+            peak_gpu_memory_bytes: gpu_memory::peak_bytes(&cfg.device),
         };
         let epoch_end = st.step % steps_per_epoch == 0;
         let log = st.step % hp.logging_steps as usize == 0 || st.step == total;
@@ -359,22 +370,6 @@ fn hold_out(train: &mut Vec<Sample>, split: f64, seed: u64) -> Result<Vec<Sample
     }
     *train = kept;
     Ok(valid)
-}
-
-fn accumulate(
-    grads: &mut [Option<Tensor>],
-    lora: &LoraSet,
-    store: &candle_core::backprop::GradStore,
-) -> Result<(), TrainError> {
-    for (slot, var) in grads.iter_mut().zip(lora.vars()) {
-        if let Some(g) = store.get(var.as_tensor()) {
-            *slot = Some(match slot.take() {
-                Some(acc) => (acc + g).ctx("accumulating gradients")?,
-                None => g.clone(),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Mean loss and token accuracy over `samples`, without dropout or gradients.

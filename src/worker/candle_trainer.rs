@@ -42,6 +42,9 @@ pub fn metrics_json(row: &MetricsRow, total_steps: Option<usize>) -> serde_json:
     if let Some(t) = total_steps {
         m["total_steps"] = json!(t);
     }
+    if let Some(bytes) = row.peak_gpu_memory_bytes {
+        m["peak_gpu_memory_bytes"] = json!(bytes);
+    }
     if let (Some(l), Some(a)) = (row.valid_loss, row.valid_accuracy) {
         m["valid_loss"] = json!(l);
         m["valid_mean_token_accuracy"] = json!(a);

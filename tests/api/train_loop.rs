@@ -11,8 +11,9 @@ use ferrotune::train::data::{self, Batch, Limits};
 use ferrotune::train::generate::greedy;
 use ferrotune::train::lora::LoraSpec;
 use ferrotune::train::loss::causal_lm_loss;
-use ferrotune::train::model::{CausalLm, ForwardCtx};
+use ferrotune::train::model::{CausalLm, ForwardCtx, layers_dropout};
 use ferrotune::train::run::{self, RunConfig, RunEnd, RunOutcome, Update};
+use ferrotune::train::step::loss_and_grads;
 use ferrotune::train::template::ChatTemplate;
 use ferrotune::train::tiny::{TinyArch, init_tiny};
 use serde_json::json;
@@ -215,6 +216,82 @@ fn every_lora_tensor_receives_a_finite_nonzero_gradient() {
                 "{arch:?}: {name} has an all-zero gradient"
             );
         }
+    }
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let spec = LoraSpec {
+        dropout: 0.1,
+        ..spec()
+    };
+    let (model, lora) = CausalLm::load(
+        &dir.path().join("model"),
+        Some(&spec),
+        1,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    for a in &lora.adapters {
+        let b = Tensor::randn(0f32, 0.1, a.b.dims(), &Device::Cpu).unwrap();
+        a.b.set(&b).unwrap();
+    }
+    let batch = first_batch(dir.path(), &model);
+    let ctx = ForwardCtx {
+        dropout: Some(layers_dropout(7, 3)),
+    };
+    let run = |checkpointing: bool| {
+        let mut grads = vec![None; lora.vars().len()];
+        let out =
+            loss_and_grads(&model, &lora, &batch, ctx, 0.5, checkpointing, &mut grads).unwrap();
+        (out, grads)
+    };
+    let (plain, plain_grads) = run(false);
+    let (ckpt, ckpt_grads) = run(true);
+    assert_eq!(plain.loss, ckpt.loss);
+    assert_eq!((plain.correct, plain.count), (ckpt.correct, ckpt.count));
+    for ((name, _), (p, c)) in lora
+        .named_tensors()
+        .iter()
+        .zip(plain_grads.iter().zip(&ckpt_grads))
+    {
+        let p = p.as_ref().unwrap_or_else(|| panic!("{name}: no gradient"));
+        let c = c
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: no checkpointed gradient"));
+        let scale = p
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let diff = (p - c)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(scale > 0.0, "{name}: zero gradient");
+        assert!(
+            diff <= 1e-5 * scale,
+            "{name}: differs by {diff} (scale {scale})"
+        );
+    }
+    // Through the training loop: the same loss curve with and without checkpointing.
+    let mut cfg = config(dir.path(), 1, 5e-3);
+    let plain = finish(&cfg).metrics;
+    cfg.output_dir = dir.path().join("out-ckpt");
+    cfg.hyperparameters.gradient_checkpointing = true;
+    let ckpt = finish(&cfg).metrics;
+    assert_eq!(plain.len(), ckpt.len());
+    for (p, c) in plain.iter().zip(&ckpt) {
+        assert!((p.train_loss - c.train_loss).abs() < 1e-5, "{p:?} vs {c:?}");
     }
 }
 

@@ -1,7 +1,7 @@
 //! Building blocks: RMSNorm (Zhang & Sennrich, arXiv:1910.07467) and linear layers that may carry
 //! a LoRA adapter. Differentiable ops only.
 
-use candle_core::{D, DType, Module, Result, Tensor};
+use candle_core::{D, DType, Device, Module, Result, Tensor};
 
 use crate::train::lora::AdapterVars;
 use crate::train::rng::{self, purpose};
@@ -30,12 +30,52 @@ impl RmsNorm {
 }
 
 /// How a forward pass runs: training (dropout on) and where dropout draws its masks from.
+///
+/// Masks depend only on (seed, micro-batch, layer, adapter), so a layer recomputed for gradient
+/// checkpointing draws the same masks. On the CPU they come from ChaCha streams; on a GPU from
+/// the device's generator, reseeded at every layer.
 #[derive(Debug, Clone, Copy)]
 pub struct Dropout {
     /// Job seed.
     pub seed: u64,
     /// Global micro-batch index (so every micro-batch gets fresh, reproducible masks).
     pub micro_batch: u64,
+    /// Decoder layer being run.
+    pub layer: u64,
+}
+
+impl Dropout {
+    /// The same run at decoder layer `layer`; on a GPU this reseeds the device's generator.
+    pub fn at_layer(self, layer: u64, device: &Device) -> Result<Self> {
+        if !device.is_cpu() {
+            let mut g = rng::stream(
+                self.seed,
+                purpose::DROPOUT,
+                (self.micro_batch << 16) | layer,
+            );
+            device.set_seed(rand::RngCore::next_u64(&mut g))?;
+        }
+        Ok(Self { layer, ..self })
+    }
+
+    /// An inverted-dropout mask `[rows, cols]` in `dtype` for adapter `index`.
+    fn mask(
+        &self,
+        index: u64,
+        (rows, cols): (usize, usize),
+        p: f32,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let keep = 1.0 - p;
+        if device.is_cpu() {
+            let mut g = rng::stream(self.seed, purpose::DROPOUT, self.micro_batch * 4096 + index);
+            let mask = rng::keep_mask(&mut g, rows * cols, keep);
+            return Tensor::from_vec(mask, (rows, cols), device)?.to_dtype(dtype);
+        }
+        let u = Tensor::rand(0f32, 1f32, (rows, cols), device)?;
+        u.ge(f64::from(p))?.to_dtype(dtype)? * f64::from(1.0 / keep)
+    }
 }
 
 /// A frozen linear layer, optionally with a LoRA adapter.
@@ -90,13 +130,7 @@ impl Linear {
         if let Some(l) = &self.lora {
             let input = match dropout {
                 Some(d) if l.dropout > 0.0 => {
-                    let keep = 1.0 - l.dropout;
-                    let mut g =
-                        rng::stream(d.seed, purpose::DROPOUT, d.micro_batch * 4096 + l.index);
-                    let mask = rng::keep_mask(&mut g, rows * in_dim, keep);
-                    let mask =
-                        Tensor::from_vec(mask, (rows, in_dim), x.device())?.to_dtype(x.dtype())?;
-                    flat.mul(&mask)?
+                    flat.mul(&d.mask(l.index, (rows, in_dim), l.dropout, x.dtype(), x.device())?)?
                 }
                 _ => flat.clone(),
             };

@@ -198,20 +198,59 @@ impl CausalLm {
         attention_mask: &[Vec<u8>],
         ctx: ForwardCtx,
     ) -> candle_core::Result<Tensor> {
-        let (b, t) = input_ids.dims2()?;
-        let mut x = self
-            .embed_tokens
-            .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.hidden_size))?;
-        let (cos, sin) = rope::tables(&self.inv_freq, t, self.dtype, &self.device)?;
-        let mask = causal_mask(attention_mask, t, self.dtype, &self.device)?;
-        for layer in &self.layers {
-            let h = layer.input_layernorm.forward(&x)?;
-            x = (x + layer.self_attn.forward(&h, &cos, &sin, &mask, ctx)?)?;
-            let h = layer.post_attention_layernorm.forward(&x)?;
-            x = (x + layer.mlp.forward(&h, ctx)?)?;
+        let mut x = self.embed(input_ids)?;
+        let shared = self.shared(attention_mask, x.dim(1)?)?;
+        for i in 0..self.layers.len() {
+            x = self.layer(i, &x, &shared, ctx)?;
         }
-        let x = self.norm.forward(&x)?;
+        self.head(&x)
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Token embeddings `[b, t, hidden]` for `input_ids` `[b, t]`.
+    pub fn embed(&self, input_ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        self.embed_tokens
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.hidden_size))
+    }
+
+    /// What every layer of one batch shares: RoPE tables and the attention mask.
+    pub fn shared(&self, attention_mask: &[Vec<u8>], t: usize) -> candle_core::Result<LayerInputs> {
+        let (cos, sin) = rope::tables(&self.inv_freq, t, self.dtype, &self.device)?;
+        let mask = causal_mask(attention_mask, t, &self.device)?;
+        Ok(LayerInputs { cos, sin, mask })
+    }
+
+    /// Decoder layer `i` applied to the residual stream `x`.
+    pub fn layer(
+        &self,
+        i: usize,
+        x: &Tensor,
+        shared: &LayerInputs,
+        ctx: ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
+        let layer = &self.layers[i];
+        let ctx = ForwardCtx {
+            dropout: ctx
+                .dropout
+                .map(|d| d.at_layer(i as u64, &self.device))
+                .transpose()?,
+        };
+        let h = layer.input_layernorm.forward(x)?;
+        let x = (x + layer.self_attn.forward(&h, shared, ctx)?)?;
+        let h = layer.post_attention_layernorm.forward(&x)?;
+        x + layer.mlp.forward(&h, ctx)?
+    }
+
+    /// Final norm and `lm_head`: logits `[b, t, vocab]` in f32.
+    pub fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let x = self.norm.forward(x)?;
         let logits = x
             .reshape((b * t, self.cfg.hidden_size))?
             .matmul(&self.lm_head.t()?)?;
@@ -219,15 +258,22 @@ impl CausalLm {
     }
 }
 
+/// Per-batch inputs shared by every decoder layer.
+pub struct LayerInputs {
+    cos: Tensor,
+    sin: Tensor,
+    /// `[b, 1, t, t]` additive mask in f32.
+    mask: Tensor,
+}
+
 impl Attention {
     fn forward(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
+        shared: &LayerInputs,
         ctx: ForwardCtx,
     ) -> candle_core::Result<Tensor> {
+        let (cos, sin) = (&shared.cos, &shared.sin);
         let (b, t, _) = x.dims3()?;
         let hd = self.head_dim;
         let split =
@@ -238,9 +284,11 @@ impl Attention {
         let q = rope::apply(&q, cos, sin)?;
         let k = repeat_kv(rope::apply(&k, cos, sin)?, self.heads / self.kv_heads)?;
         let v = repeat_kv(v, self.heads / self.kv_heads)?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?
-            .to_dtype(x.dtype())?;
+        // Scores and softmax in f32 (the mask's large negative number does not fit in f16).
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?
+            .to_dtype(DType::F32)?
+            .broadcast_add(&shared.mask)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(x.dtype())?;
         let out = probs
             .matmul(&v)?
             .transpose(1, 2)?
@@ -269,12 +317,11 @@ fn repeat_kv(x: Tensor, rep: usize) -> candle_core::Result<Tensor> {
         .reshape((b, kv * rep, t, hd))
 }
 
-/// `[b, 1, t, t]`: 0 where query `i` may see key `j` (`j <= i`, `j` not padding), else a large
-/// negative number.
+/// `[b, 1, t, t]` in f32: 0 where query `i` may see key `j` (`j <= i`, `j` not padding), else a
+/// large negative number.
 fn causal_mask(
     attention_mask: &[Vec<u8>],
     t: usize,
-    dtype: DType,
     device: &Device,
 ) -> candle_core::Result<Tensor> {
     let b = attention_mask.len();
@@ -289,5 +336,5 @@ fn causal_mask(
             }
         }
     }
-    Tensor::from_vec(m, (b, 1, t, t), device)?.to_dtype(dtype)
+    Tensor::from_vec(m, (b, 1, t, t), device)
 }

@@ -5,11 +5,15 @@ mod layers;
 mod llama;
 mod rope;
 
-pub use llama::{CausalLm, ForwardCtx};
+pub use llama::{CausalLm, ForwardCtx, LayerInputs};
 
 /// Dropout for micro-batch `micro_batch` of a run seeded with `seed`.
 pub fn layers_dropout(seed: u64, micro_batch: u64) -> layers::Dropout {
-    layers::Dropout { seed, micro_batch }
+    layers::Dropout {
+        seed,
+        micro_batch,
+        layer: 0,
+    }
 }
 
 use std::collections::HashMap;

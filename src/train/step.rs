@@ -1,0 +1,135 @@
+//! One micro-batch's forward and backward pass, accumulated into the step's gradients: either one
+//! graph over the whole model, or with gradient checkpointing, where only the residual stream
+//! between decoder layers is kept and each layer is recomputed in the backward pass.
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+use super::data::Batch;
+use super::lora::LoraSet;
+use super::loss::causal_lm_loss;
+use super::model::{CausalLm, ForwardCtx};
+use super::{TensorContext, TrainError};
+
+/// What one micro-batch measured.
+#[derive(Debug, Clone, Copy)]
+pub struct MicroOutput {
+    /// Its mean loss (unscaled).
+    pub loss: f32,
+    /// Labelled positions predicted right.
+    pub correct: usize,
+    /// Labelled positions.
+    pub count: usize,
+}
+
+/// Forward and backward of `batch`, adding `d(loss · scale)/d(adapter)` into `grads` (one slot
+/// per variable of `lora`, in [`LoraSet::vars`] order).
+pub fn loss_and_grads(
+    model: &CausalLm,
+    lora: &LoraSet,
+    batch: &Batch,
+    ctx: ForwardCtx,
+    scale: f64,
+    checkpointing: bool,
+    grads: &mut [Option<Tensor>],
+) -> Result<MicroOutput, TrainError> {
+    if !checkpointing {
+        let logits = model.forward(&batch.input_ids, &batch.attention_mask, ctx)?;
+        let out = causal_lm_loss(&logits, &batch.labels)?;
+        let loss = out.loss.to_scalar::<f32>().ctx("reading the loss")?;
+        let scaled = (out.loss * scale).ctx("scaling the loss")?;
+        accumulate(grads, lora, &scaled.backward().ctx("backward pass")?)?;
+        return Ok(MicroOutput {
+            loss,
+            correct: out.correct,
+            count: out.count,
+        });
+    }
+    checkpointed(model, lora, batch, ctx, scale, grads)
+}
+
+fn checkpointed(
+    model: &CausalLm,
+    lora: &LoraSet,
+    batch: &Batch,
+    ctx: ForwardCtx,
+    scale: f64,
+    grads: &mut [Option<Tensor>],
+) -> Result<MicroOutput, TrainError> {
+    let x = model.embed(&batch.input_ids).ctx("embedding")?;
+    let shared = model
+        .shared(&batch.attention_mask, x.dim(1).ctx("embedding")?)
+        .ctx("attention mask")?;
+    // Forward: keep each layer's input, drop its graph.
+    let mut inputs = Vec::with_capacity(model.num_layers());
+    let mut x = x;
+    for i in 0..model.num_layers() {
+        let y = model
+            .layer(i, &x, &shared, ctx)
+            .ctx("forward pass")?
+            .detach();
+        inputs.push(x);
+        x = y;
+    }
+    let top = Var::from_tensor(&x).ctx("checkpoint")?;
+    drop(x);
+    let logits = model.head(top.as_tensor()).ctx("forward pass")?;
+    let out = causal_lm_loss(&logits, &batch.labels)?;
+    let loss = out.loss.to_scalar::<f32>().ctx("reading the loss")?;
+    let store = (out.loss * scale)
+        .and_then(|l| l.backward())
+        .ctx("backward pass")?;
+    accumulate(grads, lora, &store)?;
+    let mut upstream = input_grad(&store, &top)?;
+    drop((store, logits, top));
+    // Backward: recompute layer i from its input, then push the upstream gradient through it
+    // (d/dθ of sum(y · g) is the vector-Jacobian product gᵀ ∂y/∂θ).
+    while let Some(input) = inputs.pop() {
+        let i = inputs.len();
+        // Layer 0's input is the frozen embedding: no gradient needed there.
+        let var = match i {
+            0 => None,
+            _ => Some(Var::from_tensor(&input).ctx("checkpoint")?),
+        };
+        let x = var.as_ref().map_or(&input, |v| v.as_tensor());
+        let y = model.layer(i, x, &shared, ctx).ctx("recomputing a layer")?;
+        let store = (y * &upstream)
+            .and_then(|p| p.sum_all())
+            .and_then(|s| s.backward())
+            .ctx("backward pass")?;
+        accumulate(grads, lora, &store)?;
+        if let Some(v) = &var {
+            upstream = input_grad(&store, v)?;
+        }
+    }
+    Ok(MicroOutput {
+        loss,
+        correct: out.correct,
+        count: out.count,
+    })
+}
+
+/// The gradient reaching `var`, cut from the graph that produced it.
+fn input_grad(store: &GradStore, var: &Var) -> Result<Tensor, TrainError> {
+    store
+        .get(var.as_tensor())
+        .map(Tensor::detach)
+        .ok_or_else(|| TrainError::Invalid("no gradient reached a checkpointed layer".into()))
+}
+
+/// Add the adapters' gradients in `store` into `grads`.
+pub fn accumulate(
+    grads: &mut [Option<Tensor>],
+    lora: &LoraSet,
+    store: &GradStore,
+) -> Result<(), TrainError> {
+    for (slot, var) in grads.iter_mut().zip(lora.vars()) {
+        if let Some(g) = store.get(var.as_tensor()) {
+            *slot = Some(match slot.take() {
+                Some(acc) => (acc + g).ctx("accumulating gradients")?,
+                None => g.clone(),
+            });
+        }
+    }
+    Ok(())
+}
