@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use ferrotune::config::Settings;
+use ferrotune::serve::measure::{self, median};
 use ferrotune::serve::{ChatParams, ChatTurn, Engine};
 use ferrotune::startup::Application;
 use serde_json::{Value, json};
@@ -31,14 +32,7 @@ fn params() -> ChatParams {
 
 /// Tokens/s of one in-process generation (completion tokens / wall time).
 async fn in_process(engine: &Engine, model: &str) -> f64 {
-    let started = Instant::now();
-    let mut g = engine.chat(model, params(), false).await.expect("chat");
-    match g.rx.recv().await {
-        Some(mistralrs::core::Response::Done(d)) => {
-            d.usage.completion_tokens as f64 / started.elapsed().as_secs_f64()
-        }
-        _ => f64::NAN,
-    }
+    measure::decode_rate(engine, model, params()).await
 }
 
 /// Tokens/s of one HTTP generation.
@@ -101,24 +95,9 @@ async fn stream_http(
 
 /// One streamed in-process generation: (time to first token, tokens).
 async fn stream_engine(engine: &Engine, model: &str, tokens: usize) -> (Duration, usize) {
-    let started = Instant::now();
     let mut p = params();
     p.max_tokens = Some(tokens);
-    let mut g = engine.chat(model, p, true).await.expect("chat");
-    let (mut first, mut count) = (None, 0);
-    while let Some(r) = g.rx.recv().await {
-        match r {
-            mistralrs::core::Response::Chunk(c) => {
-                first.get_or_insert_with(|| started.elapsed());
-                count += c.choices.len();
-                if c.choices.iter().any(|ch| ch.finish_reason.is_some()) {
-                    break;
-                }
-            }
-            _ => break,
-        }
-    }
-    (first.unwrap_or_else(|| started.elapsed()), count)
+    measure::stream(engine, model, p).await
 }
 
 /// `concurrency` simultaneous streams of `tokens` tokens: (median TTFT ms, p95 TTFT ms, tokens/s).
@@ -135,11 +114,6 @@ where
     let tokens: usize = results.iter().map(|r| r.1).sum();
     let p95 = ttft[((ttft.len() as f64 * 0.95).ceil() as usize).clamp(1, ttft.len()) - 1];
     (ttft[ttft.len() / 2], p95, tokens as f64 / wall)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 #[tokio::main]

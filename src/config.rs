@@ -132,11 +132,19 @@ impl ModelSettings {
 
     /// The compute dtype on `device` (`auto`: bf16 on a GPU, f32 on the CPU).
     pub fn dtype(&self, device: &candle_core::Device) -> anyhow::Result<candle_core::DType> {
-        match self.dtype.as_str() {
-            "auto" if device.is_cpu() => Ok(candle_core::DType::F32),
-            "auto" => Ok(candle_core::DType::BF16),
-            other => parse_dtype(other),
-        }
+        resolve_dtype(&self.dtype, device)
+    }
+}
+
+/// `auto` (bf16 on a GPU, f32 on the CPU), or a dtype [`parse_dtype`] accepts.
+pub fn resolve_dtype(
+    raw: &str,
+    device: &candle_core::Device,
+) -> anyhow::Result<candle_core::DType> {
+    match raw {
+        "auto" if device.is_cpu() => Ok(candle_core::DType::F32),
+        "auto" => Ok(candle_core::DType::BF16),
+        other => parse_dtype(other),
     }
 }
 

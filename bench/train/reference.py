@@ -1,7 +1,8 @@
 """Reference side of bench/train: PyTorch + transformers + PEFT LoRA SFT on the same generated
 model, the same examples rendered with the same ChatML template, the same LoRA targets, rank,
 batch, accumulation, cut-off and thread count as ferrotune's run. Prints steady-state tokens/s
-(after the first optimizer step), peak RSS and the final loss as key=value lines."""
+(after the first optimizer step), peak RSS (and peak GPU memory on CUDA) and the final loss as
+key=value lines. On a GPU: `--device cuda --dtype bf16 --attn sdpa [--gradient-checkpointing]`."""
 import argparse
 import json
 import math
@@ -32,16 +33,26 @@ def main():
     p.add_argument("--cutoff", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"])
+    p.add_argument("--attn", default="eager", help="eager | sdpa")
+    p.add_argument("--dropout", type=float, default=0.05)
+    p.add_argument("--gradient-checkpointing", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
     torch.manual_seed(0)
     tok = Tokenizer.from_file(f"{args.model}/tokenizer.json")
     pad = tok.token_to_id("<|endoftext|>")
     records = json.load(open(args.data))
     samples = [encode(tok, r["instruction"], r["output"], args.cutoff) for r in records]
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation=args.attn).to(dev)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules=targets, task_type="CAUSAL_LM"))
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=args.dropout, target_modules=targets, task_type="CAUSAL_LM"))
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(samples) / (args.batch * args.accum))
@@ -57,9 +68,9 @@ def main():
             for m in micro:
                 batch = [samples[i] for i in m]
                 t = max(len(s[0]) for s in batch)
-                ids = torch.tensor([s[0] + [pad] * (t - len(s[0])) for s in batch])
-                mask = torch.tensor([[1] * len(s[0]) + [0] * (t - len(s[0])) for s in batch])
-                labels = torch.tensor([s[1] + [-100] * (t - len(s[1])) for s in batch])
+                ids = torch.tensor([s[0] + [pad] * (t - len(s[0])) for s in batch], device=dev)
+                mask = torch.tensor([[1] * len(s[0]) + [0] * (t - len(s[0])) for s in batch], device=dev)
+                labels = torch.tensor([s[1] + [-100] * (t - len(s[1])) for s in batch], device=dev)
                 out = model(input_ids=ids, attention_mask=mask, labels=labels)
                 (out.loss / len(micro)).backward()
                 losses.append(out.loss.item())
@@ -73,11 +84,17 @@ def main():
             step += 1
             loss_value = sum(losses) / len(losses)
             if step == 1:
+                if cuda:
+                    torch.cuda.synchronize()
                 t1, tok1 = time.perf_counter(), tokens
+    if cuda:
+        torch.cuda.synchronize()
     rate = (tokens - tok1) / (time.perf_counter() - t1) if step > 1 else float("nan")
     print(f"steps={step}")
     print(f"steady_tokens_per_s={rate:.1f}")
     print(f"peak_rss_mib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
+    if cuda:
+        print(f"peak_gpu_memory_mib={torch.cuda.max_memory_allocated() / 1048576:.1f}")
     print(f"final_loss={loss_value:.4f}")
 
 

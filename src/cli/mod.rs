@@ -1,5 +1,7 @@
-//! The command line: `serve`, `worker`, `migrate`, `openapi`, `model init-tiny`, `train`.
+//! The command line: `serve`, `worker`, `migrate`, `openapi`, `model init-tiny|grad-step`, `train`,
+//! `engine-check`.
 
+mod check;
 mod train;
 
 use std::path::PathBuf;
@@ -84,6 +86,9 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Device check: decode rate, hot-load time and greedy answer of a base model and an adapter
+    /// through the serving engine (no database).
+    EngineCheck(check::EngineCheckArgs),
 }
 
 /// `ferrotune model …`.
@@ -104,6 +109,8 @@ pub enum ModelCommand {
         #[arg(long, value_enum, default_value = "tiny")]
         size: TinySize,
     },
+    /// Device check: loss and LoRA gradients of one micro-batch on a device and dtype.
+    GradStep(check::GradStepArgs),
 }
 
 /// Parse the command line and run it.
@@ -132,6 +139,9 @@ pub fn run() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Train { config } => return train::run(config),
+        Command::Model {
+            command: ModelCommand::GradStep(args),
+        } => return check::grad_step(args),
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -191,6 +201,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             database.close().await;
             Ok(())
         }
+        Command::EngineCheck(args) => check::engine_check(&args).await,
         Command::Openapi | Command::Model { .. } | Command::Train { .. } => {
             unreachable!("handled before the runtime starts")
         }

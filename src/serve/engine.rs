@@ -96,6 +96,11 @@ impl Engine {
         let handle = runtime.handle().clone();
         let dir = options.base_dir.display().to_string();
         let (max_seqs, dtype, force_cpu) = (options.max_num_seqs, options.dtype, options.force_cpu);
+        // On failure the runtime must not be dropped in this async context (tokio panics).
+        let fail = |runtime: tokio::runtime::Runtime, e: ServeError| {
+            runtime.shutdown_background();
+            Err(e)
+        };
         let model = handle
             .spawn(async move {
                 let mut builder = TextModelBuilder::new(dir)
@@ -107,21 +112,27 @@ impl Engine {
                 }
                 builder.build().await
             })
-            .await
-            .map_err(engine_err)?
-            .map_err(|e| ServeError::Load {
-                model: options.base_name.clone(),
-                reason: format!("{e:#}"),
-            })?;
-        let base_id = model
-            .get_default_model_id()
-            .map_err(engine_err)?
-            .ok_or_else(|| engine_err("the engine has no default model"))?;
-        if base_id != options.base_name {
-            model
+            .await;
+        let model = match model {
+            Ok(Ok(model)) => model,
+            Ok(Err(e)) => {
+                let reason = format!("{e:#}");
+                let model = options.base_name.clone();
+                return fail(runtime, ServeError::Load { model, reason });
+            }
+            Err(e) => return fail(runtime, engine_err(e)),
+        };
+        let base_id = match model.get_default_model_id() {
+            Ok(Some(id)) => id,
+            Ok(None) => return fail(runtime, engine_err("the engine has no default model")),
+            Err(e) => return fail(runtime, engine_err(e)),
+        };
+        if base_id != options.base_name
+            && let Err(e) = model
                 .inner()
                 .register_model_alias(options.base_name.clone(), &base_id)
-                .map_err(engine_err)?;
+        {
+            return fail(runtime, engine_err(e));
         }
         Ok(Arc::new(Self {
             runtime: Some(runtime),

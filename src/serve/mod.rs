@@ -5,6 +5,7 @@
 pub mod adapters;
 mod engine;
 mod loader;
+pub mod measure;
 mod request;
 
 pub use engine::{Engine, EngineOptions, Generation};

@@ -56,4 +56,6 @@ pub mod purpose {
     pub const TINY_WEIGHTS: u64 = 4;
     /// Train/validation split.
     pub const SPLIT: u64 = 5;
+    /// Adapter values of the `model grad-step` diagnostic.
+    pub const DIAGNOSTIC: u64 = 6;
 }

@@ -1,0 +1,222 @@
+//! Diagnostics for the device check (`scripts/gpu-check.sh`): the loss and LoRA gradients of one
+//! micro-batch on a chosen device and dtype, and the serving engine's decode rate, hot-load time
+//! and greedy answer for a base model and an adapter. No database needed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{DType, Tensor};
+use clap::Args;
+
+use crate::config::{parse_device, parse_dtype, resolve_dtype, serving_dtype};
+use crate::domain::hyperparameters::LORA_MODULES;
+use crate::serve::measure::{self, median};
+use crate::serve::{ChatParams, ChatTurn, Engine, EngineOptions};
+use crate::train::data::{self, Batch, Limits};
+use crate::train::lora::LoraSpec;
+use crate::train::model::{CausalLm, ForwardCtx};
+use crate::train::rng::{self, purpose};
+use crate::train::step::loss_and_grads;
+use crate::train::template::ChatTemplate;
+
+/// `ferrotune model grad-step`.
+#[derive(Debug, Clone, Args)]
+pub struct GradStepArgs {
+    /// Hugging Face model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Training examples (any accepted format); the first `batch` are used.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// `cpu` or `cuda[:N]`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// `f32`, `bf16` or `f16`.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Examples in the micro-batch.
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Recompute each layer in the backward pass.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    /// Seed of the adapter values.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where to write the gradients (safetensors, f32, PEFT tensor names).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Loss and LoRA gradients of one micro-batch, with seeded non-zero adapters (so both A and B get
+/// gradients); prints `loss=…` and writes the gradients to `--out`.
+pub fn grad_step(args: &GradStepArgs) -> anyhow::Result<()> {
+    let device = parse_device(&args.device)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    let spec = LoraSpec {
+        rank: 8,
+        alpha: 32.0,
+        dropout: 0.0,
+        targets: LORA_MODULES.iter().map(|m| (*m).to_owned()).collect(),
+    };
+    let (model, lora) = CausalLm::load(&args.model, Some(&spec), args.seed, &device, dtype)?;
+    for (i, a) in lora.adapters.iter().enumerate() {
+        let mut g = rng::stream(args.seed, purpose::DIAGNOSTIC, i as u64);
+        let values = rng::normal(&mut g, a.b.elem_count(), 0.02);
+        a.b.set(&Tensor::from_vec(values, a.b.dims(), &device)?)?;
+    }
+    let batch = first_batch(&args.model, &args.data, args.batch, &device)?;
+    let mut grads = vec![None; lora.vars().len()];
+    let started = Instant::now();
+    let out = loss_and_grads(
+        &model,
+        &lora,
+        &batch,
+        ForwardCtx::default(),
+        1.0,
+        args.gradient_checkpointing,
+        &mut grads,
+    )?;
+    let secs = started.elapsed().as_secs_f64();
+    let mut named = HashMap::new();
+    for ((name, _), g) in lora.named_tensors().into_iter().zip(grads) {
+        let g = g.with_context(|| format!("{name} got no gradient"))?;
+        named.insert(
+            name,
+            g.to_dtype(DType::F32)?
+                .to_device(&candle_core::Device::Cpu)?,
+        );
+    }
+    crate::train::checkpoint::write_safetensors(&args.out, &named)?;
+    println!("loss={}", out.loss);
+    println!("labelled_tokens={}", out.count);
+    println!("seconds={secs:.3}");
+    Ok(())
+}
+
+fn first_batch(
+    model_dir: &Path,
+    data_file: &Path,
+    n: usize,
+    device: &candle_core::Device,
+) -> anyhow::Result<Batch> {
+    let tokenizer = data::load_tokenizer(model_dir)?;
+    let template = ChatTemplate::from_model_dir(model_dir)?;
+    let limits = Limits {
+        max_length: 1024,
+        max_source_length: None,
+        max_target_length: None,
+    };
+    let mut samples = Vec::new();
+    for e in data::read_examples(data_file)?.iter().take(n) {
+        samples.extend(data::encode(e, &template, &tokenizer, limits)?);
+    }
+    anyhow::ensure!(
+        !samples.is_empty(),
+        "no trainable examples in {}",
+        data_file.display()
+    );
+    Ok(Batch::new(&samples.iter().collect::<Vec<_>>(), 0, device)?)
+}
+
+/// `ferrotune engine-check`.
+#[derive(Debug, Clone, Args)]
+pub struct EngineCheckArgs {
+    /// Base model directory.
+    #[arg(long)]
+    pub base: PathBuf,
+    /// PEFT adapter directory trained on the base.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// `auto`, `cpu` or `cuda[:N]`.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// `auto`, `f32`, `bf16` or `f16`.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// Tokens per decode measurement (special tokens are banned so every run decodes this many).
+    #[arg(long, default_value_t = 200)]
+    pub tokens: usize,
+    /// A question to answer greedily with the adapter.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// The answer the adapter was trained to give (prints `recital=ok` when it does).
+    #[arg(long)]
+    pub expect: Option<String>,
+}
+
+/// Decode rate of the base and the fine-tuned model, hot-load time of the adapter, and the
+/// greedy answer to `--prompt`, as `key=value` lines.
+pub async fn engine_check(args: &EngineCheckArgs) -> anyhow::Result<()> {
+    let device = parse_device(&args.device)?;
+    let dtype = resolve_dtype(&args.dtype, &device)?;
+    println!("device={device:?} dtype={dtype:?}");
+    let started = Instant::now();
+    let engine = Engine::start(EngineOptions {
+        base_dir: args.base.clone(),
+        base_name: "base".into(),
+        max_resident: 2,
+        max_num_seqs: 16,
+        dtype: serving_dtype(dtype),
+        force_cpu: device.is_cpu(),
+    })
+    .await?;
+    println!("base_load_s={:.2}", started.elapsed().as_secs_f64());
+    let banned = special_token_ids(&args.base)?;
+    let params = |content: &str, tokens: usize, temperature: f64, ban: bool| ChatParams {
+        messages: vec![ChatTurn {
+            role: "user".into(),
+            content: content.into(),
+        }],
+        temperature: Some(temperature),
+        n: 1,
+        max_tokens: Some(tokens),
+        logit_bias: ban.then(|| banned.iter().map(|id| (*id, -100.0)).collect()),
+        ..Default::default()
+    };
+    let decode = |model: &'static str| {
+        let engine = engine.clone();
+        let p = params("Tell me about sleep.", args.tokens, 1.0, true);
+        async move {
+            let _warm = measure::decode_rate(&engine, model, p.clone()).await;
+            let mut rates = Vec::new();
+            for _ in 0..3 {
+                rates.push(measure::decode_rate(&engine, model, p.clone()).await);
+            }
+            median(rates)
+        }
+    };
+    let base_rate = decode("base").await;
+    let loaded = Instant::now();
+    engine.ensure_loaded("fine-tuned", &args.adapter).await?;
+    let (_, chunks) = measure::stream(&engine, "fine-tuned", params("Hi", 1, 1.0, false)).await;
+    anyhow::ensure!(chunks > 0, "the fine-tuned model produced nothing");
+    println!("hot_load_ms={:.0}", loaded.elapsed().as_secs_f64() * 1000.0);
+    let tuned_rate = decode("fine-tuned").await;
+    println!("base_decode_tokens_per_s={base_rate:.1}");
+    println!("fine_tuned_decode_tokens_per_s={tuned_rate:.1}");
+    if let Some(prompt) = &args.prompt {
+        let answer = measure::complete(&engine, "fine-tuned", params(prompt, 40, 0.0, false))
+            .await
+            .unwrap_or_default();
+        println!("answer={answer:?}");
+        if let Some(expect) = &args.expect {
+            let ok = answer.trim() == expect.trim();
+            println!("recital={}", if ok { "ok" } else { "mismatch" });
+        }
+    }
+    Ok(())
+}
+
+/// Ids of the tokenizer's special tokens.
+fn special_token_ids(model_dir: &Path) -> anyhow::Result<Vec<u32>> {
+    let tokenizer = data::load_tokenizer(model_dir)?;
+    Ok(tokenizer
+        .get_added_tokens_decoder()
+        .into_iter()
+        .filter(|(_, t)| t.special)
+        .map(|(id, _)| id)
+        .collect())
+}

@@ -1,0 +1,59 @@
+//! Timing helpers for benchmarks and the device check: decode rate and time to first token of
+//! one generation through the engine in-process.
+
+use std::time::{Duration, Instant};
+
+use mistralrs::core::Response;
+
+use super::{ChatParams, Engine};
+
+/// Completion tokens per second of one non-streamed generation (`NaN` when it fails).
+pub async fn decode_rate(engine: &Engine, model: &str, params: ChatParams) -> f64 {
+    let started = Instant::now();
+    let Ok(mut g) = engine.chat(model, params, false).await else {
+        return f64::NAN;
+    };
+    match g.rx.recv().await {
+        Some(Response::Done(d)) => {
+            d.usage.completion_tokens as f64 / started.elapsed().as_secs_f64()
+        }
+        _ => f64::NAN,
+    }
+}
+
+/// One streamed generation: (time to its first chunk, chunks received).
+pub async fn stream(engine: &Engine, model: &str, params: ChatParams) -> (Duration, usize) {
+    let started = Instant::now();
+    let Ok(mut g) = engine.chat(model, params, true).await else {
+        return (started.elapsed(), 0);
+    };
+    let (mut first, mut count) = (None, 0);
+    while let Some(r) = g.rx.recv().await {
+        match r {
+            Response::Chunk(c) => {
+                first.get_or_insert_with(|| started.elapsed());
+                count += c.choices.len();
+                if c.choices.iter().any(|ch| ch.finish_reason.is_some()) {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    (first.unwrap_or_else(|| started.elapsed()), count)
+}
+
+/// The text of one non-streamed generation.
+pub async fn complete(engine: &Engine, model: &str, params: ChatParams) -> Option<String> {
+    let mut g = engine.chat(model, params, false).await.ok()?;
+    match g.rx.recv().await {
+        Some(Response::Done(d)) => d.choices.into_iter().next()?.message.content,
+        _ => None,
+    }
+}
+
+/// The median of `v` (`NaN` when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
