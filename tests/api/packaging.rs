@@ -30,4 +30,19 @@ fn compose_file_wires_postgres_and_a_data_volume() {
         dockerfile.matches("FROM ").count() >= 2,
         "multi-stage build expected"
     );
+    // The CUDA image builds with the same script as the documented CUDA build.
+    let cuda = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docker/Dockerfile.cuda"
+    ))
+    .unwrap();
+    assert!(cuda.matches("FROM ").count() >= 2);
+    assert!(cuda.contains("scripts/build-cuda.sh"));
+    let script = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/build-cuda.sh"
+    ))
+    .unwrap();
+    assert!(script.contains("--features cuda"));
+    assert!(cuda.contains("dist/cuda/ferrotune"));
 }

@@ -73,9 +73,14 @@ impl Dropout {
             let mask = rng::keep_mask(&mut g, rows * cols, keep);
             return Tensor::from_vec(mask, (rows, cols), device)?.to_dtype(dtype);
         }
-        let u = Tensor::rand(0f32, 1f32, (rows, cols), device)?;
-        u.ge(f64::from(p))?.to_dtype(dtype)? * f64::from(1.0 / keep)
+        device_rng_mask((rows, cols), p, dtype, device)
     }
+}
+
+/// An inverted-dropout mask from the device's own generator (no host round trip).
+fn device_rng_mask(shape: (usize, usize), p: f32, dtype: DType, device: &Device) -> Result<Tensor> {
+    let u = Tensor::rand(0f32, 1f32, shape, device)?;
+    u.ge(f64::from(p))?.to_dtype(dtype)? * f64::from(1.0 / (1.0 - p))
 }
 
 /// A frozen linear layer, optionally with a LoRA adapter.
@@ -143,5 +148,20 @@ impl Linear {
         let last = out_dims.len() - 1;
         out_dims[last] = y.dim(1)?;
         y.reshape(out_dims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_masks_keep_the_right_fraction_scaled_up() {
+        let m = device_rng_mask((200, 500), 0.1, DType::F32, &Device::Cpu).unwrap();
+        let v: Vec<f32> = m.flatten_all().unwrap().to_vec1().unwrap();
+        let scale = 1.0 / 0.9f32;
+        assert!(v.iter().all(|x| *x == 0.0 || (*x - scale).abs() < 1e-6));
+        let kept = v.iter().filter(|x| **x > 0.0).count() as f64 / v.len() as f64;
+        assert!((kept - 0.9).abs() < 0.01, "kept {kept}");
     }
 }
