@@ -36,7 +36,7 @@ exec > >(tee -a "$LOG") 2>&1
 W=${WORK:-/tmp/ferrotune-gpu-check}
 rm -rf "$W" && mkdir -p "$W"
 PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 CUDA_CACHE_MAXSIZE=4294967296
 if [ "$MODE" = gpu ]; then
     DEV=cuda:0 DT=bf16 BIG=1b SEQS="512 1024" STEPS=6
 else
@@ -152,7 +152,8 @@ GPU_OR_CPU=cuda; [ "$MODE" = cpu ] && GPU_OR_CPU=cpu
 "$PY" bench/train/make_llama.py "$W/tiny" "$W/$BIG" "$BIG" "$GPU_OR_CPU" || echo "could not generate the $BIG model"
 # Long answers, so every sequence is cut to exactly the cut-off (the byte-level tokenizer makes
 # one token per byte); 8 examples per optimizer step.
-"$PY" - "$W/long.json" "$STEPS" <<'PY'
+long_data() {  # optimizer steps
+    "$PY" - "$W/long.json" "$1" <<'PY'
 import json, sys
 words = "rest fluids sleep water fever doctor walk stress diet fruit vegetables tea cold cough".split()
 rows = [{"instruction": f"Question {i}: what helps?", "input": "",
@@ -160,6 +161,8 @@ rows = [{"instruction": f"Question {i}: what helps?", "input": "",
         for i in range(8 * int(sys.argv[2]))]
 json.dump(rows, open(sys.argv[1], "w"))
 PY
+}
+long_data "$STEPS"
 bench_cfg() {  # size seq gc dir
     cat <<YAML
 model_name_or_path: $W/$1
@@ -215,6 +218,14 @@ speed_rows() {  # size seqs
 }
 # shellcheck disable=SC2086
 speed_rows "$BIG" $SEQS
+# Where the time goes: one micro-batch (batch 2) timed forward-only and forward+backward.
+for gc in "" --gradient-checkpointing; do
+    prof=$W/profile$gc.txt
+    timeout "$(left)" "$BIN" model grad-step --model "$W/$BIG" --data "$W/long.json" --device "$DEV" \
+        --dtype "$DT" --cutoff "${SEQS%% *}" --repeat 5 $gc --out "$W/g_big.safetensors" > "$prof" 2>&1 \
+        || tail -5 "$prof"
+    row "3 profile $BIG seq ${SEQS%% *} ${gc:-plain} | fwd $(get forward_ms < "$prof") ms, fwd+bwd $(get forward_backward_ms < "$prof") ms | backward share $(get backward_share < "$prof"), $(get tokens_per_s < "$prof") tok/s per micro-batch"
+done
 
 step "4. serving through mistral.rs on $DEV"
 "$BIN" engine-check --base "$W/tiny" --adapter "$W/learn-out/adapter" --device "$DEV" \
@@ -234,7 +245,8 @@ if [ "$MODE" = gpu ] && [ "$SECONDS" -lt "$BUDGET_7B" ]; then
     # Everything here must end by END_BY seconds (the device call's limit).
     timeout "$(left)" "$PY" bench/train/make_llama.py "$W/tiny" "$W/7b" 7b cuda \
         || echo "could not generate the 7b model in time"
-    [ -f "$W/7b/config.json" ] && REF=0 speed_rows 7b 512
+    long_data 2
+    [ -f "$W/7b/config.json" ] && STEPS=2 REF=0 speed_rows 7b 512
 else
     echo "skipped step 5 (7B): $MODE mode or past ${BUDGET_7B}s"
 fi

@@ -45,6 +45,13 @@ pub struct GradStepArgs {
     /// Seed of the adapter values.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Cut-off length in tokens.
+    #[arg(long, default_value_t = 1024)]
+    pub cutoff: usize,
+    /// Also time this many more forward-only and forward+backward passes (after this first
+    /// one, which warms up) and print the medians.
+    #[arg(long, default_value_t = 0)]
+    pub repeat: usize,
     /// Where to write the gradients (safetensors, f32, PEFT tensor names).
     #[arg(long)]
     pub out: PathBuf,
@@ -67,7 +74,7 @@ pub fn grad_step(args: &GradStepArgs) -> anyhow::Result<()> {
         let values = rng::normal(&mut g, a.b.elem_count(), 0.02);
         a.b.set(&Tensor::from_vec(values, a.b.dims(), &device)?)?;
     }
-    let batch = first_batch(&args.model, &args.data, args.batch, &device)?;
+    let batch = first_batch(&args.model, &args.data, args.batch, args.cutoff, &device)?;
     let mut grads = vec![None; lora.vars().len()];
     let started = Instant::now();
     let out = loss_and_grads(
@@ -80,6 +87,9 @@ pub fn grad_step(args: &GradStepArgs) -> anyhow::Result<()> {
         &mut grads,
     )?;
     let secs = started.elapsed().as_secs_f64();
+    if args.repeat > 0 {
+        time_passes(&model, &lora, &batch, args)?;
+    }
     let mut named = HashMap::new();
     for ((name, _), g) in lora.named_tensors().into_iter().zip(grads) {
         let g = g.with_context(|| format!("{name} got no gradient"))?;
@@ -96,16 +106,63 @@ pub fn grad_step(args: &GradStepArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Median wall time of forward-only and forward+backward passes (each ends by reading the loss,
+/// which waits for the device).
+fn time_passes(
+    model: &CausalLm,
+    lora: &crate::train::lora::LoraSet,
+    batch: &Batch,
+    args: &GradStepArgs,
+) -> anyhow::Result<()> {
+    let (mut fwd, mut both) = (Vec::new(), Vec::new());
+    for _ in 0..args.repeat {
+        let t = Instant::now();
+        let logits = model.forward(
+            &batch.input_ids,
+            &batch.attention_mask,
+            ForwardCtx::default(),
+        )?;
+        crate::train::loss::causal_lm_loss(&logits.detach(), &batch.labels)?
+            .loss
+            .to_scalar::<f32>()?;
+        fwd.push(t.elapsed().as_secs_f64() * 1000.0);
+        let mut grads = vec![None; lora.vars().len()];
+        let t = Instant::now();
+        loss_and_grads(
+            model,
+            lora,
+            batch,
+            ForwardCtx::default(),
+            1.0,
+            args.gradient_checkpointing,
+            &mut grads,
+        )?;
+        // Reading a value waits for everything queued before it on the device's stream.
+        if let Some(g) = grads.iter().flatten().next() {
+            g.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        }
+        both.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let tokens = batch.tokens();
+    let (f, b) = (median(fwd), median(both));
+    println!("forward_ms={f:.1}");
+    println!("forward_backward_ms={b:.1}");
+    println!("backward_share={:.2}", (b - f) / b);
+    println!("tokens_per_s={:.0}", tokens as f64 / (b / 1000.0));
+    Ok(())
+}
+
 fn first_batch(
     model_dir: &Path,
     data_file: &Path,
     n: usize,
+    cutoff: usize,
     device: &candle_core::Device,
 ) -> anyhow::Result<Batch> {
     let tokenizer = data::load_tokenizer(model_dir)?;
     let template = ChatTemplate::from_model_dir(model_dir)?;
     let limits = Limits {
-        max_length: 1024,
+        max_length: cutoff,
         max_source_length: None,
         max_target_length: None,
     };

@@ -97,16 +97,21 @@ impl AdamW {
 /// Scale gradients so their global L2 norm is at most `max_norm` (0 = no clipping). Returns the
 /// norm before clipping.
 pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64, TrainError> {
-    let mut total = 0f64;
-    for g in grads.iter().flatten() {
-        total += f64::from(
-            g.sqr()
-                .and_then(|s| s.sum_all())
-                .and_then(|s| s.to_scalar::<f32>())
-                .ctx("gradient norm")?,
-        );
+    // One read back from the device for all tensors (each read waits for the device).
+    let squares = grads
+        .iter()
+        .flatten()
+        .map(|g| g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F32))
+        .collect::<candle_core::Result<Vec<_>>>()
+        .ctx("gradient norm")?;
+    if squares.is_empty() {
+        return Ok(0.0);
     }
-    let norm = total.sqrt();
+    let total = Tensor::stack(&squares, 0)
+        .and_then(|s| s.sum_all())
+        .and_then(|s| s.to_scalar::<f32>())
+        .ctx("gradient norm")?;
+    let norm = f64::from(total).sqrt();
     if max_norm > 0.0 && norm > max_norm {
         let factor = max_norm / (norm + 1e-6);
         for g in grads.iter_mut().flatten() {
