@@ -44,7 +44,10 @@ else
 fi
 if [ -z "$BIN" ]; then
     if [ "$MODE" = gpu ] && [ -f dist/cuda/ferrotune.xz ]; then
-        xz -dc dist/cuda/ferrotune.xz > "$W/ferrotune" && chmod +x "$W/ferrotune"
+        xz -dc dist/cuda/ferrotune.xz > "$W/ferrotune" 2>/dev/null \
+            || "$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+                dist/cuda/ferrotune.xz "$W/ferrotune"
+        chmod +x "$W/ferrotune"
         BIN=$W/ferrotune
     elif [ "$MODE" = gpu ]; then
         BIN=dist/cuda/ferrotune
@@ -66,6 +69,8 @@ row() { ROWS+=("$*"); echo "ROW | $* |"; }
 get() { grep -E "^$1=" | tail -1 | cut -d= -f2; }
 # Seconds left before END_BY (at least 1), for `timeout` on the long steps.
 left() { local l=$(( ${END_BY:-100000} - SECONDS )); echo $(( l > 1 ? l : 1 )); }
+# The smaller of N seconds and what is left: a hung command cannot eat the whole budget.
+cap() { local l; l=$(left); echo $(( l < $1 ? l : $1 )); }
 step() { echo; echo "=== $* ($(date -u +%T), ${SECONDS}s)"; }
 
 step environment
@@ -92,7 +97,7 @@ PY
 
 step "1. agreement: one micro-batch, $DEV $DT vs cpu f32"
 "$BIN" model init-tiny "$W/tiny" >/dev/null
-gs() { "$BIN" model grad-step --model "$W/tiny" --data "$W/qa.json" "$@"; }
+gs() { timeout "$(cap 120)" "$BIN" model grad-step --model "$W/tiny" --data "$W/qa.json" "$@"; }
 gs --device cpu --dtype f32 --out "$W/g_cpu.safetensors" > "$W/g_cpu.txt" \
  && gs --device "$DEV" --dtype "$DT" --out "$W/g_dev.safetensors" > "$W/g_dev.txt" \
  && gs --device "$DEV" --dtype "$DT" --gradient-checkpointing --out "$W/g_gc.safetensors" > "$W/g_gc.txt"
@@ -141,7 +146,7 @@ device: $DEV
 bf16: true
 output_dir: $W/learn-out
 YAML
-"$BIN" train --config "$W/learn.yaml" > "$W/learn.txt" 2> "$W/learn.err"; rc=$?
+timeout "$(cap 180)" "$BIN" train --config "$W/learn.yaml" > "$W/learn.txt" 2> "$W/learn.err"; rc=$?
 cat "$W/learn.txt"; [ $rc = 0 ] || tail -20 "$W/learn.err"
 final=$(grep -oE 'final loss [0-9.]+' "$W/learn.txt" | cut -d' ' -f3)
 verdict=$(python3 -c "print('PASS' if '${final:-x}' != 'x' and float('${final:-9}') < 0.3 else 'FAIL')")
@@ -149,7 +154,7 @@ row "2 learning | $verdict | final loss ${final:-?} after 100 steps ($DT), $(get
 
 step "3. speed and memory: $BIG Llama, ferrotune vs PyTorch + PEFT"
 GPU_OR_CPU=cuda; [ "$MODE" = cpu ] && GPU_OR_CPU=cpu
-"$PY" bench/train/make_llama.py "$W/tiny" "$W/$BIG" "$BIG" "$GPU_OR_CPU" || echo "could not generate the $BIG model"
+timeout "$(cap 240)" "$PY" bench/train/make_llama.py "$W/tiny" "$W/$BIG" "$BIG" "$GPU_OR_CPU" || echo "could not generate the $BIG model"
 # Long answers, so every sequence is cut to exactly the cut-off (the byte-level tokenizer makes
 # one token per byte); 8 examples per optimizer step.
 long_data() {  # optimizer steps
@@ -193,7 +198,7 @@ speed_rows() {  # size seqs
         for gc in false true; do
             local tag=$size-$seq-gc$gc
             bench_cfg "$size" "$seq" "$gc" "$W/run-$tag" > "$W/$tag.yaml"
-            timeout "$(left)" "$BIN" train --config "$W/$tag.yaml" > "$W/ours-$tag.txt" 2> "$W/ours-$tag.err" \
+            timeout "$(cap 240)" "$BIN" train --config "$W/$tag.yaml" > "$W/ours-$tag.txt" 2> "$W/ours-$tag.err" \
                 || tail -5 "$W/ours-$tag.err"
             cat "$W/ours-$tag.txt"
             local o_tps o_mem o_loss r_tps="-" r_mem="-" r_loss="-" ratio_t="-" ratio_m="-"
@@ -203,7 +208,7 @@ speed_rows() {  # size seqs
             if [ "$HAVE_REF" = 1 ] && [ "${REF:-1}" = 1 ]; then
                 local flags=(--device "${DEV%%:*}" --attn sdpa --dtype "$DT" --cutoff "$seq" --epochs 1 --threads "$(nproc)")
                 [ "$gc" = true ] && flags+=(--gradient-checkpointing)
-                timeout "$(left)" "$PY" bench/train/reference.py --model "$W/$size" --data "$W/long.json" "${flags[@]}" \
+                timeout "$(cap 240)" "$PY" bench/train/reference.py --model "$W/$size" --data "$W/long.json" "${flags[@]}" \
                     > "$W/ref-$tag.txt" 2> "$W/ref-$tag.err" || tail -5 "$W/ref-$tag.err"
                 cat "$W/ref-$tag.txt"
                 r_tps=$(get steady_tokens_per_s < "$W/ref-$tag.txt")
@@ -221,20 +226,20 @@ speed_rows "$BIG" $SEQS
 # Where the time goes: one micro-batch (batch 2) timed forward-only and forward+backward.
 for gc in "" --gradient-checkpointing; do
     prof=$W/profile$gc.txt
-    timeout "$(left)" "$BIN" model grad-step --model "$W/$BIG" --data "$W/long.json" --device "$DEV" \
+    timeout "$(cap 120)" "$BIN" model grad-step --model "$W/$BIG" --data "$W/long.json" --device "$DEV" \
         --dtype "$DT" --cutoff "${SEQS%% *}" --repeat 5 $gc --out "$W/g_big.safetensors" > "$prof" 2>&1 \
         || tail -5 "$prof"
     row "3 profile $BIG seq ${SEQS%% *} ${gc:-plain} | fwd $(get forward_ms < "$prof") ms, fwd+bwd $(get forward_backward_ms < "$prof") ms | backward share $(get backward_share < "$prof"), $(get tokens_per_s < "$prof") tok/s per micro-batch"
 done
 
 step "4. serving through mistral.rs on $DEV"
-"$BIN" engine-check --base "$W/tiny" --adapter "$W/learn-out/adapter" --device "$DEV" \
+timeout "$(cap 180)" "$BIN" engine-check --base "$W/tiny" --adapter "$W/learn-out/adapter" --device "$DEV" \
     --prompt "What should I do for a mild headache?" --expect "Rest and drink water." \
     > "$W/serve-tiny.txt" 2> "$W/serve-tiny.err" || tail -5 "$W/serve-tiny.err"
 cat "$W/serve-tiny.txt"
 row "4 serve tiny | recital $(get recital < "$W/serve-tiny.txt") | decode base $(get base_decode_tokens_per_s < "$W/serve-tiny.txt") / fine-tuned $(get fine_tuned_decode_tokens_per_s < "$W/serve-tiny.txt") tok/s | hot-load $(get hot_load_ms < "$W/serve-tiny.txt") ms"
 big_seq=${SEQS%% *}
-"$BIN" engine-check --base "$W/$BIG" --adapter "$W/run-$BIG-$big_seq-gcfalse/adapter" --device "$DEV" \
+timeout "$(cap 180)" "$BIN" engine-check --base "$W/$BIG" --adapter "$W/run-$BIG-$big_seq-gcfalse/adapter" --device "$DEV" \
     > "$W/serve-big.txt" 2> "$W/serve-big.err" || tail -5 "$W/serve-big.err"
 cat "$W/serve-big.txt"
 row "4 serve $BIG | load $(get base_load_s < "$W/serve-big.txt") s | decode base $(get base_decode_tokens_per_s < "$W/serve-big.txt") / fine-tuned $(get fine_tuned_decode_tokens_per_s < "$W/serve-big.txt") tok/s | hot-load $(get hot_load_ms < "$W/serve-big.txt") ms"
