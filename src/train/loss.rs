@@ -4,6 +4,7 @@
 use candle_core::{D, Device, Tensor};
 
 use super::data::IGNORE;
+use super::ops::log_softmax_last_dim;
 use super::{TensorContext, TrainError};
 
 /// Loss (a scalar tensor in the graph) and accuracy counts of one batch.
@@ -16,37 +17,39 @@ pub struct LossOutput {
     pub count: usize,
 }
 
-/// Position `i` predicts label `i + 1`; positions labelled [`IGNORE`] do not count.
+/// Position `i` predicts label `i + 1`; positions labelled [`IGNORE`] do not count. `logits` may
+/// be in any float dtype: log-probabilities are computed in f32 (keeping only them for the
+/// backward pass, see [`log_softmax_last_dim`]).
 pub fn causal_lm_loss(logits: &Tensor, labels: &[Vec<i64>]) -> Result<LossOutput, TrainError> {
     let (b, t, vocab) = logits.dims3().ctx("loss input")?;
-    let mut rows = Vec::new();
-    let mut targets = Vec::new();
+    let mut targets = vec![0u32; b * t];
+    let mut weights = vec![0f32; b * t];
+    let mut count = 0usize;
     for (bi, row) in labels.iter().enumerate().take(b) {
         for i in 0..t.saturating_sub(1) {
             let label = row.get(i + 1).copied().unwrap_or(IGNORE);
             if label != IGNORE {
-                rows.push((bi * t + i) as u32);
-                targets.push(label as u32);
+                targets[bi * t + i] = label as u32;
+                weights[bi * t + i] = 1.0;
+                count += 1;
             }
         }
     }
-    let count = rows.len();
     if count == 0 {
         return Err(TrainError::Invalid("a batch has no labelled tokens".into()));
     }
     let device: &Device = logits.device();
     (|| {
-        let rows = Tensor::from_vec(rows, count, device)?;
-        let picked = logits.reshape((b * t, vocab))?.index_select(&rows, 0)?;
-        let log_probs = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
-        let target = Tensor::from_vec(targets.clone(), (count, 1), device)?;
-        let nll = log_probs.gather(&target, 1)?.neg()?;
-        let loss = nll.mean_all()?;
-        let predicted: Vec<u32> = picked.detach().argmax(D::Minus1)?.to_vec1()?;
+        let log_probs = log_softmax_last_dim(&logits.reshape((b * t, vocab))?)?;
+        let target = Tensor::from_vec(targets.clone(), (b * t, 1), device)?;
+        let weight = Tensor::from_vec(weights.clone(), (b * t, 1), device)?;
+        let picked = log_probs.gather(&target, 1)?.mul(&weight)?;
+        let loss = (picked.sum_all()? / count as f64)?.neg()?;
+        let predicted: Vec<u32> = log_probs.detach().argmax(D::Minus1)?.to_vec1()?;
         let correct = predicted
             .iter()
-            .zip(&targets)
-            .filter(|(p, t)| p == t)
+            .zip(targets.iter().zip(&weights))
+            .filter(|(p, (t, w))| **w > 0.0 && p == t)
             .count();
         Ok(LossOutput {
             loss,

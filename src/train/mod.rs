@@ -6,6 +6,7 @@
 //! - [`lora`]: the adapter layer and the set of trainable tensors, saved in PEFT format.
 //! - [`tiny`]: `model init-tiny`, a deterministic tiny model in Hugging Face layout.
 //! - [`template`] + [`data`]: chat templates, label masks, truncation, batches.
+//! - [`ops`]: softmax and log-softmax that keep only their output for the backward pass.
 //! - [`optim`]: AdamW, gradient clipping, learning-rate schedules.
 //! - [`step`]: one micro-batch's forward and backward, optionally with gradient checkpointing.
 //! - [`run`]: the training loop, metrics, checkpoints, pause/resume state.
@@ -19,6 +20,7 @@ pub mod gpu_memory;
 pub mod lora;
 pub mod loss;
 pub mod model;
+pub mod ops;
 pub mod optim;
 pub mod report;
 pub mod rng;

@@ -17,19 +17,12 @@ pub fn uniform(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(lo..hi)).collect()
 }
 
-/// An inverted-dropout mask: `1/keep` with probability `keep`, else 0 (integer comparison, the
-/// cheapest draw).
-pub fn keep_mask(rng: &mut ChaCha8Rng, n: usize, keep: f32) -> Vec<f32> {
+/// `n` dropout keep flags: 1 with probability `keep`, else 0 (integer comparison, the cheapest
+/// draw).
+pub fn keep_flags(rng: &mut ChaCha8Rng, n: usize, keep: f32) -> Vec<u8> {
     let threshold = (f64::from(keep) * f64::from(u32::MAX)) as u32;
-    let scale = 1.0 / keep;
     (0..n)
-        .map(|_| {
-            if rng.next_u32() < threshold {
-                scale
-            } else {
-                0.0
-            }
-        })
+        .map(|_| u8::from(rng.next_u32() < threshold))
         .collect()
 }
 

@@ -14,7 +14,6 @@ use super::data::{self, Batch, Limits, Sample};
 use super::gpu_memory;
 use super::lora::{LoraSet, LoraSpec};
 use super::loss::causal_lm_loss;
-use super::model::layers_dropout as dropout_for;
 use super::model::{CausalLm, ForwardCtx};
 use super::optim::{AdamW, clip_grad_norm, learning_rate};
 use super::step::loss_and_grads;
@@ -207,8 +206,10 @@ pub fn train(
         for (j, indices) in micro.iter().enumerate() {
             let samples: Vec<&Sample> = indices.iter().map(|i| &p.train[*i]).collect();
             let batch = Batch::new(&samples, p.pad_id, &cfg.device)?;
+            let rows = batch.input_ids.elem_count();
+            let masks = model.dropout_masks(cfg.seed, (step * accum + j) as u64, rows)?;
             let ctx = ForwardCtx {
-                dropout: Some(dropout_for(cfg.seed, (step * accum + j) as u64)),
+                dropout: masks.as_ref(),
             };
             let out = loss_and_grads(
                 &model,
@@ -384,7 +385,7 @@ pub fn evaluate(
     for chunk in samples.chunks(bs.max(1)) {
         let refs: Vec<&Sample> = chunk.iter().collect();
         let batch = Batch::new(&refs, pad_id, device)?;
-        let logits = model.forward(
+        let logits = model.logits(
             &batch.input_ids,
             &batch.attention_mask,
             ForwardCtx::default(),

@@ -34,7 +34,7 @@ pub fn loss_and_grads(
     grads: &mut [Option<Tensor>],
 ) -> Result<MicroOutput, TrainError> {
     if !checkpointing {
-        let logits = model.forward(&batch.input_ids, &batch.attention_mask, ctx)?;
+        let logits = model.logits(&batch.input_ids, &batch.attention_mask, ctx)?;
         let out = causal_lm_loss(&logits, &batch.labels)?;
         let loss = out.loss.to_scalar::<f32>().ctx("reading the loss")?;
         let scaled = (out.loss * scale).ctx("scaling the loss")?;

@@ -11,7 +11,7 @@ use ferrotune::train::data::{self, Batch, Limits};
 use ferrotune::train::generate::greedy;
 use ferrotune::train::lora::LoraSpec;
 use ferrotune::train::loss::causal_lm_loss;
-use ferrotune::train::model::{CausalLm, ForwardCtx, layers_dropout};
+use ferrotune::train::model::{CausalLm, ForwardCtx};
 use ferrotune::train::run::{self, RunConfig, RunEnd, RunOutcome, Update};
 use ferrotune::train::step::loss_and_grads;
 use ferrotune::train::template::ChatTemplate;
@@ -240,8 +240,12 @@ fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
         a.b.set(&b).unwrap();
     }
     let batch = first_batch(dir.path(), &model);
+    let masks = model
+        .dropout_masks(7, 3, batch.input_ids.elem_count())
+        .unwrap();
+    assert!(masks.is_some(), "dropout 0.1 must draw masks");
     let ctx = ForwardCtx {
-        dropout: Some(layers_dropout(7, 3)),
+        dropout: masks.as_ref(),
     };
     let run = |checkpointing: bool| {
         let mut grads = vec![None; lora.vars().len()];

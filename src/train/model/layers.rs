@@ -29,58 +29,73 @@ impl RmsNorm {
     }
 }
 
-/// How a forward pass runs: training (dropout on) and where dropout draws its masks from.
+/// The LoRA dropout masks of one training micro-batch.
 ///
-/// Masks depend only on (seed, micro-batch, layer, adapter), so a layer recomputed for gradient
-/// checkpointing draws the same masks. On the CPU they come from ChaCha streams; on a GPU from
-/// the device's generator, reseeded at every layer.
-#[derive(Debug, Clone, Copy)]
-pub struct Dropout {
-    /// Job seed.
-    pub seed: u64,
-    /// Global micro-batch index (so every micro-batch gets fresh, reproducible masks).
-    pub micro_batch: u64,
-    /// Decoder layer being run.
-    pub layer: u64,
+/// For every decoder layer one `[rows, width]` tensor of 0/1 (u8) holds the masks of all its
+/// adapted modules side by side (module order q, k, v, o, gate, up, down). They are drawn once
+/// per micro-batch and depend only on (seed, micro-batch), so a layer recomputed for gradient
+/// checkpointing sees the same masks, and a resumed run draws what an uninterrupted one would.
+/// On the CPU they come from ChaCha streams; on a GPU from the device's generator, seeded once per
+/// micro-batch, without a round trip through the host.
+pub struct DropoutMasks {
+    layers: Vec<Tensor>,
+    scale: f64,
 }
 
-impl Dropout {
-    /// The same run at decoder layer `layer`; on a GPU this reseeds the device's generator.
-    pub fn at_layer(self, layer: u64, device: &Device) -> Result<Self> {
-        if !device.is_cpu() {
-            let mut g = rng::stream(
-                self.seed,
-                purpose::DROPOUT,
-                (self.micro_batch << 16) | layer,
-            );
-            device.set_seed(rand::RngCore::next_u64(&mut g))?;
-        }
-        Ok(Self { layer, ..self })
-    }
+/// One layer's share of [`DropoutMasks`].
+#[derive(Clone, Copy)]
+pub struct LayerDropout<'a> {
+    mask: &'a Tensor,
+    scale: f64,
+}
 
-    /// An inverted-dropout mask `[rows, cols]` in `dtype` for adapter `index`.
-    fn mask(
-        &self,
-        index: u64,
-        (rows, cols): (usize, usize),
+impl DropoutMasks {
+    /// Masks for `rows` tokens, `widths[l]` columns for layer `l`, dropping with probability `p`.
+    pub fn draw(
+        seed: u64,
+        micro_batch: u64,
+        rows: usize,
+        widths: &[usize],
         p: f32,
-        dtype: DType,
         device: &Device,
-    ) -> Result<Tensor> {
+    ) -> Result<Self> {
         let keep = 1.0 - p;
+        let mut layers = Vec::with_capacity(widths.len());
         if device.is_cpu() {
-            let mut g = rng::stream(self.seed, purpose::DROPOUT, self.micro_batch * 4096 + index);
-            let mask = rng::keep_mask(&mut g, rows * cols, keep);
-            return Tensor::from_vec(mask, (rows, cols), device)?.to_dtype(dtype);
+            for (l, w) in widths.iter().enumerate() {
+                let position = (micro_batch << 16) | l as u64;
+                let mut g = rng::stream(seed, purpose::DROPOUT, position);
+                let flags = rng::keep_flags(&mut g, rows * w, keep);
+                layers.push(Tensor::from_vec(flags, (rows, *w), device)?);
+            }
+        } else {
+            let mut g = rng::stream(seed, purpose::DROPOUT, micro_batch << 16);
+            device.set_seed(rand::RngCore::next_u64(&mut g))?;
+            for w in widths {
+                layers.push(device_keep_flags((rows, *w), keep, device)?);
+            }
         }
-        device_rng_mask((rows, cols), p, dtype, device)
+        Ok(Self {
+            layers,
+            scale: f64::from(1.0 / keep),
+        })
+    }
+
+    /// Layer `l`'s masks.
+    pub fn layer(&self, l: usize) -> Option<LayerDropout<'_>> {
+        self.layers.get(l).map(|mask| LayerDropout {
+            mask,
+            scale: self.scale,
+        })
     }
 }
 
-/// An inverted-dropout mask from the device's own generator (no host round trip).
-fn device_rng_mask(shape: (usize, usize), p: f32, dtype: DType, device: &Device) -> Result<Tensor> {
-    let u = Tensor::rand(0f32, 1f32, shape, device)?;
-    u.ge(f64::from(p))?.to_dtype(dtype)? * f64::from(1.0 / (1.0 - p))
+/// 0/1 (u8) with probability `keep` of 1, from the device's generator: `floor(u + keep)`.
+fn device_keep_flags(shape: (usize, usize), keep: f32, device: &Device) -> Result<Tensor> {
+    Tensor::rand(0f32, 1f32, shape, device)?
+        .affine(1.0, f64::from(keep))?
+        .floor()?
+        .to_dtype(DType::U8)
 }
 
 /// A frozen linear layer, optionally with a LoRA adapter.
@@ -94,7 +109,8 @@ struct Lora {
     vars: AdapterVars,
     scale: f64,
     dropout: f32,
-    index: u64,
+    /// First column of this module's masks in its layer's [`DropoutMasks`].
+    column: usize,
 }
 
 impl Linear {
@@ -107,13 +123,13 @@ impl Linear {
         }
     }
 
-    /// Attach an adapter; `index` keeps its dropout stream distinct.
-    pub fn with_lora(mut self, vars: AdapterVars, scale: f64, dropout: f32, index: u64) -> Self {
+    /// Attach an adapter whose dropout masks start at `column` of its layer's masks.
+    pub fn with_lora(mut self, vars: AdapterVars, scale: f64, dropout: f32, column: usize) -> Self {
         self.lora = Some(Lora {
             vars,
             scale,
             dropout,
-            index,
+            column,
         });
         self
     }
@@ -125,7 +141,7 @@ impl Linear {
     }
 
     /// `x W^T + b + scale · dropout(x) A^T B^T` for `x` of shape `[..., in]`.
-    pub fn forward(&self, x: &Tensor, dropout: Option<Dropout>) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, dropout: Option<LayerDropout>) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
@@ -133,16 +149,18 @@ impl Linear {
         let mut y =
             candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(&flat)?;
         if let Some(l) = &self.lora {
-            let input = match dropout {
+            // Inverted dropout: the 1/keep factor rides on the adapter's scale.
+            let (input, scale) = match dropout {
                 Some(d) if l.dropout > 0.0 => {
-                    flat.mul(&d.mask(l.index, (rows, in_dim), l.dropout, x.dtype(), x.device())?)?
+                    let mask = d.mask.narrow(1, l.column, in_dim)?.to_dtype(x.dtype())?;
+                    (flat.mul(&mask)?, l.scale * d.scale)
                 }
-                _ => flat.clone(),
+                _ => (flat.clone(), l.scale),
             };
             let a = l.vars.a.as_tensor().to_dtype(x.dtype())?;
             let b = l.vars.b.as_tensor().to_dtype(x.dtype())?;
             let update = input.matmul(&a.t()?)?.matmul(&b.t()?)?;
-            y = (y + (update * l.scale)?)?;
+            y = (y + (update * scale)?)?;
         }
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
@@ -156,12 +174,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn device_masks_keep_the_right_fraction_scaled_up() {
-        let m = device_rng_mask((200, 500), 0.1, DType::F32, &Device::Cpu).unwrap();
-        let v: Vec<f32> = m.flatten_all().unwrap().to_vec1().unwrap();
-        let scale = 1.0 / 0.9f32;
-        assert!(v.iter().all(|x| *x == 0.0 || (*x - scale).abs() < 1e-6));
-        let kept = v.iter().filter(|x| **x > 0.0).count() as f64 / v.len() as f64;
+    fn device_masks_keep_the_right_fraction() {
+        let m = device_keep_flags((200, 500), 0.9, &Device::Cpu).unwrap();
+        let v: Vec<u8> = m.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(v.iter().all(|x| *x <= 1));
+        let kept = v.iter().filter(|x| **x == 1).count() as f64 / v.len() as f64;
         assert!((kept - 0.9).abs() < 0.01, "kept {kept}");
+    }
+
+    #[test]
+    fn host_masks_depend_only_on_seed_micro_batch_and_layer() {
+        let draw = |seed, mb| DropoutMasks::draw(seed, mb, 4, &[8, 8], 0.5, &Device::Cpu).unwrap();
+        let flags = |m: &DropoutMasks, l| -> Vec<u8> {
+            m.layer(l)
+                .unwrap()
+                .mask
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let (a, b, c) = (draw(1, 2), draw(1, 2), draw(1, 3));
+        assert_eq!(flags(&a, 0), flags(&b, 0));
+        assert_eq!(flags(&a, 1), flags(&b, 1));
+        assert_ne!(flags(&a, 0), flags(&a, 1));
+        assert_ne!(flags(&a, 0), flags(&c, 0));
+        assert_eq!(a.layer(0).unwrap().scale, 2.0);
     }
 }

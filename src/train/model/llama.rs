@@ -4,18 +4,19 @@
 
 use std::path::Path;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
-use super::layers::{Dropout, Linear, RmsNorm};
+use super::layers::{DropoutMasks, LayerDropout, Linear, RmsNorm};
 use super::{Config, Weights, rope};
 use crate::train::lora::{LoraSet, LoraSpec};
+use crate::train::ops::softmax_last_dim;
 use crate::train::{TensorContext, TrainError};
 
 /// Options of one forward pass.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ForwardCtx {
-    /// Dropout masks to draw (training); `None` for evaluation.
-    pub dropout: Option<Dropout>,
+#[derive(Clone, Copy, Default)]
+pub struct ForwardCtx<'a> {
+    /// The micro-batch's dropout masks (training); `None` for evaluation.
+    pub dropout: Option<&'a DropoutMasks>,
 }
 
 struct Attention {
@@ -51,6 +52,9 @@ pub struct CausalLm {
     cfg: Config,
     dtype: DType,
     device: Device,
+    /// Dropout-mask columns per layer (the adapted modules' input widths) and the probability.
+    dropout_widths: Vec<usize>,
+    dropout_p: f32,
 }
 
 struct Builder<'a> {
@@ -59,6 +63,8 @@ struct Builder<'a> {
     set: LoraSet,
     seed: u64,
     device: &'a Device,
+    /// Dropout-mask columns of the layer being built so far.
+    column: usize,
 }
 
 impl Builder<'_> {
@@ -73,11 +79,12 @@ impl Builder<'_> {
         let short = module.rsplit('.').next().unwrap_or(module);
         match self.lora {
             Some(spec) if spec.targets.iter().any(|t| t == short) => {
-                let index = self.set.adapters.len() as u64;
+                let column = self.column;
+                self.column += layer.shape().1;
                 let vars =
                     self.set
                         .create(module, layer.shape(), spec.rank, self.seed, self.device)?;
-                Ok(layer.with_lora(vars, spec.scale(), spec.dropout as f32, index))
+                Ok(layer.with_lora(vars, spec.scale(), spec.dropout as f32, column))
             }
             _ => Ok(layer),
         }
@@ -113,12 +120,15 @@ impl CausalLm {
             set: LoraSet::default(),
             seed,
             device,
+            column: 0,
         };
         let bias = cfg.qkv_bias();
         let o_bias = cfg.attention_bias.unwrap_or(false);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let mut dropout_widths = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
+            b.column = 0;
             let self_attn = Attention {
                 q_proj: b.linear(&format!("{p}.self_attn.q_proj"), bias)?,
                 k_proj: b.linear(&format!("{p}.self_attn.k_proj"), bias)?,
@@ -139,6 +149,7 @@ impl CausalLm {
                     cfg.rms_norm_eps,
                 ))
             };
+            dropout_widths.push(b.column);
             layers.push(DecoderLayer {
                 self_attn,
                 mlp,
@@ -161,8 +172,33 @@ impl CausalLm {
             cfg,
             dtype,
             device: device.clone(),
+            dropout_widths,
+            dropout_p: lora.map_or(0.0, |l| l.dropout as f32),
         };
         Ok((model, b.set))
+    }
+
+    /// Dropout masks for a training micro-batch of `rows` tokens; `None` without adapters or
+    /// without dropout.
+    pub fn dropout_masks(
+        &self,
+        seed: u64,
+        micro_batch: u64,
+        rows: usize,
+    ) -> Result<Option<DropoutMasks>, TrainError> {
+        if self.dropout_p <= 0.0 || self.dropout_widths.iter().all(|w| *w == 0) {
+            return Ok(None);
+        }
+        DropoutMasks::draw(
+            seed,
+            micro_batch,
+            rows,
+            &self.dropout_widths,
+            self.dropout_p,
+            &self.device,
+        )
+        .map(Some)
+        .ctx("drawing dropout masks")
     }
 
     /// The model's config.
@@ -183,6 +219,19 @@ impl CausalLm {
     /// Logits `[b, t, vocab]` in f32 for `input_ids` `[b, t]` (u32) with `attention_mask`
     /// `[b][t]` (1 = token, 0 = right padding).
     pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &[Vec<u8>],
+        ctx: ForwardCtx,
+    ) -> Result<Tensor, TrainError> {
+        self.forward_inner(input_ids, attention_mask, ctx)
+            .and_then(|l| l.to_dtype(DType::F32))
+            .ctx("forward pass")
+    }
+
+    /// Like [`Self::forward`], with the logits left in the compute dtype (the loss reads them
+    /// in f32 itself, without keeping an f32 copy).
+    pub fn logits(
         &self,
         input_ids: &Tensor,
         attention_mask: &[Vec<u8>],
@@ -222,7 +271,7 @@ impl CausalLm {
     /// What every layer of one batch shares: RoPE tables and the attention mask.
     pub fn shared(&self, attention_mask: &[Vec<u8>], t: usize) -> candle_core::Result<LayerInputs> {
         let (cos, sin) = rope::tables(&self.inv_freq, t, self.dtype, &self.device)?;
-        let mask = causal_mask(attention_mask, t, &self.device)?;
+        let mask = causal_mask(attention_mask, t, self.dtype, &self.device)?;
         Ok(LayerInputs { cos, sin, mask })
     }
 
@@ -235,26 +284,21 @@ impl CausalLm {
         ctx: ForwardCtx,
     ) -> candle_core::Result<Tensor> {
         let layer = &self.layers[i];
-        let ctx = ForwardCtx {
-            dropout: ctx
-                .dropout
-                .map(|d| d.at_layer(i as u64, &self.device))
-                .transpose()?,
-        };
+        let dropout = ctx.dropout.and_then(|m| m.layer(i));
         let h = layer.input_layernorm.forward(x)?;
-        let x = (x + layer.self_attn.forward(&h, shared, ctx)?)?;
+        let x = (x + layer.self_attn.forward(&h, shared, dropout)?)?;
         let h = layer.post_attention_layernorm.forward(&x)?;
-        x + layer.mlp.forward(&h, ctx)?
+        x + layer.mlp.forward(&h, dropout)?
     }
 
-    /// Final norm and `lm_head`: logits `[b, t, vocab]` in f32.
+    /// Final norm and `lm_head`: logits `[b, t, vocab]` in the compute dtype.
     pub fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let x = self.norm.forward(x)?;
         let logits = x
             .reshape((b * t, self.cfg.hidden_size))?
             .matmul(&self.lm_head.t()?)?;
-        logits.reshape((b, t, ()))?.to_dtype(DType::F32)
+        logits.reshape((b, t, ()))
     }
 }
 
@@ -262,7 +306,7 @@ impl CausalLm {
 pub struct LayerInputs {
     cos: Tensor,
     sin: Tensor,
-    /// `[b, 1, t, t]` additive mask in f32.
+    /// `[b, 1, t, t]` additive mask in the compute dtype.
     mask: Tensor,
 }
 
@@ -271,37 +315,38 @@ impl Attention {
         &self,
         x: &Tensor,
         shared: &LayerInputs,
-        ctx: ForwardCtx,
+        dropout: Option<LayerDropout>,
     ) -> candle_core::Result<Tensor> {
         let (cos, sin) = (&shared.cos, &shared.sin);
         let (b, t, _) = x.dims3()?;
         let hd = self.head_dim;
         let split =
             |y: Tensor, heads: usize| y.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous();
-        let q = split(self.q_proj.forward(x, ctx.dropout)?, self.heads)?;
-        let k = split(self.k_proj.forward(x, ctx.dropout)?, self.kv_heads)?;
-        let v = split(self.v_proj.forward(x, ctx.dropout)?, self.kv_heads)?;
-        let q = rope::apply(&q, cos, sin)?;
+        let q = split(self.q_proj.forward(x, dropout)?, self.heads)?;
+        let k = split(self.k_proj.forward(x, dropout)?, self.kv_heads)?;
+        let v = split(self.v_proj.forward(x, dropout)?, self.kv_heads)?;
+        // The 1/√d scale is applied to q (exact for power-of-two head sizes) rather than to the
+        // [b, h, t, t] scores, which saves one full-size tensor per layer.
+        let q = (rope::apply(&q, cos, sin)? * (1.0 / (hd as f64).sqrt()))?;
         let k = repeat_kv(rope::apply(&k, cos, sin)?, self.heads / self.kv_heads)?;
         let v = repeat_kv(v, self.heads / self.kv_heads)?;
-        // Scores and softmax in f32 (the mask's large negative number does not fit in f16).
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?
-            .to_dtype(DType::F32)?
-            .broadcast_add(&shared.mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(x.dtype())?;
+        // Softmax accumulates in f32 whatever the compute dtype (as transformers' eager attention
+        // does) and keeps only its output for the backward pass.
+        let scores = q.matmul(&k.t()?)?.broadcast_add(&shared.mask)?;
+        let probs = softmax_last_dim(&scores)?;
         let out = probs
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, t, self.heads * hd))?;
-        self.o_proj.forward(&out, ctx.dropout)
+        self.o_proj.forward(&out, dropout)
     }
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor, ctx: ForwardCtx) -> candle_core::Result<Tensor> {
-        let gate = self.gate_proj.forward(x, ctx.dropout)?.silu()?;
-        let up = self.up_proj.forward(x, ctx.dropout)?;
-        self.down_proj.forward(&(gate * up)?, ctx.dropout)
+    fn forward(&self, x: &Tensor, dropout: Option<LayerDropout>) -> candle_core::Result<Tensor> {
+        let gate = self.gate_proj.forward(x, dropout)?.silu()?;
+        let up = self.up_proj.forward(x, dropout)?;
+        self.down_proj.forward(&(gate * up)?, dropout)
     }
 }
 
@@ -317,24 +362,31 @@ fn repeat_kv(x: Tensor, rep: usize) -> candle_core::Result<Tensor> {
         .reshape((b, kv * rep, t, hd))
 }
 
-/// `[b, 1, t, t]` in f32: 0 where query `i` may see key `j` (`j <= i`, `j` not padding), else a
-/// large negative number.
+/// `[b, 1, t, t]` in `dtype`: 0 where query `i` may see key `j` (`j <= i`, `j` not padding), else
+/// a large negative number that `dtype` can hold. Key 0 is never padding (padding is on the
+/// right), so every row keeps a finite maximum.
 fn causal_mask(
     attention_mask: &[Vec<u8>],
     t: usize,
+    dtype: DType,
     device: &Device,
 ) -> candle_core::Result<Tensor> {
     let b = attention_mask.len();
+    let hidden = if dtype == DType::F16 {
+        -65504.0
+    } else {
+        -1.0e9
+    };
     let mut m = vec![0f32; b * t * t];
     for (bi, row) in attention_mask.iter().enumerate() {
         for i in 0..t {
             for j in 0..t {
                 let visible = j <= i && row.get(j).copied().unwrap_or(0) == 1;
                 if !visible {
-                    m[(bi * t + i) * t + j] = -1.0e9;
+                    m[(bi * t + i) * t + j] = hidden;
                 }
             }
         }
     }
-    Tensor::from_vec(m, (b, 1, t, t), device)
+    Tensor::from_vec(m, (b, 1, t, t), device)?.to_dtype(dtype)
 }

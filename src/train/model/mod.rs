@@ -5,16 +5,8 @@ mod layers;
 mod llama;
 mod rope;
 
+pub use layers::DropoutMasks;
 pub use llama::{CausalLm, ForwardCtx, LayerInputs};
-
-/// Dropout for micro-batch `micro_batch` of a run seeded with `seed`.
-pub fn layers_dropout(seed: u64, micro_batch: u64) -> layers::Dropout {
-    layers::Dropout {
-        seed,
-        micro_batch,
-        layer: 0,
-    }
-}
 
 use std::collections::HashMap;
 use std::path::Path;

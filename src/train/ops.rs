@@ -1,0 +1,179 @@
+//! Softmax and log-softmax over the last dimension that keep only their input and output for the
+//! backward pass.
+//!
+//! candle's fused `softmax_last_dim` has no backward, and the composed versions keep every
+//! full-size intermediate (the f32 copy, the shifted scores, their exponentials, the quotient) for
+//! the backward pass: for attention probabilities and for the logits over a large vocabulary that
+//! is most of a step's memory. These ops compute the forward on a graph-free copy of their input
+//! and differentiate analytically from their output, in f32:
+//! softmax `dx = y ⊙ (dy − Σ dy ⊙ y)`; log-softmax `dx = dy − exp(y) Σ dy`.
+
+use candle_core::backend::BackendStorage;
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Storage, Tensor};
+
+/// `softmax(x)` over the last dimension (f32 accumulation, output in `x`'s dtype).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    x.apply_op1(OutputOnly {
+        name: "ferrotune-softmax",
+        forward: candle_nn::ops::softmax_last_dim,
+        backward: softmax_backward,
+    })
+}
+
+/// `log_softmax(x)` over the last dimension, computed and returned in f32 whatever `x`'s dtype.
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    x.apply_op1(OutputOnly {
+        name: "ferrotune-log-softmax",
+        forward: log_softmax_f32,
+        backward: log_softmax_backward,
+    })
+}
+
+fn softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let y = y.to_dtype(DType::F32)?;
+    let dy = dy.to_dtype(DType::F32)?;
+    let dot = (&y * &dy)?.sum_keepdim(D::Minus1)?;
+    y.mul(&dy.broadcast_sub(&dot)?)
+}
+
+fn log_softmax_f32(x: &Tensor) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?;
+    let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&log_sum)
+}
+
+fn log_softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let dy = dy.to_dtype(DType::F32)?;
+    let total = dy.sum_keepdim(D::Minus1)?;
+    dy - y.to_dtype(DType::F32)?.exp()?.broadcast_mul(&total)?
+}
+
+/// An op whose forward runs on a graph-free tensor and whose backward needs only its output.
+struct OutputOnly {
+    name: &'static str,
+    forward: fn(&Tensor) -> Result<Tensor>,
+    /// `(output, gradient of the output) -> gradient of the input` (cast to the input's dtype
+    /// afterwards).
+    backward: fn(&Tensor, &Tensor) -> Result<Tensor>,
+}
+
+impl OutputOnly {
+    /// Run the forward on a contiguous copy of `storage`; return a contiguous copy of the result.
+    fn run(&self, storage: Storage, shape: &Shape) -> Result<(Storage, Shape)> {
+        let input = Tensor::from_storage(storage, shape.clone(), BackpropOp::none(), false);
+        let out = (self.forward)(&input)?;
+        let (st, layout) = out.storage_and_layout();
+        let copy = match &*st {
+            Storage::Cpu(s) => Storage::Cpu(s.to_dtype(layout, s.dtype())?),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => Storage::Cuda(s.to_dtype(layout, s.dtype())?),
+            _ => candle_core::bail!("{}: unsupported device", self.name),
+        };
+        Ok((copy, out.shape().clone()))
+    }
+}
+
+impl CustomOp1 for OutputOnly {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let copy = storage.to_dtype(layout, storage.dtype())?;
+        match self.run(Storage::Cpu(copy), layout.shape())? {
+            (Storage::Cpu(s), shape) => Ok((s, shape)),
+            _ => candle_core::bail!("{}: output left the CPU", self.name),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let copy = storage.to_dtype(layout, storage.dtype())?;
+        match self.run(Storage::Cuda(copy), layout.shape())? {
+            (Storage::Cuda(s), shape) => Ok((s, shape)),
+            _ => candle_core::bail!("{}: output left the GPU", self.name),
+        }
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some((self.backward)(res, grad_res)?.to_dtype(arg.dtype())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn matches_the_composed_softmax_in_value_and_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 3.0, (2, 3, 5, 7), &dev).unwrap())).unwrap();
+        // A non-contiguous view as input, and a weighting so the gradient is not trivial.
+        let xt = x.as_tensor().transpose(2, 3).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (2, 3, 7, 5), &dev).unwrap();
+        let ours = softmax_last_dim(&xt).unwrap();
+        let reference = candle_nn::ops::softmax(&xt, D::Minus1).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(diff(&ours, &reference) < 1e-6);
+        let g1 = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (reference * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (g1, g2) = (
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+        assert!(diff(g1, g2) < 1e-6, "gradients differ by {}", diff(g1, g2));
+    }
+
+    #[test]
+    fn log_softmax_matches_the_composed_one_in_value_and_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 4.0, (6, 11), &dev).unwrap())).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (6, 11), &dev).unwrap();
+        let ours = log_softmax_last_dim(x.as_tensor()).unwrap();
+        let reference = candle_nn::ops::log_softmax(x.as_tensor(), D::Minus1).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(diff(&ours, &reference) < 1e-5);
+        let g1 = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (reference * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (g1, g2) = (
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+        assert!(diff(g1, g2) < 1e-5, "gradients differ by {}", diff(g1, g2));
+    }
+}
