@@ -14,6 +14,8 @@
 #   4. serving: decode tokens/s of base and fine-tuned model and the adapter's hot-load time
 #      through mistral.rs on the GPU, and the tiny adapter's greedy recital of a trained answer;
 #   5. memory on a 7B-class config (Llama-2-7B shapes) with the seed's defaults, while time allows.
+# Environment: END_BY (seconds the whole check must end by), BUDGET_7B (start step 5 only before
+# this many seconds), SKIP_SERVE=1, GCS_7B="true" (7B with checkpointing only), PYTHON.
 # With --cpu everything runs on the CPU with small stand-ins for the big configs, so the script is
 # tested end to end without a GPU. Writes gpu-check.log and table.md into --out.
 set -uo pipefail
@@ -195,7 +197,7 @@ mem_key=peak_gpu_memory_mib; [ "$MODE" = cpu ] && mem_key=peak_rss_mib
 speed_rows() {  # size seqs
     local size=$1; shift
     for seq in "$@"; do
-        for gc in false true; do
+        for gc in ${GCS:-false true}; do
             local tag=$size-$seq-gc$gc
             bench_cfg "$size" "$seq" "$gc" "$W/run-$tag" > "$W/$tag.yaml"
             timeout "$(cap 240)" "$BIN" train --config "$W/$tag.yaml" > "$W/ours-$tag.txt" 2> "$W/ours-$tag.err" \
@@ -232,6 +234,9 @@ for gc in "" --gradient-checkpointing; do
     row "3 profile $BIG seq ${SEQS%% *} ${gc:-plain} | fwd $(get forward_ms < "$prof") ms, fwd+bwd $(get forward_backward_ms < "$prof") ms | backward share $(get backward_share < "$prof"), $(get tokens_per_s < "$prof") tok/s per micro-batch"
 done
 
+if [ "${SKIP_SERVE:-0}" = 1 ]; then
+    echo "skipped step 4 (SKIP_SERVE=1)"
+else
 step "4. serving through mistral.rs on $DEV"
 timeout "$(cap 180)" "$BIN" engine-check --base "$W/tiny" --adapter "$W/learn-out/adapter" --device "$DEV" \
     --prompt "What should I do for a mild headache?" --expect "Rest and drink water." \
@@ -243,6 +248,7 @@ timeout "$(cap 180)" "$BIN" engine-check --base "$W/$BIG" --adapter "$W/run-$BIG
     > "$W/serve-big.txt" 2> "$W/serve-big.err" || tail -5 "$W/serve-big.err"
 cat "$W/serve-big.txt"
 row "4 serve $BIG | load $(get base_load_s < "$W/serve-big.txt") s | decode base $(get base_decode_tokens_per_s < "$W/serve-big.txt") / fine-tuned $(get fine_tuned_decode_tokens_per_s < "$W/serve-big.txt") tok/s | hot-load $(get hot_load_ms < "$W/serve-big.txt") ms"
+fi
 
 if [ "$MODE" = gpu ] && [ "$SECONDS" -lt "$BUDGET_7B" ]; then
     step "5. 7B-class memory with the seed's defaults (ferrotune only)"
@@ -251,7 +257,7 @@ if [ "$MODE" = gpu ] && [ "$SECONDS" -lt "$BUDGET_7B" ]; then
     timeout "$(left)" "$PY" bench/train/make_llama.py "$W/tiny" "$W/7b" 7b cuda \
         || echo "could not generate the 7b model in time"
     long_data 2
-    [ -f "$W/7b/config.json" ] && STEPS=2 REF=0 speed_rows 7b 512
+    [ -f "$W/7b/config.json" ] && STEPS=2 REF=0 GCS=${GCS_7B:-false true} speed_rows 7b 512
 else
     echo "skipped step 5 (7B): $MODE mode or past ${BUDGET_7B}s"
 fi
