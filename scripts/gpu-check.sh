@@ -158,14 +158,15 @@ step "3. speed and memory: $BIG Llama, ferrotune vs PyTorch + PEFT"
 GPU_OR_CPU=cuda; [ "$MODE" = cpu ] && GPU_OR_CPU=cpu
 timeout "$(cap 240)" "$PY" bench/train/make_llama.py "$W/tiny" "$W/$BIG" "$BIG" "$GPU_OR_CPU" || echo "could not generate the $BIG model"
 # Long answers, so every sequence is cut to exactly the cut-off (the byte-level tokenizer makes
-# one token per byte); 8 examples per optimizer step.
+# one token per byte); 8 examples per optimizer step. All examples are the same, so the two sides'
+# different shuffles feed the same tokens and their losses must agree step by step.
 long_data() {  # optimizer steps
     "$PY" - "$W/long.json" "$1" <<'PY'
 import json, sys
 words = "rest fluids sleep water fever doctor walk stress diet fruit vegetables tea cold cough".split()
-rows = [{"instruction": f"Question {i}: what helps?", "input": "",
-         "output": " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(600))}
-        for i in range(8 * int(sys.argv[2]))]
+row = {"instruction": "Question: what helps?", "input": "",
+       "output": " ".join(words[(j * 3) % len(words)] for j in range(600))}
+rows = [row] * (8 * int(sys.argv[2]))
 json.dump(rows, open(sys.argv[1], "w"))
 PY
 }

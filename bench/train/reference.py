@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import resource
+import sys
 import time
 
 import torch
@@ -83,6 +84,7 @@ def main():
             opt.zero_grad(set_to_none=True)
             step += 1
             loss_value = sum(losses) / len(losses)
+            print(f"step {step}: train_loss={loss_value:.4f}", file=sys.stderr)
             if step == 1:
                 if cuda:
                     torch.cuda.synchronize()
