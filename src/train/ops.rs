@@ -1,5 +1,6 @@
-//! Softmax and log-softmax over the last dimension that keep only their input and output for the
-//! backward pass.
+//! Custom autograd ops for training memory and speed: softmax and log-softmax over the last
+//! dimension that keep only their output for the backward pass, and a matmul with a frozen weight
+//! that differentiates in its input only.
 //!
 //! candle's fused `softmax_last_dim` has no backward, and the composed versions keep every
 //! full-size intermediate (the f32 copy, the shifted scores, their exponentials, the quotient) for
@@ -50,6 +51,85 @@ fn log_softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     dy - y.to_dtype(DType::F32)?.exp()?.broadcast_mul(&total)?
 }
 
+/// `x · wᵀ` for a frozen `w` of shape `[out, in]` and `x` of shape `[rows, in]`, differentiable in
+/// `x` only. candle's matmul backward also computes the gradient of its right operand — for a
+/// frozen weight a wasted weight-sized matmul and buffer per layer, a third of the compute and,
+/// without gradient checkpointing, a second copy of the model in memory.
+pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.apply_op1(FrozenLinear { weight: w.clone() })
+}
+
+struct FrozenLinear {
+    weight: Tensor,
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "ferrotune-frozen-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_graph_free(storage, layout, |x| x.matmul(&self.weight.t()?))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda_graph_free(storage, layout, |x| x.matmul(&self.weight.t()?))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.weight)?))
+    }
+}
+
+/// Run `f` on a graph-free contiguous copy of `storage` and return a contiguous copy of its result
+/// (candle's kernels are only reachable through tensors).
+fn graph_free(
+    storage: Storage,
+    shape: &Shape,
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<(Storage, Shape)> {
+    let input = Tensor::from_storage(storage, shape.clone(), BackpropOp::none(), false);
+    let out = f(&input)?;
+    let (st, layout) = out.storage_and_layout();
+    let copy = match &*st {
+        Storage::Cpu(s) => Storage::Cpu(s.to_dtype(layout, s.dtype())?),
+        #[cfg(feature = "cuda")]
+        Storage::Cuda(s) => Storage::Cuda(s.to_dtype(layout, s.dtype())?),
+        _ => candle_core::bail!("custom op: unsupported device"),
+    };
+    Ok((copy, out.shape().clone()))
+}
+
+fn cpu_graph_free(
+    storage: &CpuStorage,
+    layout: &Layout,
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<(CpuStorage, Shape)> {
+    let copy = storage.to_dtype(layout, storage.dtype())?;
+    match graph_free(Storage::Cpu(copy), layout.shape(), f)? {
+        (Storage::Cpu(s), shape) => Ok((s, shape)),
+        _ => candle_core::bail!("custom op: output left the CPU"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_graph_free(
+    storage: &candle_core::CudaStorage,
+    layout: &Layout,
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<(candle_core::CudaStorage, Shape)> {
+    let copy = storage.to_dtype(layout, storage.dtype())?;
+    match graph_free(Storage::Cuda(copy), layout.shape(), f)? {
+        (Storage::Cuda(s), shape) => Ok((s, shape)),
+        _ => candle_core::bail!("custom op: output left the GPU"),
+    }
+}
+
 /// An op whose forward runs on a graph-free tensor and whose backward needs only its output.
 struct OutputOnly {
     name: &'static str,
@@ -59,33 +139,13 @@ struct OutputOnly {
     backward: fn(&Tensor, &Tensor) -> Result<Tensor>,
 }
 
-impl OutputOnly {
-    /// Run the forward on a contiguous copy of `storage`; return a contiguous copy of the result.
-    fn run(&self, storage: Storage, shape: &Shape) -> Result<(Storage, Shape)> {
-        let input = Tensor::from_storage(storage, shape.clone(), BackpropOp::none(), false);
-        let out = (self.forward)(&input)?;
-        let (st, layout) = out.storage_and_layout();
-        let copy = match &*st {
-            Storage::Cpu(s) => Storage::Cpu(s.to_dtype(layout, s.dtype())?),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(s) => Storage::Cuda(s.to_dtype(layout, s.dtype())?),
-            _ => candle_core::bail!("{}: unsupported device", self.name),
-        };
-        Ok((copy, out.shape().clone()))
-    }
-}
-
 impl CustomOp1 for OutputOnly {
     fn name(&self) -> &'static str {
         self.name
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let copy = storage.to_dtype(layout, storage.dtype())?;
-        match self.run(Storage::Cpu(copy), layout.shape())? {
-            (Storage::Cpu(s), shape) => Ok((s, shape)),
-            _ => candle_core::bail!("{}: output left the CPU", self.name),
-        }
+        cpu_graph_free(storage, layout, self.forward)
     }
 
     #[cfg(feature = "cuda")]
@@ -94,11 +154,7 @@ impl CustomOp1 for OutputOnly {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let copy = storage.to_dtype(layout, storage.dtype())?;
-        match self.run(Storage::Cuda(copy), layout.shape())? {
-            (Storage::Cuda(s), shape) => Ok((s, shape)),
-            _ => candle_core::bail!("{}: output left the GPU", self.name),
-        }
+        cuda_graph_free(storage, layout, self.forward)
     }
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -143,6 +199,48 @@ mod tests {
             g2.get(x.as_tensor()).unwrap(),
         );
         assert!(diff(g1, g2) < 1e-6, "gradients differ by {}", diff(g1, g2));
+    }
+
+    #[test]
+    fn frozen_linear_matches_matmul_and_gives_no_weight_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (5, 7), &dev).unwrap())).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (5, 3), &dev).unwrap();
+        let ours = frozen_linear(x.as_tensor(), &w).unwrap();
+        let reference = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(diff(&ours, &reference) < 1e-5);
+        let g1 = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (reference * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (a, b) = (
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+        assert!(diff(a, b) < 1e-5);
+        // candle's matmul also stores a weight-sized gradient (under the id of `wᵀ`); ours not.
+        let weight_sized = |store: &candle_core::backprop::GradStore| {
+            store
+                .get_ids()
+                .filter(|id| store.get_id(**id).is_some_and(|t| t.dims() == [7, 3]))
+                .count()
+        };
+        assert_eq!(weight_sized(&g2), 1);
+        assert_eq!(weight_sized(&g1), 0);
     }
 
     #[test]

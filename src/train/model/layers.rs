@@ -1,9 +1,10 @@
 //! Building blocks: RMSNorm (Zhang & Sennrich, arXiv:1910.07467) and linear layers that may carry
 //! a LoRA adapter. Differentiable ops only.
 
-use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_core::{D, DType, Device, Result, Tensor};
 
 use crate::train::lora::AdapterVars;
+use crate::train::ops::frozen_linear;
 use crate::train::rng::{self, purpose};
 
 /// Root-mean-square normalisation, computed in f32.
@@ -146,8 +147,10 @@ impl Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
         let flat = x.reshape((rows, in_dim))?;
-        let mut y =
-            candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(&flat)?;
+        let mut y = frozen_linear(&flat, &self.weight)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
         if let Some(l) = &self.lora {
             // Inverted dropout: the 1/keep factor rides on the adapter's scale.
             let (input, scale) = match dropout {

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use super::layers::{DropoutMasks, LayerDropout, Linear, RmsNorm};
 use super::{Config, Weights, rope};
 use crate::train::lora::{LoraSet, LoraSpec};
-use crate::train::ops::softmax_last_dim;
+use crate::train::ops::{frozen_linear, softmax_last_dim};
 use crate::train::{TensorContext, TrainError};
 
 /// Options of one forward pass.
@@ -295,9 +295,7 @@ impl CausalLm {
     pub fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let x = self.norm.forward(x)?;
-        let logits = x
-            .reshape((b * t, self.cfg.hidden_size))?
-            .matmul(&self.lm_head.t()?)?;
+        let logits = frozen_linear(&x.reshape((b * t, self.cfg.hidden_size))?, &self.lm_head)?;
         logits.reshape((b, t, ()))
     }
 }
