@@ -15,7 +15,8 @@
 #      through mistral.rs on the GPU, and the tiny adapter's greedy recital of a trained answer;
 #   5. memory on a 7B-class config (Llama-2-7B shapes) with the seed's defaults, while time allows.
 # Environment: END_BY (seconds the whole check must end by), BUDGET_7B (start step 5 only before
-# this many seconds), SKIP_SERVE=1, GCS_7B="true" (7B with checkpointing only), PYTHON.
+# this many seconds), SKIP_SERVE=1, SKIP_7B=1, GCS_7B="true" (7B with checkpointing only),
+# SEQS="512" (the 1B sequence lengths), PYTHON.
 # With --cpu everything runs on the CPU with small stand-ins for the big configs, so the script is
 # tested end to end without a GPU. Writes gpu-check.log and table.md into --out.
 set -uo pipefail
@@ -40,7 +41,7 @@ rm -rf "$W" && mkdir -p "$W"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 CUDA_CACHE_MAXSIZE=4294967296
 if [ "$MODE" = gpu ]; then
-    DEV=cuda:0 DT=bf16 BIG=1b SEQS="512 1024" STEPS=6
+    DEV=cuda:0 DT=bf16 BIG=1b SEQS=${SEQS:-512 1024} STEPS=6
 else
     DEV=cpu DT=f32 BIG=cpu-small SEQS="64 128" STEPS=3
 fi
@@ -251,7 +252,7 @@ cat "$W/serve-big.txt"
 row "4 serve $BIG | load $(get base_load_s < "$W/serve-big.txt") s | decode base $(get base_decode_tokens_per_s < "$W/serve-big.txt") / fine-tuned $(get fine_tuned_decode_tokens_per_s < "$W/serve-big.txt") tok/s | hot-load $(get hot_load_ms < "$W/serve-big.txt") ms"
 fi
 
-if [ "$MODE" = gpu ] && [ "$SECONDS" -lt "$BUDGET_7B" ]; then
+if [ "$MODE" = gpu ] && [ "${SKIP_7B:-0}" != 1 ] && [ "$SECONDS" -lt "$BUDGET_7B" ]; then
     step "5. 7B-class memory with the seed's defaults (ferrotune only)"
     rm -rf "$W/$BIG" "$W"/run-*
     # Everything here must end by END_BY seconds (the device call's limit).
