@@ -329,7 +329,7 @@ mod tests {
         assert_eq!((hp.gradient_accumulation_steps, hp.max_length), (4, 512));
         assert_eq!(hp.lr_scheduler_type, LrScheduler::Cosine);
         assert_eq!((cfg.seed, cfg.valid_split), (3, Some(0.1)));
-        assert!(hp.gradient_checkpointing);
+        assert_eq!(hp.gradient_checkpointing, Some(true));
         assert_eq!(
             cfg.dtype,
             candle_core::DType::F32,

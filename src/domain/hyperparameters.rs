@@ -101,9 +101,10 @@ pub struct Hyperparameters {
     /// Gradient-norm clipping threshold (0 disables clipping).
     pub max_grad_norm: f64,
     /// Keep activations only between decoder layers and recompute each layer in the backward
-    /// pass: less memory, about a third more compute.
+    /// pass: less memory, about a third more compute. `None`: on when training on a GPU (as
+    /// LLaMA-Factory does), off on the CPU.
     #[serde(default)]
-    pub gradient_checkpointing: bool,
+    pub gradient_checkpointing: Option<bool>,
 }
 
 impl Default for Hyperparameters {
@@ -127,7 +128,7 @@ impl Default for Hyperparameters {
             save_steps: 100,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
-            gradient_checkpointing: false,
+            gradient_checkpointing: None,
         }
     }
 }
@@ -169,7 +170,7 @@ impl Hyperparameters {
                 "save_steps" => self.save_steps = f.int(key, 1, 1_000_000)?,
                 "weight_decay" => self.weight_decay = f.float(key, 0.0, 1.0, true)?,
                 "max_grad_norm" => self.max_grad_norm = f.float(key, 0.0, 1.0e6, true)?,
-                "gradient_checkpointing" => self.gradient_checkpointing = f.boolean(key)?,
+                "gradient_checkpointing" => self.gradient_checkpointing = Some(f.boolean(key)?),
                 other => {
                     return Err(DomainError::invalid(
                         format!("{prefix}.{other}"),

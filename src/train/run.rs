@@ -170,6 +170,7 @@ pub fn train(
     let steps_per_epoch = p.train.len().div_ceil(bs * accum);
     let total = steps_per_epoch * p.resolved.n_epochs as usize;
     let warmup = (hp.warmup_ratio * total as f64).ceil() as usize;
+    let checkpointing = hp.gradient_checkpointing.unwrap_or(!cfg.device.is_cpu());
     let state_dir = cfg.output_dir.join("state");
     let mut st =
         checkpoint::load_state(&state_dir, &lora, &mut opt, &cfg.device)?.unwrap_or(ResumeState {
@@ -180,13 +181,18 @@ pub fn train(
         });
     on(Update::Message(if st.step == 0 {
         format!(
-            "Training {} LoRA parameters on {} examples: {} epochs × {} steps (batch {} × {} accumulation)",
+            "Training {} LoRA parameters on {} examples: {} epochs × {} steps (batch {} × {} accumulation){}",
             lora.parameter_count(),
             p.train.len(),
             p.resolved.n_epochs,
             steps_per_epoch,
             bs,
-            accum
+            accum,
+            if checkpointing {
+                ", gradient checkpointing"
+            } else {
+                ""
+            }
         )
     } else {
         format!("Resuming from step {}/{total}", st.step)
@@ -217,7 +223,7 @@ pub fn train(
                 &batch,
                 ctx,
                 1.0 / micro.len() as f64,
-                hp.gradient_checkpointing,
+                checkpointing,
                 &mut grads,
             )?;
             if !out.loss.is_finite() {

@@ -291,7 +291,7 @@ fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
     let mut cfg = config(dir.path(), 1, 5e-3);
     let plain = finish(&cfg).metrics;
     cfg.output_dir = dir.path().join("out-ckpt");
-    cfg.hyperparameters.gradient_checkpointing = true;
+    cfg.hyperparameters.gradient_checkpointing = Some(true);
     let ckpt = finish(&cfg).metrics;
     assert_eq!(plain.len(), ckpt.len());
     for (p, c) in plain.iter().zip(&ckpt) {
