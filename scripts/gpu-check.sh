@@ -206,7 +206,7 @@ speed_rows() {  # size seqs
                 || tail -5 "$W/ours-$tag.err"
             cat "$W/ours-$tag.txt"
             local o_tps o_mem o_loss r_tps="-" r_mem="-" r_loss="-" ratio_t="-" ratio_m="-"
-            o_tps=$(get steady_tokens_per_s < "$W/ours-$tag.txt")
+            o_tps=$(get median_step_tokens_per_s < "$W/ours-$tag.txt")
             o_mem=$(get "$mem_key" < "$W/ours-$tag.txt")
             o_loss=$(grep -oE 'final loss [0-9.]+' "$W/ours-$tag.txt" | cut -d' ' -f3)
             if [ "$HAVE_REF" = 1 ] && [ "${REF:-1}" = 1 ]; then
@@ -215,7 +215,7 @@ speed_rows() {  # size seqs
                 timeout "$(cap 240)" "$PY" bench/train/reference.py --model "$W/$size" --data "$W/long.json" "${flags[@]}" \
                     > "$W/ref-$tag.txt" 2> "$W/ref-$tag.err" || tail -5 "$W/ref-$tag.err"
                 cat "$W/ref-$tag.txt"
-                r_tps=$(get steady_tokens_per_s < "$W/ref-$tag.txt")
+                r_tps=$(get median_step_tokens_per_s < "$W/ref-$tag.txt")
                 r_mem=$(get "$mem_key" < "$W/ref-$tag.txt")
                 r_loss=$(get final_loss < "$W/ref-$tag.txt")
                 ratio_t=$(python3 -c "print(f'{${o_tps:-nan}/${r_tps:-nan}:.2f}')" 2>/dev/null || echo -)

@@ -59,6 +59,7 @@ def main():
     steps_per_epoch = math.ceil(len(samples) / (args.batch * args.accum))
     total = steps_per_epoch * args.epochs
     step, tokens, t1, tok1, loss_value = 0, 0, None, 0, float("nan")
+    marks = []
     g = torch.Generator().manual_seed(0)
     for epoch in range(args.epochs):
         order = torch.randperm(len(samples), generator=g).tolist()
@@ -85,15 +86,19 @@ def main():
             step += 1
             loss_value = sum(losses) / len(losses)
             print(f"step {step}: train_loss={loss_value:.4f}", file=sys.stderr)
+            if cuda:
+                torch.cuda.synchronize()
+            marks.append((time.perf_counter(), tokens))
             if step == 1:
-                if cuda:
-                    torch.cuda.synchronize()
-                t1, tok1 = time.perf_counter(), tokens
+                t1, tok1 = marks[-1]
     if cuda:
         torch.cuda.synchronize()
-    rate = (tokens - tok1) / (time.perf_counter() - t1) if step > 1 else float("nan")
+    rate = (tokens - tok1) / (marks[-1][0] - t1) if step > 1 else float("nan")
+    per_step = sorted((b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(marks, marks[1:]))
     print(f"steps={step}")
     print(f"steady_tokens_per_s={rate:.1f}")
+    if per_step:
+        print(f"median_step_tokens_per_s={per_step[len(per_step) // 2]:.1f}")
     print(f"peak_rss_mib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
     if cuda:
         print(f"peak_gpu_memory_mib={torch.cuda.max_memory_allocated() / 1048576:.1f}")

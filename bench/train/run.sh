@@ -2,7 +2,8 @@
 # Training benchmark: ferrotune (candle) vs PyTorch + transformers + PEFT, side by side in one
 # run, on the same generated models (tiny, small), the same examples, LoRA r=8/α=32 on all seven
 # projections, batch 2 × 4 accumulation, cut-off 256, and the same thread count.
-# Prints steady-state tokens/s, peak RSS and final loss for both, and the ratios ours/reference.
+# Prints tokens/s (median over the optimizer steps after the first), peak RSS and final loss for
+# both, and the ratios ours/reference.
 #
 #   bash bench/train/run.sh            # THREADS=2 EPOCHS_TINY=20 EPOCHS_SMALL=2 by default
 #   VENV=/path/to/venv bash bench/train/run.sh   # reuse a venv with scripts/parity/requirements.txt
@@ -54,7 +55,7 @@ YAML
     ours=$(RAYON_NUM_THREADS=$THREADS "$BIN" train --config "$WORK/$size.yaml" 2>/dev/null)
     ref=$("$VENV/bin/python" bench/train/reference.py --model "$WORK/$size" --data "$WORK/data.json" \
         --epochs "$epochs" --threads "$THREADS" 2>/dev/null)
-    o_tps=$(echo "$ours" | get steady_tokens_per_s); r_tps=$(echo "$ref" | get steady_tokens_per_s)
+    o_tps=$(echo "$ours" | get median_step_tokens_per_s); r_tps=$(echo "$ref" | get median_step_tokens_per_s)
     o_rss=$(echo "$ours" | get peak_rss_mib); r_rss=$(echo "$ref" | get peak_rss_mib)
     o_loss=$(echo "$ours" | grep -oE 'final loss [0-9.]+' | cut -d' ' -f3); r_loss=$(echo "$ref" | get final_loss)
     printf '%-6s %-10s %14s %12s %11s\n' "$size" ferrotune "$o_tps" "$o_rss" "$o_loss"

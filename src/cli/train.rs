@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{parse_device, parse_dtype};
 use crate::domain::hyperparameters::Hyperparameters;
+use crate::serve::measure::median;
 use crate::train::run::{self, RunConfig, RunEnd, Update};
 
 /// Keys we map onto the trainer.
@@ -184,8 +185,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = std::time::Instant::now();
-    // Steady-state throughput is measured from the end of the first step (warm-up excluded).
-    let first_step: std::cell::Cell<Option<(std::time::Instant, u64)>> = std::cell::Cell::new(None);
+    // (time, tokens so far) at the end of every step: throughput is measured from the end of the
+    // first step (warm-up excluded), overall and as the median of the steps.
+    let marks: std::cell::RefCell<Vec<(std::time::Instant, u64)>> = Default::default();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
     let _ = ctrlc_flag(flag);
@@ -211,9 +213,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                 bar.set_position(step as u64);
                 let rate = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!("loss {loss:.4}  {rate:.0} tok/s"));
-                if step == 1 {
-                    first_step.set(Some((std::time::Instant::now(), tokens)));
-                }
+                marks.borrow_mut().push((std::time::Instant::now(), tokens));
             }
             Update::Message(m) => say(m),
             Update::Metrics { row, total_steps } => say(format!(
@@ -239,10 +239,16 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                 out.trained_tokens,
                 out.metrics.last().map(|m| m.train_loss).unwrap_or(f32::NAN)
             );
-            if let Some((t1, tok1)) = first_step.get().filter(|_| steps > 1) {
-                let rate =
-                    (out.trained_tokens - tok1) as f64 / t1.elapsed().as_secs_f64().max(1e-9);
-                println!("steady_tokens_per_s={rate:.1}");
+            let marks = marks.borrow();
+            let rate = |a: &(std::time::Instant, u64), b: &(std::time::Instant, u64)| {
+                (b.1 - a.1) as f64 / (b.0 - a.0).as_secs_f64().max(1e-9)
+            };
+            if let (Some(first), Some(last)) = (marks.first(), marks.last())
+                && marks.len() > 1
+            {
+                println!("steady_tokens_per_s={:.1}", rate(first, last));
+                let per_step = marks.windows(2).map(|w| rate(&w[0], &w[1])).collect();
+                println!("median_step_tokens_per_s={:.1}", median(per_step));
             }
             if let Some(peak) = out
                 .metrics
