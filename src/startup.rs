@@ -111,19 +111,20 @@ pub fn build_trainer(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<(String, Arc<dyn Trainer>)> {
     let (name, dir) = model.resolve(data_dir)?;
-    Ok((name.clone(), trainer_for(model, name, dir)?))
+    let device = model.device()?;
+    Ok((name.clone(), trainer_for(model, &device, name, dir)?))
 }
 
 fn trainer_for(
     model: &ModelSettings,
+    device: &candle_core::Device,
     name: String,
     dir: PathBuf,
 ) -> anyhow::Result<Arc<dyn Trainer>> {
     let models = std::collections::HashMap::from([(name, dir)]);
-    let device = model.device()?;
-    let dtype = model.dtype(&device)?;
+    let dtype = model.dtype(device)?;
     tracing::info!(?device, ?dtype, "training device");
-    Ok(Arc::new(CandleTrainer::new(models, device, dtype)))
+    Ok(Arc::new(CandleTrainer::new(models, device.clone(), dtype)))
 }
 
 /// A hook that preloads each newly published model into `engine` (when the budget has room).
@@ -164,8 +165,13 @@ impl Application {
             tracing::info!(keys = keys.len(), "API keys required on /v1 routes");
         }
         let (base_model, base_dir) = settings.model.resolve(&storage.data_dir)?;
-        let trainer = trainer_for(&settings.model, base_model.clone(), base_dir.clone())?;
         let device = settings.model.device()?;
+        let trainer = trainer_for(
+            &settings.model,
+            &device,
+            base_model.clone(),
+            base_dir.clone(),
+        )?;
         let engine = Engine::start(EngineOptions {
             base_dir,
             base_name: base_model.clone(),

@@ -165,75 +165,67 @@ impl CustomOp1 for OutputOnly {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::backprop::GradStore;
     use candle_core::{Device, Var};
 
-    #[test]
-    fn matches_the_composed_softmax_in_value_and_gradient() {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&(Tensor::randn(0f32, 3.0, (2, 3, 5, 7), &dev).unwrap())).unwrap();
-        // A non-contiguous view as input, and a weighting so the gradient is not trivial.
-        let xt = x.as_tensor().transpose(2, 3).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (2, 3, 7, 5), &dev).unwrap();
-        let ours = softmax_last_dim(&xt).unwrap();
-        let reference = candle_nn::ops::softmax(&xt, D::Minus1).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(diff(&ours, &reference) < 1e-6);
-        let g1 = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (reference * &w)
+    fn diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
             .unwrap()
-            .sum_all()
+            .abs()
             .unwrap()
-            .backward()
-            .unwrap();
-        let (g1, g2) = (
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// How far `ours` is from `reference` (both functions of `x`) in value and in the gradient
+    /// of `sum(y ⊙ w)` with respect to `x`; with both gradient stores.
+    fn compare(
+        x: &Var,
+        ours: Tensor,
+        reference: Tensor,
+        w: &Tensor,
+    ) -> (f32, f32, GradStore, GradStore) {
+        let value = diff(&ours, &reference);
+        let backward = |y: Tensor| y.mul(w).unwrap().sum_all().unwrap().backward().unwrap();
+        let (g1, g2) = (backward(ours), backward(reference));
+        let grad = diff(
             g1.get(x.as_tensor()).unwrap(),
             g2.get(x.as_tensor()).unwrap(),
         );
-        assert!(diff(g1, g2) < 1e-6, "gradients differ by {}", diff(g1, g2));
+        (value, grad, g1, g2)
+    }
+
+    fn var(shape: &[usize], std: f32) -> Var {
+        Var::from_tensor(&Tensor::randn(0f32, std, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn matches_the_composed_softmax_in_value_and_gradient() {
+        let x = var(&[2, 3, 5, 7], 3.0);
+        // A non-contiguous view as input, and a weighting so the gradient is not trivial.
+        let xt = x.as_tensor().transpose(2, 3).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (2, 3, 7, 5), &Device::Cpu).unwrap();
+        let ours = softmax_last_dim(&xt).unwrap();
+        let reference = candle_nn::ops::softmax(&xt, D::Minus1).unwrap();
+        let (value, grad, _, _) = compare(&x, ours, reference, &w);
+        assert!(value < 1e-6, "values differ by {value}");
+        assert!(grad < 1e-6, "gradients differ by {grad}");
     }
 
     #[test]
     fn frozen_linear_matches_matmul_and_gives_no_weight_gradient() {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (5, 7), &dev).unwrap())).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap();
-        let g = Tensor::randn(0f32, 1.0, (5, 3), &dev).unwrap();
+        let x = var(&[5, 7], 1.0);
+        let w = Tensor::randn(0f32, 1.0, (3, 7), &Device::Cpu).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (5, 3), &Device::Cpu).unwrap();
         let ours = frozen_linear(x.as_tensor(), &w).unwrap();
         let reference = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(diff(&ours, &reference) < 1e-5);
-        let g1 = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (reference * &g)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let (a, b) = (
-            g1.get(x.as_tensor()).unwrap(),
-            g2.get(x.as_tensor()).unwrap(),
-        );
-        assert!(diff(a, b) < 1e-5);
+        let (value, grad, g1, g2) = compare(&x, ours, reference, &g);
+        assert!(value < 1e-5, "values differ by {value}");
+        assert!(grad < 1e-5, "gradients differ by {grad}");
         // candle's matmul also stores a weight-sized gradient (under the id of `wᵀ`); ours not.
-        let weight_sized = |store: &candle_core::backprop::GradStore| {
+        let weight_sized = |store: &GradStore| {
             store
                 .get_ids()
                 .filter(|id| store.get_id(**id).is_some_and(|t| t.dims() == [7, 3]))
@@ -245,33 +237,12 @@ mod tests {
 
     #[test]
     fn log_softmax_matches_the_composed_one_in_value_and_gradient() {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&(Tensor::randn(0f32, 4.0, (6, 11), &dev).unwrap())).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (6, 11), &dev).unwrap();
+        let x = var(&[6, 11], 4.0);
+        let w = Tensor::randn(0f32, 1.0, (6, 11), &Device::Cpu).unwrap();
         let ours = log_softmax_last_dim(x.as_tensor()).unwrap();
         let reference = candle_nn::ops::log_softmax(x.as_tensor(), D::Minus1).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(diff(&ours, &reference) < 1e-5);
-        let g1 = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (reference * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let (g1, g2) = (
-            g1.get(x.as_tensor()).unwrap(),
-            g2.get(x.as_tensor()).unwrap(),
-        );
-        assert!(diff(g1, g2) < 1e-5, "gradients differ by {}", diff(g1, g2));
+        let (value, grad, _, _) = compare(&x, ours, reference, &w);
+        assert!(value < 1e-5, "values differ by {value}");
+        assert!(grad < 1e-5, "gradients differ by {grad}");
     }
 }

@@ -204,39 +204,22 @@ async fn bad_chat_requests_get_openai_errors() {
         err["message"],
         "The model `gpt-9` does not exist or you do not have access to it."
     );
-    assert_error(
-        chat(json!({"model": "ferrotune-tiny", "messages": []})).await,
-        400,
-        Some("messages"),
-    )
-    .await;
-    assert_error(
-        chat(json!({"model": "ferrotune-tiny", "messages": msgs, "temperature": 3})).await,
-        400,
-        Some("temperature"),
-    )
-    .await;
-    assert_error(
-        chat(json!({"model": "ferrotune-tiny", "messages": msgs, "n": 0})).await,
-        400,
-        Some("n"),
-    )
-    .await;
-    assert_error(
-        chat(
-            json!({"model": "ferrotune-tiny", "messages": msgs, "stop": ["a", "b", "c", "d", "e"]}),
-        )
-        .await,
-        400,
-        Some("stop"),
-    )
-    .await;
-    assert_error(
-        chat(json!({"model": "ferrotune-tiny", "messages": msgs, "top_logprobs": 2})).await,
-        400,
-        Some("top_logprobs"),
-    )
-    .await;
+    let tiny = |extra: Value| {
+        let mut body = json!({"model": "ferrotune-tiny", "messages": msgs});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (body, param) in [
+        (tiny(json!({"messages": []})), "messages"),
+        (tiny(json!({"temperature": 3})), "temperature"),
+        (tiny(json!({"n": 0})), "n"),
+        (tiny(json!({"stop": ["a", "b", "c", "d", "e"]})), "stop"),
+        (tiny(json!({"top_logprobs": 2})), "top_logprobs"),
+    ] {
+        assert_error(chat(body).await, 400, Some(param)).await;
+    }
     let tools = json!([{"type": "function", "function": {"name": "f"}}]);
     let err = assert_error(
         chat(json!({"model": "ferrotune-tiny", "messages": msgs, "tools": tools})).await,

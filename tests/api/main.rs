@@ -12,6 +12,7 @@ mod openapi;
 mod packaging;
 mod queue;
 mod serve_binary;
+mod tensors;
 mod train_loop;
 mod train_parity;
 mod training_jobs;

@@ -10,6 +10,8 @@ use ferrotune::train::lora::LoraSpec;
 use ferrotune::train::loss::causal_lm_loss;
 use ferrotune::train::model::{CausalLm, ForwardCtx};
 
+use crate::tensors::rel_err;
+
 fn fixture(arch: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/parity")
@@ -31,26 +33,6 @@ fn fixture_batch(
         .map(|r| r.into_iter().map(|v| v as u8).collect())
         .collect();
     (expected, ids, mask)
-}
-
-fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
-    let diff = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .max(1e-12);
-    diff / scale
 }
 
 fn check(arch: &str) {
