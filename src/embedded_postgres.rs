@@ -24,6 +24,23 @@ pub enum ClusterError {
          ferrotune at an existing server with DATABASE_URL=postgres://…"
     )]
     BinariesNotFound,
+    /// Running as root, the cluster's unprivileged user cannot reach the cluster directory.
+    #[error(
+        "embedded PostgreSQL: running as root, the cluster in {root} must run as the unprivileged \
+         user '{user}', which cannot enter {blocked} (mode {mode:04o}). Use a data dir that user \
+         can reach (--data-dir under /var/lib or /tmp, or `chmod o+x {blocked}`), run ferrotune \
+         as a non-root user, or point it at an existing server with DATABASE_URL=postgres://…"
+    )]
+    Unreachable {
+        /// The cluster directory.
+        root: String,
+        /// The first directory above it that the user cannot enter.
+        blocked: String,
+        /// That directory's permission bits.
+        mode: u32,
+        /// The user the cluster runs as.
+        user: String,
+    },
     /// A step failed; the message includes the tool's output.
     #[error("embedded PostgreSQL: {0}")]
     Failed(String),
@@ -111,6 +128,7 @@ impl EmbeddedPostgres {
                 .map_err(|e| fail(&format!("creating {}: {e}", dir.display())))?;
         }
         if let Some(user) = &self.run_as {
+            check_reachable(&self.root, user)?;
             chown_tree(&self.root, user)?;
             chown_tree(&self.socket_dir(), user)?;
         }
@@ -195,6 +213,35 @@ fn fail(message: &str) -> ClusterError {
 
 fn absolute(path: &Path) -> Result<PathBuf, ClusterError> {
     std::path::absolute(path).map_err(|e| fail(&format!("resolving {}: {e}", path.display())))
+}
+
+/// Refuse, with what to do instead, when `user` cannot enter every directory above `root`: the
+/// cluster runs as that user and could not reach its own files (a root-owned 0700 parent, as
+/// `mktemp -d` makes).
+fn check_reachable(root: &Path, user: &User) -> Result<(), ClusterError> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in root.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let mode = meta.mode();
+        let enters = if meta.uid() == user.uid.as_raw() {
+            mode & 0o100 != 0
+        } else if meta.gid() == user.gid.as_raw() {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !enters {
+            return Err(ClusterError::Unreachable {
+                root: root.display().to_string(),
+                blocked: dir.display().to_string(),
+                mode: mode & 0o7777,
+                user: user.name.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The directory holding `initdb` and `pg_ctl`: PATH first, then the newest Debian layout.

@@ -10,6 +10,8 @@
 //!   `FOR UPDATE SKIP LOCKED`, leases, fencing) and the on-disk file blobs.
 //! - [`worker`] is the job loop: claim, validate files, hand the job to a trainer, record events.
 //! - [`train`] is LoRA fine-tuning with candle; [`serve`] is chat generation with mistral.rs.
+//! - [`model_dir`] reads a Hugging Face model directory (config, weight files, tokenizer files)
+//!   for both the trainer and the engine.
 //! - [`embedded_postgres`] runs a private PostgreSQL cluster when no `DATABASE_URL` is given.
 //! - [`config`], [`telemetry`], [`startup`] and [`cli`] glue it together.
 
@@ -18,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod embedded_postgres;
+pub mod model_dir;
 pub mod serve;
 pub mod startup;
 pub mod store;

@@ -5,19 +5,23 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::{App, HttpServer, web};
+use actix_web::{HttpServer, web};
 use anyhow::Context as _;
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
+use tracing_actix_web::TracingLogger;
 
 use crate::api::{self, ApiState, auth::Auth};
-use crate::config::{ModelSettings, Settings, StorageSettings, WorkerOptions};
+use crate::config::{BaseModelSource, ModelSettings, Settings, StorageSettings, WorkerOptions};
 use crate::embedded_postgres::EmbeddedPostgres;
 use crate::serve::{Engine, EngineOptions};
 use crate::store::Store;
 use crate::store::blobs::BlobStore;
 use crate::worker::candle_trainer::CandleTrainer;
 use crate::worker::{Trainer, Worker, WorkerSettings};
+
+/// Seconds in-flight requests get to finish once the server is told to stop.
+pub const SHUTDOWN_GRACE_SECS: u64 = 5;
 
 /// The name of the database ferrotune uses in its embedded cluster.
 pub const EMBEDDED_DATABASE: &str = "ferrotune";
@@ -105,12 +109,33 @@ pub fn build_worker(
     ))
 }
 
+/// The base model's name and directory, made ready once at start-up: a named directory as it
+/// is, the tiny model generated on first use.
+pub fn prepare_base_model(
+    model: &ModelSettings,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(String, PathBuf)> {
+    let source = model.base_model_source(data_dir)?;
+    if let BaseModelSource::Tiny { dir, .. } = &source {
+        if !dir.join(crate::model_dir::SINGLE_WEIGHTS).exists() {
+            crate::train::tiny::init_tiny(dir, crate::train::tiny::TinyArch::Llama, 0)?;
+        }
+        tracing::warn!(
+            dir = %dir.display(),
+            "no --base-model: using the generated tiny model '{}'; it has random weights and is \
+             only for trying the API",
+            source.name()
+        );
+    }
+    Ok((source.name().to_owned(), source.dir().to_path_buf()))
+}
+
 /// The base model's name and the trainer for it.
 pub fn build_trainer(
     model: &ModelSettings,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<(String, Arc<dyn Trainer>)> {
-    let (name, dir) = model.resolve(data_dir)?;
+    let (name, dir) = prepare_base_model(model, data_dir)?;
     let device = model.device()?;
     Ok((name.clone(), trainer_for(model, &device, name, dir)?))
 }
@@ -122,7 +147,7 @@ fn trainer_for(
     dir: PathBuf,
 ) -> anyhow::Result<Arc<dyn Trainer>> {
     let models = std::collections::HashMap::from([(name, dir)]);
-    let dtype = model.dtype(device)?;
+    let dtype = model.dtype(device);
     tracing::info!(?device, ?dtype, "training device");
     Ok(Arc::new(CandleTrainer::new(models, device.clone(), dtype)))
 }
@@ -133,6 +158,21 @@ pub fn preload_hook(engine: Arc<Engine>) -> crate::worker::ModelReadyHook {
         let engine = engine.clone();
         tokio::spawn(async move { engine.preload(&name, &dir).await });
     })
+}
+
+/// Stops a running [`Application`].
+#[derive(Clone)]
+pub struct Stopper {
+    server: ServerHandle,
+    worker: CancellationToken,
+}
+
+impl Stopper {
+    /// Stop taking requests, give in-flight ones [`SHUTDOWN_GRACE_SECS`], and stop the worker.
+    pub async fn stop(&self) {
+        self.worker.cancel();
+        self.server.stop(true).await;
+    }
 }
 
 /// The running service: HTTP server, optional in-process worker, database.
@@ -164,7 +204,7 @@ impl Application {
         } else {
             tracing::info!(keys = keys.len(), "API keys required on /v1 routes");
         }
-        let (base_model, base_dir) = settings.model.resolve(&storage.data_dir)?;
+        let (base_model, base_dir) = prepare_base_model(&settings.model, &storage.data_dir)?;
         let device = settings.model.device()?;
         let trainer = trainer_for(
             &settings.model,
@@ -177,7 +217,7 @@ impl Application {
             base_name: base_model.clone(),
             max_resident: settings.model.max_resident_models,
             max_num_seqs: 16,
-            dtype: crate::config::serving_dtype(settings.model.dtype(&device)?),
+            dtype: crate::config::serving_dtype(settings.model.dtype(&device)),
             force_cpu: device.is_cpu(),
         })
         .await?;
@@ -195,13 +235,13 @@ impl Application {
             .with_context(|| format!("binding {}:{}", settings.http.host, settings.http.port))?;
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
-            App::new()
+            api::routes::app()
                 .wrap(api::error_envelopes())
-                .wrap(tracing_actix())
+                .wrap(TracingLogger::<api::request_span::RequestSpan>::new())
                 .app_data(state.clone())
-                .configure(api::configure)
         })
         .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
         .listen(listener)?
         .run();
         let shutdown = CancellationToken::new();
@@ -261,6 +301,15 @@ impl Application {
         self.server.handle()
     }
 
+    /// What a signal handler calls: stops the worker (a training job pauses at its next step and
+    /// is queued again) and the HTTP server at the same time.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            server: self.server.handle(),
+            worker: self.shutdown.clone(),
+        }
+    }
+
     /// Serve until stopped, then stop the worker and the embedded database.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let served = self.server.await;
@@ -271,8 +320,4 @@ impl Application {
         self.database.close().await;
         served.context("HTTP server failed")
     }
-}
-
-fn tracing_actix() -> actix_web::middleware::Logger {
-    actix_web::middleware::Logger::new("%r %s %Dms").log_target("ferrotune::http")
 }

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::domain::job::JobStatus;
+use crate::domain::job::{JobError, JobStatus};
 use crate::domain::pagination::Page;
 use crate::store::{CheckpointRow, EventRow, FileRow, JobRow};
 
@@ -41,7 +41,7 @@ pub struct OpenAIFile {
 impl From<FileRow> for OpenAIFile {
     fn from(r: FileRow) -> Self {
         Self {
-            id: r.id,
+            id: r.id.into_string(),
             object: "file",
             bytes: r.bytes,
             created_at: r.created_at.timestamp(),
@@ -56,17 +56,6 @@ impl From<FileRow> for OpenAIFile {
     }
 }
 
-/// The `error` of a failed job.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct FineTuningJobError {
-    /// Machine-readable code.
-    pub code: String,
-    /// What went wrong.
-    pub message: String,
-    /// The parameter at fault, if any.
-    pub param: Option<String>,
-}
-
 /// A fine-tuning job (`object: "fine_tuning.job"`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FineTuningJob {
@@ -77,7 +66,7 @@ pub struct FineTuningJob {
     /// Unix seconds.
     pub created_at: i64,
     /// Null unless the job failed.
-    pub error: Option<FineTuningJobError>,
+    pub error: Option<JobError>,
     /// Null until the job succeeded.
     pub fine_tuned_model: Option<String>,
     /// Unix seconds when finished.
@@ -116,31 +105,28 @@ pub struct FineTuningJob {
 
 impl From<JobRow> for FineTuningJob {
     fn from(r: JobRow) -> Self {
-        let status = r.status();
-        let error = r.error.filter(|_| status == JobStatus::Failed).map(|e| {
-            let text = |k: &str| e.get(k).and_then(Value::as_str).map(str::to_owned);
-            FineTuningJobError {
-                code: text("code").unwrap_or_else(|| "error".to_owned()),
-                message: text("message").unwrap_or_default(),
-                param: text("param"),
-            }
-        });
+        let status = r.status;
+        let error = r.error.filter(|_| status == JobStatus::Failed).map(|e| e.0);
         Self {
-            id: r.id,
+            id: r.id.into_string(),
             object: "fine_tuning.job",
             created_at: r.created_at.timestamp(),
             error,
             fine_tuned_model: r.fine_tuned_model,
             finished_at: r.finished_at.map(|t| t.timestamp()),
-            hyperparameters: r.hyperparameters,
+            hyperparameters: r.hyperparameters.0.to_json(),
             model: r.model,
-            organization_id: r.organization_id,
-            result_files: r.result_files,
+            organization_id: r.organization_id.into_string(),
+            result_files: r
+                .result_files
+                .into_iter()
+                .map(|f| f.into_string())
+                .collect(),
             seed: r.seed,
             status,
             trained_tokens: r.trained_tokens,
-            training_file: r.training_file,
-            validation_file: r.validation_file,
+            training_file: r.training_file.into_string(),
+            validation_file: r.validation_file.map(|f| f.into_string()),
             estimated_finish: r.estimated_finish.map(|t| t.timestamp()),
             integrations: r.integrations,
             metadata: r.metadata,
@@ -173,7 +159,7 @@ pub struct FineTuningJobEvent {
 impl From<EventRow> for FineTuningJobEvent {
     fn from(r: EventRow) -> Self {
         Self {
-            id: r.id,
+            id: r.id.into_string(),
             object: "fine_tuning.job.event",
             created_at: r.created_at.timestamp(),
             level: r.level,
@@ -207,11 +193,11 @@ pub struct FineTuningJobCheckpoint {
 impl From<CheckpointRow> for FineTuningJobCheckpoint {
     fn from(r: CheckpointRow) -> Self {
         Self {
-            id: r.id,
+            id: r.id.into_string(),
             object: "fine_tuning.job.checkpoint",
             created_at: r.created_at.timestamp(),
             fine_tuned_model_checkpoint: r.fine_tuned_model_checkpoint,
-            fine_tuning_job_id: r.job_id,
+            fine_tuning_job_id: r.job_id.into_string(),
             step_number: r.step_number,
             metrics: r.metrics,
         }

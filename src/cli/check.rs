@@ -1,4 +1,4 @@
-//! Diagnostics for the device check (`scripts/gpu-check.sh`): the loss and LoRA gradients of one
+//! Diagnostics for the device check (`bench/gpu/check.py`): the loss and LoRA gradients of one
 //! micro-batch on a chosen device and dtype, and the serving engine's decode rate, hot-load time
 //! and greedy answer for a base model and an adapter. No database needed.
 
@@ -10,7 +10,7 @@ use anyhow::Context;
 use candle_core::{DType, Tensor};
 use clap::Args;
 
-use crate::config::{parse_device, parse_dtype, resolve_dtype, serving_dtype};
+use crate::config::{DeviceChoice, DtypeChoice, serving_dtype};
 use crate::domain::hyperparameters::LORA_MODULES;
 use crate::serve::measure::{self, median};
 use crate::serve::{ChatParams, ChatTurn, Engine, EngineOptions};
@@ -32,10 +32,10 @@ pub struct GradStepArgs {
     pub data: PathBuf,
     /// `cpu` or `cuda[:N]`.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// `f32`, `bf16` or `f16`.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    pub device: DeviceChoice,
+    /// `f32`, `bf16` or `f16` (`auto`: bf16 on a GPU, f32 on the CPU).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeChoice,
     /// Examples in the micro-batch.
     #[arg(long, default_value_t = 2)]
     pub batch: usize,
@@ -60,8 +60,8 @@ pub struct GradStepArgs {
 /// Loss and LoRA gradients of one micro-batch, with seeded non-zero adapters (so both A and B get
 /// gradients); prints `loss=…` and writes the gradients to `--out`.
 pub fn grad_step(args: &GradStepArgs) -> anyhow::Result<()> {
-    let device = parse_device(&args.device)?;
-    let dtype = parse_dtype(&args.dtype)?;
+    let device = args.device.open()?;
+    let dtype = args.dtype.on(&device);
     let spec = LoraSpec {
         rank: 8,
         alpha: 32.0,
@@ -99,7 +99,7 @@ pub fn grad_step(args: &GradStepArgs) -> anyhow::Result<()> {
                 .to_device(&candle_core::Device::Cpu)?,
         );
     }
-    crate::train::checkpoint::write_safetensors(&args.out, &named)?;
+    crate::train::tensor_file::write_safetensors(&args.out, &named)?;
     println!("loss={}", out.loss);
     println!("labelled_tokens={}", out.count);
     println!("seconds={secs:.3}");
@@ -189,10 +189,10 @@ pub struct EngineCheckArgs {
     pub adapter: PathBuf,
     /// `auto`, `cpu` or `cuda[:N]`.
     #[arg(long, default_value = "auto")]
-    pub device: String,
+    pub device: DeviceChoice,
     /// `auto`, `f32`, `bf16` or `f16`.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dtype: DtypeChoice,
     /// Tokens per decode measurement (special tokens are banned so every run decodes this many).
     #[arg(long, default_value_t = 200)]
     pub tokens: usize,
@@ -207,8 +207,8 @@ pub struct EngineCheckArgs {
 /// Decode rate of the base and the fine-tuned model, hot-load time of the adapter, and the
 /// greedy answer to `--prompt`, as `key=value` lines.
 pub async fn engine_check(args: &EngineCheckArgs) -> anyhow::Result<()> {
-    let device = parse_device(&args.device)?;
-    let dtype = resolve_dtype(&args.dtype, &device)?;
+    let device = args.device.open()?;
+    let dtype = args.dtype.on(&device);
     println!("device={device:?} dtype={dtype:?}");
     let started = Instant::now();
     let engine = Engine::start(EngineOptions {

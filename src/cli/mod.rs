@@ -2,6 +2,7 @@
 //! `engine-check`.
 
 mod check;
+mod llama_factory;
 mod train;
 
 use std::path::PathBuf;
@@ -167,11 +168,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 run_worker: !no_worker,
             };
             let app = Application::build(settings).await?;
-            let handle = app.handle();
+            let stopper = app.stopper();
             tokio::spawn(async move {
                 wait_for_signal().await;
                 tracing::info!("shutting down");
-                handle.stop(true).await;
+                stopper.stop().await;
             });
             app.run_until_stopped().await
         }

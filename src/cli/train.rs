@@ -2,175 +2,69 @@
 //! LLaMA-Factory's keys (JSON or YAML), with a progress bar.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
-use crate::config::{parse_device, parse_dtype};
+use super::llama_factory::LlamaFactoryConfig;
+use crate::config::parse_device;
 use crate::domain::hyperparameters::Hyperparameters;
 use crate::serve::measure::median;
 use crate::train::run::{self, RunConfig, RunEnd, Update};
 
-/// Keys we map onto the trainer.
-const MAPPED: [&str; 30] = [
-    "model_name_or_path",
-    "dataset",
-    "data_path",
-    "dataset_dir",
-    "template",
-    "finetuning_type",
-    "lora_rank",
-    "lora_alpha",
-    "lora_dropout",
-    "lora_target",
-    "learning_rate",
-    "lr",
-    "num_train_epochs",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "lr_scheduler_type",
-    "warmup_ratio",
-    "max_source_length",
-    "max_target_length",
-    "cutoff_len",
-    "logging_steps",
-    "save_steps",
-    "plot_loss",
-    "output_dir",
-    "fp16",
-    "bf16",
-    "seed",
-    "gradient_checkpointing",
-    "use_gradient_checkpointing",
-    "disable_gradient_checkpointing",
-];
-/// Keys we understand and that need nothing from us.
-const ACCEPTED: [&str; 9] = [
-    "val_size",
-    "stage",
-    "do_train",
-    "weight_decay",
-    "max_grad_norm",
-    "overwrite_output_dir",
-    "overwrite_cache",
-    "device",
-    "report_to",
-];
-
-/// Read a JSON or YAML file into a JSON object.
-fn read_config(path: &Path) -> anyhow::Result<Map<String, Value>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: Value = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text)?
-    } else {
-        serde_yaml::from_str(&text)?
-    };
-    match value {
-        Value::Object(map) => Ok(map),
-        _ => bail!("{} must hold a mapping of keys", path.display()),
-    }
-}
-
 /// Turn a LLaMA-Factory config into a run configuration.
 pub fn run_config(path: &Path) -> anyhow::Result<RunConfig> {
-    let cfg = read_config(path)?;
+    let cfg = LlamaFactoryConfig::read(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
-    for key in cfg.keys() {
-        if !MAPPED.contains(&key.as_str()) && !ACCEPTED.contains(&key.as_str()) {
-            tracing::warn!("config key '{key}' is not supported and is ignored");
-        }
-    }
-    let s = |k: &str| cfg.get(k).and_then(Value::as_str).map(str::to_owned);
-    let rel = |p: String| {
+    let rel = |p: &str| {
         let p = PathBuf::from(p);
         if p.is_absolute() { p } else { base.join(p) }
     };
-    if let Some(kind) = s("finetuning_type").filter(|t| t != "lora") {
+    if let Some(kind) = cfg.finetuning_type.as_deref().filter(|t| *t != "lora") {
         bail!("finetuning_type '{kind}' is not supported; only lora");
     }
-    if let Some(stage) = s("stage").filter(|t| t != "sft") {
+    if let Some(stage) = cfg.stage.as_deref().filter(|t| *t != "sft") {
         bail!("stage '{stage}' is not supported; only sft");
     }
-    let model_dir = rel(s("model_name_or_path").context("model_name_or_path is required")?);
-    let dataset = s("data_path")
-        .or_else(|| s("dataset"))
+    let model = cfg.model_name_or_path.as_deref();
+    let model_dir = rel(model.context("model_name_or_path is required")?);
+    let dataset = cfg
+        .dataset
+        .as_deref()
         .context("dataset (a file path) is required")?;
-    let train_file = match s("dataset_dir") {
+    let train_file = match cfg.dataset_dir.as_deref() {
         Some(dir) => rel(dir).join(dataset),
         None => rel(dataset),
     };
-    let mut hp = Map::new();
-    let mut copy = |from: &str, to: &str| {
-        if let Some(v) = cfg.get(from) {
-            hp.insert(to.to_owned(), v.clone());
-        }
-    };
-    for (from, to) in [
-        ("lora_rank", "lora_rank"),
-        ("lora_alpha", "lora_alpha"),
-        ("lora_dropout", "lora_dropout"),
-        ("lora_target", "lora_target"),
-        ("lr", "learning_rate"),
-        ("learning_rate", "learning_rate"),
-        ("per_device_train_batch_size", "batch_size"),
-        ("gradient_accumulation_steps", "gradient_accumulation_steps"),
-        ("lr_scheduler_type", "lr_scheduler_type"),
-        ("warmup_ratio", "warmup_ratio"),
-        ("max_source_length", "max_source_length"),
-        ("max_target_length", "max_target_length"),
-        ("cutoff_len", "max_length"),
-        ("logging_steps", "logging_steps"),
-        ("save_steps", "save_steps"),
-        ("weight_decay", "weight_decay"),
-        ("max_grad_norm", "max_grad_norm"),
-    ] {
-        copy(from, to);
-    }
-    if let Some(v) = cfg.get("learning_rate").and_then(Value::as_str) {
-        // YAML often writes 1.0e-4 unquoted but some configs quote it.
-        hp.insert(
-            "learning_rate".into(),
-            json!(v.parse::<f64>().context("learning_rate")?),
-        );
-    }
-    let flag = |k: &str| cfg.get(k).and_then(Value::as_bool);
-    if let Some(on) = flag("gradient_checkpointing")
-        .or(flag("use_gradient_checkpointing"))
-        .or(flag("disable_gradient_checkpointing").map(|off| !off))
-    {
-        hp.insert("gradient_checkpointing".into(), json!(on));
-    }
-    if let Some(e) = cfg.get("num_train_epochs").and_then(Value::as_f64) {
-        hp.insert("n_epochs".into(), json!(e.ceil().max(1.0) as u64));
-    }
     let hyperparameters = Hyperparameters::default()
-        .apply(&Value::Object(hp), "config")
+        .apply(&Value::Object(cfg.hyperparameters()), "config")
         .map_err(|e| anyhow::anyhow!("{}: {}", e.param.clone().unwrap_or_default(), e.message))?;
-    let device = parse_device(&s("device").unwrap_or_else(|| "auto".into()))?;
+    let device = parse_device(cfg.device.as_deref().unwrap_or("auto"))?;
     // On a GPU: f16 when asked for, f32 only when bf16 is explicitly off, else bf16.
-    let dtype = match (&device, flag("bf16"), flag("fp16")) {
+    let dtype = match (&device, cfg.bf16, cfg.fp16) {
         (candle_core::Device::Cpu, bf16, fp16) => {
             if bf16 == Some(true) || fp16 == Some(true) {
                 tracing::warn!("bf16/fp16 requested on CPU: training in f32");
             }
             candle_core::DType::F32
         }
-        (_, _, Some(true)) => parse_dtype("f16")?,
+        (_, _, Some(true)) => candle_core::DType::F16,
         (_, Some(false), _) => candle_core::DType::F32,
-        _ => parse_dtype("bf16")?,
+        _ => candle_core::DType::BF16,
     };
     Ok(RunConfig {
         base_model_name: model_dir.display().to_string(),
         model_dir,
         train_file,
         valid_file: None,
-        valid_split: cfg.get("val_size").and_then(Value::as_f64),
-        template: s("template").filter(|t| t != "default"),
+        valid_split: cfg.val_size,
+        template: cfg.template.clone().filter(|t| t != "default"),
         hyperparameters,
-        seed: cfg.get("seed").and_then(Value::as_u64).unwrap_or(42),
-        output_dir: rel(s("output_dir").unwrap_or_else(|| "output".into())),
+        seed: cfg.seed.unwrap_or(42),
+        output_dir: rel(cfg.output_dir.as_deref().unwrap_or("output")),
         device,
         dtype,
     })
@@ -188,9 +82,8 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     // (time, tokens so far) at the end of every step: throughput is measured from the end of the
     // first step (warm-up excluded), overall and as the median of the steps.
     let marks: std::cell::RefCell<Vec<(std::time::Instant, u64)>> = Default::default();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
-    let _ = ctrlc_flag(flag);
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_signals(&stop);
     // Without a terminal the bar is hidden: print the lines to stderr instead.
     let say = |line: String| {
         if bar.is_hidden() {
@@ -199,36 +92,32 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             bar.println(line);
         }
     };
-    let end = run::train(
-        &cfg,
-        &|| stop.load(std::sync::atomic::Ordering::Relaxed),
-        &mut |u| match u {
-            Update::Step {
-                step,
-                total,
-                loss,
-                tokens,
-            } => {
-                bar.set_length(total as u64);
-                bar.set_position(step as u64);
-                let rate = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("loss {loss:.4}  {rate:.0} tok/s"));
-                marks.borrow_mut().push((std::time::Instant::now(), tokens));
-            }
-            Update::Message(m) => say(m),
-            Update::Metrics { row, total_steps } => say(format!(
-                "step {}/{total_steps}: train_loss={:.4} accuracy={:.3}{}",
-                row.step,
-                row.train_loss,
-                row.train_accuracy,
-                row.valid_loss
-                    .map(|v| format!(" valid_loss={v:.4}"))
-                    .unwrap_or_default()
-            )),
-            Update::Checkpoint { dir, .. } => say(format!("checkpoint: {}", dir.display())),
-            _ => {}
-        },
-    )?;
+    let end = run::train(&cfg, &|| stop.load(Ordering::Relaxed), &mut |u| match u {
+        Update::Step {
+            step,
+            total,
+            loss,
+            tokens,
+        } => {
+            bar.set_length(total as u64);
+            bar.set_position(step as u64);
+            let rate = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("loss {loss:.4}  {rate:.0} tok/s"));
+            marks.borrow_mut().push((std::time::Instant::now(), tokens));
+        }
+        Update::Message(m) => say(m),
+        Update::Metrics { row, total_steps } => say(format!(
+            "step {}/{total_steps}: train_loss={:.4} accuracy={:.3}{}",
+            row.step,
+            row.train_loss,
+            row.train_mean_token_accuracy,
+            row.valid_loss
+                .map(|v| format!(" valid_loss={v:.4}"))
+                .unwrap_or_default()
+        )),
+        Update::Checkpoint { dir, .. } => say(format!("checkpoint: {}", dir.display())),
+        _ => {}
+    })?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     match end {
@@ -279,19 +168,14 @@ fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Set `flag` on Ctrl-C (SIGINT) from a small background runtime.
-fn ctrlc_flag(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::spawn(move || {
-        rt.block_on(async {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                flag.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        })
-    });
-    Ok(())
+/// Set `flag` on Ctrl-C (SIGINT) or SIGTERM; the training loop polls it and stops cleanly.
+fn stop_on_signals(flag: &Arc<AtomicBool>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    for signal in [SIGINT, SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(flag)) {
+            tracing::warn!("cannot watch signal {signal}: {e}");
+        }
+    }
 }
 
 #[cfg(test)]

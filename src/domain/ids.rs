@@ -1,4 +1,7 @@
 //! Object ids: a fixed prefix and a random URL-safe body (`file-…`, `ftjob-…`).
+//!
+//! Rows decode straight into these types (`#[sqlx(transparent)]`): an id read from the database
+//! was parsed when it was written, so it is not parsed again.
 
 use rand::Rng;
 use rand::distributions::Alphanumeric;
@@ -8,7 +11,9 @@ const BODY_LEN: usize = 24;
 macro_rules! prefixed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, sqlx::Type)]
+        #[serde(transparent)]
+        #[sqlx(transparent)]
         pub struct $name(String);
 
         impl $name {
@@ -32,6 +37,11 @@ macro_rules! prefixed_id {
             /// The id as sent to clients.
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+
+            /// The id as an owned string.
+            pub fn into_string(self) -> String {
+                self.0
             }
 
             /// The random part, without the prefix.

@@ -1,6 +1,10 @@
-//! The job state machine: statuses and the transitions clients may ask for.
+//! The job state machine: statuses and the transitions clients may ask for, and a failed job's
+//! error. Statuses are stored by their wire names; a name this enum does not know is a decoding
+//! error, never a silent default.
 
 use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, PgValueRef};
+use sqlx::{Decode, Encode, Postgres, Type};
 
 /// A fine-tuning job's status, as OpenAI names them (plus `paused`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -34,6 +38,9 @@ pub enum JobAction {
 }
 
 impl JobStatus {
+    /// The statuses a worker may claim and drive: not paused, not finished.
+    pub const ACTIVE: [JobStatus; 3] = [Self::ValidatingFiles, Self::Queued, Self::Running];
+
     /// Every status, in lifecycle order.
     pub const ALL: [JobStatus; 7] = [
         Self::ValidatingFiles,
@@ -113,6 +120,73 @@ impl JobStatus {
 impl std::fmt::Display for JobStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl Type<Postgres> for JobStatus {
+    fn type_info() -> PgTypeInfo {
+        <&str as Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <&str as Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl PgHasArrayType for JobStatus {
+    fn array_type_info() -> PgTypeInfo {
+        <&str as PgHasArrayType>::array_type_info()
+    }
+}
+
+impl Encode<'_, Postgres> for JobStatus {
+    fn encode_by_ref(
+        &self,
+        buf: &mut PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as Encode<Postgres>>::encode(self.as_str(), buf)
+    }
+}
+
+impl<'r> Decode<'r, Postgres> for JobStatus {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let raw = <&str as Decode<Postgres>>::decode(value)?;
+        Self::parse(raw).ok_or_else(|| format!("unknown job status '{raw}' in the database").into())
+    }
+}
+
+/// Why a job failed: its `error` object, `{code, message, param}`, as stored and as returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = FineTuningJobError)]
+pub struct JobError {
+    /// Machine-readable code (`invalid_n_examples`, `training_diverged`, …).
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// The request parameter at fault, if any (`training_file`).
+    pub param: Option<String>,
+}
+
+impl JobError {
+    /// An error with no parameter at fault.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    /// Name the parameter at fault.
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
     }
 }
 

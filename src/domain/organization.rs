@@ -3,7 +3,9 @@
 use sha2::{Digest, Sha256};
 
 /// The tenant a request acts for. Files, jobs and models are visible only within it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, sqlx::Type)]
+#[serde(transparent)]
+#[sqlx(transparent)]
 pub struct OrganizationId(String);
 
 impl OrganizationId {
@@ -19,9 +21,9 @@ impl OrganizationId {
         Self(format!("org-{hex}"))
     }
 
-    /// Wrap an id read back from the database.
-    pub fn from_stored(raw: String) -> Self {
-        Self(raw)
+    /// The id as an owned string.
+    pub fn into_string(self) -> String {
+        self.0
     }
 
     /// The id as stored and shown.

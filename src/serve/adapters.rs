@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::domain::hyperparameters::LORA_MODULES;
-use crate::train::model::Config;
+use crate::model_dir::Config;
 
 /// A directory that passed every check.
 #[derive(Debug, Clone)]

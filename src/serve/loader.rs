@@ -2,7 +2,7 @@
 //! PEFT adapter merged in. mistral.rs 0.8.1 keeps applied LoRAs in a thread-local list that it
 //! never clears, so every adapter load clears it before and after, on the loading thread.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use mistralrs::Device;
@@ -12,28 +12,10 @@ use mistralrs::core::{
 };
 
 use super::ServeError;
+use crate::model_dir;
 
 /// A loaded pipeline, ready for `add_model`.
 pub type LoadedPipeline = Arc<tokio::sync::Mutex<dyn Pipeline + Send + Sync>>;
-
-/// The weight files of a model directory (single file or every shard).
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let index = dir.join("model.safetensors.index.json");
-    if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| e.to_string())?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-        let mut files: Vec<String> = value["weight_map"]
-            .as_object()
-            .ok_or("index has no weight_map")?
-            .values()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect();
-        files.sort();
-        files.dedup();
-        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
-    }
-    Ok(vec![dir.join("model.safetensors")])
-}
 
 /// Load `base_dir` with the PEFT adapter in `adapter_dir` merged. Blocking: call on a blocking
 /// thread of the engine runtime.
@@ -76,15 +58,15 @@ fn load_inner(
     .map_err(|e| e.to_string())?;
     let opt = |name: &str| Some(base_dir.join(name)).filter(|p| p.exists());
     let paths: Box<dyn ModelPaths> = Box::new(LocalModelPaths::new(
-        base_dir.join("tokenizer.json"),
-        base_dir.join("config.json"),
-        base_dir.join("tokenizer_config.json"),
-        weight_files(base_dir)?,
+        base_dir.join(model_dir::TOKENIZER),
+        base_dir.join(model_dir::CONFIG),
+        base_dir.join(model_dir::TOKENIZER_CONFIG),
+        model_dir::weight_files(base_dir).map_err(|e| e.to_string())?,
         AdapterPaths::Lora(vec![LoraAdapterPaths {
             lora_config,
             adapter_path: adapter_dir.join("adapter_model.safetensors"),
         }]),
-        opt("generation_config.json"),
+        opt(model_dir::GENERATION_CONFIG),
         None,
         None,
         opt("chat_template.json"),

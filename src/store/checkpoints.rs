@@ -5,15 +5,16 @@ use serde_json::Value;
 use sqlx::FromRow;
 
 use super::{Context, Store, StoreError};
+use crate::domain::ids::{CheckpointId, JobId};
 use crate::domain::pagination::{Page, PageRequest};
 
 /// A checkpoint as stored.
 #[derive(Debug, Clone, FromRow)]
 pub struct CheckpointRow {
     /// `ftckpt-…`.
-    pub id: String,
+    pub id: CheckpointId,
     /// The job it belongs to.
-    pub job_id: String,
+    pub job_id: JobId,
     /// When it was written.
     pub created_at: DateTime<Utc>,
     /// Servable name, `…:ckpt-step-N`.
@@ -28,11 +29,16 @@ impl Store {
     /// A page of a job's checkpoints, newest first.
     pub async fn list_checkpoints(
         &self,
-        job_id: &str,
+        job_id: &JobId,
         page: &PageRequest,
     ) -> Result<Page<CheckpointRow>, StoreError> {
         let c = self
-            .cursor("fine_tuning_job_checkpoint", "job_id", job_id, page)
+            .cursor(
+                "fine_tuning_job_checkpoint",
+                "job_id",
+                job_id.as_str(),
+                page,
+            )
             .await?;
         let rows = sqlx::query_as(&format!(
             "select id, job_id, created_at, fine_tuned_model_checkpoint, step_number, metrics \
@@ -68,7 +74,7 @@ impl Store {
              on conflict on constraint fine_tuning_job_checkpoint_job_step_key \
              do update set metrics = excluded.metrics, path = excluded.path, created_at = now()",
         )
-        .bind(crate::domain::ids::CheckpointId::generate().as_str())
+        .bind(CheckpointId::generate())
         .bind(&claim.job.id)
         .bind(model_name)
         .bind(step)
@@ -82,7 +88,7 @@ impl Store {
     }
 
     /// Forget a pruned checkpoint.
-    pub async fn delete_checkpoint(&self, job_id: &str, step: i32) -> Result<(), StoreError> {
+    pub async fn delete_checkpoint(&self, job_id: &JobId, step: i32) -> Result<(), StoreError> {
         sqlx::query(
             "delete from fine_tuning_job_checkpoint where job_id = $1 and step_number = $2",
         )

@@ -5,14 +5,14 @@ use serde_json::Value;
 use sqlx::{FromRow, PgConnection};
 
 use super::{Context, Store, StoreError};
-use crate::domain::ids::EventId;
+use crate::domain::ids::{EventId, JobId};
 use crate::domain::pagination::{Page, PageRequest};
 
 /// An event as stored.
 #[derive(Debug, Clone, FromRow)]
 pub struct EventRow {
     /// `ftevent-…`.
-    pub id: String,
+    pub id: EventId,
     /// When it happened.
     pub created_at: DateTime<Utc>,
     /// `info`, `warn` or `error`.
@@ -70,7 +70,7 @@ impl NewEvent {
 
 impl Store {
     /// Append an event to a job.
-    pub async fn insert_event(&self, job_id: &str, event: &NewEvent) -> Result<(), StoreError> {
+    pub async fn insert_event(&self, job_id: &JobId, event: &NewEvent) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.ctx("acquiring a connection")?;
         Self::insert_event_in(&mut conn, job_id, event).await
     }
@@ -78,14 +78,14 @@ impl Store {
     /// Append an event inside a caller's transaction.
     pub(crate) async fn insert_event_in(
         conn: &mut PgConnection,
-        job_id: &str,
+        job_id: &JobId,
         event: &NewEvent,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "insert into fine_tuning_job_event (id, job_id, level, message, type, data) \
              values ($1, $2, $3, $4, $5, $6)",
         )
-        .bind(EventId::generate().as_str())
+        .bind(EventId::generate())
         .bind(job_id)
         .bind(event.level)
         .bind(&event.message)
@@ -100,11 +100,11 @@ impl Store {
     /// A page of a job's events, newest first.
     pub async fn list_events(
         &self,
-        job_id: &str,
+        job_id: &JobId,
         page: &PageRequest,
     ) -> Result<Page<EventRow>, StoreError> {
         let c = self
-            .cursor("fine_tuning_job_event", "job_id", job_id, page)
+            .cursor("fine_tuning_job_event", "job_id", job_id.as_str(), page)
             .await?;
         let rows = sqlx::query_as(&format!(
             "select id, created_at, level, message, type, data from fine_tuning_job_event \

@@ -12,9 +12,9 @@ use crate::domain::pagination::{Page, PageRequest};
 #[derive(Debug, Clone, FromRow)]
 pub struct FileRow {
     /// `file-…`.
-    pub id: String,
+    pub id: FileId,
     /// Owner.
-    pub organization_id: String,
+    pub organization_id: OrganizationId,
     /// Size in bytes.
     pub bytes: i64,
     /// Name given at upload.
@@ -76,8 +76,8 @@ impl Store {
             "insert into file (id, organization_id, bytes, filename, purpose, dataset_format, \
              example_count, expires_at) values ($1, $2, $3, $4, $5, $6, $7, $8) returning {COLUMNS}"
         ))
-        .bind(file.id.as_str())
-        .bind(file.organization_id.as_str())
+        .bind(&file.id)
+        .bind(&file.organization_id)
         .bind(file.bytes)
         .bind(&file.filename)
         .bind(&file.purpose)
@@ -93,13 +93,13 @@ impl Store {
     pub async fn get_file(
         &self,
         org: &OrganizationId,
-        id: &str,
+        id: &FileId,
     ) -> Result<Option<FileRow>, StoreError> {
         sqlx::query_as(&format!(
             "select {COLUMNS} from file where id = $1 and organization_id = $2 and {VISIBLE}"
         ))
         .bind(id)
-        .bind(org.as_str())
+        .bind(org)
         .fetch_optional(&self.pool)
         .await
         .ctx("reading a file")
@@ -132,10 +132,10 @@ impl Store {
     }
 
     /// Delete a file's row; true when it existed.
-    pub async fn delete_file(&self, org: &OrganizationId, id: &str) -> Result<bool, StoreError> {
+    pub async fn delete_file(&self, org: &OrganizationId, id: &FileId) -> Result<bool, StoreError> {
         let done = sqlx::query("delete from file where id = $1 and organization_id = $2")
             .bind(id)
-            .bind(org.as_str())
+            .bind(org)
             .execute(&self.pool)
             .await
             .ctx("deleting a file")?;
@@ -143,7 +143,7 @@ impl Store {
     }
 
     /// Delete expired files' rows, returning their ids so their bytes can be removed.
-    pub async fn delete_expired_files(&self) -> Result<Vec<String>, StoreError> {
+    pub async fn delete_expired_files(&self) -> Result<Vec<FileId>, StoreError> {
         sqlx::query_scalar("delete from file where expires_at <= now() returning id")
             .fetch_all(&self.pool)
             .await

@@ -3,10 +3,12 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::FromRow;
+use sqlx::types::Json;
 
 use super::{Context, NewEvent, Store, StoreError};
-use crate::domain::ids::JobId;
-use crate::domain::job::{JobAction, JobStatus};
+use crate::domain::hyperparameters::Hyperparameters;
+use crate::domain::ids::{FileId, JobId};
+use crate::domain::job::{JobAction, JobError, JobStatus};
 use crate::domain::job_request::JobSpec;
 use crate::domain::organization::OrganizationId;
 use crate::domain::pagination::{Page, PageRequest};
@@ -15,35 +17,35 @@ use crate::domain::pagination::{Page, PageRequest};
 #[derive(Debug, Clone, FromRow)]
 pub struct JobRow {
     /// `ftjob-…`.
-    pub id: String,
+    pub id: JobId,
     /// Owner.
-    pub organization_id: String,
+    pub organization_id: OrganizationId,
     /// Base model.
     pub model: String,
     /// Training file id.
-    pub training_file: String,
+    pub training_file: FileId,
     /// Validation file id.
-    pub validation_file: Option<String>,
+    pub validation_file: Option<FileId>,
     /// Model-name suffix.
     pub suffix: Option<String>,
     /// Seed.
     pub seed: i64,
-    /// Status name.
-    pub status: String,
-    /// Hyperparameters object (requested, then resolved).
-    pub hyperparameters: Value,
+    /// Status.
+    pub status: JobStatus,
+    /// Hyperparameters (requested, then resolved).
+    pub hyperparameters: Json<Hyperparameters>,
     /// Method object.
     pub method: Value,
     /// Metadata pairs.
     pub metadata: Option<Value>,
     /// Echoed integrations.
     pub integrations: Option<Value>,
-    /// `{code, message, param}` once failed.
-    pub error: Option<Value>,
+    /// Set once failed.
+    pub error: Option<Json<JobError>>,
     /// Set once succeeded.
     pub fine_tuned_model: Option<String>,
     /// Result file ids.
-    pub result_files: Vec<String>,
+    pub result_files: Vec<FileId>,
     /// Tokens trained on.
     pub trained_tokens: Option<i64>,
     /// Estimated finish time while running.
@@ -56,13 +58,6 @@ pub struct JobRow {
     pub lost_leases: i32,
     /// Creation time.
     pub created_at: DateTime<Utc>,
-}
-
-impl JobRow {
-    /// The parsed status (the table's check constraint guarantees a known name).
-    pub fn status(&self) -> JobStatus {
-        JobStatus::parse(&self.status).unwrap_or(JobStatus::Failed)
-    }
 }
 
 pub(crate) const JOB_COLUMNS: &str = "id, organization_id, model, training_file, validation_file, \
@@ -90,33 +85,34 @@ impl Store {
         spec: &JobSpec,
     ) -> Result<JobRow, StoreError> {
         let mut tx = self.pool.begin().await.ctx("starting a transaction")?;
-        let hp = spec.hyperparameters.to_json();
         let job: JobRow = sqlx::query_as(&format!(
             "insert into fine_tuning_job (id, organization_id, model, training_file, \
              validation_file, suffix, seed, status, hyperparameters, method, metadata, integrations) \
-             values ($1, $2, $3, $4, $5, $6, $7, 'validating_files', $8, $9, $10, $11) \
+             values ($1, $2, $3, $4, $5, $6, $7, $12, $8, $9, $10, $11) \
              returning {JOB_COLUMNS}"
         ))
-        .bind(id.as_str())
-        .bind(org.as_str())
+        .bind(id)
+        .bind(org)
         .bind(&spec.model)
-        .bind(spec.training_file.as_str())
-        .bind(spec.validation_file.as_ref().map(|f| f.as_str()))
+        .bind(&spec.training_file)
+        .bind(&spec.validation_file)
         .bind(spec.suffix.as_ref().map(|s| s.as_str()))
         .bind(spec.seed)
-        .bind(&hp)
+        .bind(Json(&spec.hyperparameters))
         .bind(JobSpec::method_json(&spec.hyperparameters))
         .bind(&spec.metadata)
         .bind(&spec.integrations)
+        .bind(JobStatus::ValidatingFiles)
         .fetch_one(&mut *tx)
         .await
         .ctx("inserting a job")?;
         Self::insert_event_in(
             &mut tx,
-            id.as_str(),
+            id,
             &NewEvent::info(format!("Created fine-tuning job: {id}")),
         )
         .await?;
+        Self::notify_runnable_in(&mut tx, id).await?;
         tx.commit().await.ctx("committing a new job")?;
         Ok(job)
     }
@@ -125,13 +121,13 @@ impl Store {
     pub async fn get_job(
         &self,
         org: &OrganizationId,
-        id: &str,
+        id: &JobId,
     ) -> Result<Option<JobRow>, StoreError> {
         sqlx::query_as(&format!(
             "select {JOB_COLUMNS} from fine_tuning_job where id = $1 and organization_id = $2"
         ))
         .bind(id)
-        .bind(org.as_str())
+        .bind(org)
         .fetch_optional(&self.pool)
         .await
         .ctx("reading a job")
@@ -153,7 +149,7 @@ impl Store {
              order by seq {} limit $4",
             c.cmp, c.dir
         ))
-        .bind(org.as_str())
+        .bind(org)
         .bind(metadata)
         .bind(c.seq)
         .bind(page.limit + 1)
@@ -168,24 +164,22 @@ impl Store {
     pub async fn transition_job(
         &self,
         org: &OrganizationId,
-        id: &str,
+        id: &JobId,
         action: JobAction,
     ) -> Result<Transition, StoreError> {
         let target = JobStatus::target(action);
-        let sources: Vec<&str> = JobStatus::allowed_sources(action)
-            .iter()
-            .map(|s| s.as_str())
-            .collect();
+        let sources = JobStatus::allowed_sources(action);
         let mut tx = self.pool.begin().await.ctx("starting a transaction")?;
         let updated: Option<JobRow> = sqlx::query_as(&format!(
             "update fine_tuning_job set status = $3, updated_at = now(), estimated_finish = null, \
-             finished_at = case when $3 = 'cancelled' then now() else finished_at end \
+             finished_at = case when $5 then now() else finished_at end \
              where id = $1 and organization_id = $2 and status = any($4) returning {JOB_COLUMNS}"
         ))
         .bind(id)
-        .bind(org.as_str())
-        .bind(target.as_str())
-        .bind(&sources)
+        .bind(org)
+        .bind(target)
+        .bind(sources)
+        .bind(target.is_terminal())
         .fetch_optional(&mut *tx)
         .await
         .ctx("changing a job's status")?;
@@ -193,7 +187,7 @@ impl Store {
             drop(tx);
             return Ok(match self.get_job(org, id).await? {
                 None => Transition::NotFound,
-                Some(job) => Transition::Conflict(job.status()),
+                Some(job) => Transition::Conflict(job.status),
             });
         };
         let message = match action {
@@ -202,6 +196,9 @@ impl Store {
             JobAction::Resume => "Fine-tuning job resumed",
         };
         Self::insert_event_in(&mut tx, id, &NewEvent::info(message)).await?;
+        if !target.is_terminal() && target != JobStatus::Paused {
+            Self::notify_runnable_in(&mut tx, id).await?;
+        }
         tx.commit().await.ctx("committing a job transition")?;
         Ok(Transition::Done(Box::new(job)))
     }

@@ -9,6 +9,7 @@ pub mod events;
 pub mod files;
 pub mod jobs;
 pub mod models;
+pub mod notify;
 mod paging;
 pub mod queue;
 

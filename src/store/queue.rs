@@ -5,11 +5,13 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use sqlx::types::Json;
 
 use super::jobs::JOB_COLUMNS;
 use super::{Context, JobRow, NewEvent, Store, StoreError};
-use crate::domain::job::JobStatus;
+use crate::domain::hyperparameters::Hyperparameters;
+use crate::domain::ids::FileId;
+use crate::domain::job::{JobError, JobStatus};
 
 /// A job this worker holds the lease on, and the fencing token that proves it.
 #[derive(Debug, Clone)]
@@ -19,8 +21,6 @@ pub struct ClaimedJob {
     /// The attempt number every later write must match.
     pub attempt: i32,
 }
-
-const ACTIVE: [&str; 3] = ["validating_files", "queued", "running"];
 
 impl Store {
     /// Claim the oldest runnable job whose lease is free or expired, taking a lease of `lease`.
@@ -47,7 +47,7 @@ impl Store {
         ))
         .bind(worker_id)
         .bind(lease.as_secs_f64())
-        .bind(&ACTIVE[..])
+        .bind(&JobStatus::ACTIVE[..])
         .fetch_optional(&self.pool)
         .await
         .ctx("claiming a job")?;
@@ -64,7 +64,7 @@ impl Store {
         claim: &ClaimedJob,
         lease: Duration,
     ) -> Result<Option<JobStatus>, StoreError> {
-        let status: Option<String> = sqlx::query_scalar(
+        let status: Option<JobStatus> = sqlx::query_scalar(
             "update fine_tuning_job set locked_until = now() + make_interval(secs => $3) \
              where id = $1 and attempt = $2 returning status",
         )
@@ -74,7 +74,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .ctx("renewing a job lease")?;
-        Ok(status.and_then(|s| JobStatus::parse(&s)))
+        Ok(status)
     }
 
     /// Give the lease back without changing the status (after a pause or cancel).
@@ -91,6 +91,35 @@ impl Store {
         Ok(())
     }
 
+    /// Put a held running job back in the queue (its worker is shutting down after saving the
+    /// training state), releasing the lease, with `event`. False when fenced off or no longer
+    /// running.
+    pub async fn requeue_job(
+        &self,
+        claim: &ClaimedJob,
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.ctx("starting a transaction")?;
+        let done = sqlx::query(
+            "update fine_tuning_job set status = $3, estimated_finish = null, locked_by = null, \
+             locked_until = null, updated_at = now() where id = $1 and attempt = $2 and status = $4",
+        )
+        .bind(&claim.job.id)
+        .bind(claim.attempt)
+        .bind(JobStatus::Queued)
+        .bind(JobStatus::Running)
+        .execute(&mut *tx)
+        .await
+        .ctx("requeueing a job")?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        Self::insert_event_in(&mut tx, &claim.job.id, event).await?;
+        Self::notify_runnable_in(&mut tx, &claim.job.id).await?;
+        tx.commit().await.ctx("committing a requeue")?;
+        Ok(true)
+    }
+
     /// Move a held job from one of `from` to `to`, with an event. False when fenced off or the
     /// status changed under us (a cancel or pause won the race).
     pub async fn advance_job(
@@ -100,7 +129,6 @@ impl Store {
         to: JobStatus,
         event: &NewEvent,
     ) -> Result<bool, StoreError> {
-        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
         let mut tx = self.pool.begin().await.ctx("starting a transaction")?;
         let done = sqlx::query(
             "update fine_tuning_job set status = $3, updated_at = now() \
@@ -108,8 +136,8 @@ impl Store {
         )
         .bind(&claim.job.id)
         .bind(claim.attempt)
-        .bind(to.as_str())
-        .bind(&from)
+        .bind(to)
+        .bind(from)
         .execute(&mut *tx)
         .await
         .ctx("advancing a job")?;
@@ -121,30 +149,28 @@ impl Store {
         Ok(true)
     }
 
-    /// End a held job as `failed` with `{code, message, param}`, releasing the lease.
-    pub async fn fail_job(
-        &self,
-        claim: &ClaimedJob,
-        error: Value,
-        message: &str,
-    ) -> Result<bool, StoreError> {
+    /// End a held job as `failed` with `error`, releasing the lease; the error's message becomes
+    /// the job's last event.
+    pub async fn fail_job(&self, claim: &ClaimedJob, error: &JobError) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.ctx("starting a transaction")?;
         let done = sqlx::query(
-            "update fine_tuning_job set status = 'failed', error = $3, finished_at = now(), \
+            "update fine_tuning_job set status = $5, error = $3, finished_at = now(), \
              estimated_finish = null, locked_by = null, locked_until = null, updated_at = now() \
              where id = $1 and attempt = $2 and status = any($4)",
         )
         .bind(&claim.job.id)
         .bind(claim.attempt)
-        .bind(error)
-        .bind(&ACTIVE[..])
+        .bind(Json(error))
+        .bind(&JobStatus::ACTIVE[..])
+        .bind(JobStatus::Failed)
         .execute(&mut *tx)
         .await
         .ctx("failing a job")?;
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        Self::insert_event_in(&mut tx, &claim.job.id, &NewEvent::error(message)).await?;
+        let event = NewEvent::error(error.message.clone());
+        Self::insert_event_in(&mut tx, &claim.job.id, &event).await?;
         tx.commit().await.ctx("committing a job failure")?;
         Ok(true)
     }
@@ -168,7 +194,7 @@ impl Store {
     pub async fn set_job_hyperparameters(
         &self,
         claim: &ClaimedJob,
-        hp: &Value,
+        hp: &Hyperparameters,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "update fine_tuning_job set hyperparameters = $3, \
@@ -177,7 +203,7 @@ impl Store {
         )
         .bind(&claim.job.id)
         .bind(claim.attempt)
-        .bind(hp)
+        .bind(Json(hp))
         .execute(&self.pool)
         .await
         .ctx("recording resolved hyperparameters")?;
@@ -192,11 +218,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "update fine_tuning_job set estimated_finish = now() + make_interval(secs => $3) \
-             where id = $1 and attempt = $2 and status = 'running'",
+             where id = $1 and attempt = $2 and status = $4",
         )
         .bind(&claim.job.id)
         .bind(claim.attempt)
         .bind(seconds)
+        .bind(JobStatus::Running)
         .execute(&self.pool)
         .await
         .ctx("recording the estimated finish")?;
@@ -211,18 +238,20 @@ impl Store {
         results: &JobResults,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.ctx("starting a transaction")?;
-        let ids: Vec<&str> = results.files.iter().map(|f| f.id.as_str()).collect();
+        let ids: Vec<FileId> = results.files.iter().map(|f| f.id.clone()).collect();
         let done = sqlx::query(
-            "update fine_tuning_job set status = 'succeeded', fine_tuned_model = $3, \
+            "update fine_tuning_job set status = $6, fine_tuned_model = $3, \
              trained_tokens = $4, result_files = $5, finished_at = now(), estimated_finish = null, \
              locked_by = null, locked_until = null, updated_at = now() \
-             where id = $1 and attempt = $2 and status = 'running'",
+             where id = $1 and attempt = $2 and status = $7",
         )
         .bind(&claim.job.id)
         .bind(claim.attempt)
         .bind(results.model.as_str())
         .bind(results.trained_tokens)
         .bind(&ids)
+        .bind(JobStatus::Succeeded)
+        .bind(JobStatus::Running)
         .execute(&mut *tx)
         .await
         .ctx("completing a job")?;

@@ -1,5 +1,5 @@
-//! Files a run leaves behind: safetensors with PEFT's metadata, and the resumable training state
-//! (adapter, optimizer moments, step, metrics so far) written when a job is paused.
+//! The resumable training state (adapter, optimizer moments, step, metrics so far) written when a
+//! run is paused or its worker shuts down.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,20 +8,10 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::lora::LoraSet;
+use super::metrics::MetricsRow;
 use super::optim::AdamW;
-use super::run::MetricsRow;
+use super::tensor_file::write_safetensors;
 use super::{TensorContext, TrainError, io_err};
-
-/// Write tensors with `{"format": "pt"}` metadata, as PyTorch/PEFT expect.
-pub fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
-    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
-    let mut sorted: Vec<(&String, &Tensor)> = tensors.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(sorted, Some(metadata), &tmp)
-        .map_err(|e| TrainError::Invalid(format!("writing {}: {e}", path.display())))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
-}
 
 /// Where a paused run stopped.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

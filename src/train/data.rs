@@ -56,7 +56,7 @@ pub fn read_examples(path: &Path) -> Result<Vec<Example>, TrainError> {
 
 /// Load `tokenizer.json` from a model directory.
 pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer, TrainError> {
-    let path = dir.join("tokenizer.json");
+    let path = dir.join(crate::model_dir::TOKENIZER);
     Tokenizer::from_file(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
 }
 

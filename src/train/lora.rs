@@ -147,7 +147,7 @@ impl LoraSet {
             .map(|(n, t)| t.to_dtype(DType::F32).map(|t| (n, t)))
             .collect::<candle_core::Result<_>>()
             .ctx("collecting adapter tensors")?;
-        super::checkpoint::write_safetensors(&dir.join("adapter_model.safetensors"), &tensors)
+        super::tensor_file::write_safetensors(&dir.join("adapter_model.safetensors"), &tensors)
     }
 
     /// Overwrite the adapter values from a PEFT `adapter_model.safetensors`.

@@ -10,7 +10,9 @@
 //! - [`optim`]: AdamW, gradient clipping, learning-rate schedules.
 //! - [`step`]: one micro-batch's forward and backward, optionally with gradient checkpointing.
 //! - [`run`]: the training loop, metrics, checkpoints, pause/resume state.
-//! - [`report`]: metrics CSV, loss-curve SVG, adapter archive.
+//! - [`metrics`]: one step's metrics and their wire forms (event JSON, result CSV).
+//! - [`tensor_file`]: safetensors files written atomically with PEFT's metadata.
+//! - [`report`]: loss-curve SVG and adapter archive.
 
 pub mod auto;
 pub mod checkpoint;
@@ -19,6 +21,7 @@ pub mod generate;
 pub mod gpu_memory;
 pub mod lora;
 pub mod loss;
+pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod optim;
@@ -27,6 +30,7 @@ pub mod rng;
 pub mod run;
 pub mod step;
 pub mod template;
+pub mod tensor_file;
 pub mod tiny;
 
 /// A failure in training, with what was being done.
@@ -53,6 +57,9 @@ pub enum TrainError {
     /// The model directory or data is not usable.
     #[error("{0}")]
     Invalid(String),
+    /// The base model directory cannot be used.
+    #[error(transparent)]
+    ModelDir(#[from] crate::model_dir::ModelDirError),
     /// The loss became NaN or infinite.
     #[error("the training loss became {loss} at step {step}; try a lower learning rate")]
     NonFiniteLoss {

@@ -1,30 +1,12 @@
-//! Result files of a finished run: the metrics CSV OpenAI returns, the loss curve as SVG (the
-//! seed's `plot_loss`), and the final adapter as a `.tar.gz`.
+//! Result files of a finished run besides the metrics CSV ([`super::metrics`]): the loss curve as
+//! SVG (the seed's `plot_loss`) and the final adapter as a `.tar.gz`.
 
 use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::run::MetricsRow;
+use super::metrics::MetricsRow;
 use super::{TrainError, io_err};
-
-/// `step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy`, one row per step.
-pub fn write_csv(path: &Path, rows: &[MetricsRow]) -> Result<(), TrainError> {
-    let opt = |v: Option<f32>| v.map(|v| v.to_string()).unwrap_or_default();
-    let mut text =
-        String::from("step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n");
-    for r in rows {
-        text.push_str(&format!(
-            "{},{},{},{},{}\n",
-            r.step,
-            r.train_loss,
-            r.train_accuracy,
-            opt(r.valid_loss),
-            opt(r.valid_accuracy)
-        ));
-    }
-    std::fs::write(path, text).map_err(io_err(path))
-}
 
 /// The training (and validation) loss against the step.
 pub fn write_loss_svg(path: &Path, rows: &[MetricsRow]) -> Result<(), TrainError> {

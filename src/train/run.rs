@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use serde::{Deserialize, Serialize};
 
 use super::auto::{self, Resolved};
 use super::checkpoint::{self, ResumeState};
@@ -14,6 +13,7 @@ use super::data::{self, Batch, Limits, Sample};
 use super::gpu_memory;
 use super::lora::{LoraSet, LoraSpec};
 use super::loss::causal_lm_loss;
+pub use super::metrics::MetricsRow;
 use super::model::{CausalLm, ForwardCtx};
 use super::optim::{AdamW, clip_grad_norm, learning_rate};
 use super::step::loss_and_grads;
@@ -47,24 +47,6 @@ pub struct RunConfig {
     pub device: Device,
     /// Compute dtype of the frozen weights (LoRA weights stay f32).
     pub dtype: DType,
-}
-
-/// Metrics of one optimizer step.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MetricsRow {
-    /// 1-based optimizer step.
-    pub step: usize,
-    /// Mean training loss over the step's micro-batches.
-    pub train_loss: f32,
-    /// Mean token accuracy.
-    pub train_accuracy: f32,
-    /// Validation loss, when evaluated at this step.
-    pub valid_loss: Option<f32>,
-    /// Validation token accuracy.
-    pub valid_accuracy: Option<f32>,
-    /// Peak GPU memory held by tensors during the step, in bytes (`None` on the CPU).
-    #[serde(default)]
-    pub peak_gpu_memory_bytes: Option<u64>,
 }
 
 /// Something the loop reports.
@@ -249,16 +231,16 @@ pub fn train(
         let mut row = MetricsRow {
             step: st.step,
             train_loss: loss_sum / micro.len() as f32,
-            train_accuracy: correct as f32 / count.max(1) as f32,
+            train_mean_token_accuracy: correct as f32 / count.max(1) as f32,
             valid_loss: None,
-            valid_accuracy: None,
+            valid_mean_token_accuracy: None,
             peak_gpu_memory_bytes: gpu_memory::peak_bytes(&cfg.device),
         };
         let epoch_end = st.step % steps_per_epoch == 0;
         let log = st.step % hp.logging_steps as usize == 0 || st.step == total;
         if (log || epoch_end) && !p.valid.is_empty() {
             let (l, a) = evaluate(&model, &p.valid, p.pad_id, bs, &cfg.device)?;
-            (row.valid_loss, row.valid_accuracy) = (Some(l), Some(a));
+            (row.valid_loss, row.valid_mean_token_accuracy) = (Some(l), Some(a));
         }
         st.metrics.push(row.clone());
         on(Update::Step {
@@ -452,7 +434,7 @@ fn finish(
     let results = cfg.output_dir.join("results");
     std::fs::create_dir_all(&results).map_err(io_err(&results))?;
     let metrics_csv = results.join("metrics.csv");
-    super::report::write_csv(&metrics_csv, &st.metrics)?;
+    super::metrics::write_csv(&metrics_csv, &st.metrics)?;
     let loss_svg = results.join("loss.svg");
     super::report::write_loss_svg(&loss_svg, &st.metrics)?;
     let adapter_archive = results.join("adapter.tar.gz");

@@ -187,12 +187,7 @@ fn role_name(role: Role) -> &'static str {
 
 /// `tokenizer_config.json` as JSON (empty when absent).
 pub fn read_tokenizer_config(dir: &Path) -> Result<Value, TrainError> {
-    let path = dir.join("tokenizer_config.json");
-    if !path.exists() {
-        return Ok(Value::Object(Default::default()));
-    }
-    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
+    Ok(crate::model_dir::read_tokenizer_config(dir)?)
 }
 
 #[cfg(test)]

@@ -129,7 +129,7 @@ pub fn init_sized(dir: &Path, arch: TinyArch, size: TinySize, seed: u64) -> Resu
         &json!({"bos_token_id": id("<|endoftext|>"), "eos_token_id": [id("<|im_end|>"), id("<|endoftext|>")]}),
     )?;
     let weights = random_weights(arch, &d, vocab, seed).ctx("generating tiny weights")?;
-    super::checkpoint::write_safetensors(&dir.join("model.safetensors"), &weights)
+    super::tensor_file::write_safetensors(&dir.join("model.safetensors"), &weights)
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), TrainError> {

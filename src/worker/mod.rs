@@ -1,10 +1,14 @@
 //! The job loop: claim → validate files → queue → train → record the outcome, with events.
 //!
-//! A heartbeat renews the lease while a job is held and watches its status, so a cancel or pause
-//! reaches a running trainer within one heartbeat. Every write is fenced by the claim's attempt.
+//! A claimed job is a [`Lease`] whose heartbeat renews it and watches its status, so a cancel or
+//! pause reaches a running trainer within one heartbeat. Every write is fenced by the claim's
+//! attempt. An idle worker sleeps until a job is created or resumed (`LISTEN/NOTIFY`), with a
+//! poll as the fallback. When the worker is shut down mid-training, the job is paused at the next
+//! step boundary, its state saved, and it goes back to `queued` for the next start.
 
 pub mod candle_trainer;
 mod drive;
+pub mod lease;
 mod publish;
 pub mod trainer;
 pub mod validate;
@@ -12,10 +16,12 @@ pub mod validate;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::store::Store;
 use crate::store::blobs::BlobStore;
-use crate::store::{ClaimedJob, Store};
+pub use lease::Lease;
 pub use trainer::{Trainer, Unavailable};
 
 /// How a worker polls and leases.
@@ -43,10 +49,11 @@ pub struct Worker {
     settings: WorkerSettings,
     id: String,
     on_model_ready: Option<ModelReadyHook>,
+    shutdown: CancellationToken,
 }
 
 impl Worker {
-    /// A worker with a unique id (host, pid, random).
+    /// A worker with a unique id (pid, random).
     pub fn new(
         store: Store,
         blobs: BlobStore,
@@ -65,6 +72,7 @@ impl Worker {
             settings,
             id,
             on_model_ready: None,
+            shutdown: CancellationToken::new(),
         }
     }
 
@@ -74,9 +82,19 @@ impl Worker {
         self
     }
 
-    /// Run until `shutdown` is cancelled, polling for work.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+    /// Run until `shutdown` is cancelled: claim jobs, and between them sleep until a job is
+    /// created or resumed, or the poll interval passes. A job training when `shutdown` fires is
+    /// paused at its next step and queued again.
+    pub async fn run_until_stopped(mut self, shutdown: CancellationToken) {
+        self.shutdown = shutdown.clone();
         tracing::info!(worker_id = %self.id, "worker started");
+        let mut listener = match self.store.job_listener().await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = ?e, "cannot LISTEN for new jobs; polling only");
+                None
+            }
+        };
         while !shutdown.is_cancelled() {
             let worked = match self.run_once().await {
                 Ok(worked) => worked,
@@ -92,6 +110,7 @@ impl Worker {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                    _ = next_notification(&mut listener) => {}
                 }
             }
         }
@@ -103,50 +122,31 @@ impl Worker {
         let Some(claim) = self.store.claim_job(&self.id, self.settings.lease).await? else {
             return Ok(false);
         };
-        let stop = CancellationToken::new();
-        let heartbeat = tokio::spawn(heartbeat(
+        let lease = Lease::hold(
             self.store.clone(),
-            claim.clone(),
+            claim,
             self.settings.lease,
-            stop.clone(),
-        ));
-        let result = self.drive(&claim, &stop).await;
-        heartbeat.abort();
-        result?;
+            &self.shutdown,
+        );
+        self.drive(&lease).await?;
         Ok(true)
     }
 
     async fn sweep_expired_files(&self) -> anyhow::Result<()> {
         for id in self.store.delete_expired_files().await? {
-            if let Some(id) = crate::domain::ids::FileId::parse(&id) {
-                self.blobs.remove(&id).await?;
-            }
+            self.blobs.remove(&id).await?;
         }
         Ok(())
     }
 }
 
-/// Renew the lease every third of it; cancel `stop` when the job is paused, cancelled, or taken
-/// over by another worker.
-async fn heartbeat(store: Store, claim: ClaimedJob, lease: Duration, stop: CancellationToken) {
-    let every = (lease / 3).min(Duration::from_secs(1));
-    loop {
-        tokio::time::sleep(every).await;
-        match store.heartbeat(&claim, lease).await {
-            Ok(Some(status))
-                if status.is_terminal() || status == crate::domain::job::JobStatus::Paused =>
-            {
-                tracing::info!(job_id = %claim.job.id, %status, "job stopped by the client");
-                stop.cancel();
-                return;
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                tracing::warn!(job_id = %claim.job.id, "lease lost to another worker");
-                stop.cancel();
-                return;
-            }
-            Err(e) => tracing::warn!(error = ?e, "heartbeat failed; retrying"),
-        }
+/// Wait for the next job notification; forever when there is no listener (or it broke).
+async fn next_notification(listener: &mut Option<PgListener>) {
+    let Some(l) = listener else {
+        return std::future::pending().await;
+    };
+    if let Err(e) = l.recv().await {
+        tracing::warn!(error = ?e, "job notifications failed; polling only");
+        *listener = None;
     }
 }

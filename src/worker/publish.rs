@@ -2,11 +2,10 @@
 //! checkpoints) and publishing a finished job's results.
 
 use super::Worker;
-use super::trainer::{TrainerUpdate, TrainingOutcome};
+use super::trainer::{TrainingOutcome, Update};
 use crate::domain::ids::FileId;
 use crate::domain::model_name::FineTunedModelName;
-use crate::domain::organization::OrganizationId;
-use crate::store::{ClaimedJob, JobResults, NewFile};
+use crate::store::{ClaimedJob, JobResults, NewEvent, NewFile};
 
 impl Worker {
     /// Record one update from the trainer.
@@ -14,22 +13,38 @@ impl Worker {
         &self,
         claim: &ClaimedJob,
         name: &FineTunedModelName,
-        update: TrainerUpdate,
+        update: Update,
     ) -> anyhow::Result<()> {
+        let job_id = &claim.job.id;
         match update {
-            TrainerUpdate::Event(event) => self.store.insert_event(&claim.job.id, &event).await?,
-            TrainerUpdate::Resolved(hp) => self.store.set_job_hyperparameters(claim, &hp).await?,
-            TrainerUpdate::Estimate(secs) => self.store.set_estimated_finish(claim, secs).await?,
-            TrainerUpdate::Checkpoint { step, dir, metrics } => {
-                let step = i32::try_from(step)?;
+            Update::Message(text) => {
+                self.store
+                    .insert_event(job_id, &NewEvent::info(text))
+                    .await?
+            }
+            Update::Metrics { row, total_steps } => {
+                let event =
+                    NewEvent::metrics(row.message(total_steps), row.to_json(Some(total_steps)));
+                self.store.insert_event(job_id, &event).await?
+            }
+            Update::Resolved(hp) => self.store.set_job_hyperparameters(claim, &hp).await?,
+            Update::Estimate(secs) => self.store.set_estimated_finish(claim, secs).await?,
+            Update::Step { .. } => {}
+            Update::Checkpoint { step, dir, metrics } => {
                 let path = dir.to_string_lossy();
                 self.store
-                    .insert_checkpoint(claim, step, &name.checkpoint(step as u64), &metrics, &path)
+                    .insert_checkpoint(
+                        claim,
+                        i32::try_from(step)?,
+                        &name.checkpoint(step as u64),
+                        &metrics.to_json(None),
+                        &path,
+                    )
                     .await?;
             }
-            TrainerUpdate::Pruned(step) => {
+            Update::Pruned(step) => {
                 self.store
-                    .delete_checkpoint(&claim.job.id, i32::try_from(step)?)
+                    .delete_checkpoint(job_id, i32::try_from(step)?)
                     .await?;
             }
         }
@@ -43,14 +58,13 @@ impl Worker {
         name: FineTunedModelName,
         outcome: TrainingOutcome,
     ) -> anyhow::Result<()> {
-        let org = OrganizationId::from_stored(claim.job.organization_id.clone());
         let mut files = Vec::new();
         for (path, filename) in &outcome.result_files {
             let id = FileId::generate();
             let bytes = self.blobs.import(path, &id).await?;
             files.push(NewFile {
                 id,
-                organization_id: org.clone(),
+                organization_id: claim.job.organization_id.clone(),
                 bytes: i64::try_from(bytes)?,
                 filename: filename.clone(),
                 purpose: "fine-tune-results".to_owned(),
@@ -71,10 +85,12 @@ impl Worker {
                 hook(results.model.as_str().to_owned(), adapter_dir);
             }
         } else {
-            // Fenced off or cancelled meanwhile: the results are not ours to publish.
+            // Fenced off, paused or cancelled meanwhile: the results are not ours to publish,
+            // and the lease (if still ours) goes back so a resume can be claimed at once.
             for f in &results.files {
                 self.blobs.remove(&f.id).await?;
             }
+            self.store.release_job(claim).await?;
         }
         Ok(())
     }

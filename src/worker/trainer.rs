@@ -1,9 +1,9 @@
 //! The interface between the job loop and a training engine.
 //!
-//! The worker hands a [`TrainingRequest`] to a [`Trainer`] on a blocking thread, forwards its
-//! [`Progress`] events to the job, and cancels its [`StopSignal`] when the job is paused or
-//! cancelled. The candle trainer is one implementation; [`Unavailable`] is the honest stand-in
-//! used until one is configured.
+//! The worker hands a [`TrainingRequest`] to a [`Trainer`] on a blocking thread, records the
+//! trainer's [`Update`]s (sent through [`Progress`]) on the job, and cancels its [`StopSignal`]
+//! when the job is paused or cancelled or the worker shuts down. The candle trainer is one
+//! implementation; [`Unavailable`] is the honest stand-in used until one is configured.
 
 use std::path::PathBuf;
 
@@ -11,13 +11,15 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::hyperparameters::Hyperparameters;
-use crate::store::NewEvent;
+use crate::domain::ids::JobId;
+use crate::domain::job::JobError;
+pub use crate::train::run::Update;
 
 /// Everything a trainer needs to run one job.
 #[derive(Debug, Clone)]
 pub struct TrainingRequest {
     /// The job being trained.
-    pub job_id: String,
+    pub job_id: JobId,
     /// Base model name as the client gave it.
     pub model: String,
     /// Training data on disk.
@@ -43,67 +45,35 @@ pub struct TrainingOutcome {
     pub result_files: Vec<(PathBuf, String)>,
 }
 
-/// Something a trainer reports while it runs.
-#[derive(Debug, Clone)]
-pub enum TrainerUpdate {
-    /// Append an event to the job.
-    Event(NewEvent),
-    /// `auto` hyperparameters resolved: the job's `hyperparameters` become this object.
-    Resolved(serde_json::Value),
-    /// Seconds left, estimated.
-    Estimate(f64),
-    /// A checkpoint was written at `step` into `dir`, with these metrics.
-    Checkpoint {
-        /// Optimizer step.
-        step: u64,
-        /// PEFT directory.
-        dir: PathBuf,
-        /// Metrics object.
-        metrics: serde_json::Value,
-    },
-    /// The checkpoint of `step` was deleted.
-    Pruned(u64),
-}
-
-/// Why training did not finish.
+/// Why a training run did not produce a model.
 #[derive(Debug, thiserror::Error)]
-pub enum TrainerError {
-    /// No training engine is available in this server.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The stop signal was honoured (pause or cancel).
-    #[error("training stopped on request")]
-    Stopped,
-    /// Training failed; `code` is shown on the job.
-    #[error("{message}")]
-    Failed {
-        /// Machine-readable code.
-        code: &'static str,
-        /// What went wrong.
-        message: String,
+pub enum TrainingFailure {
+    /// The stop signal was honoured (pause, cancel or shutdown) after the state was saved.
+    #[error("training stopped on request at step {step}")]
+    Stopped {
+        /// Optimizer steps done.
+        step: usize,
     },
+    /// Training failed; the error lands on the job.
+    #[error("{0}")]
+    Failed(JobError),
 }
 
 /// The channel a trainer reports through.
 #[derive(Debug, Clone)]
 pub struct Progress {
-    tx: UnboundedSender<TrainerUpdate>,
+    tx: UnboundedSender<Update>,
 }
 
 impl Progress {
     /// Wrap the worker's channel.
-    pub fn new(tx: UnboundedSender<TrainerUpdate>) -> Self {
+    pub fn new(tx: UnboundedSender<Update>) -> Self {
         Self { tx }
     }
 
     /// Report an update (dropped if the job is no longer being watched).
-    pub fn send(&self, update: TrainerUpdate) {
+    pub fn send(&self, update: Update) {
         let _ = self.tx.send(update);
-    }
-
-    /// Append an event to the job.
-    pub fn event(&self, event: NewEvent) {
-        self.send(TrainerUpdate::Event(event));
     }
 }
 
@@ -118,7 +88,7 @@ pub trait Trainer: Send + Sync + 'static {
         request: TrainingRequest,
         progress: &Progress,
         stop: &StopSignal,
-    ) -> Result<TrainingOutcome, TrainerError>;
+    ) -> Result<TrainingOutcome, TrainingFailure>;
 }
 
 /// The trainer of a server built without a training engine: every job fails with a clear error.
@@ -131,11 +101,11 @@ impl Trainer for Unavailable {
         _request: TrainingRequest,
         _progress: &Progress,
         _stop: &StopSignal,
-    ) -> Result<TrainingOutcome, TrainerError> {
-        Err(TrainerError::Unavailable(
+    ) -> Result<TrainingOutcome, TrainingFailure> {
+        Err(TrainingFailure::Failed(JobError::new(
+            "trainer_unavailable",
             "Training is not available yet: this ferrotune build has no training engine, so the \
-             job cannot be trained"
-                .to_owned(),
-        ))
+             job cannot be trained",
+        )))
     }
 }

@@ -2,43 +2,16 @@
 
 use std::path::Path;
 
-use serde_json::{Value, json};
-
 use crate::domain::dataset::{ScanError, scan};
+use crate::domain::job::JobError;
 
 /// The fewest examples a training file may have.
 pub const MIN_EXAMPLES: usize = 10;
 
-/// A validation failure, shown as the job's `error`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FileProblem {
-    /// Machine-readable code (`invalid_n_examples`).
-    pub code: &'static str,
-    /// `training_file` or `validation_file`.
-    pub param: &'static str,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl FileProblem {
-    /// The job's `error` object.
-    pub fn to_json(&self) -> Value {
-        json!({"code": self.code, "message": self.message, "param": self.param})
-    }
-}
-
 /// Check a dataset file in full: readable, one format, enough examples, each with an
 /// assistant turn to learn from. Runs on a blocking thread (it reads the whole file).
-pub fn validate_dataset(
-    path: &Path,
-    param: &'static str,
-    min: usize,
-) -> Result<usize, FileProblem> {
-    let problem = |code, message| FileProblem {
-        code,
-        param,
-        message,
-    };
+pub fn validate_dataset(path: &Path, param: &'static str, min: usize) -> Result<usize, JobError> {
+    let problem = |code: &str, message: String| JobError::new(code, message).with_param(param);
     let file = std::fs::File::open(path)
         .map_err(|e| problem("invalid_file", format!("{param} could not be read: {e}")))?;
     let summary = scan(std::io::BufReader::new(file), |_, _| {}).map_err(|e| match e {

@@ -169,6 +169,11 @@ pub fn alpaca_jsonl(n: usize) -> Vec<u8> {
 }
 
 impl TestApp {
+    /// The URL of this app's database (for a `ferrotune` binary started on it).
+    pub fn database_url(&self) -> String {
+        cluster().url(&self.db_name)
+    }
+
     fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.api_key {
             Some(key) => req.bearer_auth(key),

@@ -2,6 +2,7 @@
 
 mod adapters;
 mod auth;
+mod binary;
 mod chat;
 mod errors;
 mod files;
@@ -17,3 +18,4 @@ mod train_loop;
 mod train_parity;
 mod training_jobs;
 mod worker;
+mod worker_lifecycle;

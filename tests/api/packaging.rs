@@ -1,9 +1,9 @@
-use serde_yaml::Value;
+use serde_norway::Value;
 
 #[test]
 fn compose_file_wires_postgres_and_a_data_volume() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/compose.yml");
-    let compose: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let compose: Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let services = &compose["services"];
     let app = &services["ferrotune"];
     assert!(
@@ -12,12 +12,12 @@ fn compose_file_wires_postgres_and_a_data_volume() {
             .unwrap()
             .starts_with("postgres")
     );
-    let env = serde_yaml::to_string(&app["environment"]).unwrap();
+    let env = serde_norway::to_string(&app["environment"]).unwrap();
     assert!(
         env.contains("DATABASE_URL") && env.contains("@postgres"),
         "{env}"
     );
-    let volumes = serde_yaml::to_string(&app["volumes"]).unwrap();
+    let volumes = serde_norway::to_string(&app["volumes"]).unwrap();
     assert!(volumes.contains("/data"), "{volumes}");
     assert!(
         compose["volumes"]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ferrotune::domain::job::JobStatus;
+use ferrotune::domain::job::{JobError, JobStatus};
 use ferrotune::store::NewEvent;
 use serde_json::json;
 
@@ -50,7 +50,7 @@ async fn an_expired_lease_is_reclaimed_and_the_stale_worker_is_fenced_off() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(fresh.job.id, id);
+    assert_eq!(fresh.job.id.as_str(), id);
     assert_eq!(fresh.attempt, stale.attempt + 1);
     assert_eq!(fresh.job.lost_leases, 1);
     // The stale worker can no longer write.
@@ -75,7 +75,7 @@ async fn an_expired_lease_is_reclaimed_and_the_stale_worker_is_fenced_off() {
     );
     assert!(
         !app.store
-            .fail_job(&stale, json!({}), "stale")
+            .fail_job(&stale, &JobError::new("stale", "stale"))
             .await
             .unwrap()
     );

@@ -1,55 +1,10 @@
 //! The README's run command: `ferrotune serve` with no DATABASE_URL starts its own PostgreSQL,
 //! stops it on SIGTERM, and reuses it on the next start.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use crate::binary::{free_port, serve, terminate, wait_healthy};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start(data_dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ferrotune"))
-        .args(["serve", "--port", &port.to_string(), "--data-dir"])
-        .arg(data_dir)
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_healthy(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let res = reqwest::get(format!("http://127.0.0.1:{port}/health")).await;
-        if res.is_ok_and(|r| r.status() == 200) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("server never became healthy");
-}
-
-fn terminate(mut child: Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.kill().unwrap();
-    panic!("server did not exit on SIGTERM");
+fn start(data_dir: &std::path::Path, port: u16) -> std::process::Child {
+    serve(data_dir, port, &[])
 }
 
 #[tokio::test]

@@ -454,7 +454,7 @@ fn sharded_checkpoints_load_like_a_single_file() {
     }
     for (i, shard) in shards.iter().enumerate() {
         let path = sharded.join(format!("model-0000{}-of-00002.safetensors", i + 1));
-        ferrotune::train::checkpoint::write_safetensors(&path, shard).unwrap();
+        ferrotune::train::tensor_file::write_safetensors(&path, shard).unwrap();
     }
     let index = json!({"metadata": {}, "weight_map": map});
     std::fs::write(

@@ -127,7 +127,7 @@ fn export_our_adapter_for_peft() {
             ),
             ("logits".to_owned(), logits),
         ]);
-        ferrotune::train::checkpoint::write_safetensors(&out.join("ours.safetensors"), &tensors)
+        ferrotune::train::tensor_file::write_safetensors(&out.join("ours.safetensors"), &tensors)
             .unwrap();
     }
 }

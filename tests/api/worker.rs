@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferrotune::domain::job::JobError;
 use ferrotune::worker::trainer::{
-    Progress, StopSignal, Trainer, TrainerError, TrainingOutcome, TrainingRequest,
+    Progress, StopSignal, Trainer, TrainingFailure, TrainingOutcome, TrainingRequest,
 };
 use serde_json::{Value, json};
 
@@ -20,18 +21,18 @@ impl Trainer for WaitsForStop {
         _: TrainingRequest,
         _: &Progress,
         stop: &StopSignal,
-    ) -> Result<TrainingOutcome, TrainerError> {
+    ) -> Result<TrainingOutcome, TrainingFailure> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if stop.is_cancelled() {
-                return Err(TrainerError::Stopped);
+                return Err(TrainingFailure::Stopped { step: 0 });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err(TrainerError::Failed {
-            code: "test_timeout",
-            message: "never stopped".into(),
-        })
+        Err(TrainingFailure::Failed(JobError::new(
+            "test_timeout",
+            "never stopped",
+        )))
     }
 }
 

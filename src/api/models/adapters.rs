@@ -1,12 +1,13 @@
 //! `POST /v1/load_lora_adapter` and `/v1/unload_lora_adapter` (vLLM's contract) for externally
 //! trained PEFT adapters, confined to `--adapter-root`.
 
+use actix_web::post;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
-use super::ApiState;
-use super::auth::Caller;
-use super::error::{ApiError, ErrorResponse};
+use crate::api::ApiState;
+use crate::api::auth::Caller;
+use crate::api::error::{ApiError, ErrorResponse};
 use crate::serve::adapters::check_adapter;
 use crate::store::models::AdapterInsert;
 
@@ -65,10 +66,11 @@ fn adapter_root(state: &ApiState) -> Result<std::path::PathBuf, ApiError> {
 }
 
 /// Load a PEFT adapter from the adapter root and serve it as `lora_name`.
-#[utoipa::path(post, path = "/v1/load_lora_adapter", operation_id = "load_lora_adapter", tag = "Models",
+#[utoipa::path(operation_id = "load_lora_adapter", tag = "Models",
     request_body = LoadLoraAdapterRequest,
     responses((status = 200, body = LoraAdapterStatus), (status = 400, body = ErrorResponse),
               (status = 409, body = ErrorResponse)))]
+#[post("/v1/load_lora_adapter")]
 pub async fn load_lora_adapter(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -124,10 +126,11 @@ pub async fn load_lora_adapter(
 }
 
 /// Stop serving a runtime adapter.
-#[utoipa::path(post, path = "/v1/unload_lora_adapter", operation_id = "unload_lora_adapter", tag = "Models",
+#[utoipa::path(operation_id = "unload_lora_adapter", tag = "Models",
     request_body = UnloadLoraAdapterRequest,
     responses((status = 200, body = LoraAdapterStatus), (status = 400, body = ErrorResponse),
               (status = 404, body = ErrorResponse)))]
+#[post("/v1/unload_lora_adapter")]
 pub async fn unload_lora_adapter(
     state: web::Data<ApiState>,
     caller: Caller,

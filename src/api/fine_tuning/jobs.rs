@@ -1,23 +1,26 @@
 //! `/v1/fine_tuning/jobs`: create, list, retrieve.
 //! See <https://platform.openai.com/docs/api-reference/fine-tuning>.
 
-use actix_web::{HttpResponse, web};
-use serde_json::{Map, Value};
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{get, post};
+use serde_json::Value;
 
-use super::ApiState;
-use super::auth::Caller;
-use super::error::{ApiError, ErrorResponse};
-use super::objects::{FineTuningJob, ListResponse};
+use super::job_id;
+use crate::api::ApiState;
+use crate::api::auth::Caller;
+use crate::api::error::{ApiError, ErrorResponse};
+use crate::api::objects::{FineTuningJob, ListResponse};
 use crate::domain::ids::{FileId, JobId};
 use crate::domain::job_request::{CreateFineTuningJobRequest, JobSpec};
 use crate::domain::organization::OrganizationId;
 use crate::domain::pagination::PageRequest;
 
 /// Create a fine-tuning job. Files are validated after creation; failures land on the job.
-#[utoipa::path(post, path = "/v1/fine_tuning/jobs", operation_id = "create_fine_tuning_job",
+#[utoipa::path(operation_id = "create_fine_tuning_job",
     tag = "Fine-tuning", request_body = CreateFineTuningJobRequest,
     responses((status = 200, body = FineTuningJob), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse)))]
+#[post("/v1/fine_tuning/jobs")]
 pub async fn create_fine_tuning_job(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -51,14 +54,10 @@ async fn check_file(
     id: &FileId,
     param: &str,
 ) -> Result<(), ApiError> {
-    let file = state
-        .store
-        .get_file(org, id.as_str())
-        .await?
-        .ok_or_else(|| {
-            ApiError::invalid(format!("Invalid file id '{id}': no such file"), Some(param))
-                .with_code("invalid_file_id")
-        })?;
+    let file = state.store.get_file(org, id).await?.ok_or_else(|| {
+        ApiError::invalid(format!("Invalid file id '{id}': no such file"), Some(param))
+            .with_code("invalid_file_id")
+    })?;
     if file.purpose != "fine-tune" {
         return Err(ApiError::invalid(
             format!(
@@ -73,41 +72,32 @@ async fn check_file(
 }
 
 /// List jobs, newest first. Filters: `metadata[key]=value` (repeatable).
-#[utoipa::path(get, path = "/v1/fine_tuning/jobs", operation_id = "list_paginated_fine_tuning_jobs",
+#[utoipa::path(operation_id = "list_paginated_fine_tuning_jobs",
     tag = "Fine-tuning",
     params(("after" = Option<String>, Query, description = "A job id to list after"),
            ("limit" = Option<i64>, Query, description = "1–100, default 20"),
            ("metadata" = Option<Object>, Query, style = DeepObject, explode = true,
             description = "metadata[key]=value filters")),
     responses((status = 200, body = ListResponse<FineTuningJob>), (status = 400, body = ErrorResponse)))]
+#[get("/v1/fine_tuning/jobs")]
 pub async fn list_paginated_fine_tuning_jobs(
     state: web::Data<ApiState>,
     caller: Caller,
-    query: web::Query<Vec<(String, String)>>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (mut after, mut limit) = (None, None);
-    let mut metadata = Map::new();
-    for (key, value) in query.into_inner() {
-        match key.as_str() {
-            "after" => after = Some(value),
-            "limit" => {
-                limit =
-                    Some(value.parse::<i64>().map_err(|_| {
-                        ApiError::invalid("limit must be an integer", Some("limit"))
-                    })?)
-            }
-            k => {
-                if let Some(name) = k
-                    .strip_prefix("metadata[")
-                    .and_then(|r| r.strip_suffix(']'))
-                {
-                    metadata.insert(name.to_owned(), Value::String(value));
-                }
-            }
-        }
-    }
-    let page = PageRequest::parse(limit, after, None, 20, 100)?;
-    let filter = (!metadata.is_empty()).then_some(Value::Object(metadata));
+    let q: ListJobsQuery = serde_qs::Config::new(2, false)
+        .deserialize_str(req.query_string())
+        .map_err(|e| ApiError::invalid(format!("Invalid query string: {e}"), None))?;
+    let limit = q
+        .limit
+        .map(|l| l.parse::<i64>())
+        .transpose()
+        .map_err(|_| ApiError::invalid("limit must be an integer", Some("limit")))?;
+    let page = PageRequest::parse(limit, q.after, None, 20, 100)?;
+    let filter = (!q.metadata.is_empty()).then(|| {
+        let pairs = q.metadata.into_iter().map(|(k, v)| (k, Value::String(v)));
+        Value::Object(pairs.collect())
+    });
     let rows = state
         .store
         .list_jobs(&caller.0, filter.as_ref(), &page)
@@ -115,20 +105,30 @@ pub async fn list_paginated_fine_tuning_jobs(
     Ok(HttpResponse::Ok().json(ListResponse::<FineTuningJob>::plain(rows)))
 }
 
+/// Query of `GET /v1/fine_tuning/jobs` (`metadata[key]=value`, repeatable).
+#[derive(Debug, serde::Deserialize)]
+struct ListJobsQuery {
+    after: Option<String>,
+    limit: Option<String>,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
 /// Retrieve one job.
-#[utoipa::path(get, path = "/v1/fine_tuning/jobs/{job_id}", operation_id = "retrieve_fine_tuning_job",
+#[utoipa::path(operation_id = "retrieve_fine_tuning_job",
     tag = "Fine-tuning", params(("job_id" = String, Path, description = "The job id")),
     responses((status = 200, body = FineTuningJob), (status = 404, body = ErrorResponse)))]
+#[get("/v1/fine_tuning/jobs/{job_id}")]
 pub async fn retrieve_fine_tuning_job(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
+    let id = job_id(&path.into_inner())?;
     let job = state
         .store
         .get_job(&caller.0, &id)
         .await?
-        .ok_or_else(|| ApiError::not_found("fine-tuning job", &id))?;
+        .ok_or_else(|| ApiError::not_found("fine-tuning job", id.as_str()))?;
     Ok(HttpResponse::Ok().json(FineTuningJob::from(job)))
 }

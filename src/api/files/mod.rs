@@ -1,16 +1,24 @@
-//! `/v1/files`: list, retrieve, delete, download. Upload is in `file_upload`.
+//! `/v1/files`: list, retrieve, delete, download; upload is in [`upload`].
 //! See <https://platform.openai.com/docs/api-reference/files>.
 
 use actix_web::{HttpResponse, web};
+use actix_web::{delete, get};
 use serde::Deserialize;
 use tokio_util::io::ReaderStream;
 
-use super::ApiState;
-use super::auth::Caller;
-use super::error::ApiError;
-use super::objects::{DeletedObject, ListResponse, OpenAIFile};
+use crate::api::ApiState;
+use crate::api::auth::Caller;
+use crate::api::error::ApiError;
+use crate::api::objects::{DeletedObject, ListResponse, OpenAIFile};
 use crate::domain::ids::FileId;
 use crate::domain::pagination::PageRequest;
+
+pub mod upload;
+
+/// The file a path names, or a 404 (an id that cannot parse never reaches the database).
+fn file_id(raw: &str) -> Result<FileId, ApiError> {
+    FileId::parse(raw).ok_or_else(|| ApiError::not_found("File", raw))
+}
 
 /// Query of `GET /v1/files`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -26,9 +34,10 @@ pub struct ListFilesQuery {
 }
 
 /// List the caller's files.
-#[utoipa::path(get, path = "/v1/files", operation_id = "list_files", tag = "Files",
+#[utoipa::path(operation_id = "list_files", tag = "Files",
     params(ListFilesQuery),
-    responses((status = 200, body = ListResponse<OpenAIFile>), (status = 400, body = super::error::ErrorResponse)))]
+    responses((status = 200, body = ListResponse<OpenAIFile>), (status = 400, body = crate::api::error::ErrorResponse)))]
+#[get("/v1/files")]
 pub async fn list_files(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -45,64 +54,62 @@ pub async fn list_files(
 }
 
 /// Retrieve one file's metadata.
-#[utoipa::path(get, path = "/v1/files/{file_id}", operation_id = "retrieve_file", tag = "Files",
+#[utoipa::path(operation_id = "retrieve_file", tag = "Files",
     params(("file_id" = String, Path, description = "The file id")),
-    responses((status = 200, body = OpenAIFile), (status = 404, body = super::error::ErrorResponse)))]
+    responses((status = 200, body = OpenAIFile), (status = 404, body = crate::api::error::ErrorResponse)))]
+#[get("/v1/files/{file_id}")]
 pub async fn retrieve_file(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
+    let id = file_id(&path.into_inner())?;
     let file = state
         .store
         .get_file(&caller.0, &id)
         .await?
-        .ok_or_else(|| ApiError::not_found("File", &id))?;
+        .ok_or_else(|| ApiError::not_found("File", id.as_str()))?;
     Ok(HttpResponse::Ok().json(OpenAIFile::from(file)))
 }
 
 /// Delete a file and its bytes.
-#[utoipa::path(delete, path = "/v1/files/{file_id}", operation_id = "delete_file", tag = "Files",
+#[utoipa::path(operation_id = "delete_file", tag = "Files",
     params(("file_id" = String, Path, description = "The file id")),
-    responses((status = 200, body = DeletedObject), (status = 404, body = super::error::ErrorResponse)))]
+    responses((status = 200, body = DeletedObject), (status = 404, body = crate::api::error::ErrorResponse)))]
+#[delete("/v1/files/{file_id}")]
 pub async fn delete_file(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
+    let id = file_id(&path.into_inner())?;
     if !state.store.delete_file(&caller.0, &id).await? {
-        return Err(ApiError::not_found("File", &id));
+        return Err(ApiError::not_found("File", id.as_str()));
     }
-    if let Some(file_id) = FileId::parse(&id) {
-        state.blobs.remove(&file_id).await?;
-    }
+    state.blobs.remove(&id).await?;
     Ok(HttpResponse::Ok().json(DeletedObject {
-        id,
+        id: id.into_string(),
         object: "file",
         deleted: true,
     }))
 }
 
 /// Stream a file's bytes.
-#[utoipa::path(get, path = "/v1/files/{file_id}/content", operation_id = "download_file", tag = "Files",
+#[utoipa::path(operation_id = "download_file", tag = "Files",
     params(("file_id" = String, Path, description = "The file id")),
     responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream"),
-              (status = 404, body = super::error::ErrorResponse)))]
+              (status = 404, body = crate::api::error::ErrorResponse)))]
+#[get("/v1/files/{file_id}/content")]
 pub async fn download_file(
     state: web::Data<ApiState>,
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
-    let (Some(row), Some(file_id)) = (
-        state.store.get_file(&caller.0, &id).await?,
-        FileId::parse(&id),
-    ) else {
-        return Err(ApiError::not_found("File", &id));
+    let id = file_id(&path.into_inner())?;
+    let Some(row) = state.store.get_file(&caller.0, &id).await? else {
+        return Err(ApiError::not_found("File", id.as_str()));
     };
-    let file = tokio::fs::File::open(state.blobs.path_of(&file_id))
+    let file = tokio::fs::File::open(state.blobs.path_of(&id))
         .await
         .map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok()

@@ -12,12 +12,14 @@ use mistralrs::core::{ChatCompletionResponse, Logprobs, Response, ResponseLogpro
 use crate::serve::Generation;
 use rand::Rng;
 use rand::distributions::Alphanumeric;
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use super::chat_types::{
-    ChatCompletionChoice, ChatCompletionResponseMessage, CompletionUsage,
-    CreateChatCompletionResponse,
+use super::types::{
+    ChatCompletionChoice, ChatCompletionChunk, ChatCompletionResponseMessage,
+    ChatCompletionTokenLogprob, ChoiceLogprobs, ChunkChoice, ChunkDelta, CompletionUsage,
+    CreateChatCompletionResponse, TopLogprob,
 };
+use crate::api::error::{ErrorObject, ErrorResponse};
 
 fn completion_id() -> String {
     let body: String = rand::thread_rng()
@@ -32,14 +34,13 @@ fn now() -> u64 {
     chrono::Utc::now().timestamp().max(0) as u64
 }
 
-fn finish_reason(raw: &str) -> String {
+fn finish_reason(raw: &str) -> &'static str {
     match raw {
         "length" => "length",
         "tool_calls" => "tool_calls",
         "content_filter" => "content_filter",
         _ => "stop",
     }
-    .to_owned()
 }
 
 fn usage(u: &Usage) -> CompletionUsage {
@@ -50,21 +51,43 @@ fn usage(u: &Usage) -> CompletionUsage {
     }
 }
 
-fn logprob(l: &ResponseLogprob) -> Value {
-    json!({
-        "token": l.token,
-        "logprob": l.logprob,
-        "bytes": l.bytes.clone().unwrap_or_else(|| l.token.as_bytes().to_vec()),
-        "top_logprobs": l.top_logprobs.iter().map(|t| {
-            // The engine gives the token's text in `bytes` and its id in `token`.
-            let text = t.bytes.clone().unwrap_or_default();
-            json!({"token": text, "logprob": t.logprob, "bytes": text.as_bytes()})
-        }).collect::<Vec<_>>(),
+fn logprob(l: &ResponseLogprob) -> ChatCompletionTokenLogprob {
+    ChatCompletionTokenLogprob {
+        token: l.token.clone(),
+        logprob: f64::from(l.logprob),
+        bytes: l
+            .bytes
+            .clone()
+            .unwrap_or_else(|| l.token.as_bytes().to_vec()),
+        top_logprobs: l
+            .top_logprobs
+            .iter()
+            .map(|t| {
+                // The engine gives the token's text in `bytes` and its id in `token`.
+                let text = t.bytes.clone().unwrap_or_default();
+                TopLogprob {
+                    bytes: text.as_bytes().to_vec(),
+                    token: text,
+                    logprob: f64::from(t.logprob),
+                }
+            })
+            .collect(),
+    }
+}
+
+fn logprobs(l: &Option<Logprobs>) -> Option<ChoiceLogprobs> {
+    l.as_ref().map(|l| ChoiceLogprobs {
+        content: l.content.as_ref().map(|c| c.iter().map(logprob).collect()),
+        refusal: None,
     })
 }
 
-fn logprobs(l: &Option<Logprobs>) -> Option<Value> {
-    l.as_ref().map(|l| json!({"content": l.content.as_ref().map(|c| c.iter().map(logprob).collect::<Vec<_>>()), "refusal": null}))
+/// One `data: …` event.
+fn sse_data(payload: &impl Serialize) -> Bytes {
+    let mut buf = b"data: ".to_vec();
+    serde_json::to_writer(&mut buf, payload).expect("SSE payloads serialize to JSON");
+    buf.extend_from_slice(b"\n\n");
+    Bytes::from(buf)
 }
 
 /// A non-streaming response.
@@ -85,7 +108,7 @@ pub fn completion_from(done: ChatCompletionResponse, model: &str) -> CreateChatC
                     refusal: None,
                 },
                 logprobs: logprobs(&c.logprobs),
-                finish_reason: finish_reason(&c.finish_reason),
+                finish_reason: finish_reason(&c.finish_reason).to_owned(),
             })
             .collect(),
         usage: usage(&done.usage),
@@ -111,22 +134,23 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn event(&mut self, choices: Value, usage: Option<Value>) {
-        let mut chunk = json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
-            "model": self.model, "system_fingerprint": null, "choices": choices,
-        });
-        if self.include_usage {
-            chunk["usage"] = usage.unwrap_or(Value::Null);
-        }
-        self.pending
-            .push_back(Bytes::from(format!("data: {chunk}\n\n")));
+    /// Queue a chunk; `usage` is sent (null when `None`) only with `include_usage`.
+    fn event(&mut self, choices: Vec<ChunkChoice>, usage: Option<CompletionUsage>) {
+        let chunk = ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: None,
+            choices,
+            usage: self.include_usage.then_some(usage),
+        };
+        self.pending.push_back(sse_data(&chunk));
     }
 
     fn finish(&mut self, final_usage: Option<&Usage>) {
         if self.include_usage {
-            let u = final_usage.map(|u| serde_json::to_value(usage(u)).unwrap_or(Value::Null));
-            self.event(json!([]), u);
+            self.event(Vec::new(), final_usage.map(usage));
         }
         self.pending
             .push_back(Bytes::from_static(b"data: [DONE]\n\n"));
@@ -134,9 +158,15 @@ impl StreamState {
     }
 
     fn error(&mut self, message: String) {
-        let e = json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}});
-        self.pending
-            .push_back(Bytes::from(format!("data: {e}\n\n")));
+        let e = ErrorResponse {
+            error: ErrorObject {
+                message,
+                kind: "server_error".to_owned(),
+                param: None,
+                code: None,
+            },
+        };
+        self.pending.push_back(sse_data(&e));
         self.done = true;
     }
 
@@ -145,27 +175,30 @@ impl StreamState {
             Some(Response::Chunk(chunk)) => {
                 if !self.started {
                     self.started = true;
-                    let first: Vec<Value> = (0..self.n.max(1))
-                        .map(|i| json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}))
+                    let first: Vec<ChunkChoice> = (0..self.n.max(1))
+                        .map(|i| ChunkChoice::new(i, ChunkDelta::first(), None))
                         .collect();
-                    self.event(Value::Array(first), None);
+                    self.event(first, None);
                 }
                 for c in &chunk.choices {
                     if let Some(n) = self.counts.get_mut(c.index) {
                         *n += 1;
                     }
                     if let Some(text) = c.delta.content.as_ref().filter(|t| !t.is_empty()) {
-                        let lp = c
-                            .logprobs
-                            .as_ref()
-                            .map(|l| json!({"content": [logprob(l)], "refusal": null}));
-                        self.event(json!([{"index": c.index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}]), None);
+                        let mut choice = ChunkChoice::new(c.index, ChunkDelta::text(text), None);
+                        choice.logprobs = c.logprobs.as_ref().map(|l| ChoiceLogprobs {
+                            content: Some(vec![logprob(l)]),
+                            refusal: None,
+                        });
+                        self.event(vec![choice], None);
                     }
                     if let Some(reason) = &c.finish_reason {
                         if let Some(f) = self.finished.get_mut(c.index) {
                             *f = true;
                         }
-                        self.event(json!([{"index": c.index, "delta": {}, "logprobs": null, "finish_reason": finish_reason(reason)}]), None);
+                        let reason = Some(finish_reason(reason));
+                        let done = ChunkChoice::new(c.index, ChunkDelta::default(), reason);
+                        self.event(vec![done], None);
                     }
                 }
                 if let Some(u) = &chunk.usage {
@@ -200,10 +233,8 @@ impl StreamState {
             } else {
                 "stop"
             };
-            self.event(
-                json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": reason}]),
-                None,
-            );
+            let choice = ChunkChoice::new(i, ChunkDelta::default(), Some(reason));
+            self.event(vec![choice], None);
         }
         let usage = self.prompt_tokens.map(|p| Usage {
             completion_tokens: completion,

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+mod device;
+pub use device::{DeviceChoice, DtypeChoice, parse_device, serving_dtype};
+
 /// Where state lives.
 #[derive(Debug, Clone, Args)]
 pub struct StorageSettings {
@@ -73,11 +76,11 @@ pub struct ModelSettings {
     /// Device for training and serving: `auto` (the first GPU when the binary is built with
     /// `--features cuda` and one is present, else the CPU), `cpu` or `cuda[:N]`.
     #[arg(long, env = "FERROTUNE_DEVICE", default_value = "auto")]
-    pub device: String,
+    pub device: DeviceChoice,
     /// Compute dtype of the frozen weights: `auto` (bf16 on a GPU, f32 on the CPU), `f32`,
     /// `bf16` or `f16`. LoRA weights, optimizer state and the loss stay f32.
-    #[arg(long, env = "FERROTUNE_DTYPE", default_value = "auto")]
-    pub dtype: String,
+    #[arg(long, env = "FERROTUNE_DTYPE", value_enum, default_value = "auto")]
+    pub dtype: DtypeChoice,
     /// Most fine-tuned models kept loaded for serving besides the base model (least recently
     /// used ones are evicted and reloaded on demand).
     #[arg(long, env = "FERROTUNE_MAX_RESIDENT_MODELS", default_value_t = 2)]
@@ -90,13 +93,49 @@ pub struct ModelSettings {
 /// The name of the generated tiny model.
 pub const TINY_MODEL_NAME: &str = "ferrotune-tiny";
 
+/// The base model a server fine-tunes and serves, as resolved at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseModelSource {
+    /// A Hugging Face directory the user named.
+    Directory {
+        /// Its name for clients.
+        name: String,
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The generated tiny model, kept under `<data dir>/models/`.
+    Tiny {
+        /// Its name for clients.
+        name: String,
+        /// Where it is (or will be) generated.
+        dir: PathBuf,
+    },
+}
+
+impl BaseModelSource {
+    /// The name clients use.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Directory { name, .. } | Self::Tiny { name, .. } => name,
+        }
+    }
+
+    /// The model directory.
+    pub fn dir(&self) -> &std::path::Path {
+        match self {
+            Self::Directory { dir, .. } | Self::Tiny { dir, .. } => dir,
+        }
+    }
+}
+
 impl ModelSettings {
-    /// `(name, directory)` of the base model, generating the tiny model on first use.
-    pub fn resolve(&self, data_dir: &std::path::Path) -> anyhow::Result<(String, PathBuf)> {
+    /// Which base model the settings name, without touching the disk beyond checking that a
+    /// named directory has a `config.json`. Start-up makes it ready ([`crate::startup`]).
+    pub fn base_model_source(&self, data_dir: &std::path::Path) -> anyhow::Result<BaseModelSource> {
         match &self.base_model {
             Some(dir) => {
                 let dir = std::path::absolute(dir)?;
-                if !dir.join("config.json").exists() {
+                if !dir.join(crate::model_dir::CONFIG).exists() {
                     anyhow::bail!("--base-model {}: no config.json there", dir.display());
                 }
                 let name = self.base_model_name.clone().unwrap_or_else(|| {
@@ -104,86 +143,26 @@ impl ModelSettings {
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_else(|| "base".to_owned())
                 });
-                Ok((name, dir))
+                Ok(BaseModelSource::Directory { name, dir })
             }
-            None => {
-                let dir = data_dir.join("models").join(TINY_MODEL_NAME);
-                if !dir.join("model.safetensors").exists() {
-                    crate::train::tiny::init_tiny(&dir, crate::train::tiny::TinyArch::Llama, 0)?;
-                }
-                tracing::warn!(
-                    dir = %dir.display(),
-                    "no --base-model: using the generated tiny model '{TINY_MODEL_NAME}'; it has \
-                     random weights and is only for trying the API"
-                );
-                let name = self
+            None => Ok(BaseModelSource::Tiny {
+                name: self
                     .base_model_name
                     .clone()
-                    .unwrap_or_else(|| TINY_MODEL_NAME.to_owned());
-                Ok((name, dir))
-            }
+                    .unwrap_or_else(|| TINY_MODEL_NAME.to_owned()),
+                dir: data_dir.join("models").join(TINY_MODEL_NAME),
+            }),
         }
     }
 
     /// The candle device.
     pub fn device(&self) -> anyhow::Result<candle_core::Device> {
-        parse_device(&self.device)
+        self.device.open()
     }
 
-    /// The compute dtype on `device` (`auto`: bf16 on a GPU, f32 on the CPU).
-    pub fn dtype(&self, device: &candle_core::Device) -> anyhow::Result<candle_core::DType> {
-        resolve_dtype(&self.dtype, device)
-    }
-}
-
-/// `auto` (bf16 on a GPU, f32 on the CPU), or a dtype [`parse_dtype`] accepts.
-pub fn resolve_dtype(
-    raw: &str,
-    device: &candle_core::Device,
-) -> anyhow::Result<candle_core::DType> {
-    match raw {
-        "auto" if device.is_cpu() => Ok(candle_core::DType::F32),
-        "auto" => Ok(candle_core::DType::BF16),
-        other => parse_dtype(other),
-    }
-}
-
-/// The serving engine's dtype for a training dtype (always explicit: mistral.rs's `auto` would
-/// probe the GPU).
-pub fn serving_dtype(dtype: candle_core::DType) -> mistralrs::ModelDType {
-    match dtype {
-        candle_core::DType::BF16 => mistralrs::ModelDType::BF16,
-        candle_core::DType::F16 => mistralrs::ModelDType::F16,
-        _ => mistralrs::ModelDType::F32,
-    }
-}
-
-/// `auto`, `cpu`, `cuda` or `cuda:N`.
-pub fn parse_device(raw: &str) -> anyhow::Result<candle_core::Device> {
-    match raw {
-        "auto" if candle_core::utils::cuda_is_available() => {
-            Ok(candle_core::Device::new_cuda(0).unwrap_or(candle_core::Device::Cpu))
-        }
-        "auto" => Ok(candle_core::Device::Cpu),
-        "cpu" => Ok(candle_core::Device::Cpu),
-        other => {
-            let ordinal = match other.strip_prefix("cuda") {
-                Some("") => 0,
-                Some(rest) => rest.trim_start_matches(':').parse()?,
-                None => anyhow::bail!("unknown device '{other}': use cpu or cuda[:N]"),
-            };
-            Ok(candle_core::Device::new_cuda(ordinal)?)
-        }
-    }
-}
-
-/// `f32`, `bf16` or `f16`.
-pub fn parse_dtype(raw: &str) -> anyhow::Result<candle_core::DType> {
-    match raw {
-        "f32" | "float32" => Ok(candle_core::DType::F32),
-        "bf16" | "bfloat16" => Ok(candle_core::DType::BF16),
-        "f16" | "float16" => Ok(candle_core::DType::F16),
-        other => anyhow::bail!("unknown dtype '{other}': use f32, bf16 or f16"),
+    /// The compute dtype on `device`.
+    pub fn dtype(&self, device: &candle_core::Device) -> candle_core::DType {
+        self.dtype.on(device)
     }
 }
 
@@ -241,8 +220,8 @@ impl Settings {
             model: ModelSettings {
                 base_model: None,
                 base_model_name: None,
-                device: "cpu".into(),
-                dtype: "f32".into(),
+                device: DeviceChoice::Cpu,
+                dtype: DtypeChoice::F32,
                 max_resident_models: 2,
                 adapter_root: None,
             },

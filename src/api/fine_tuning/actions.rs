@@ -1,24 +1,27 @@
 //! `POST /v1/fine_tuning/jobs/{id}/cancel|pause|resume`: client-requested transitions. An action
 //! the job's status does not allow is a 409 that says why.
 
+use actix_web::post;
 use actix_web::{HttpResponse, web};
 
-use super::ApiState;
-use super::auth::Caller;
-use super::error::{ApiError, ErrorResponse};
-use super::objects::FineTuningJob;
+use super::job_id;
+use crate::api::ApiState;
+use crate::api::auth::Caller;
+use crate::api::error::{ApiError, ErrorResponse};
+use crate::api::objects::FineTuningJob;
 use crate::domain::job::{JobAction, JobStatus};
 use crate::store::jobs::Transition;
 
 async fn apply(
     state: web::Data<ApiState>,
     caller: Caller,
-    id: String,
+    raw: String,
     action: JobAction,
 ) -> Result<HttpResponse, ApiError> {
+    let id = job_id(&raw)?;
     match state.store.transition_job(&caller.0, &id, action).await? {
         Transition::Done(job) => Ok(HttpResponse::Ok().json(FineTuningJob::from(*job))),
-        Transition::NotFound => Err(ApiError::not_found("fine-tuning job", &id)),
+        Transition::NotFound => Err(ApiError::not_found("fine-tuning job", &raw)),
         Transition::Conflict(status) => Err(ApiError::conflict(JobStatus::conflict_message(
             status, action,
         ))),
@@ -26,10 +29,11 @@ async fn apply(
 }
 
 /// Cancel a job that has not finished.
-#[utoipa::path(post, path = "/v1/fine_tuning/jobs/{job_id}/cancel", operation_id = "cancel_fine_tuning_job",
+#[utoipa::path(operation_id = "cancel_fine_tuning_job",
     tag = "Fine-tuning", params(("job_id" = String, Path, description = "The job id")),
     responses((status = 200, body = FineTuningJob), (status = 404, body = ErrorResponse),
               (status = 409, body = ErrorResponse)))]
+#[post("/v1/fine_tuning/jobs/{job_id}/cancel")]
 pub async fn cancel_fine_tuning_job(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -39,10 +43,11 @@ pub async fn cancel_fine_tuning_job(
 }
 
 /// Pause a job that is validating, queued or running.
-#[utoipa::path(post, path = "/v1/fine_tuning/jobs/{job_id}/pause", operation_id = "pause_fine_tuning_job",
+#[utoipa::path(operation_id = "pause_fine_tuning_job",
     tag = "Fine-tuning", params(("job_id" = String, Path, description = "The job id")),
     responses((status = 200, body = FineTuningJob), (status = 404, body = ErrorResponse),
               (status = 409, body = ErrorResponse)))]
+#[post("/v1/fine_tuning/jobs/{job_id}/pause")]
 pub async fn pause_fine_tuning_job(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -52,10 +57,11 @@ pub async fn pause_fine_tuning_job(
 }
 
 /// Resume a paused job (it is queued again).
-#[utoipa::path(post, path = "/v1/fine_tuning/jobs/{job_id}/resume", operation_id = "resume_fine_tuning_job",
+#[utoipa::path(operation_id = "resume_fine_tuning_job",
     tag = "Fine-tuning", params(("job_id" = String, Path, description = "The job id")),
     responses((status = 200, body = FineTuningJob), (status = 404, body = ErrorResponse),
               (status = 409, body = ErrorResponse)))]
+#[post("/v1/fine_tuning/jobs/{job_id}/resume")]
 pub async fn resume_fine_tuning_job(
     state: web::Data<ApiState>,
     caller: Caller,

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::chat_types::CreateChatCompletionRequest;
-use super::error::ApiError;
+use super::types::CreateChatCompletionRequest;
+use crate::api::error::ApiError;
 use crate::serve::{ChatParams, ChatTurn};
 
 fn bad(param: &str, message: impl Into<String>) -> ApiError {

@@ -4,16 +4,21 @@
 
 use std::path::Path;
 
+use actix_web::post;
 use actix_web::{HttpResponse, web};
 use mistralrs::core::Response;
 
-use super::ApiState;
-use super::auth::Caller;
-use super::chat_render::{StreamShape, completion_from, sse_stream};
-use super::chat_types::CreateChatCompletionRequest;
-use super::chat_validate::validate;
-use super::error::{ApiError, ErrorResponse};
+pub mod render;
+pub mod types;
+pub mod validate;
+
+use crate::api::ApiState;
+use crate::api::auth::Caller;
+use crate::api::error::{ApiError, ErrorResponse};
 use crate::serve::ServeError;
+use render::{StreamShape, completion_from, sse_stream};
+use types::CreateChatCompletionRequest;
+use validate::validate;
 
 /// 404 `model_not_found`, worded as OpenAI does.
 pub fn model_not_found(model: &str) -> ApiError {
@@ -31,12 +36,13 @@ impl From<ServeError> for ApiError {
 }
 
 /// Create a chat completion.
-#[utoipa::path(post, path = "/v1/chat/completions", operation_id = "create_chat_completion",
+#[utoipa::path(operation_id = "create_chat_completion",
     tag = "Chat", request_body = CreateChatCompletionRequest,
-    responses((status = 200, body = super::chat_types::CreateChatCompletionResponse,
+    responses((status = 200, body = types::CreateChatCompletionResponse,
                description = "A completion, or with `stream: true` a text/event-stream of chunks"),
               (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
               (status = 503, body = ErrorResponse)))]
+#[post("/v1/chat/completions")]
 pub async fn create_chat_completion(
     state: web::Data<ApiState>,
     caller: Caller,

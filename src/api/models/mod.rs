@@ -2,12 +2,16 @@
 //! See <https://platform.openai.com/docs/api-reference/models>.
 
 use actix_web::{HttpResponse, web};
+use actix_web::{delete, get};
 use serde::Serialize;
 
-use super::ApiState;
-use super::auth::Caller;
-use super::error::{ApiError, ErrorResponse};
-use super::objects::DeletedObject;
+use crate::api::ApiState;
+use crate::api::auth::Caller;
+use crate::api::error::{ApiError, ErrorResponse};
+use crate::api::objects::DeletedObject;
+use crate::store::models::ModelRow;
+
+pub mod adapters;
 
 /// A model (`object: "model"`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -31,6 +35,17 @@ pub struct ListModelsResponse {
     pub data: Vec<OpenAIModel>,
 }
 
+impl From<ModelRow> for OpenAIModel {
+    fn from(m: ModelRow) -> Self {
+        Self {
+            id: m.id,
+            object: "model",
+            created: m.created_at.timestamp(),
+            owned_by: m.organization_id,
+        }
+    }
+}
+
 fn base(state: &ApiState) -> OpenAIModel {
     OpenAIModel {
         id: state.engine.base_name().to_owned(),
@@ -41,21 +56,22 @@ fn base(state: &ApiState) -> OpenAIModel {
 }
 
 /// List the models the caller can use.
-#[utoipa::path(get, path = "/v1/models", operation_id = "list_models", tag = "Models",
+#[utoipa::path(operation_id = "list_models", tag = "Models",
     responses((status = 200, body = ListModelsResponse)))]
+#[get("/v1/models")]
 pub async fn list_models(
     state: web::Data<ApiState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let mut data = vec![base(&state)];
-    for m in state.store.list_models(&caller.0).await? {
-        data.push(OpenAIModel {
-            id: m.id,
-            object: "model",
-            created: m.created_at.timestamp(),
-            owned_by: m.organization_id,
-        });
-    }
+    data.extend(
+        state
+            .store
+            .list_models(&caller.0)
+            .await?
+            .into_iter()
+            .map(OpenAIModel::from),
+    );
     Ok(HttpResponse::Ok().json(ListModelsResponse {
         object: "list",
         data,
@@ -63,9 +79,10 @@ pub async fn list_models(
 }
 
 /// Retrieve a model.
-#[utoipa::path(get, path = "/v1/models/{model}", operation_id = "retrieve_model", tag = "Models",
+#[utoipa::path(operation_id = "retrieve_model", tag = "Models",
     params(("model" = String, Path, description = "The model id")),
     responses((status = 200, body = OpenAIModel), (status = 404, body = ErrorResponse)))]
+#[get("/v1/models/{model:.*}")]
 pub async fn retrieve_model(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -80,19 +97,15 @@ pub async fn retrieve_model(
         .get_model(&caller.0, &id)
         .await?
         .ok_or_else(|| ApiError::not_found_model(&id))?;
-    Ok(HttpResponse::Ok().json(OpenAIModel {
-        id: m.id,
-        object: "model",
-        created: m.created_at.timestamp(),
-        owned_by: m.organization_id,
-    }))
+    Ok(HttpResponse::Ok().json(OpenAIModel::from(m)))
 }
 
 /// Delete a fine-tuned model (and stop serving it with its checkpoints).
-#[utoipa::path(delete, path = "/v1/models/{model}", operation_id = "delete_model", tag = "Models",
+#[utoipa::path(operation_id = "delete_model", tag = "Models",
     params(("model" = String, Path, description = "The model id")),
     responses((status = 200, body = DeletedObject), (status = 400, body = ErrorResponse),
               (status = 404, body = ErrorResponse)))]
+#[delete("/v1/models/{model:.*}")]
 pub async fn delete_model(
     state: web::Data<ApiState>,
     caller: Caller,

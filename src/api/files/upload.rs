@@ -3,15 +3,16 @@
 
 use actix_multipart::{Field, Multipart};
 use actix_web::http::header::CONTENT_LENGTH;
+use actix_web::post;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{Duration, Utc};
 use futures_util::TryStreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::ApiState;
-use super::auth::Caller;
-use super::error::ApiError;
-use super::objects::OpenAIFile;
+use crate::api::ApiState;
+use crate::api::auth::Caller;
+use crate::api::error::ApiError;
+use crate::api::objects::OpenAIFile;
 use crate::domain::dataset::{ScanError, scan};
 use crate::domain::ids::FileId;
 use crate::store::NewFile;
@@ -51,10 +52,11 @@ struct Upload {
 }
 
 /// Upload a file.
-#[utoipa::path(post, path = "/v1/files", operation_id = "create_file", tag = "Files",
+#[utoipa::path(operation_id = "create_file", tag = "Files",
     request_body(content = CreateFileRequest, content_type = "multipart/form-data"),
-    responses((status = 200, body = OpenAIFile), (status = 400, body = super::error::ErrorResponse),
-              (status = 413, body = super::error::ErrorResponse)))]
+    responses((status = 200, body = OpenAIFile), (status = 400, body = crate::api::error::ErrorResponse),
+              (status = 413, body = crate::api::error::ErrorResponse)))]
+#[post("/v1/files")]
 pub async fn create_file(
     state: web::Data<ApiState>,
     caller: Caller,

@@ -1,0 +1,317 @@
+//! The wire types of `POST /v1/chat/completions` (OpenAI's schema names).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A chat message in a request.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+pub struct ChatCompletionRequestMessage {
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// Text, or a list of `{type: "text", text}` parts.
+    #[schema(value_type = Object)]
+    pub content: Option<Value>,
+    /// Optional participant name (ignored).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+pub struct ChatCompletionStreamOptions {
+    /// Send a last chunk with `usage` (and `usage: null` on every other chunk).
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The request body.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+pub struct CreateChatCompletionRequest {
+    /// Model id: the base model, `ft:…`, `ft:…:ckpt-step-N`, or a loaded adapter name.
+    pub model: String,
+    /// The conversation (at least one message).
+    pub messages: Vec<ChatCompletionRequestMessage>,
+    /// 0–2; 0 is greedy.
+    pub temperature: Option<f64>,
+    /// Nucleus sampling mass, (0, 1].
+    pub top_p: Option<f64>,
+    /// Choices to generate, 1–128.
+    pub n: Option<usize>,
+    /// Up to 4 stop sequences (a string or a list).
+    #[schema(value_type = Option<Object>)]
+    pub stop: Option<Value>,
+    /// Deprecated alias of `max_completion_tokens`.
+    pub max_tokens: Option<usize>,
+    /// Most tokens to generate.
+    pub max_completion_tokens: Option<usize>,
+    /// -2–2.
+    pub presence_penalty: Option<f32>,
+    /// -2–2.
+    pub frequency_penalty: Option<f32>,
+    /// Token id → bias (-100–100).
+    #[schema(value_type = Option<Object>)]
+    pub logit_bias: Option<Value>,
+    /// Return log-probabilities of the chosen tokens.
+    pub logprobs: Option<bool>,
+    /// 0–20 alternatives per position (needs `logprobs`).
+    pub top_logprobs: Option<usize>,
+    /// Best effort: the engine has one fixed-seed RNG, so per-request seeds are not honoured.
+    pub seed: Option<i64>,
+    /// `{type: "text"}` only (`json_object`/`json_schema` are refused).
+    #[schema(value_type = Option<Object>)]
+    pub response_format: Option<Value>,
+    /// Not supported yet (400).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tools: Option<Value>,
+    /// Not supported yet (400 unless `none`).
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<Value>,
+    /// Stream chunks as server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+    /// Streaming options.
+    pub stream_options: Option<ChatCompletionStreamOptions>,
+    /// End-user id (ignored).
+    pub user: Option<String>,
+    /// Accepted and ignored.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+/// Token counts.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CompletionUsage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+    /// Sum.
+    pub total_tokens: usize,
+}
+
+/// The assistant's message.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ChatCompletionResponseMessage {
+    /// Always `assistant`.
+    pub role: &'static str,
+    /// Generated text.
+    pub content: Option<String>,
+    /// Always null.
+    pub refusal: Option<String>,
+}
+
+/// One choice.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ChatCompletionChoice {
+    /// Position among the choices.
+    pub index: usize,
+    /// The message.
+    pub message: ChatCompletionResponseMessage,
+    /// `{content: [{token, logprob, bytes, top_logprobs}]}` or null.
+    #[schema(value_type = Option<Object>)]
+    pub logprobs: Option<ChoiceLogprobs>,
+    /// `stop` or `length`.
+    pub finish_reason: String,
+}
+
+/// `object: "chat.completion"`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CreateChatCompletionResponse {
+    /// `chatcmpl-…`.
+    pub id: String,
+    /// Always `chat.completion`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model that answered.
+    pub model: String,
+    /// The choices.
+    pub choices: Vec<ChatCompletionChoice>,
+    /// Token counts.
+    pub usage: CompletionUsage,
+    /// Engine fingerprint.
+    pub system_fingerprint: Option<String>,
+}
+
+/// One alternative at a position of `logprobs.content`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopLogprob {
+    /// The alternative's text.
+    pub token: String,
+    /// Its log-probability (`f64`, so the number reads as it always has on the wire).
+    pub logprob: f64,
+    /// The UTF-8 bytes of `token`.
+    pub bytes: Vec<u8>,
+}
+
+/// The log-probability of one generated token.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatCompletionTokenLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Its log-probability.
+    pub logprob: f64,
+    /// The token's bytes.
+    pub bytes: Vec<u8>,
+    /// The most likely alternatives (`top_logprobs` of them).
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// `choices[].logprobs`: `{content, refusal: null}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChoiceLogprobs {
+    /// One entry per generated token, or null.
+    pub content: Option<Vec<ChatCompletionTokenLogprob>>,
+    /// Always null.
+    pub refusal: Option<Vec<ChatCompletionTokenLogprob>>,
+}
+
+/// What a chunk adds to a choice; absent fields are left out (`{}` on the finish chunk).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChunkDelta {
+    /// `assistant`, on the first chunk only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    /// New text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+impl ChunkDelta {
+    /// The first delta of every choice: `{role: "assistant", content: ""}`.
+    pub fn first() -> Self {
+        Self {
+            role: Some("assistant"),
+            content: Some(String::new()),
+        }
+    }
+
+    /// A text delta: `{content}`.
+    pub fn text(content: &str) -> Self {
+        Self {
+            role: None,
+            content: Some(content.to_owned()),
+        }
+    }
+}
+
+/// One choice of a chunk.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChunkChoice {
+    /// Position among the choices.
+    pub index: usize,
+    /// What this chunk adds.
+    pub delta: ChunkDelta,
+    /// The log-probability of the delta's token, or null.
+    pub logprobs: Option<ChoiceLogprobs>,
+    /// Null until the choice's finish chunk.
+    pub finish_reason: Option<&'static str>,
+}
+
+impl ChunkChoice {
+    /// A choice with no log-probabilities.
+    pub fn new(index: usize, delta: ChunkDelta, finish_reason: Option<&'static str>) -> Self {
+        Self {
+            index,
+            delta,
+            logprobs: None,
+            finish_reason,
+        }
+    }
+}
+
+/// `object: "chat.completion.chunk"`, one server-sent event of a stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatCompletionChunk {
+    /// `chatcmpl-…`, the same on every chunk of a stream.
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model that answers.
+    pub model: String,
+    /// Always null.
+    pub system_fingerprint: Option<String>,
+    /// The choices this chunk updates (empty on the usage chunk).
+    pub choices: Vec<ChunkChoice>,
+    /// Left out unless `stream_options.include_usage`; then null on every chunk but the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<CompletionUsage>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(choices: Vec<ChunkChoice>, usage: Option<Option<CompletionUsage>>) -> String {
+        let chunk = ChatCompletionChunk {
+            id: "chatcmpl-1".into(),
+            object: "chat.completion.chunk",
+            created: 7,
+            model: "m".into(),
+            system_fingerprint: None,
+            choices,
+            usage,
+        };
+        serde_json::to_string(&chunk).unwrap()
+    }
+
+    const HEAD: &str = concat!(
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":7,"model":"m","#,
+        r#""system_fingerprint":null,"choices":"#
+    );
+
+    #[test]
+    fn chunks_keep_their_wire_shape() {
+        let first = chunk(vec![ChunkChoice::new(0, ChunkDelta::first(), None)], None);
+        let want = concat!(
+            r#"[{"index":0,"delta":{"role":"assistant","content":""},"#,
+            r#""logprobs":null,"finish_reason":null}]}"#
+        );
+        assert_eq!(first, [HEAD, want].concat());
+        let end = ChunkChoice::new(1, ChunkDelta::default(), Some("length"));
+        let want = concat!(
+            r#"[{"index":1,"delta":{},"logprobs":null,"finish_reason":"length"}],"#,
+            r#""usage":null}"#
+        );
+        assert_eq!(chunk(vec![end], Some(None)), [HEAD, want].concat());
+        let usage = CompletionUsage {
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            total_tokens: 5,
+        };
+        let want = r#"[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
+        assert_eq!(chunk(vec![], Some(Some(usage))), [HEAD, want].concat());
+    }
+
+    #[test]
+    fn logprobs_read_as_the_engine_f32_widened() {
+        let top = TopLogprob {
+            token: "a".into(),
+            logprob: f64::from(-0.1f32),
+            bytes: vec![97],
+        };
+        let entry = ChatCompletionTokenLogprob {
+            token: "a".into(),
+            logprob: f64::from(-0.1f32),
+            bytes: vec![97],
+            top_logprobs: vec![top],
+        };
+        let mut choice = ChunkChoice::new(0, ChunkDelta::text("a"), None);
+        choice.logprobs = Some(ChoiceLogprobs {
+            content: Some(vec![entry]),
+            refusal: None,
+        });
+        let lp = r#"{"token":"a","logprob":-0.10000000149011612,"bytes":[97]"#;
+        let want = [
+            r#"{"index":0,"delta":{"content":"a"},"logprobs":{"content":["#,
+            lp,
+            r#","top_logprobs":["#,
+            lp,
+            r#"}]}],"refusal":null},"finish_reason":null}"#,
+        ]
+        .concat();
+        assert_eq!(serde_json::to_string(&choice).unwrap(), want);
+    }
+}

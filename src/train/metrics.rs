@@ -1,0 +1,126 @@
+//! The metrics of one optimizer step and their wire forms: the JSON of metrics events and
+//! checkpoints (OpenAI's keys) and the rows of the `step_metrics.csv` result file.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{TrainError, io_err};
+
+/// Metrics of one optimizer step, named as OpenAI names them in events and checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MetricsRow {
+    /// 1-based optimizer step.
+    pub step: usize,
+    /// Mean training loss over the step's micro-batches.
+    pub train_loss: f32,
+    /// Mean token accuracy over the step's micro-batches.
+    #[serde(alias = "train_accuracy")]
+    pub train_mean_token_accuracy: f32,
+    /// Validation loss, when evaluated at this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_loss: Option<f32>,
+    /// Validation token accuracy, when evaluated at this step.
+    #[serde(
+        default,
+        alias = "valid_accuracy",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub valid_mean_token_accuracy: Option<f32>,
+    /// Peak GPU memory held by tensors during the step, in bytes (`None` on the CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_gpu_memory_bytes: Option<u64>,
+}
+
+/// The result file's header (OpenAI's column names).
+pub const CSV_HEADER: &str = "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy";
+
+impl MetricsRow {
+    /// The `data` of a metrics event (with `total_steps`) or a checkpoint's `metrics` (without).
+    pub fn to_json(&self, total_steps: Option<usize>) -> Value {
+        let mut m = serde_json::to_value(self).unwrap_or_else(|_| json!({}));
+        if let Some(t) = total_steps {
+            m["total_steps"] = json!(t);
+        }
+        m
+    }
+
+    /// The metrics event's message: `Step 30/300: training loss=0.1500, validation loss=0.27`.
+    pub fn message(&self, total_steps: usize) -> String {
+        let mut message = format!(
+            "Step {}/{total_steps}: training loss={:.4}",
+            self.step, self.train_loss
+        );
+        if let Some(v) = self.valid_loss {
+            message.push_str(&format!(", validation loss={v:.4}"));
+        }
+        message
+    }
+
+    /// One CSV line (no newline) under [`CSV_HEADER`].
+    pub fn csv_line(&self) -> String {
+        let opt = |v: Option<f32>| v.map(|v| v.to_string()).unwrap_or_default();
+        format!(
+            "{},{},{},{},{}",
+            self.step,
+            self.train_loss,
+            self.train_mean_token_accuracy,
+            opt(self.valid_loss),
+            opt(self.valid_mean_token_accuracy)
+        )
+    }
+}
+
+/// Write `rows` as the `step_metrics.csv` result file.
+pub fn write_csv(path: &Path, rows: &[MetricsRow]) -> Result<(), TrainError> {
+    let mut text = format!("{CSV_HEADER}\n");
+    for r in rows {
+        text.push_str(&r.csv_line());
+        text.push('\n');
+    }
+    std::fs::write(path, text).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(valid: Option<f32>) -> MetricsRow {
+        MetricsRow {
+            step: 3,
+            train_loss: 1.5,
+            train_mean_token_accuracy: 0.25,
+            valid_loss: valid,
+            valid_mean_token_accuracy: valid.map(|_| 0.5),
+            peak_gpu_memory_bytes: None,
+        }
+    }
+
+    #[test]
+    fn events_use_openai_keys_and_leave_out_what_was_not_measured() {
+        let m = row(None).to_json(Some(10));
+        assert_eq!(
+            m,
+            json!({"step": 3, "total_steps": 10, "train_loss": 1.5, "train_mean_token_accuracy": 0.25})
+        );
+        let m = row(Some(2.0)).to_json(None);
+        assert_eq!(m["valid_loss"], 2.0);
+        assert_eq!(m["valid_mean_token_accuracy"], 0.5);
+        assert!(m.get("total_steps").is_none());
+    }
+
+    #[test]
+    fn csv_rows_leave_unmeasured_columns_empty() {
+        assert_eq!(row(None).csv_line(), "3,1.5,0.25,,");
+        assert_eq!(row(Some(2.0)).csv_line(), "3,1.5,0.25,2,0.5");
+        assert_eq!(row(None).message(10), "Step 3/10: training loss=1.5000");
+    }
+
+    #[test]
+    fn states_saved_with_the_old_field_names_still_load() {
+        let old = r#"{"step":1,"train_loss":1.0,"train_accuracy":0.5,"valid_loss":null,"valid_accuracy":null}"#;
+        let r: MetricsRow = serde_json::from_str(old).unwrap();
+        assert_eq!(r.train_mean_token_accuracy, 0.5);
+    }
+}

@@ -1,0 +1,193 @@
+//! The worker's lifecycle with the real binary: SIGTERM pauses a training job at a step boundary
+//! and the next start resumes it; an idle worker wakes on NOTIFY, not on its poll; running as
+//! root with an unreachable data dir fails with one clear sentence.
+//!
+//! The test's own in-process server (no worker) handles uploads and job creation; the binary
+//! shares its database and data directory and runs the worker.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::binary::{free_port, serve, terminate, wait_healthy};
+use crate::helpers::{TestApp, spawn_app};
+
+fn worker_args(app: &TestApp, poll_ms: u64) -> Vec<String> {
+    vec![
+        "--database-url".into(),
+        app.database_url(),
+        "--poll-interval-ms".into(),
+        poll_ms.to_string(),
+    ]
+}
+
+fn start_worker(app: &TestApp, poll_ms: u64) -> std::process::Child {
+    let args = worker_args(app, poll_ms);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    serve(app.data_dir.path(), free_port(), &args)
+}
+
+async fn wait_for(app: &TestApp, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while Instant::now() < deadline {
+        let job = app.job(id).await;
+        if done(&job) {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("job {id} never {what}: {}", app.job(id).await);
+}
+
+/// Every event message of a job, oldest first, straight from the database.
+async fn all_messages(app: &TestApp, id: &str) -> Vec<String> {
+    sqlx::query_scalar("select message from fine_tuning_job_event where job_id = $1 order by seq")
+        .bind(id)
+        .fetch_all(app.store.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sigterm_pauses_a_training_job_which_the_next_start_resumes() {
+    let app = spawn_app().await;
+    let file = app.training_file(20).await;
+    let hp = json!({"n_epochs": 30, "batch_size": 1, "learning_rate": 1e-3,
+                    "gradient_accumulation_steps": 1, "logging_steps": 10, "save_steps": 100000});
+    let job = app
+        .create_job(
+            &file,
+            json!({"method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}),
+        )
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let port = free_port();
+    let args = worker_args(&app, 100);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = serve(app.data_dir.path(), port, &args);
+    wait_healthy(port).await;
+    wait_for(&app, &id, "trained a step", |j| j["status"] == "running").await;
+    while !all_messages(&app, &id)
+        .await
+        .iter()
+        .any(|m| m.starts_with("Step "))
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let exit = terminate(server);
+    println!("exit after SIGTERM: {} ms", exit.as_millis());
+    assert!(
+        exit < Duration::from_secs(15),
+        "the process must exit within seconds, took {exit:?}"
+    );
+    let paused = app.job(&id).await;
+    assert_eq!(paused["status"], "queued", "{paused}");
+    let messages = all_messages(&app, &id).await;
+    let said = messages
+        .iter()
+        .find(|m| m.contains("shutting down"))
+        .expect("an event says why the job went back to the queue");
+    assert!(said.contains("paused at step"), "{said}");
+    let locked: Option<String> =
+        sqlx::query_scalar("select locked_by from fine_tuning_job where id = $1")
+            .bind(&id)
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(locked, None, "the lease is released");
+
+    let server = start_worker(&app, 100);
+    let done = wait_for(&app, &id, "finished", |j| {
+        j["status"] == "succeeded" || j["status"] == "failed"
+    })
+    .await;
+    terminate(server);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let messages = all_messages(&app, &id).await;
+    assert!(
+        messages.iter().any(|m| m.starts_with("Resuming from step")),
+        "{messages:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_worker_starts_a_created_job_on_notify_not_on_its_poll() {
+    let app = spawn_app().await;
+    let file = app.training_file(12).await;
+    // A poll of ten minutes: only the notification can wake the worker in time.
+    let server = start_worker(&app, 600_000);
+    tokio::time::sleep(Duration::from_secs(2)).await; // let it go idle
+    let created = Instant::now();
+    let job = app.create_job(&file, json!({"suffix": "notify"})).await;
+    let id = job["id"].as_str().unwrap();
+    wait_for(&app, id, "left validating_files", |j| {
+        j["status"] != "validating_files"
+    })
+    .await;
+    let started = created.elapsed();
+    println!(
+        "job picked up {} ms after it was created",
+        started.as_millis()
+    );
+    // Resumed jobs are announced too.
+    app.post_empty(&format!("/v1/fine_tuning/jobs/{id}/pause"))
+        .await;
+    wait_for(&app, id, "paused", |j| j["status"] == "paused").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the worker lets go and idles
+    let resumed = Instant::now();
+    app.post_empty(&format!("/v1/fine_tuning/jobs/{id}/resume"))
+        .await;
+    wait_for(&app, id, "ran again", |j| j["status"] != "queued").await;
+    let restarted = resumed.elapsed();
+    println!("resumed job picked up after {} ms", restarted.as_millis());
+    terminate(server);
+    assert!(started < Duration::from_secs(10), "took {started:?}");
+    assert!(restarted < Duration::from_secs(10), "took {restarted:?}");
+}
+
+#[tokio::test]
+async fn serve_as_root_with_an_unreachable_data_dir_says_why_in_one_sentence() {
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("not root: the cluster runs as this user, nothing to check");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    // Root-owned and 0700, as `mktemp -d` makes it.
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = parent.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrotune"))
+        .args(["serve", "--port", "0", "--data-dir"])
+        .arg(&data)
+        .env_remove("DATABASE_URL")
+        .env("RUST_BACKTRACE", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("serve kept running with an unreachable data dir");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    let line = error[0];
+    assert!(
+        line.contains(&parent.path().display().to_string()),
+        "{line}"
+    );
+    assert!(line.contains("cannot enter"), "{line}");
+    assert!(
+        line.contains("DATABASE_URL") && line.contains("non-root"),
+        "{line}"
+    );
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+}
