@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, every Rust test (unit + HTTP integration tests on a real
 # embedded PostgreSQL, real candle training, real mistral.rs serving), then the conformance suite:
-# the official OpenAI Python SDK against the `ferrotune serve` binary those tests built.
+# the official OpenAI Python SDK against the `ferrotune serve` binary those tests built, and
+# schemathesis over openapi/openapi.json against the same binary.
 # Needs the PostgreSQL server binaries (initdb, pg_ctl) and Python 3 with venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,3 +14,5 @@ if [ ! -x "$VENV/bin/pytest" ]; then
     "$VENV/bin/pip" install -q -r tests/sdk/requirements.txt
 fi
 FERROTUNE_BIN="$PWD/target/debug/ferrotune" "$VENV/bin/pytest" -q tests/sdk
+# Fuzz the API against its committed spec (schemathesis, every check, seeded, ~3 minutes).
+FERROTUNE_BIN="$PWD/target/debug/ferrotune" bash tests/schemathesis/run.sh

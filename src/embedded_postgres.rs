@@ -52,7 +52,7 @@ pub struct EmbeddedPostgres {
     root: PathBuf,
     bin: PathBuf,
     run_as: Option<User>,
-    started_by_us: bool,
+    adopted: bool,
 }
 
 impl EmbeddedPostgres {
@@ -76,7 +76,7 @@ impl EmbeddedPostgres {
             root: absolute(root)?,
             bin,
             run_as,
-            started_by_us: false,
+            adopted: false,
         };
         cluster.prepare_dirs()?;
         let socket = cluster.socket_dir().join(".s.PGSQL.5432");
@@ -89,9 +89,12 @@ impl EmbeddedPostgres {
         if !cluster.data_dir().join("PG_VERSION").exists() {
             cluster.initdb()?;
         }
-        if !cluster.is_running() {
+        if cluster.is_running() {
+            // Left running by an earlier run that did not stop it (killed): ours to stop too.
+            tracing::info!(dir = %cluster.root.display(), "adopting a running embedded PostgreSQL");
+            cluster.adopted = true;
+        } else {
             cluster.pg_ctl_start(fast)?;
-            cluster.started_by_us = true;
         }
         Ok(cluster)
     }
@@ -104,13 +107,16 @@ impl EmbeddedPostgres {
         )
     }
 
-    /// Stop the server if this process started it.
+    /// Whether the cluster was already running when [`start`](Self::start) found it.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Stop the server.
     pub fn stop(&self) {
-        if self.started_by_us {
-            let out = self.tool("pg_ctl", &["stop", "-m", "fast", "-w", "-D"], true);
-            if let Err(e) = out {
-                tracing::warn!(error = %e, "stopping embedded PostgreSQL failed");
-            }
+        let out = self.tool("pg_ctl", &["stop", "-m", "fast", "-w", "-D"], true);
+        if let Err(e) = out {
+            tracing::warn!(error = %e, "stopping embedded PostgreSQL failed");
         }
     }
 

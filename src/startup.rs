@@ -3,8 +3,9 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::{HttpServer, web};
 use anyhow::Context as _;
 use sqlx::Connection;
@@ -53,13 +54,41 @@ impl Database {
         Ok(Self { store, cluster })
     }
 
-    /// Stop the embedded cluster if we started it.
+    /// Stop the embedded cluster, whether this process started it or adopted one a killed run
+    /// left behind, unless another process (a `ferrotune worker` on the same data dir) still
+    /// uses it.
     pub async fn close(self) {
         self.store.pool().close().await;
-        if let Some(cluster) = self.cluster {
-            let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
+        let Some(cluster) = self.cluster else {
+            return;
+        };
+        if cluster.adopted() {
+            match other_clients(&cluster.url("postgres")).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(
+                        clients = n,
+                        "leaving the embedded PostgreSQL running for them"
+                    );
+                    return;
+                }
+                Err(e) => tracing::warn!(error = ?e, "counting PostgreSQL clients failed"),
+            }
         }
+        let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
     }
+}
+
+/// Client connections to the cluster besides the one asking.
+async fn other_clients(admin_url: &str) -> anyhow::Result<i64> {
+    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+    let n = sqlx::query_scalar(
+        "select count(*) from pg_stat_activity \
+         where backend_type = 'client backend' and pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    Ok(n)
 }
 
 /// Create database `name` through the admin URL unless it exists.
@@ -221,9 +250,15 @@ impl Application {
             force_cpu: device.is_cpu(),
         })
         .await?;
+        let request_timeout = Duration::from_secs(settings.http.request_timeout_seconds.max(1));
+        let blobs = BlobStore::open(&storage.data_dir)?;
+        let swept = blobs.sweep_temp(request_timeout)?;
+        if swept > 0 {
+            tracing::info!(swept, "removed uploads left half-written by an earlier run");
+        }
         let state = web::Data::new(ApiState {
             store: store.clone(),
-            blobs: BlobStore::open(&storage.data_dir)?,
+            blobs,
             auth: Auth::from_keys(&keys),
             max_upload_bytes: settings.http.max_upload_bytes,
             base_models: vec![base_model],
@@ -237,6 +272,10 @@ impl Application {
         let server = HttpServer::new(move || {
             api::routes::app()
                 .wrap(api::error_envelopes())
+                .wrap_fn(move |mut req, srv| {
+                    api::body_timeout::bound(&mut req, request_timeout);
+                    srv.call(req)
+                })
                 .wrap(TracingLogger::<api::request_span::RequestSpan>::new())
                 .app_data(state.clone())
         })

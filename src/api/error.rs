@@ -93,6 +93,26 @@ impl ApiError {
             .with_code("model_unavailable")
     }
 
+    /// 507 when the server's disk is full (the request may be retried once space is freed).
+    pub fn storage_full() -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "server_error",
+            "No space left on the server's disk; try again later",
+        )
+        .with_code("storage_full")
+    }
+
+    /// 408 when the request body stops arriving.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            message,
+        )
+        .with_code("request_timeout")
+    }
+
     /// 409 for a state conflict.
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "invalid_request_error", message).with_code("conflict")
@@ -205,6 +225,11 @@ impl From<StoreError> for ApiError {
                 format!("No object with id '{id}' to list after"),
                 Some("after"),
             ),
+            e if e.is_unstorable_text() => Self::invalid(
+                "A text value in the request holds a character that cannot be stored (NUL)",
+                None,
+            ),
+            e if e.is_storage_full() => Self::storage_full(),
             other => Self::internal(other),
         }
     }
@@ -251,6 +276,7 @@ pub fn json_rejection(
                 .and_then(|rest| rest.split('`').next());
             ApiError::invalid(format!("Invalid JSON body: {text}"), param)
         }
+        E::Payload(p) if super::body_timeout::is_timeout(p) => super::body_timeout::error(),
         other => ApiError::invalid(format!("Invalid JSON body: {other}"), None),
     };
     api.into()

@@ -5,6 +5,7 @@
 //! [`routes`].
 
 pub mod auth;
+pub mod body_timeout;
 pub mod chat;
 pub mod error;
 pub mod files;

@@ -9,6 +9,7 @@ use utoipa::OpenApi;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "ferrotune", description = "OpenAI-compatible fine-tune-and-serve service"),
+    components(schemas(super::files::SortOrder)),
     tags((name = "Chat"), (name = "Files"), (name = "Fine-tuning"), (name = "Models"), (name = "Health"))
 )]
 pub struct ApiDoc;

@@ -106,6 +106,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             marks.borrow_mut().push((std::time::Instant::now(), tokens));
         }
         Update::Message(m) => say(m),
+        Update::Resumed { step, total } => say(format!("Resuming from step {step}/{total}")),
         Update::Metrics { row, total_steps } => say(format!(
             "step {}/{total_steps}: train_loss={:.4} accuracy={:.3}{}",
             row.step,

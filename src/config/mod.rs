@@ -38,6 +38,10 @@ pub struct HttpSettings {
     /// A file with one API key per line (blank lines and `#` comments ignored).
     #[arg(long, env = "FERROTUNE_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
+    /// Seconds a request body may stall between reads before the server answers 408 and drops
+    /// it (request headers have actix's own 5-second limit).
+    #[arg(long, env = "FERROTUNE_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub request_timeout_seconds: u64,
 }
 
 impl HttpSettings {
@@ -216,6 +220,7 @@ impl Settings {
                 max_upload_bytes: 512 * 1024 * 1024,
                 api_keys: vec![],
                 api_key_file: None,
+                request_timeout_seconds: 30,
             },
             model: ModelSettings {
                 base_model: None,

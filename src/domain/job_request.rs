@@ -12,17 +12,23 @@ use super::model_name::Suffix;
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct CreateFineTuningJobRequest {
     /// The base model to fine-tune (see `GET /v1/models`).
+    #[schema(min_length = 1)]
     pub model: String,
     /// A `fine-tune` file id.
+    #[schema(pattern = r"^file-[A-Za-z0-9_-]{1,64}$")]
     pub training_file: String,
     /// An optional `fine-tune` file id for validation metrics.
     #[serde(default)]
+    #[schema(pattern = r"^file-[A-Za-z0-9_-]{1,64}$")]
     pub validation_file: Option<String>,
     /// Up to 64 characters added to the fine-tuned model's name.
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub suffix: Option<String>,
-    /// Seed for shuffling and initialisation (0–2147483647); generated when absent.
-    #[serde(default)]
+    /// Seed for shuffling and initialisation (0–2147483647); generated when absent. An integral
+    /// float (`42.0`, as some JSON clients send) is the same integer.
+    #[serde(default, deserialize_with = "integral")]
+    #[schema(minimum = 0, maximum = 2147483647)]
     pub seed: Option<i64>,
     /// Up to 16 string pairs to tag the job with.
     #[serde(default)]
@@ -70,6 +76,7 @@ impl JobSpec {
         if req.model.trim().is_empty() {
             return Err(DomainError::invalid("model", "model must not be empty"));
         }
+        super::text::storable("model", &req.model)?;
         let training_file = parse_file_id(&req.training_file, "training_file")?;
         let validation_file = req
             .validation_file
@@ -88,15 +95,14 @@ impl JobSpec {
             }
         };
         let metadata = req.metadata.map(parse_metadata).transpose()?;
-        if req
-            .integrations
-            .as_ref()
-            .is_some_and(|i| !i.is_array() && !i.is_null())
-        {
-            return Err(DomainError::invalid(
-                "integrations",
-                "integrations must be a list",
-            ));
+        if let Some(i) = &req.integrations {
+            if !i.is_array() && !i.is_null() {
+                return Err(DomainError::invalid(
+                    "integrations",
+                    "integrations must be a list",
+                ));
+            }
+            super::text::storable_json("integrations", i)?;
         }
         let mut hyperparameters = Hyperparameters::default();
         if let Some(h) = req.hyperparameters.as_ref().filter(|h| !h.is_null()) {
@@ -123,6 +129,21 @@ impl JobSpec {
     }
 }
 
+/// An integer, also when written as an integral float (`957423.0`).
+fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+        _ => Err(D::Error::custom(format!("expected an integer, got {n}"))),
+    }
+}
+
 fn parse_file_id(raw: &str, param: &str) -> Result<FileId, DomainError> {
     FileId::parse(raw).ok_or_else(|| {
         DomainError::invalid(param, format!("Invalid file id '{raw}': expected 'file-…'"))
@@ -146,6 +167,7 @@ fn parse_metadata(value: Value) -> Result<Value, DomainError> {
             "metadata may have at most 16 pairs",
         ));
     }
+    super::text::storable_json("metadata", &Value::Object(map.clone()))?;
     for (k, v) in &map {
         if k.chars().count() > 64 {
             return Err(DomainError::invalid(

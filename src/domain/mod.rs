@@ -11,6 +11,7 @@ pub mod job_request;
 pub mod model_name;
 pub mod organization;
 pub mod pagination;
+pub mod text;
 
 /// A rejected input: what was wrong and which request parameter it came from.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

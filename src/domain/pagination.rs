@@ -49,6 +49,9 @@ impl PageRequest {
             }
         };
         let after = after.filter(|a| !a.is_empty());
+        if let Some(a) = &after {
+            super::text::storable("after", a)?;
+        }
         Ok(Self {
             limit,
             after,

@@ -40,6 +40,16 @@ pub fn check_adapter(
     if !dir.is_dir() {
         return Err(format!("lora_path '{path}' is not a directory"));
     }
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        // A file may itself be a symlink: what it resolves to must stay inside the root too.
+        if let Ok(real) = dir.join(file).canonicalize()
+            && !real.starts_with(&root)
+        {
+            return Err(format!(
+                "{file} in lora_path '{path}' links outside the adapter root"
+            ));
+        }
+    }
     let config_path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&config_path)
         .map_err(|_| "adapter_config.json is missing".to_owned())?;

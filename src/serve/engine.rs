@@ -49,6 +49,8 @@ pub struct Engine {
     loads: std::sync::atomic::AtomicU64,
     /// Generations whose receiver is still held, per model: a model in use is not evicted.
     active: Active,
+    /// Tokens of prompt plus completion the base model (and so each fine-tune) can attend to.
+    context_len: usize,
 }
 
 type Active = Arc<Mutex<HashMap<String, usize>>>;
@@ -87,6 +89,12 @@ fn engine_err(e: impl std::fmt::Display) -> ServeError {
 impl Engine {
     /// Start the runner with the base model loaded.
     pub async fn start(options: EngineOptions) -> Result<Arc<Self>, ServeError> {
+        let context_len = crate::model_dir::Config::load(&options.base_dir)
+            .map_err(|e| ServeError::Load {
+                model: options.base_name.clone(),
+                reason: e.to_string(),
+            })?
+            .max_position_embeddings;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mistralrs")
@@ -143,7 +151,13 @@ impl Engine {
             loading: Mutex::new(HashMap::new()),
             loads: std::sync::atomic::AtomicU64::new(0),
             active: Arc::new(Mutex::new(HashMap::new())),
+            context_len,
         }))
+    }
+
+    /// Prompt plus completion tokens a model can hold (`max_position_embeddings`).
+    pub fn context_len(&self) -> usize {
+        self.context_len
     }
 
     /// The base model's public name.

@@ -42,6 +42,25 @@ impl BlobStore {
         Ok(Self { root })
     }
 
+    /// Remove staged uploads untouched for `idle` or longer: left by a crash (an upload in
+    /// progress writes more often than that, or is aborted by the body timeout). Returns how
+    /// many were removed.
+    pub fn sweep_temp(&self, idle: std::time::Duration) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(self.root.join(".tmp")).ctx("listing staged uploads")? {
+            let entry = entry.ctx("listing staged uploads")?;
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            if age.is_some_and(|a| a >= idle) && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// A fresh temporary path in the staging folder.
     pub fn temp(&self) -> TempBlob {
         let name = format!("upload-{}", FileId::generate().body());

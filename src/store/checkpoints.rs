@@ -6,6 +6,7 @@ use sqlx::FromRow;
 
 use super::{Context, Store, StoreError};
 use crate::domain::ids::{CheckpointId, JobId};
+use crate::domain::job::JobStatus;
 use crate::domain::pagination::{Page, PageRequest};
 
 /// A checkpoint as stored.
@@ -70,7 +71,8 @@ impl Store {
         let done = sqlx::query(
             "insert into fine_tuning_job_checkpoint (id, job_id, fine_tuned_model_checkpoint, \
              step_number, metrics, path) \
-             select $1, id, $3, $4, $5, $6 from fine_tuning_job where id = $2 and attempt = $7 \
+             select $1, id, $3, $4, $5, $6 from fine_tuning_job \
+             where id = $2 and attempt = $7 and status = $8 \
              on conflict on constraint fine_tuning_job_checkpoint_job_step_key \
              do update set metrics = excluded.metrics, path = excluded.path, created_at = now()",
         )
@@ -81,10 +83,30 @@ impl Store {
         .bind(metrics)
         .bind(path)
         .bind(claim.attempt)
+        .bind(JobStatus::Running)
         .execute(&self.pool)
         .await
         .ctx("recording a checkpoint")?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Forget every checkpoint of a job (cancelled: its files are gone).
+    pub async fn delete_checkpoints(&self, job_id: &JobId) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.ctx("acquiring a connection")?;
+        Self::delete_checkpoints_in(&mut conn, job_id).await
+    }
+
+    /// [`Self::delete_checkpoints`] inside a caller's transaction.
+    pub(crate) async fn delete_checkpoints_in(
+        conn: &mut sqlx::PgConnection,
+        job_id: &JobId,
+    ) -> Result<(), StoreError> {
+        sqlx::query("delete from fine_tuning_job_checkpoint where job_id = $1")
+            .bind(job_id)
+            .execute(conn)
+            .await
+            .ctx("deleting a job's checkpoints")?;
+        Ok(())
     }
 
     /// Forget a pruned checkpoint.

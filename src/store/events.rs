@@ -75,7 +75,8 @@ impl Store {
         Self::insert_event_in(&mut conn, job_id, event).await
     }
 
-    /// Append an event inside a caller's transaction.
+    /// Append an event inside a caller's transaction. A metrics event for a step the job already
+    /// has metrics for is dropped (a resumed job re-runs the steps after its last checkpoint).
     pub(crate) async fn insert_event_in(
         conn: &mut PgConnection,
         job_id: &JobId,
@@ -83,7 +84,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "insert into fine_tuning_job_event (id, job_id, level, message, type, data) \
-             values ($1, $2, $3, $4, $5, $6)",
+             values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
         )
         .bind(EventId::generate())
         .bind(job_id)

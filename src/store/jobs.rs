@@ -133,6 +133,19 @@ impl Store {
         .ctx("reading a job")
     }
 
+    /// Which of `ids` name cancelled jobs.
+    pub async fn cancelled_jobs(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        sqlx::query_scalar("select id from fine_tuning_job where id = any($1) and status = $2")
+            .bind(ids)
+            .bind(JobStatus::Cancelled)
+            .fetch_all(&self.pool)
+            .await
+            .ctx("finding cancelled jobs")
+    }
+
     /// A page of `org`'s jobs, newest first, whose metadata contains `metadata` (if given).
     pub async fn list_jobs(
         &self,
@@ -196,6 +209,10 @@ impl Store {
             JobAction::Resume => "Fine-tuning job resumed",
         };
         Self::insert_event_in(&mut tx, id, &NewEvent::info(message)).await?;
+        if action == JobAction::Cancel {
+            // A cancelled job's checkpoints are deleted with its files: stop listing them.
+            Self::delete_checkpoints_in(&mut tx, id).await?;
+        }
         if !target.is_terminal() && target != JobStatus::Paused {
             Self::notify_runnable_in(&mut tx, id).await?;
         }

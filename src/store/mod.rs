@@ -56,6 +56,26 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// The database refused a text value it cannot hold (a NUL character: SQLSTATE 22021 in
+    /// `text`, 22P05 in `jsonb`). Inputs are checked before; this is the backstop.
+    pub fn is_unstorable_text(&self) -> bool {
+        let Self::Database {
+            source: sqlx::Error::Database(db),
+            ..
+        } = self
+        else {
+            return false;
+        };
+        matches!(db.code().as_deref(), Some("22021") | Some("22P05"))
+    }
+
+    /// The disk holding the files is full.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
+    }
+}
+
 /// Attach what the store was doing to a driver error.
 pub(crate) trait Context<T> {
     /// Wrap the error with `context`.

@@ -20,6 +20,15 @@ pub struct ClaimedJob {
     pub job: JobRow,
     /// The attempt number every later write must match.
     pub attempt: i32,
+    /// The previous holder's lease had expired: its worker died (or hung) mid-job.
+    pub reclaimed: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    #[sqlx(flatten)]
+    job: JobRow,
+    reclaimed: bool,
 }
 
 impl Store {
@@ -30,15 +39,15 @@ impl Store {
         worker_id: &str,
         lease: Duration,
     ) -> Result<Option<ClaimedJob>, StoreError> {
-        let job: Option<JobRow> = sqlx::query_as(&format!(
+        let row: Option<ClaimRow> = sqlx::query_as(&format!(
             "with next as ( \
-                select id from fine_tuning_job \
+                select id, locked_until is not null as reclaimed from fine_tuning_job \
                 where status = any($3) and (locked_until is null or locked_until < now()) \
                 order by seq limit 1 for update skip locked) \
              update fine_tuning_job j set attempt = j.attempt + 1, \
                 lost_leases = j.lost_leases + (case when j.locked_until is null then 0 else 1 end), \
                 locked_by = $1, locked_until = now() + make_interval(secs => $2), updated_at = now() \
-             from next where j.id = next.id returning {}",
+             from next where j.id = next.id returning {}, next.reclaimed",
             JOB_COLUMNS
                 .split(", ")
                 .map(|c| format!("j.{c}"))
@@ -51,9 +60,10 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .ctx("claiming a job")?;
-        Ok(job.map(|job| ClaimedJob {
-            attempt: job.attempt,
-            job,
+        Ok(row.map(|r| ClaimedJob {
+            attempt: r.job.attempt,
+            reclaimed: r.reclaimed,
+            job: r.job,
         }))
     }
 

@@ -45,7 +45,13 @@ pub fn save_state(
     write_safetensors(&dir.join(STATE_TENSORS), &tensors)?;
     let path = dir.join(STATE_JSON);
     let text = serde_json::to_string(state).map_err(|e| TrainError::Invalid(e.to_string()))?;
-    std::fs::write(&path, text).map_err(io_err(&path))
+    // Written aside and renamed: a crash or a full disk never leaves a torn state behind.
+    let tmp = path.with_extension("json.tmp");
+    if let Err(e) = std::fs::write(&tmp, text) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(&path)(e));
+    }
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))
 }
 
 /// Restore a saved state into `lora` and `opt`; `None` when there is none.

@@ -60,6 +60,39 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer, TrainError> {
     Tokenizer::from_file(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
 }
 
+/// The longest text, in bytes, one token of `tokenizer` stands for (an upper bound: the
+/// vocabulary's longest entry).
+pub fn longest_token_bytes(tokenizer: &Tokenizer) -> usize {
+    tokenizer
+        .get_vocab(true)
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// `example` with every turn cut to `max_bytes` (at a character boundary). With `max_bytes` at
+/// least the token limit times [`longest_token_bytes`], each cut turn still yields more tokens
+/// than truncation keeps, so the encoded sample is the same, but a 50 MB turn is never
+/// tokenized whole.
+pub fn bound_turns(example: &Example, max_bytes: usize) -> std::borrow::Cow<'_, Example> {
+    if example.turns.iter().all(|t| t.content.len() <= max_bytes) {
+        return std::borrow::Cow::Borrowed(example);
+    }
+    let mut bounded = example.clone();
+    for turn in &mut bounded.turns {
+        if turn.content.len() > max_bytes {
+            let mut cut = max_bytes;
+            while !turn.content.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            turn.content.truncate(cut);
+        }
+    }
+    std::borrow::Cow::Owned(bounded)
+}
+
 /// Tokenize one example; `None` when truncation leaves nothing to learn.
 pub fn encode(
     example: &Example,
@@ -217,6 +250,34 @@ mod tests {
             .is_none(),
             "nothing left to learn"
         );
+    }
+
+    #[test]
+    fn over_long_turns_are_cut_before_tokenizing_without_changing_the_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::train::tiny::init_tiny(dir.path(), crate::train::tiny::TinyArch::Llama, 0).unwrap();
+        let tok = load_tokenizer(dir.path()).unwrap();
+        let template = ChatTemplate::from_model_dir(dir.path()).unwrap();
+        let long = "é ".repeat(2_000_000); // 6 MB, multi-byte characters
+        let (_, ex) = crate::domain::dataset::parse_record(
+            &serde_json::json!({"prompt": "short question", "completion": long}),
+        )
+        .unwrap();
+        let limits = Limits {
+            max_length: 64,
+            max_source_length: None,
+            max_target_length: None,
+        };
+        let max_bytes = 64 * longest_token_bytes(&tok);
+        let bounded = bound_turns(&ex, max_bytes);
+        assert!(bounded.turns.iter().all(|t| t.content.len() <= max_bytes));
+        assert!(matches!(
+            bound_turns(&bounded, max_bytes),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let cut = encode(&bounded, &template, &tok, limits).unwrap().unwrap();
+        let whole = encode(&ex, &template, &tok, limits).unwrap().unwrap();
+        assert_eq!(cut, whole);
     }
 
     #[test]

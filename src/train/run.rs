@@ -1,6 +1,7 @@
 //! The training loop: epochs of seeded shuffles, micro-batches with gradient accumulation,
 //! clipping, AdamW with a schedule, metrics every `logging_steps`, PEFT checkpoints every
-//! `save_steps` and at each epoch end, and a saved state when asked to stop (pause).
+//! `save_steps` and at each epoch end (each with the state to resume from), and a saved state when
+//! asked to pause.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -56,6 +57,13 @@ pub enum Update {
     Resolved(Hyperparameters),
     /// A human-readable message.
     Message(String),
+    /// Training continues from a saved state (after a pause, a shutdown or a lost worker).
+    Resumed {
+        /// Steps already done.
+        step: usize,
+        /// Total optimizer steps.
+        total: usize,
+    },
     /// Metrics at a logging step.
     Metrics {
         /// The row.
@@ -125,10 +133,28 @@ struct Prepared {
     resolved: Resolved,
 }
 
-/// Train per `cfg`; `stop` is polled after every optimizer step.
+/// Why a run should stop at the next step boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Save the state so that running again resumes here (pause, shutdown).
+    Pause,
+    /// Stop without saving anything: the run will never resume (cancel).
+    Discard,
+}
+
+/// Train per `cfg`; `stop` is polled after every optimizer step and pauses when true.
 pub fn train(
     cfg: &RunConfig,
     stop: &dyn Fn() -> bool,
+    on: &mut dyn FnMut(Update),
+) -> Result<RunEnd, TrainError> {
+    train_until(cfg, &|| stop().then_some(Stop::Pause), on)
+}
+
+/// Train per `cfg`, stopping as `stop` (polled after every optimizer step) says.
+pub fn train_until(
+    cfg: &RunConfig,
+    stop: &dyn Fn() -> Option<Stop>,
     on: &mut dyn FnMut(Update),
 ) -> Result<RunEnd, TrainError> {
     let hp = &cfg.hyperparameters;
@@ -161,8 +187,13 @@ pub fn train(
             metrics: Vec::new(),
             checkpoints: Vec::new(),
         });
-    on(Update::Message(if st.step == 0 {
-        format!(
+    if st.step > 0 {
+        on(Update::Resumed {
+            step: st.step,
+            total,
+        });
+    } else {
+        on(Update::Message(format!(
             "Training {} LoRA parameters on {} examples: {} epochs × {} steps (batch {} × {} accumulation){}",
             lora.parameter_count(),
             p.train.len(),
@@ -175,10 +206,8 @@ pub fn train(
             } else {
                 ""
             }
-        )
-    } else {
-        format!("Resuming from step {}/{total}", st.step)
-    }));
+        )));
+    }
     let started = Instant::now();
     let first_step = st.step;
     while st.step < total {
@@ -259,8 +288,15 @@ pub fn train(
         }
         if st.step % hp.save_steps as usize == 0 || epoch_end {
             save_checkpoint(cfg, &spec, &lora, &mut st, &row, steps_per_epoch, on)?;
+            // With every checkpoint, the state to resume from: a worker killed later resumes
+            // here (optimizer moments included) instead of from step 0.
+            checkpoint::save_state(&state_dir, &lora, &opt, &st)?;
         }
-        if st.step < total && stop() {
+        let stop_now = if st.step < total { stop() } else { None };
+        if stop_now == Some(Stop::Discard) {
+            return Ok(RunEnd::Stopped { step: st.step });
+        }
+        if stop_now == Some(Stop::Pause) {
             checkpoint::save_state(&state_dir, &lora, &opt, &st)?;
             on(Update::Message(format!(
                 "Saved training state at step {}/{total}",
@@ -290,12 +326,21 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
         max_source_length: hp.max_source_length.map(|v| v as usize),
         max_target_length: hp.max_target_length.map(|v| v as usize),
     };
+    // No turn is tokenized beyond what truncation could keep.
+    let longest = [
+        hp.max_length,
+        hp.max_source_length.unwrap_or(0),
+        hp.max_target_length.unwrap_or(0),
+    ];
+    let max_turn_bytes = *longest.iter().max().unwrap_or(&hp.max_length) as usize
+        * data::longest_token_bytes(&tokenizer);
     let encode_all = |path: &Path| -> Result<(Vec<Sample>, usize), TrainError> {
         let examples = data::read_examples(path)?;
         let total = examples.len();
         let mut out = Vec::with_capacity(total);
         for e in &examples {
-            if let Some(s) = data::encode(e, &template, &tokenizer, limits)? {
+            let e = data::bound_turns(e, max_turn_bytes);
+            if let Some(s) = data::encode(&e, &template, &tokenizer, limits)? {
                 out.push(s);
             }
         }

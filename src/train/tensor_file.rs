@@ -15,8 +15,11 @@ pub fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Resu
     let mut sorted: Vec<(&String, &Tensor)> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     let tmp = path.with_extension("safetensors.tmp");
-    let written = safetensors::serialize_to_file(sorted, Some(metadata), &tmp)
-        .map_err(|e| TrainError::Invalid(format!("writing {}: {e}", path.display())));
+    let written =
+        safetensors::serialize_to_file(sorted, Some(metadata), &tmp).map_err(|e| match e {
+            safetensors::SafeTensorError::IoError(source) => io_err(path)(source),
+            other => TrainError::Invalid(format!("serializing tensors: {other}")),
+        });
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -12,7 +12,7 @@ use super::trainer::{
 };
 use crate::domain::job::JobError;
 use crate::train::TrainError;
-use crate::train::run::{self, RunConfig, RunEnd};
+use crate::train::run::{self, RunConfig, RunEnd, Stop};
 
 /// Trains jobs on the base models it knows, on one device.
 pub struct CandleTrainer {
@@ -32,12 +32,24 @@ impl CandleTrainer {
     }
 }
 
-/// The job error code of a training failure.
-fn error_code(e: &TrainError) -> &'static str {
+/// The job's error for a training failure. I/O failures name no server path.
+fn job_error(e: &TrainError) -> JobError {
     match e {
-        TrainError::NonFiniteLoss { .. } => "training_diverged",
-        TrainError::Invalid(_) | TrainError::ModelDir(_) => "invalid_training_data",
-        _ => "training_failed",
+        TrainError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+            JobError::new(
+                "storage_full",
+                "The server's disk is full: the job's outputs could not be written",
+            )
+        }
+        TrainError::Io { source, .. } => JobError::new(
+            "training_failed",
+            format!("Training failed reading or writing its files: {source}"),
+        ),
+        TrainError::NonFiniteLoss { .. } => JobError::new("training_diverged", e.to_string()),
+        TrainError::Invalid(_) | TrainError::ModelDir(_) => {
+            JobError::new("invalid_training_data", e.to_string())
+        }
+        TrainError::Tensor { .. } => JobError::new("training_failed", e.to_string()),
     }
 }
 
@@ -67,7 +79,12 @@ impl Trainer for CandleTrainer {
             device: self.device.clone(),
             dtype: self.dtype,
         };
-        let end = run::train(&cfg, &|| stop.is_cancelled(), &mut |u| progress.send(u));
+        let stop_kind = || match (stop.is_cancelled(), stop.discards()) {
+            (false, _) => None,
+            (true, false) => Some(Stop::Pause),
+            (true, true) => Some(Stop::Discard),
+        };
+        let end = run::train_until(&cfg, &stop_kind, &mut |u| progress.send(u));
         match end {
             Ok(RunEnd::Finished(out)) => Ok(TrainingOutcome {
                 trained_tokens: i64::try_from(out.trained_tokens).unwrap_or(i64::MAX),
@@ -79,10 +96,7 @@ impl Trainer for CandleTrainer {
                 ],
             }),
             Ok(RunEnd::Stopped { step }) => Err(TrainingFailure::Stopped { step }),
-            Err(e) => Err(TrainingFailure::Failed(JobError::new(
-                error_code(&e),
-                e.to_string(),
-            ))),
+            Err(e) => Err(TrainingFailure::Failed(job_error(&e))),
         }
     }
 }

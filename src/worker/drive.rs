@@ -145,7 +145,13 @@ impl Worker {
             self.apply_update(claim, &name, update).await?;
         }
         let error = match result {
-            Ok(Ok(outcome)) => return self.publish(claim, name, outcome).await,
+            Ok(Ok(outcome)) => match self.publish(claim, name, outcome).await {
+                Err(e) if is_storage_full(&e) => JobError::new(
+                    "storage_full",
+                    "The server's disk is full: the job's results could not be stored",
+                ),
+                published => return published,
+            },
             Ok(Err(TrainingFailure::Stopped { step })) => {
                 return self.after_stop(lease, step, &output_dir).await;
             }
@@ -180,11 +186,18 @@ impl Worker {
             .get_job(&claim.job.organization_id, &claim.job.id)
             .await?;
         if now.is_some_and(|j| j.status == JobStatus::Cancelled) {
-            // A cancelled job never resumes: free its disk.
+            // A cancelled job never resumes: free its disk, and forget checkpoints a step
+            // recorded while the cancel was on its way.
             let _ = tokio::fs::remove_dir_all(output_dir).await;
+            self.store.delete_checkpoints(&claim.job.id).await?;
         }
         Ok(())
     }
+}
+
+fn is_storage_full(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<crate::store::StoreError>()
+        .is_some_and(|s| s.is_storage_full())
 }
 
 /// The name the job's model (and its checkpoints) will carry.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+use super::trainer::StopSignal;
 use crate::domain::job::JobStatus;
 use crate::store::{ClaimedJob, JobRow, Store};
 
@@ -13,7 +14,7 @@ use crate::store::{ClaimedJob, JobRow, Store};
 #[derive(Debug)]
 pub struct Lease {
     claim: ClaimedJob,
-    stop: CancellationToken,
+    stop: StopSignal,
     _heartbeat: AbortOnDropHandle<()>,
 }
 
@@ -27,7 +28,7 @@ impl Lease {
         lease: Duration,
         shutdown: &CancellationToken,
     ) -> Self {
-        let stop = shutdown.child_token();
+        let stop = StopSignal::new(shutdown.child_token());
         let heartbeat = tokio::spawn(heartbeat(store, claim.clone(), lease, stop.clone()));
         Self {
             claim,
@@ -46,22 +47,26 @@ impl Lease {
         &self.claim.job
     }
 
-    /// Cancelled when the job must stop at the next step boundary.
-    pub fn stop(&self) -> &CancellationToken {
+    /// Fires when the job must stop at the next step boundary.
+    pub fn stop(&self) -> &StopSignal {
         &self.stop
     }
 }
 
-/// Renew the lease every third of it (at most every second); cancel `stop` when the job is
-/// paused, finished, or taken over by another worker.
-async fn heartbeat(store: Store, claim: ClaimedJob, lease: Duration, stop: CancellationToken) {
+/// Renew the lease every third of it (at most every second); fire `stop` when the job is
+/// paused, finished, or taken over by another worker (discarding the run when cancelled).
+async fn heartbeat(store: Store, claim: ClaimedJob, lease: Duration, stop: StopSignal) {
     let every = (lease / 3).min(Duration::from_secs(1));
     loop {
         tokio::time::sleep(every).await;
         match store.heartbeat(&claim, lease).await {
             Ok(Some(status)) if status.is_terminal() || status == JobStatus::Paused => {
                 tracing::info!(job_id = %claim.job.id, %status, "job stopped by the client");
-                stop.cancel();
+                if status == JobStatus::Cancelled {
+                    stop.discard();
+                } else {
+                    stop.cancel();
+                }
                 return;
             }
             Ok(Some(_)) => {}

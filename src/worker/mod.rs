@@ -19,6 +19,7 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::ids::JobId;
 use crate::store::Store;
 use crate::store::blobs::BlobStore;
 pub use lease::Lease;
@@ -60,11 +61,7 @@ impl Worker {
         trainer: Arc<dyn Trainer>,
         settings: WorkerSettings,
     ) -> Self {
-        let id = format!(
-            "worker-{}-{}",
-            std::process::id(),
-            crate::domain::ids::JobId::generate().body()
-        );
+        let id = format!("worker-{}-{}", std::process::id(), JobId::generate().body());
         Self {
             store,
             blobs,
@@ -135,6 +132,24 @@ impl Worker {
     async fn sweep_expired_files(&self) -> anyhow::Result<()> {
         for id in self.store.delete_expired_files().await? {
             self.blobs.remove(&id).await?;
+        }
+        self.sweep_cancelled_outputs().await
+    }
+
+    /// Remove the output directories of cancelled jobs no worker held when they were cancelled
+    /// (a paused or queued job keeps its state and checkpoints on disk until then).
+    async fn sweep_cancelled_outputs(&self) -> anyhow::Result<()> {
+        let Ok(mut dirs) = tokio::fs::read_dir(&self.settings.jobs_dir).await else {
+            return Ok(());
+        };
+        let mut ids = Vec::new();
+        while let Some(entry) = dirs.next_entry().await? {
+            if let Some(id) = entry.file_name().to_str().and_then(JobId::parse) {
+                ids.push(id);
+            }
+        }
+        for id in self.store.cancelled_jobs(&ids).await? {
+            let _ = tokio::fs::remove_dir_all(self.settings.jobs_dir.join(id.as_str())).await;
         }
         Ok(())
     }

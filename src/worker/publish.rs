@@ -27,6 +27,17 @@ impl Worker {
                     NewEvent::metrics(row.message(total_steps), row.to_json(Some(total_steps)));
                 self.store.insert_event(job_id, &event).await?
             }
+            Update::Resumed { step, total } => {
+                let why = if claim.reclaimed {
+                    " after a lost worker"
+                } else {
+                    ""
+                };
+                let text = format!("Resuming from step {step}/{total}{why}");
+                self.store
+                    .insert_event(job_id, &NewEvent::info(text))
+                    .await?
+            }
             Update::Resolved(hp) => self.store.set_job_hyperparameters(claim, &hp).await?,
             Update::Estimate(secs) => self.store.set_estimated_finish(claim, secs).await?,
             Update::Step { .. } => {}

@@ -6,6 +6,8 @@
 //! implementation; [`Unavailable`] is the honest stand-in used until one is configured.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -77,8 +79,48 @@ impl Progress {
     }
 }
 
-/// Cancelled when the trainer should stop at the next step boundary.
-pub type StopSignal = CancellationToken;
+/// Tells a trainer to stop at the next step boundary, and whether what it has is still wanted.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal {
+    token: CancellationToken,
+    discard: Arc<AtomicBool>,
+}
+
+impl StopSignal {
+    /// A signal that fires when `token` is cancelled.
+    pub fn new(token: CancellationToken) -> Self {
+        Self {
+            token,
+            discard: Arc::default(),
+        }
+    }
+
+    /// Stop, keeping the state so the job can resume (pause, shutdown, lost lease).
+    pub fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    /// Stop and throw the state away: the job was cancelled and never resumes.
+    pub fn discard(&self) {
+        self.discard.store(true, Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    /// Whether the trainer should stop now.
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Whether the run is stopped for good (nothing to save).
+    pub fn discards(&self) -> bool {
+        self.discard.load(Ordering::SeqCst)
+    }
+
+    /// The underlying token (cancelled with the signal).
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
 
 /// A training engine. `train` runs on a blocking thread and must poll `stop` between steps.
 pub trait Trainer: Send + Sync + 'static {

@@ -141,6 +141,18 @@ async fn bad_adapters_are_refused_with_the_reason() {
     std::fs::create_dir_all(r.join("empty")).unwrap();
     let outside = tempfile::tempdir().unwrap();
     copy_dir(&r.join("good"), outside.path());
+    // A directory inside the root whose weights file links to one outside it.
+    std::fs::create_dir_all(r.join("linked")).unwrap();
+    std::fs::copy(
+        r.join("good/adapter_config.json"),
+        r.join("linked/adapter_config.json"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("adapter_model.safetensors"),
+        r.join("linked/adapter_model.safetensors"),
+    )
+    .unwrap();
     let cases: Vec<(&str, String, &str)> = vec![
         ("a", "missing".into(), "does not exist"),
         (
@@ -150,6 +162,7 @@ async fn bad_adapters_are_refused_with_the_reason() {
         ),
         ("a", "../".into(), "outside the adapter root"),
         ("a", "empty".into(), "adapter_config.json is missing"),
+        ("a", "linked".into(), "links outside the adapter root"),
         ("a", "modules".into(), "cannot serve"),
         ("a", "base".into(), "trained for 'Qwen/Qwen2.5-7B'"),
         ("a", "rank".into(), "rank 4"),

@@ -36,6 +36,10 @@ pub struct AppOptions {
     pub max_resident_models: Option<usize>,
     /// Root for runtime adapters.
     pub adapter_root: Option<std::path::PathBuf>,
+    /// Seconds a request body may stall (default 30).
+    pub request_timeout_seconds: Option<u64>,
+    /// A data directory prepared by the test (default: a fresh one).
+    pub data_dir: Option<tempfile::TempDir>,
 }
 
 /// A running server and what tests need to talk to it.
@@ -75,7 +79,11 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     ensure_database(&cluster.url("postgres"), &db_name)
         .await
         .expect("creating the test database");
-    let data_dir = tempfile::tempdir().expect("temp data dir");
+    let mut options = options;
+    let data_dir = match options.data_dir.take() {
+        Some(dir) => dir,
+        None => tempfile::tempdir().expect("temp data dir"),
+    };
     let path = data_dir.path().to_owned();
     start(options, db_name, path, data_dir, true).await
 }
@@ -113,6 +121,9 @@ async fn start(
         settings.model.max_resident_models = max;
     }
     settings.model.adapter_root = options.adapter_root.clone();
+    if let Some(secs) = options.request_timeout_seconds {
+        settings.http.request_timeout_seconds = secs;
+    }
     // Tests drive workers explicitly.
     settings.run_worker = false;
     let app = Application::build(settings)
@@ -262,6 +273,17 @@ impl TestApp {
             .json()
             .await
             .unwrap()
+    }
+
+    /// Every event message of a job, oldest first, straight from the database.
+    pub async fn all_event_messages(&self, id: &str) -> Vec<String> {
+        sqlx::query_scalar(
+            "select message from fine_tuning_job_event where job_id = $1 order by seq",
+        )
+        .bind(id)
+        .fetch_all(self.store.pool())
+        .await
+        .unwrap()
     }
 
     /// A job's event messages, oldest first.

@@ -6,6 +6,7 @@ mod binary;
 mod chat;
 mod errors;
 mod files;
+mod fuzz_findings;
 mod helpers;
 mod job_actions;
 mod jobs;

@@ -313,10 +313,12 @@ fn pausing_and_resuming_ends_exactly_where_an_uninterrupted_run_does() {
     }
     assert!(cfg.output_dir.join("state/state.json").exists());
     let mut messages = Vec::new();
-    let resumed = match run::train(&cfg, &|| false, &mut |u| {
-        if let Update::Message(m) = u {
-            messages.push(m)
+    let resumed = match run::train(&cfg, &|| false, &mut |u| match u {
+        Update::Message(m) => messages.push(m),
+        Update::Resumed { step, total } => {
+            messages.push(format!("Resuming from step {step}/{total}"))
         }
+        _ => {}
     })
     .unwrap()
     {

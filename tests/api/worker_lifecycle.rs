@@ -40,13 +40,8 @@ async fn wait_for(app: &TestApp, id: &str, what: &str, done: impl Fn(&Value) -> 
     panic!("job {id} never {what}: {}", app.job(id).await);
 }
 
-/// Every event message of a job, oldest first, straight from the database.
 async fn all_messages(app: &TestApp, id: &str) -> Vec<String> {
-    sqlx::query_scalar("select message from fine_tuning_job_event where job_id = $1 order by seq")
-        .bind(id)
-        .fetch_all(app.store.pool())
-        .await
-        .unwrap()
+    app.all_event_messages(id).await
 }
 
 #[tokio::test]
@@ -190,4 +185,127 @@ async fn serve_as_root_with_an_unreachable_data_dir_says_why_in_one_sentence() {
         "{line}"
     );
     assert!(!stderr.contains("backtrace"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_training_is_resumed_from_its_last_checkpoint_without_duplicate_metrics()
+ {
+    let app = spawn_app().await;
+    let file = app.training_file(20).await;
+    let hp = json!({"n_epochs": 30, "batch_size": 1, "learning_rate": 1e-3,
+                    "gradient_accumulation_steps": 1, "logging_steps": 1, "save_steps": 25});
+    let job = app
+        .create_job(
+            &file,
+            json!({"method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}),
+        )
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let mut server = start_worker_leasing(&app, 2);
+    // Kill it once a checkpoint is on disk and later steps have logged metrics.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let checkpoint_step: i32 = loop {
+        let steps: Vec<i32> = sqlx::query_scalar(
+            "select step_number from fine_tuning_job_checkpoint where job_id = $1 order by 1",
+        )
+        .bind(&id)
+        .fetch_all(app.store.pool())
+        .await
+        .unwrap();
+        let logged = all_messages(&app, &id).await;
+        if let Some(&last) = steps.last()
+            && logged
+                .iter()
+                .any(|m| m.starts_with(&format!("Step {}/", last + 3)))
+        {
+            break last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint before the deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    server.kill().unwrap(); // SIGKILL: no state saved on the way out
+    server.wait().unwrap();
+    let server = start_worker_leasing(&app, 2);
+    let done = wait_for(&app, &id, "finished", |j| {
+        j["status"] == "succeeded" || j["status"] == "failed"
+    })
+    .await;
+    terminate(server);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let messages = all_messages(&app, &id).await;
+    let resumed = messages
+        .iter()
+        .find(|m| m.contains("after a lost worker"))
+        .unwrap_or_else(|| panic!("no resume event: {messages:?}"));
+    let from: i32 = resumed
+        .trim_start_matches("Resuming from step ")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(from >= checkpoint_step && from > 0, "resumed from {from}");
+    let started = messages
+        .iter()
+        .filter(|m| m.starts_with("Training "))
+        .count();
+    assert_eq!(started, 1, "the run started over: {messages:?}");
+    let repeated: Vec<(String, i64)> = sqlx::query_as(
+        "select data->>'step', count(*) from fine_tuning_job_event \
+         where job_id = $1 and type = 'metrics' group by 1 having count(*) > 1",
+    )
+    .bind(&id)
+    .fetch_all(app.store.pool())
+    .await
+    .unwrap();
+    assert!(repeated.is_empty(), "steps logged twice: {repeated:?}");
+    let logged: i64 = sqlx::query_scalar(
+        "select count(*) from fine_tuning_job_event where job_id = $1 and type = 'metrics'",
+    )
+    .bind(&id)
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(logged, 600, "every step's metrics once");
+}
+
+fn start_worker_leasing(app: &TestApp, lease_seconds: u64) -> std::process::Child {
+    let mut args = worker_args(app, 100);
+    args.extend(["--lease-seconds".to_owned(), lease_seconds.to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    serve(app.data_dir.path(), free_port(), &args)
+}
+
+#[tokio::test]
+async fn serve_stops_the_embedded_cluster_it_adopted_after_a_kill() {
+    let dir = std::env::temp_dir().join(format!(
+        "ferrotune-adopt-{}",
+        ferrotune::domain::ids::JobId::generate().body()
+    ));
+    let pid_file = dir.join("postgres/data/postmaster.pid");
+    let port = free_port();
+    let mut first = serve(&dir, port, &[]);
+    wait_healthy(port).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(
+        pid_file.exists(),
+        "the killed server's cluster keeps running"
+    );
+    let port = free_port();
+    let second = serve(&dir, port, &[]);
+    wait_healthy(port).await;
+    terminate(second);
+    let stopped = !pid_file.exists();
+    if !stopped {
+        // Do not leave a cluster behind on the test machine.
+        let _ = Command::new("pkill")
+            .args(["-f", &dir.display().to_string()])
+            .status();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(stopped, "the adopted cluster was left running");
 }

@@ -35,6 +35,48 @@ impl From<ServeError> for ApiError {
     }
 }
 
+/// The completion budget: what the client asked for, or without `max_tokens` all the room the
+/// context leaves after the prompt; a prompt that does not fit, or a `max_tokens` beyond the
+/// room, is a 400 with the numbers (as OpenAI answers).
+fn fit_context(
+    req: &CreateChatCompletionRequest,
+    prompt: usize,
+    context: usize,
+    asked: Option<usize>,
+) -> Result<usize, ApiError> {
+    if prompt >= context {
+        return Err(ApiError::invalid(
+            format!(
+                "This model's maximum context length is {context} tokens. However, your \
+                 messages resulted in {prompt} tokens. Please reduce the length of the messages."
+            ),
+            Some("messages"),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    let room = context - prompt;
+    match asked {
+        Some(m) if m > room => {
+            let param = if req.max_completion_tokens.is_some() {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            };
+            Err(ApiError::invalid(
+                format!(
+                    "{param} is too large: {m}. This model's maximum context length is {context} \
+                     tokens and your messages resulted in {prompt} tokens, which leaves room for \
+                     {room} completion tokens."
+                ),
+                Some(param),
+            )
+            .with_code("context_length_exceeded"))
+        }
+        Some(m) => Ok(m),
+        None => Ok(room),
+    }
+}
+
 /// Create a chat completion.
 #[utoipa::path(operation_id = "create_chat_completion",
     tag = "Chat", request_body = CreateChatCompletionRequest,
@@ -49,7 +91,7 @@ pub async fn create_chat_completion(
     body: web::Json<CreateChatCompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let req = body.into_inner();
-    let params = validate(&req)?;
+    let mut params = validate(&req)?;
     let engine = &state.engine;
     if req.model != engine.base_name() {
         let row = state
@@ -63,12 +105,16 @@ pub async fn create_chat_completion(
     }
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let n = params.n;
+    let prompt_tokens = engine.prompt_tokens(&req.model, &params.messages).await;
+    if let Some(prompt) = prompt_tokens {
+        params.max_tokens = Some(fit_context(
+            &req,
+            prompt,
+            engine.context_len(),
+            params.max_tokens,
+        )?);
+    }
     let max_tokens = params.max_tokens;
-    let prompt_tokens = if req.stream && include_usage {
-        engine.prompt_tokens(&req.model, &params.messages).await
-    } else {
-        None
-    };
     let mut generation = engine.chat(&req.model, params, req.stream).await?;
     if req.stream {
         return Ok(HttpResponse::Ok()

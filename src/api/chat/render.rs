@@ -157,10 +157,13 @@ impl StreamState {
         self.done = true;
     }
 
-    fn error(&mut self, message: String) {
+    /// End the stream with one error event: the cause is logged, the client sees a fixed
+    /// sentence (never engine internals or a backtrace).
+    fn error(&mut self, cause: String) {
+        tracing::error!(model = %self.model, %cause, "generation failed mid-stream");
         let e = ErrorResponse {
             error: ErrorObject {
-                message,
+                message: "The model failed while generating this answer; try again".to_owned(),
                 kind: "server_error".to_owned(),
                 param: None,
                 code: None,

@@ -28,25 +28,35 @@ pub struct ChatCompletionStreamOptions {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct CreateChatCompletionRequest {
     /// Model id: the base model, `ft:…`, `ft:…:ckpt-step-N`, or a loaded adapter name.
+    #[schema(min_length = 1)]
     pub model: String,
     /// The conversation (at least one message).
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatCompletionRequestMessage>,
     /// 0–2; 0 is greedy.
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
     /// Nucleus sampling mass, (0, 1].
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
     /// Choices to generate, 1–128.
+    #[schema(minimum = 1, maximum = 128)]
     pub n: Option<usize>,
     /// Up to 4 stop sequences (a string or a list).
     #[schema(value_type = Option<Object>)]
     pub stop: Option<Value>,
     /// Deprecated alias of `max_completion_tokens`.
+    #[schema(minimum = 1)]
     pub max_tokens: Option<usize>,
-    /// Most tokens to generate.
+    /// Most tokens to generate (at most what the context leaves after the prompt; by default
+    /// all of it).
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<usize>,
     /// -2–2.
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f32>,
     /// -2–2.
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f32>,
     /// Token id → bias (-100–100).
     #[schema(value_type = Option<Object>)]

@@ -61,6 +61,7 @@ fn text_of(content: &Option<Value>, i: usize) -> Result<String, ApiError> {
 
 /// Validate `req` and build the engine parameters.
 pub fn validate(req: &CreateChatCompletionRequest) -> Result<ChatParams, ApiError> {
+    crate::domain::text::storable("model", &req.model)?;
     if req.messages.is_empty() {
         return Err(bad(
             "messages",

@@ -20,16 +20,31 @@ fn file_id(raw: &str) -> Result<FileId, ApiError> {
     FileId::parse(raw).ok_or_else(|| ApiError::not_found("File", raw))
 }
 
+/// Sort direction by creation time, for the spec.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum SortOrder {
+    /// Oldest first.
+    #[schema(rename = "asc")]
+    Asc,
+    /// Newest first.
+    #[schema(rename = "desc")]
+    Desc,
+}
+
 /// Query of `GET /v1/files`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ListFilesQuery {
     /// Only files with this purpose.
     pub purpose: Option<String>,
     /// 1–10000, default 10000.
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<i64>,
     /// `asc` or `desc` (default) by creation time.
+    #[param(value_type = Option<SortOrder>)]
     pub order: Option<String>,
     /// A file id to list after.
+    #[param(pattern = r"^(file-[A-Za-z0-9_-]{1,64})?$")]
     pub after: Option<String>,
 }
 
@@ -44,6 +59,9 @@ pub async fn list_files(
     query: web::Query<ListFilesQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
+    if let Some(p) = &q.purpose {
+        crate::domain::text::storable("purpose", p)?;
+    }
     let page = PageRequest::parse(q.limit, q.after, q.order.as_deref(), 10_000, 10_000)?;
     let rows = state
         .store

@@ -36,13 +36,47 @@ pub struct CreateFileRequest {
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
     /// fine-tune, batch, assistants, vision, user_data or evals.
+    #[schema(value_type = UploadPurpose)]
     purpose: String,
-    /// Optional: `created_at`.
-    #[schema(rename = "expires_after[anchor]")]
+    /// Optional: `created_at` (needs `expires_after[seconds]`).
+    #[schema(rename = "expires_after[anchor]", value_type = Option<ExpiresAfterAnchor>)]
     expires_after_anchor: Option<String>,
     /// Optional: seconds after the anchor (3600–2592000).
-    #[schema(rename = "expires_after[seconds]")]
+    #[schema(rename = "expires_after[seconds]", minimum = 3600, maximum = 2592000)]
     expires_after_seconds: Option<i64>,
+}
+
+/// The purposes of [`UPLOAD_PURPOSES`], for the spec.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum UploadPurpose {
+    /// A training or validation file.
+    #[schema(rename = "fine-tune")]
+    FineTune,
+    /// Batch input.
+    #[schema(rename = "batch")]
+    Batch,
+    /// Assistants files.
+    #[schema(rename = "assistants")]
+    Assistants,
+    /// Images.
+    #[schema(rename = "vision")]
+    Vision,
+    /// Anything else.
+    #[schema(rename = "user_data")]
+    UserData,
+    /// Eval data.
+    #[schema(rename = "evals")]
+    Evals,
+}
+
+/// What an upload's expiry counts from.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum ExpiresAfterAnchor {
+    /// The upload time.
+    #[schema(rename = "created_at")]
+    CreatedAt,
 }
 
 struct Upload {
@@ -55,7 +89,9 @@ struct Upload {
 #[utoipa::path(operation_id = "create_file", tag = "Files",
     request_body(content = CreateFileRequest, content_type = "multipart/form-data"),
     responses((status = 200, body = OpenAIFile), (status = 400, body = crate::api::error::ErrorResponse),
-              (status = 413, body = crate::api::error::ErrorResponse)))]
+              (status = 408, body = crate::api::error::ErrorResponse),
+              (status = 413, body = crate::api::error::ErrorResponse),
+              (status = 507, body = crate::api::error::ErrorResponse)))]
 #[post("/v1/files")]
 pub async fn create_file(
     state: web::Data<ApiState>,
@@ -183,7 +219,19 @@ fn too_large(max: u64) -> ApiError {
 }
 
 fn multipart_error(e: actix_multipart::MultipartError) -> ApiError {
+    if crate::api::body_timeout::timed_out(&e) {
+        return crate::api::body_timeout::error();
+    }
     ApiError::invalid(format!("Invalid multipart/form-data body: {e}"), None)
+}
+
+/// A failed write of the upload's bytes: 507 when the disk is full, else a 500.
+fn disk_error(e: std::io::Error) -> ApiError {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        ApiError::storage_full()
+    } else {
+        ApiError::internal(e)
+    }
 }
 
 async fn receive_file(state: &ApiState, field: &mut Field, max: u64) -> Result<Upload, ApiError> {
@@ -193,19 +241,20 @@ async fn receive_file(state: &ApiState, field: &mut Field, max: u64) -> Result<U
         .filter(|f| !f.is_empty())
         .map(str::to_owned)
         .ok_or_else(|| ApiError::invalid("The `file` field must carry a filename", Some("file")))?;
+    crate::domain::text::storable("file", &filename)?;
     let temp = state.blobs.temp();
     let mut out = tokio::fs::File::create(temp.path())
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(disk_error)?;
     let mut bytes: u64 = 0;
     while let Some(chunk) = field.try_next().await.map_err(multipart_error)? {
         bytes += chunk.len() as u64;
         if bytes > max {
             return Err(too_large(max));
         }
-        out.write_all(&chunk).await.map_err(ApiError::internal)?;
+        out.write_all(&chunk).await.map_err(disk_error)?;
     }
-    out.flush().await.map_err(ApiError::internal)?;
+    out.flush().await.map_err(disk_error)?;
     Ok(Upload {
         temp,
         filename,

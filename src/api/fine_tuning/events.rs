@@ -17,8 +17,10 @@ use crate::domain::pagination::PageRequest;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct PageQuery {
     /// An id to list after.
+    #[param(pattern = r"^([a-z]+-[A-Za-z0-9_-]{1,64})?$")]
     pub after: Option<String>,
     /// How many (1–100).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
 }
 
@@ -41,7 +43,8 @@ async fn job_page(
 /// A job's events, newest first.
 #[utoipa::path(operation_id = "list_fine_tuning_events",
     tag = "Fine-tuning", params(("job_id" = String, Path, description = "The job id"), PageQuery),
-    responses((status = 200, body = ListResponse<FineTuningJobEvent>), (status = 404, body = ErrorResponse)))]
+    responses((status = 200, body = ListResponse<FineTuningJobEvent>), (status = 400, body = ErrorResponse),
+              (status = 404, body = ErrorResponse)))]
 #[get("/v1/fine_tuning/jobs/{job_id}/events")]
 pub async fn list_fine_tuning_events(
     state: web::Data<ApiState>,
@@ -57,7 +60,8 @@ pub async fn list_fine_tuning_events(
 /// A job's checkpoints, newest first.
 #[utoipa::path(operation_id = "list_fine_tuning_job_checkpoints", tag = "Fine-tuning",
     params(("job_id" = String, Path, description = "The job id"), PageQuery),
-    responses((status = 200, body = ListResponse<FineTuningJobCheckpoint>), (status = 404, body = ErrorResponse)))]
+    responses((status = 200, body = ListResponse<FineTuningJobCheckpoint>), (status = 400, body = ErrorResponse),
+              (status = 404, body = ErrorResponse)))]
 #[get("/v1/fine_tuning/jobs/{job_id}/checkpoints")]
 pub async fn list_fine_tuning_job_checkpoints(
     state: web::Data<ApiState>,

@@ -74,8 +74,9 @@ async fn check_file(
 /// List jobs, newest first. Filters: `metadata[key]=value` (repeatable).
 #[utoipa::path(operation_id = "list_paginated_fine_tuning_jobs",
     tag = "Fine-tuning",
-    params(("after" = Option<String>, Query, description = "A job id to list after"),
-           ("limit" = Option<i64>, Query, description = "1–100, default 20"),
+    params(("after" = Option<String>, Query, pattern = r"^(ftjob-[A-Za-z0-9_-]{1,64})?$",
+            description = "A job id to list after"),
+           ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1–100, default 20"),
            ("metadata" = Option<Object>, Query, style = DeepObject, explode = true,
             description = "metadata[key]=value filters")),
     responses((status = 200, body = ListResponse<FineTuningJob>), (status = 400, body = ErrorResponse)))]
@@ -88,16 +89,24 @@ pub async fn list_paginated_fine_tuning_jobs(
     let q: ListJobsQuery = serde_qs::Config::new(2, false)
         .deserialize_str(req.query_string())
         .map_err(|e| ApiError::invalid(format!("Invalid query string: {e}"), None))?;
+    // `limit=` with no value reads as absent to serde_qs; it is still not an integer.
+    let empty_limit = req.query_string().split('&').any(|kv| kv == "limit=");
     let limit = q
         .limit
+        .filter(|_| !empty_limit)
         .map(|l| l.parse::<i64>())
         .transpose()
-        .map_err(|_| ApiError::invalid("limit must be an integer", Some("limit")))?;
+        .ok()
+        .filter(|_| !empty_limit)
+        .ok_or_else(|| ApiError::invalid("limit must be an integer", Some("limit")))?;
     let page = PageRequest::parse(limit, q.after, None, 20, 100)?;
     let filter = (!q.metadata.is_empty()).then(|| {
         let pairs = q.metadata.into_iter().map(|(k, v)| (k, Value::String(v)));
         Value::Object(pairs.collect())
     });
+    if let Some(f) = &filter {
+        crate::domain::text::storable_json("metadata", f)?;
+    }
     let rows = state
         .store
         .list_jobs(&caller.0, filter.as_ref(), &page)

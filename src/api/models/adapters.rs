@@ -14,9 +14,11 @@ use crate::store::models::AdapterInsert;
 /// `{"lora_name", "lora_path"}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct LoadLoraAdapterRequest {
-    /// The model name clients will use.
+    /// The model name clients will use: 1–128 letters, digits, `.`, `_`, `-`, `/`.
+    #[schema(pattern = r"^[A-Za-z0-9._/-]{1,128}$")]
     pub lora_name: String,
     /// A PEFT directory inside the adapter root (absolute, or relative to the root).
+    #[schema(min_length = 1)]
     pub lora_path: String,
 }
 
@@ -24,6 +26,7 @@ pub struct LoadLoraAdapterRequest {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct UnloadLoraAdapterRequest {
     /// The adapter's name.
+    #[schema(pattern = r"^[A-Za-z0-9._/-]{1,128}$")]
     pub lora_name: String,
 }
 

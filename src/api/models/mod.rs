@@ -35,6 +35,15 @@ pub struct ListModelsResponse {
     pub data: Vec<OpenAIModel>,
 }
 
+/// The model a path names; one that could never be stored (a NUL character) is a 404 before
+/// any lookup.
+fn model_id(raw: String) -> Result<String, ApiError> {
+    if raw.contains('\0') {
+        return Err(ApiError::not_found_model(&raw));
+    }
+    Ok(raw)
+}
+
 impl From<ModelRow> for OpenAIModel {
     fn from(m: ModelRow) -> Self {
         Self {
@@ -88,7 +97,7 @@ pub async fn retrieve_model(
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
+    let id = model_id(path.into_inner())?;
     if id == state.engine.base_name() {
         return Ok(HttpResponse::Ok().json(base(&state)));
     }
@@ -111,7 +120,7 @@ pub async fn delete_model(
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
+    let id = model_id(path.into_inner())?;
     if id == state.engine.base_name() {
         return Err(ApiError::invalid(
             "The base model cannot be deleted",
