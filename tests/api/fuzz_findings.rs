@@ -9,15 +9,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{AppOptions, TestApp, alpaca_jsonl, assert_error, spawn_app, spawn_app_with};
 
-fn training_hp(extra: Value) -> Value {
-    let mut hp = json!({"n_epochs": 30, "batch_size": 1, "learning_rate": 1e-3,
-                        "gradient_accumulation_steps": 1, "logging_steps": 1});
-    hp.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().cloned().unwrap_or_default());
-    json!({"method": {"type": "supervised", "supervised": {"hyperparameters": hp}}})
-}
-
 #[tokio::test]
 async fn nul_bytes_anywhere_are_a_4xx_never_a_500() {
     let app = spawn_app().await;
@@ -236,22 +227,25 @@ async fn listed(app: &TestApp, path: &str) -> Vec<Value> {
     list["data"].as_array().unwrap().clone()
 }
 
-#[tokio::test]
-async fn a_cancelled_job_lists_no_checkpoints_and_saves_no_state_after_the_cancel() {
-    let app = spawn_app().await;
-    let file = app.training_file(20).await;
-    let job = app
-        .create_job(&file, training_hp(json!({"save_steps": 5})))
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
+/// A long job trained by a worker in the background, once it has listed a checkpoint.
+async fn training_with_a_checkpoint(app: &TestApp) -> (String, tokio::task::JoinHandle<bool>) {
+    let id = app.long_training_job(json!({"save_steps": 5})).await;
     let worker = app.worker();
     let run = tokio::spawn(async move { worker.run_once().await.unwrap() });
     let deadline = Instant::now() + Duration::from_secs(120);
     let checkpoints = format!("/v1/fine_tuning/jobs/{id}/checkpoints");
-    while listed(&app, &checkpoints).await.is_empty() {
+    while listed(app, &checkpoints).await.is_empty() {
         assert!(Instant::now() < deadline, "no checkpoint was written");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (id, run)
+}
+
+#[tokio::test]
+async fn a_cancelled_job_lists_no_checkpoints_and_saves_no_state_after_the_cancel() {
+    let app = spawn_app().await;
+    let (id, run) = training_with_a_checkpoint(&app).await;
+    let checkpoints = format!("/v1/fine_tuning/jobs/{id}/checkpoints");
     let res = app
         .post_empty(&format!("/v1/fine_tuning/jobs/{id}/cancel"))
         .await;
@@ -282,17 +276,8 @@ async fn a_cancelled_job_lists_no_checkpoints_and_saves_no_state_after_the_cance
 #[tokio::test]
 async fn a_paused_job_cancelled_later_loses_its_checkpoints_and_its_files() {
     let app = spawn_app().await;
-    let file = app.training_file(20).await;
-    let job = app
-        .create_job(&file, training_hp(json!({"save_steps": 5})))
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    let worker = app.worker();
-    let run = tokio::spawn(async move { worker.run_once().await.unwrap() });
+    let (id, run) = training_with_a_checkpoint(&app).await;
     let checkpoints = format!("/v1/fine_tuning/jobs/{id}/checkpoints");
-    while listed(&app, &checkpoints).await.is_empty() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     app.post_empty(&format!("/v1/fine_tuning/jobs/{id}/pause"))
         .await;
     run.await.unwrap();
@@ -401,9 +386,9 @@ async fn a_full_disk_is_a_507_for_uploads_and_storage_full_for_jobs() {
         .await;
     let err = assert_error(res, 507, None).await;
     assert_eq!(err["code"], "storage_full");
-    let job = app
-        .create_job(&file, training_hp(json!({"n_epochs": 2, "save_steps": 1})))
-        .await;
+    let method = json!({"type": "supervised", "supervised": {"hyperparameters":
+        {"n_epochs": 2, "batch_size": 1, "save_steps": 1}}});
+    let job = app.create_job(&file, json!({"method": method})).await;
     let id = job["id"].as_str().unwrap().to_owned();
     app.worker().run_once().await.unwrap();
     let job = app.job(&id).await;

@@ -266,6 +266,20 @@ impl TestApp {
         res.json().await.unwrap()
     }
 
+    /// A job on 20 examples long enough to interrupt (600 one-example steps, metrics every
+    /// step), with `extra` hyperparameters on top; returns its id.
+    pub async fn long_training_job(&self, extra: Value) -> String {
+        let file = self.training_file(20).await;
+        let mut hp = json!({"n_epochs": 30, "batch_size": 1, "learning_rate": 1e-3,
+                            "gradient_accumulation_steps": 1, "logging_steps": 1});
+        hp.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().cloned().unwrap_or_default());
+        let method = json!({"type": "supervised", "supervised": {"hyperparameters": hp}});
+        let job = self.create_job(&file, json!({"method": method})).await;
+        job["id"].as_str().unwrap().to_owned()
+    }
+
     /// A job's current object.
     pub async fn job(&self, id: &str) -> Value {
         self.get(&format!("/v1/fine_tuning/jobs/{id}"))

@@ -47,16 +47,9 @@ async fn all_messages(app: &TestApp, id: &str) -> Vec<String> {
 #[tokio::test]
 async fn sigterm_pauses_a_training_job_which_the_next_start_resumes() {
     let app = spawn_app().await;
-    let file = app.training_file(20).await;
-    let hp = json!({"n_epochs": 30, "batch_size": 1, "learning_rate": 1e-3,
-                    "gradient_accumulation_steps": 1, "logging_steps": 10, "save_steps": 100000});
-    let job = app
-        .create_job(
-            &file,
-            json!({"method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}),
-        )
+    let id = app
+        .long_training_job(json!({"logging_steps": 10, "save_steps": 100000}))
         .await;
-    let id = job["id"].as_str().unwrap().to_owned();
     let port = free_port();
     let args = worker_args(&app, 100);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -191,16 +184,7 @@ async fn serve_as_root_with_an_unreachable_data_dir_says_why_in_one_sentence() {
 async fn a_worker_killed_mid_training_is_resumed_from_its_last_checkpoint_without_duplicate_metrics()
  {
     let app = spawn_app().await;
-    let file = app.training_file(20).await;
-    let hp = json!({"n_epochs": 30, "batch_size": 1, "learning_rate": 1e-3,
-                    "gradient_accumulation_steps": 1, "logging_steps": 1, "save_steps": 25});
-    let job = app
-        .create_job(
-            &file,
-            json!({"method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = app.long_training_job(json!({"save_steps": 25})).await;
     let mut server = start_worker_leasing(&app, 2);
     // Kill it once a checkpoint is on disk and later steps have logged metrics.
     let deadline = Instant::now() + Duration::from_secs(180);
