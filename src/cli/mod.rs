@@ -112,6 +112,17 @@ pub enum ModelCommand {
     },
     /// Device check: loss and LoRA gradients of one micro-batch on a device and dtype.
     GradStep(check::GradStepArgs),
+    /// Turn a llama-family GGUF file (llama.cpp, Ollama, LM Studio) into a Hugging Face model
+    /// directory the trainer and the server load.
+    ImportGguf {
+        /// The `.gguf` file.
+        file: PathBuf,
+        /// The model directory to create (must not exist).
+        out_dir: PathBuf,
+        /// Weights dtype in `model.safetensors`.
+        #[arg(long, value_enum, default_value = "bf16")]
+        dtype: crate::config::DtypeChoice,
+    },
 }
 
 /// Parse the command line and run it.
@@ -143,6 +154,28 @@ pub fn run() -> anyhow::Result<()> {
         Command::Model {
             command: ModelCommand::GradStep(args),
         } => return check::grad_step(args),
+        Command::Model {
+            command:
+                ModelCommand::ImportGguf {
+                    file,
+                    out_dir,
+                    dtype,
+                },
+        } => {
+            let dtype = match dtype {
+                crate::config::DtypeChoice::F32 => candle_core::DType::F32,
+                crate::config::DtypeChoice::F16 => candle_core::DType::F16,
+                _ => candle_core::DType::BF16,
+            };
+            let done = crate::model_dir::gguf::import(file, out_dir, dtype)?;
+            println!(
+                "imported {} ({} parameters) into {}",
+                done.architecture,
+                done.parameters,
+                done.dir.display()
+            );
+            return Ok(());
+        }
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -2,6 +2,8 @@
 //! (one `model.safetensors` or the shards of `model.safetensors.index.json`) and the tokenizer
 //! files. Shared by the trainer and the serving engine; reads files, holds no tensors.
 
+pub mod gguf;
+
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;

@@ -7,6 +7,7 @@ mod chat;
 mod errors;
 mod files;
 mod fuzz_findings;
+mod gguf;
 mod helpers;
 mod job_actions;
 mod jobs;
