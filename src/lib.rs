@@ -12,6 +12,7 @@
 //! - [`train`] is LoRA fine-tuning with candle; [`serve`] is chat generation with mistral.rs.
 //! - [`model_dir`] reads a Hugging Face model directory (config, weight files, tokenizer files)
 //!   for both the trainer and the engine.
+//! - [`model_cache`] pulls catalogue models and imports GGUF files into the user's model cache.
 //! - [`embedded_postgres`] runs a private PostgreSQL cluster when no `DATABASE_URL` is given.
 //! - [`config`], [`telemetry`], [`startup`] and [`cli`] glue it together.
 
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod embedded_postgres;
+pub mod model_cache;
 pub mod model_dir;
 pub mod serve;
 pub mod startup;

@@ -145,18 +145,24 @@ pub fn prepare_base_model(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<(String, PathBuf)> {
     let source = model.base_model_source(data_dir)?;
-    if let BaseModelSource::Tiny { dir, .. } = &source {
-        if !dir.join(crate::model_dir::SINGLE_WEIGHTS).exists() {
-            crate::train::tiny::init_tiny(dir, crate::train::tiny::TinyArch::Llama, 0)?;
+    let dir = match &source {
+        BaseModelSource::Directory { dir, .. } => dir.clone(),
+        BaseModelSource::Catalogue { entry, .. } => crate::model_cache::pull(entry)?,
+        BaseModelSource::Gguf { file, .. } => crate::model_cache::import_cached(file)?,
+        BaseModelSource::Tiny { dir, .. } => {
+            if !dir.join(crate::model_dir::SINGLE_WEIGHTS).exists() {
+                crate::train::tiny::init_tiny(dir, crate::train::tiny::TinyArch::Llama, 0)?;
+            }
+            tracing::warn!(
+                dir = %dir.display(),
+                "using the generated tiny model '{}'; it has random weights and is only for \
+                 trying the API",
+                source.name()
+            );
+            dir.clone()
         }
-        tracing::warn!(
-            dir = %dir.display(),
-            "no --base-model: using the generated tiny model '{}'; it has random weights and is \
-             only for trying the API",
-            source.name()
-        );
-    }
-    Ok((source.name().to_owned(), source.dir().to_path_buf()))
+    };
+    Ok((source.name().to_owned(), dir))
 }
 
 /// The base model's name and the trainer for it.

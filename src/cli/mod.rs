@@ -112,6 +112,12 @@ pub enum ModelCommand {
     },
     /// Device check: loss and LoRA gradients of one micro-batch on a device and dtype.
     GradStep(check::GradStepArgs),
+    /// Fetch a catalogue model (`smollm2-135m-instruct`) into the model cache
+    /// (`$FERROTUNE_HOME/models`, default `~/.cache/ferrotune/models`) and print where it is.
+    Pull {
+        /// The catalogue name.
+        name: String,
+    },
     /// Turn a llama-family GGUF file (llama.cpp, Ollama, LM Studio) into a Hugging Face model
     /// directory the trainer and the server load.
     ImportGguf {
@@ -154,6 +160,13 @@ pub fn run() -> anyhow::Result<()> {
         Command::Model {
             command: ModelCommand::GradStep(args),
         } => return check::grad_step(args),
+        Command::Model {
+            command: ModelCommand::Pull { name },
+        } => {
+            let dir = crate::model_cache::pull(name)?;
+            println!("{name}: {}", dir.display());
+            return Ok(());
+        }
         Command::Model {
             command:
                 ModelCommand::ImportGguf {

@@ -69,8 +69,10 @@ impl HttpSettings {
 /// The base model and where it runs.
 #[derive(Debug, Clone, Args)]
 pub struct ModelSettings {
-    /// A local Hugging Face model directory (config.json, model.safetensors, tokenizer.json) to
-    /// fine-tune. Without it, a tiny model with random weights is generated in
+    /// The base model: a local Hugging Face model directory (config.json, model.safetensors,
+    /// tokenizer.json), a `.gguf` file (imported once into the model cache), a catalogue name
+    /// (`smollm2-135m-instruct`, pulled once into the model cache), or `ferrotune-tiny`.
+    /// Without it, a tiny model with random weights is generated in
     /// <data dir>/models/ferrotune-tiny: fine for trying the API, useless for answers.
     #[arg(long, env = "FERROTUNE_BASE_MODEL")]
     pub base_model: Option<PathBuf>,
@@ -107,6 +109,20 @@ pub enum BaseModelSource {
         /// The directory.
         dir: PathBuf,
     },
+    /// A catalogue model, pulled into the model cache on first use.
+    Catalogue {
+        /// Its name for clients.
+        name: String,
+        /// The catalogue name.
+        entry: String,
+    },
+    /// A GGUF file, imported into the model cache on first use.
+    Gguf {
+        /// Its name for clients.
+        name: String,
+        /// The file.
+        file: PathBuf,
+    },
     /// The generated tiny model, kept under `<data dir>/models/`.
     Tiny {
         /// Its name for clients.
@@ -120,14 +136,10 @@ impl BaseModelSource {
     /// The name clients use.
     pub fn name(&self) -> &str {
         match self {
-            Self::Directory { name, .. } | Self::Tiny { name, .. } => name,
-        }
-    }
-
-    /// The model directory.
-    pub fn dir(&self) -> &std::path::Path {
-        match self {
-            Self::Directory { dir, .. } | Self::Tiny { dir, .. } => dir,
+            Self::Directory { name, .. }
+            | Self::Catalogue { name, .. }
+            | Self::Gguf { name, .. }
+            | Self::Tiny { name, .. } => name,
         }
     }
 }
@@ -136,7 +148,46 @@ impl ModelSettings {
     /// Which base model the settings name, without touching the disk beyond checking that a
     /// named directory has a `config.json`. Start-up makes it ready ([`crate::startup`]).
     pub fn base_model_source(&self, data_dir: &std::path::Path) -> anyhow::Result<BaseModelSource> {
+        let named = |default: &str| {
+            self.base_model_name
+                .clone()
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let given = self
+            .base_model
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
         match &self.base_model {
+            Some(_) if given.as_deref() == Some(TINY_MODEL_NAME) => Ok(BaseModelSource::Tiny {
+                name: named(TINY_MODEL_NAME),
+                dir: data_dir.join("models").join(TINY_MODEL_NAME),
+            }),
+            Some(_)
+                if given
+                    .as_deref()
+                    .and_then(crate::model_cache::entry)
+                    .is_some() =>
+            {
+                let entry = given.unwrap_or_default();
+                Ok(BaseModelSource::Catalogue {
+                    name: named(&entry),
+                    entry,
+                })
+            }
+            Some(file) if file.extension().is_some_and(|e| e == "gguf") => {
+                let file = std::path::absolute(file)?;
+                if !file.is_file() {
+                    anyhow::bail!("--base-model {}: no such GGUF file", file.display());
+                }
+                let stem = file
+                    .file_stem()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "base".to_owned());
+                Ok(BaseModelSource::Gguf {
+                    name: named(&stem),
+                    file,
+                })
+            }
             Some(dir) => {
                 let dir = std::path::absolute(dir)?;
                 if !dir.join(crate::model_dir::CONFIG).exists() {

