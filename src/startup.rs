@@ -228,6 +228,8 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let mut storage = settings.storage.clone();
         storage.data_dir = prepare_data_dir(&storage)?;
+        // The model first: a pull that cannot work stops start-up before a database is started.
+        let (base_model, base_dir) = prepare_base_model(&settings.model, &storage.data_dir)?;
         let database = Database::open(&storage).await?;
         let store = database.store.clone();
         let keys = settings
@@ -239,7 +241,6 @@ impl Application {
         } else {
             tracing::info!(keys = keys.len(), "API keys required on /v1 routes");
         }
-        let (base_model, base_dir) = prepare_base_model(&settings.model, &storage.data_dir)?;
         let device = settings.model.device()?;
         let trainer = trainer_for(
             &settings.model,

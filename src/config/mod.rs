@@ -71,12 +71,13 @@ impl HttpSettings {
 pub struct ModelSettings {
     /// The base model: a local Hugging Face model directory (config.json, model.safetensors,
     /// tokenizer.json), a `.gguf` file (imported once into the model cache), a catalogue name
-    /// (`smollm2-135m-instruct`, pulled once into the model cache), or `ferrotune-tiny`.
-    /// Without it, a tiny model with random weights is generated in
-    /// <data dir>/models/ferrotune-tiny: fine for trying the API, useless for answers.
+    /// (`smollm2-135m-instruct`, pulled once into the model cache), or `ferrotune-tiny` (a tiny
+    /// model with random weights generated in <data dir>/models: for tests and offline use).
+    /// Default: `smollm2-135m-instruct`, pulled on the first start.
     #[arg(long, env = "FERROTUNE_BASE_MODEL")]
     pub base_model: Option<PathBuf>,
-    /// The name clients use for the base model (default: the directory's name).
+    /// The name clients use for the base model (default: the catalogue name, or the directory's
+    /// or file's name).
     #[arg(long, env = "FERROTUNE_BASE_MODEL_NAME")]
     pub base_model_name: Option<String>,
     /// Device for training and serving: `auto` (the first GPU when the binary is built with
@@ -98,6 +99,9 @@ pub struct ModelSettings {
 
 /// The name of the generated tiny model.
 pub const TINY_MODEL_NAME: &str = "ferrotune-tiny";
+
+/// The base model without `--base-model`: a real instruct model from the catalogue.
+pub const DEFAULT_BASE_MODEL: &str = "smollm2-135m-instruct";
 
 /// The base model a server fine-tunes and serves, as resolved at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,12 +204,9 @@ impl ModelSettings {
                 });
                 Ok(BaseModelSource::Directory { name, dir })
             }
-            None => Ok(BaseModelSource::Tiny {
-                name: self
-                    .base_model_name
-                    .clone()
-                    .unwrap_or_else(|| TINY_MODEL_NAME.to_owned()),
-                dir: data_dir.join("models").join(TINY_MODEL_NAME),
+            None => Ok(BaseModelSource::Catalogue {
+                name: named(DEFAULT_BASE_MODEL),
+                entry: DEFAULT_BASE_MODEL.to_owned(),
             }),
         }
     }
@@ -274,7 +275,7 @@ impl Settings {
                 request_timeout_seconds: 30,
             },
             model: ModelSettings {
-                base_model: None,
+                base_model: Some(TINY_MODEL_NAME.into()),
                 base_model_name: None,
                 device: DeviceChoice::Cpu,
                 dtype: DtypeChoice::F32,

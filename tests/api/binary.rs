@@ -22,6 +22,11 @@ pub fn serve(data_dir: &Path, port: u16, extra: &[&str]) -> Child {
         .arg(data_dir)
         .args(extra)
         .env_remove("DATABASE_URL")
+        // The default base model is pulled once into the cache CI keeps under target/.
+        .env(
+            "FERROTUNE_HOME",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/target/ferrotune-home"),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -111,3 +111,29 @@ async fn serve_on_the_pulled_model_answers_a_question_correctly() {
         .unwrap_or_default();
     assert!(answer.contains("Paris"), "{res}");
 }
+
+#[test]
+fn serve_without_a_way_to_pull_the_default_model_says_how_to_start_instead() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrotune"))
+        .args(["serve", "--port", "0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env("FERROTUNE_HOME", tmp.path().join("home"))
+        .env("PATH", tmp.path()) // no python3, so no pip
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "serve fell back to something");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(error.contains("smollm2-135m-instruct"), "{error}");
+    assert!(error.contains("--base-model ferrotune-tiny"), "{error}");
+    assert!(error.contains("--base-model DIR|FILE.gguf"), "{error}");
+    assert!(
+        !tmp.path().join("data/postgres").exists(),
+        "a database was started before the model was ready"
+    );
+}

@@ -33,6 +33,14 @@ async fn serve_runs_its_own_postgres_and_stops_it_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(file.status(), 200);
+    // Without --base-model the server serves the real default model.
+    let models: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "smollm2-135m-instruct");
     terminate(server);
     assert!(
         !pid_file.exists(),

@@ -15,6 +15,8 @@ use crate::helpers::{TestApp, spawn_app};
 
 fn worker_args(app: &TestApp, poll_ms: u64) -> Vec<String> {
     vec![
+        "--base-model".into(),
+        "ferrotune-tiny".into(),
         "--database-url".into(),
         app.database_url(),
         "--poll-interval-ms".into(),
@@ -146,7 +148,14 @@ async fn serve_as_root_with_an_unreachable_data_dir_says_why_in_one_sentence() {
     std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let data = parent.path().join("data");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferrotune"))
-        .args(["serve", "--port", "0", "--data-dir"])
+        .args([
+            "serve",
+            "--base-model",
+            "ferrotune-tiny",
+            "--port",
+            "0",
+            "--data-dir",
+        ])
         .arg(&data)
         .env_remove("DATABASE_URL")
         .env("RUST_BACKTRACE", "1")
@@ -271,7 +280,7 @@ async fn serve_stops_the_embedded_cluster_it_adopted_after_a_kill() {
     ));
     let pid_file = dir.join("postgres/data/postmaster.pid");
     let port = free_port();
-    let mut first = serve(&dir, port, &[]);
+    let mut first = serve(&dir, port, &["--base-model", "ferrotune-tiny"]);
     wait_healthy(port).await;
     first.kill().unwrap();
     first.wait().unwrap();
@@ -280,7 +289,7 @@ async fn serve_stops_the_embedded_cluster_it_adopted_after_a_kill() {
         "the killed server's cluster keeps running"
     );
     let port = free_port();
-    let second = serve(&dir, port, &[]);
+    let second = serve(&dir, port, &["--base-model", "ferrotune-tiny"]);
     wait_healthy(port).await;
     terminate(second);
     let stopped = !pid_file.exists();

@@ -15,7 +15,8 @@ WORK=$(mktemp -d /tmp/ferrotune-st-XXXXXX)
 chmod 755 "$WORK" # the embedded cluster's unprivileged user must reach it when run as root
 mkdir -p "$WORK/adapters"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$BIN" serve --port "$PORT" --data-dir "$WORK/data" --no-worker --adapter-root "$WORK/adapters" \
+"$BIN" serve --base-model ferrotune-tiny --port "$PORT" --data-dir "$WORK/data" --no-worker \
+    --adapter-root "$WORK/adapters" \
     > "$WORK/server.log" 2>&1 &
 SERVER=$!
 cleanup() {

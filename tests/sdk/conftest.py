@@ -47,7 +47,7 @@ def server():
     port = _free_port()
     log = open(Path(data) / "server.log", "w")
     proc = subprocess.Popen(
-        [binary, "serve", "--port", str(port), "--data-dir", data, "--api-key", KEY_A, "--api-key", KEY_B,
+        [binary, "serve", "--base-model", "ferrotune-tiny", "--port", str(port), "--data-dir", data, "--api-key", KEY_A, "--api-key", KEY_B,
          "--poll-interval-ms", "100"],
         stdout=log, stderr=subprocess.STDOUT, env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
     )
