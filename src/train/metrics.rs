@@ -28,6 +28,12 @@ pub struct MetricsRow {
         skip_serializing_if = "Option::is_none"
     )]
     pub valid_mean_token_accuracy: Option<f32>,
+    /// Loss over the whole validation set, reported once, at the last step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_valid_loss: Option<f32>,
+    /// Token accuracy over the whole validation set, at the last step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_valid_mean_token_accuracy: Option<f32>,
     /// Peak GPU memory held by tensors during the step, in bytes (`None` on the CPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_gpu_memory_bytes: Option<u64>,
@@ -93,6 +99,8 @@ mod tests {
             train_mean_token_accuracy: 0.25,
             valid_loss: valid,
             valid_mean_token_accuracy: valid.map(|_| 0.5),
+            full_valid_loss: None,
+            full_valid_mean_token_accuracy: None,
             peak_gpu_memory_bytes: None,
         }
     }

@@ -263,6 +263,8 @@ pub fn train_until(
             train_mean_token_accuracy: correct as f32 / count.max(1) as f32,
             valid_loss: None,
             valid_mean_token_accuracy: None,
+            full_valid_loss: None,
+            full_valid_mean_token_accuracy: None,
             peak_gpu_memory_bytes: gpu_memory::peak_bytes(&cfg.device),
         };
         let epoch_end = st.step % steps_per_epoch == 0;
@@ -270,6 +272,10 @@ pub fn train_until(
         if (log || epoch_end) && !p.valid.is_empty() {
             let (l, a) = evaluate(&model, &p.valid, p.pad_id, bs, &cfg.device)?;
             (row.valid_loss, row.valid_mean_token_accuracy) = (Some(l), Some(a));
+            if st.step == total {
+                // Every evaluation covers the whole set; the last one is OpenAI's "full" figure.
+                (row.full_valid_loss, row.full_valid_mean_token_accuracy) = (Some(l), Some(a));
+            }
         }
         st.metrics.push(row.clone());
         on(Update::Step {

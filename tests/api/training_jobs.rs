@@ -77,6 +77,12 @@ async fn a_job_trains_to_succeeded_with_events_checkpoints_results_and_a_model()
         last["train_loss"].as_f64().unwrap() < metrics[3]["data"]["train_loss"].as_f64().unwrap()
     );
     assert!(last["valid_loss"].is_f64() && last["valid_mean_token_accuracy"].is_f64());
+    assert_eq!(
+        last["full_valid_loss"], last["valid_loss"],
+        "the last step reports the full set"
+    );
+    assert!(last["full_valid_mean_token_accuracy"].is_f64());
+    assert!(metrics[1]["data"].get("full_valid_loss").is_none());
     assert!(
         metrics[0]["message"]
             .as_str()
