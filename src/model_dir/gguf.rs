@@ -168,8 +168,14 @@ pub fn import(gguf: &Path, out: &Path, dtype: DType) -> Result<Imported, GgufErr
     let tied = !tensors.contains_key("lm_head.weight");
     let mut config = config;
     config["tie_word_embeddings"] = json!(tied);
-    let tokenizer = tokenizer(&meta, &tokens)?;
-    write_dir(out, &config, &tensors, &tokenizer, &meta, &tokens)?;
+    let files = Files {
+        tokenizer: tokenizer(&meta, &tokens)?,
+        config,
+        tensors,
+        meta: &meta,
+        tokens: &tokens,
+    };
+    write_dir(out, &files)?;
     Ok(Imported {
         dir: out.to_path_buf(),
         architecture: architecture.to_owned(),
@@ -325,21 +331,23 @@ fn tokenizer(meta: &Meta, tokens: &[String]) -> Result<Tokenizer, GgufError> {
     Ok(tok)
 }
 
-fn write_dir(
-    out: &Path,
-    config: &serde_json::Value,
-    tensors: &HashMap<String, Tensor>,
-    tokenizer: &Tokenizer,
-    meta: &Meta,
-    tokens: &[String],
-) -> Result<(), GgufError> {
+/// What an import writes.
+struct Files<'a> {
+    config: serde_json::Value,
+    tensors: HashMap<String, Tensor>,
+    tokenizer: Tokenizer,
+    meta: &'a Meta<'a>,
+    tokens: &'a [String],
+}
+
+fn write_dir(out: &Path, files: &Files) -> Result<(), GgufError> {
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".to_owned());
     let staging = out.with_file_name(format!(".{name}.importing"));
     let _ = std::fs::remove_dir_all(&staging);
-    let written = write_files(&staging, config, tensors, tokenizer, meta, tokens).and_then(|()| {
+    let written = write_files(&staging, files).and_then(|()| {
         std::fs::rename(&staging, out).map_err(|e| GgufError::Write {
             path: out.display().to_string(),
             reason: e.to_string(),
@@ -351,14 +359,14 @@ fn write_dir(
     written
 }
 
-fn write_files(
-    dir: &Path,
-    config: &serde_json::Value,
-    tensors: &HashMap<String, Tensor>,
-    tokenizer: &Tokenizer,
-    meta: &Meta,
-    tokens: &[String],
-) -> Result<(), GgufError> {
+fn write_files(dir: &Path, files: &Files) -> Result<(), GgufError> {
+    let Files {
+        config,
+        tensors,
+        tokenizer,
+        meta,
+        tokens,
+    } = files;
     let fail = |path: &Path, e: &dyn std::fmt::Display| GgufError::Write {
         path: path.display().to_string(),
         reason: e.to_string(),

@@ -120,14 +120,7 @@ fn write_gguf(dir: &Path, out: &Path, arch: &str, drop_key: Option<&str>) {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    crate::tensors::max_abs(&(a - b).unwrap())
 }
 
 #[test]

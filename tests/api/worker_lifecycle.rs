@@ -46,6 +46,17 @@ async fn all_messages(app: &TestApp, id: &str) -> Vec<String> {
     app.all_event_messages(id).await
 }
 
+/// Let `server` finish the job, stop it, and return the job's messages once it succeeded.
+async fn succeeds_on(app: &TestApp, id: &str, server: std::process::Child) -> Vec<String> {
+    let done = wait_for(app, id, "finished", |j| {
+        j["status"] == "succeeded" || j["status"] == "failed"
+    })
+    .await;
+    terminate(server);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    all_messages(app, id).await
+}
+
 #[tokio::test]
 async fn sigterm_pauses_a_training_job_which_the_next_start_resumes() {
     let app = spawn_app().await;
@@ -87,14 +98,7 @@ async fn sigterm_pauses_a_training_job_which_the_next_start_resumes() {
             .unwrap();
     assert_eq!(locked, None, "the lease is released");
 
-    let server = start_worker(&app, 100);
-    let done = wait_for(&app, &id, "finished", |j| {
-        j["status"] == "succeeded" || j["status"] == "failed"
-    })
-    .await;
-    terminate(server);
-    assert_eq!(done["status"], "succeeded", "{done}");
-    let messages = all_messages(&app, &id).await;
+    let messages = succeeds_on(&app, &id, start_worker(&app, 100)).await;
     assert!(
         messages.iter().any(|m| m.starts_with("Resuming from step")),
         "{messages:?}"
@@ -221,14 +225,7 @@ async fn a_worker_killed_mid_training_is_resumed_from_its_last_checkpoint_withou
     };
     server.kill().unwrap(); // SIGKILL: no state saved on the way out
     server.wait().unwrap();
-    let server = start_worker_leasing(&app, 2);
-    let done = wait_for(&app, &id, "finished", |j| {
-        j["status"] == "succeeded" || j["status"] == "failed"
-    })
-    .await;
-    terminate(server);
-    assert_eq!(done["status"], "succeeded", "{done}");
-    let messages = all_messages(&app, &id).await;
+    let messages = succeeds_on(&app, &id, start_worker_leasing(&app, 2)).await;
     let resumed = messages
         .iter()
         .find(|m| m.contains("after a lost worker"))
