@@ -337,3 +337,18 @@ async fn expiring_files_are_accepted_and_bad_expiry_is_rejected() {
         .unwrap();
     assert_error(res, 400, Some("expires_after[seconds]")).await;
 }
+
+#[tokio::test]
+async fn the_shipped_health_datasets_upload_as_fine_tune_files() {
+    let app = spawn_app().await;
+    for (file, examples) in [("health_qa.json", 200), ("health_qa_heldout.json", 40)] {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/").to_owned() + file;
+        let res = app
+            .upload(file, std::fs::read(&path).unwrap(), "fine-tune")
+            .await;
+        assert_eq!(res.status(), 200, "{file}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["example_count"], examples, "{file}");
+        assert_eq!(body["dataset_format"], "alpaca", "{file}");
+    }
+}

