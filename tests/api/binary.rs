@@ -1,5 +1,6 @@
 //! Running the real `ferrotune` binary: start it on a free port, wait until healthy, stop it
-//! with SIGTERM and time the exit.
+//! with SIGTERM and time the exit. A [`Server`] that a failing test drops is killed, so no
+//! process outlives its test.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -14,10 +15,29 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A running `ferrotune serve`, killed when dropped.
+pub struct Server(Option<Child>);
+
+impl Server {
+    /// SIGKILL, as a crash would, and wait for it.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill_hard();
+    }
+}
+
 /// `ferrotune serve` on `port` with `data_dir` and extra arguments (no DATABASE_URL from the
 /// environment: pass `--database-url` to use one).
-pub fn serve(data_dir: &Path, port: u16, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ferrotune"))
+pub fn serve(data_dir: &Path, port: u16, extra: &[&str]) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_ferrotune"))
         .args(["serve", "--port", &port.to_string(), "--data-dir"])
         .arg(data_dir)
         .args(extra)
@@ -30,7 +50,8 @@ pub fn serve(data_dir: &Path, port: u16, extra: &[&str]) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Server(Some(child))
 }
 
 /// Wait until `/health` answers 200 (at most 60 s).
@@ -46,8 +67,9 @@ pub async fn wait_healthy(port: u16) {
     panic!("server never became healthy");
 }
 
-/// Send SIGTERM and wait for the exit (at most 30 s); how long it took.
-pub fn terminate(mut child: Child) -> Duration {
+/// Send SIGTERM and wait for the exit (at most 30 s, then it is killed); how long it took.
+pub fn terminate(mut server: Server) -> Duration {
+    let child = server.0.as_mut().expect("a running server");
     let sent = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -56,10 +78,10 @@ pub fn terminate(mut child: Child) -> Duration {
     .unwrap();
     while sent.elapsed() < Duration::from_secs(30) {
         if child.try_wait().unwrap().is_some() {
+            server.0 = None; // reaped
             return sent.elapsed();
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    child.kill().unwrap();
-    panic!("server did not exit within 30 s of SIGTERM");
+    panic!("server did not exit within 30 s of SIGTERM"); // dropping `server` kills it
 }

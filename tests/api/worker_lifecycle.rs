@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::binary::{free_port, serve, terminate, wait_healthy};
+use crate::binary::{Server, free_port, serve, terminate, wait_healthy};
 use crate::helpers::{TestApp, spawn_app};
 
 fn worker_args(app: &TestApp, poll_ms: u64) -> Vec<String> {
@@ -24,7 +24,7 @@ fn worker_args(app: &TestApp, poll_ms: u64) -> Vec<String> {
     ]
 }
 
-fn start_worker(app: &TestApp, poll_ms: u64) -> std::process::Child {
+fn start_worker(app: &TestApp, poll_ms: u64) -> Server {
     let args = worker_args(app, poll_ms);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     serve(app.data_dir.path(), free_port(), &args)
@@ -47,7 +47,7 @@ async fn all_messages(app: &TestApp, id: &str) -> Vec<String> {
 }
 
 /// Let `server` finish the job, stop it, and return the job's messages once it succeeded.
-async fn succeeds_on(app: &TestApp, id: &str, server: std::process::Child) -> Vec<String> {
+async fn succeeds_on(app: &TestApp, id: &str, server: Server) -> Vec<String> {
     let done = wait_for(app, id, "finished", |j| {
         j["status"] == "succeeded" || j["status"] == "failed"
     })
@@ -223,8 +223,7 @@ async fn a_worker_killed_mid_training_is_resumed_from_its_last_checkpoint_withou
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    server.kill().unwrap(); // SIGKILL: no state saved on the way out
-    server.wait().unwrap();
+    server.kill_hard(); // SIGKILL: no state saved on the way out
     let messages = succeeds_on(&app, &id, start_worker_leasing(&app, 2)).await;
     let resumed = messages
         .iter()
@@ -262,7 +261,7 @@ async fn a_worker_killed_mid_training_is_resumed_from_its_last_checkpoint_withou
     assert_eq!(logged, 600, "every step's metrics once");
 }
 
-fn start_worker_leasing(app: &TestApp, lease_seconds: u64) -> std::process::Child {
+fn start_worker_leasing(app: &TestApp, lease_seconds: u64) -> Server {
     let mut args = worker_args(app, 100);
     args.extend(["--lease-seconds".to_owned(), lease_seconds.to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -279,8 +278,7 @@ async fn serve_stops_the_embedded_cluster_it_adopted_after_a_kill() {
     let port = free_port();
     let mut first = serve(&dir, port, &["--base-model", "ferrotune-tiny"]);
     wait_healthy(port).await;
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.kill_hard();
     assert!(
         pid_file.exists(),
         "the killed server's cluster keeps running"
