@@ -157,58 +157,52 @@ impl ModelSettings {
                 .clone()
                 .unwrap_or_else(|| default.to_owned())
         };
-        let given = self
-            .base_model
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned());
-        match &self.base_model {
-            Some(_) if given.as_deref() == Some(TINY_MODEL_NAME) => Ok(BaseModelSource::Tiny {
-                name: named(TINY_MODEL_NAME),
-                dir: data_dir.join("models").join(TINY_MODEL_NAME),
-            }),
-            Some(_)
-                if given
-                    .as_deref()
-                    .and_then(crate::model_cache::entry)
-                    .is_some() =>
-            {
-                let entry = given.unwrap_or_default();
-                Ok(BaseModelSource::Catalogue {
-                    name: named(&entry),
-                    entry,
-                })
-            }
-            Some(file) if file.extension().is_some_and(|e| e == "gguf") => {
-                let file = std::path::absolute(file)?;
-                if !file.is_file() {
-                    anyhow::bail!("--base-model {}: no such GGUF file", file.display());
-                }
-                let stem = file
-                    .file_stem()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "base".to_owned());
-                Ok(BaseModelSource::Gguf {
-                    name: named(&stem),
-                    file,
-                })
-            }
-            Some(dir) => {
-                let dir = std::path::absolute(dir)?;
-                if !dir.join(crate::model_dir::CONFIG).exists() {
-                    anyhow::bail!("--base-model {}: no config.json there", dir.display());
-                }
-                let name = self.base_model_name.clone().unwrap_or_else(|| {
-                    dir.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_else(|| "base".to_owned())
-                });
-                Ok(BaseModelSource::Directory { name, dir })
-            }
-            None => Ok(BaseModelSource::Catalogue {
+        let Some(given) = &self.base_model else {
+            return Ok(BaseModelSource::Catalogue {
                 name: named(DEFAULT_BASE_MODEL),
                 entry: DEFAULT_BASE_MODEL.to_owned(),
-            }),
+            });
+        };
+        let text = given.to_string_lossy();
+        if text == TINY_MODEL_NAME {
+            return Ok(BaseModelSource::Tiny {
+                name: named(TINY_MODEL_NAME),
+                dir: data_dir.join("models").join(TINY_MODEL_NAME),
+            });
         }
+        if let Some(entry) = crate::model_cache::entry(&text) {
+            return Ok(BaseModelSource::Catalogue {
+                name: named(entry.name),
+                entry: entry.name.to_owned(),
+            });
+        }
+        let path = std::path::absolute(given)?;
+        let stem = |p: &std::path::Path| {
+            p.file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "base".to_owned())
+        };
+        if path.extension().is_some_and(|e| e == "gguf") {
+            if !path.is_file() {
+                anyhow::bail!("--base-model {}: no such GGUF file", path.display());
+            }
+            return Ok(BaseModelSource::Gguf {
+                name: named(&stem(&path)),
+                file: path,
+            });
+        }
+        if !path.join(crate::model_dir::CONFIG).exists() {
+            anyhow::bail!("--base-model {}: no config.json there", path.display());
+        }
+        // A directory's whole name (`Qwen2.5-0.5B-Instruct` has no extension to drop).
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "base".to_owned());
+        Ok(BaseModelSource::Directory {
+            name: named(&name),
+            dir: path,
+        })
     }
 
     /// The candle device.
@@ -305,4 +299,40 @@ pub struct Settings {
     pub worker: WorkerOptions,
     /// Run a worker inside the server process.
     pub run_worker: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_models_are_named_by_catalogue_name_file_or_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let mut model = Settings::local(data.clone()).model;
+        let source = |m: &ModelSettings| m.base_model_source(&data);
+        model.base_model = None;
+        assert!(matches!(source(&model).unwrap(),
+            BaseModelSource::Catalogue { ref name, .. } if name == DEFAULT_BASE_MODEL));
+        model.base_model = Some(TINY_MODEL_NAME.into());
+        assert!(matches!(
+            source(&model).unwrap(),
+            BaseModelSource::Tiny { .. }
+        ));
+        let gguf = tmp.path().join("my-model.Q4_0.gguf");
+        model.base_model = Some(gguf.clone());
+        assert!(source(&model).is_err(), "a missing GGUF file");
+        std::fs::write(&gguf, b"").unwrap();
+        assert!(matches!(source(&model).unwrap(),
+            BaseModelSource::Gguf { ref name, .. } if name == "my-model.Q4_0"));
+        let dir = tmp.path().join("Qwen2.5-0.5B-Instruct");
+        std::fs::create_dir_all(&dir).unwrap();
+        model.base_model = Some(dir.clone());
+        assert!(source(&model).is_err(), "a directory without config.json");
+        std::fs::write(dir.join("config.json"), b"{}").unwrap();
+        assert!(matches!(source(&model).unwrap(),
+            BaseModelSource::Directory { ref name, .. } if name == "Qwen2.5-0.5B-Instruct"));
+        model.base_model_name = Some("mine".into());
+        assert_eq!(source(&model).unwrap().name(), "mine");
+    }
 }

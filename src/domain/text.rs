@@ -5,32 +5,33 @@ use serde_json::Value;
 
 use super::DomainError;
 
+fn nul_error(param: &str) -> DomainError {
+    DomainError::invalid(param, format!("{param} must not contain a NUL character"))
+        .with_code("invalid_value")
+}
+
 /// `value` unless it holds a NUL character.
 pub fn storable<'a>(param: &str, value: &'a str) -> Result<&'a str, DomainError> {
     if value.contains('\0') {
-        return Err(DomainError::invalid(
-            param,
-            format!("{param} must not contain a NUL character"),
-        )
-        .with_code("invalid_value"));
+        return Err(nul_error(param));
     }
     Ok(value)
 }
 
 /// Refuse a JSON value with a NUL character in any string or key inside it.
 pub fn storable_json(param: &str, value: &Value) -> Result<(), DomainError> {
-    let clean = match value {
-        Value::String(s) => !s.contains('\0'),
-        Value::Array(items) => items.iter().all(|v| storable_json(param, v).is_ok()),
-        Value::Object(map) => map
-            .iter()
-            .all(|(k, v)| !k.contains('\0') && storable_json(param, v).is_ok()),
-        _ => true,
-    };
-    if clean {
+    fn clean(value: &Value) -> bool {
+        match value {
+            Value::String(s) => !s.contains('\0'),
+            Value::Array(items) => items.iter().all(clean),
+            Value::Object(map) => map.iter().all(|(k, v)| !k.contains('\0') && clean(v)),
+            _ => true,
+        }
+    }
+    if clean(value) {
         Ok(())
     } else {
-        storable(param, "\0").map(|_| ())
+        Err(nul_error(param))
     }
 }
 

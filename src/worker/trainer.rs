@@ -115,11 +115,6 @@ impl StopSignal {
     pub fn discards(&self) -> bool {
         self.discard.load(Ordering::SeqCst)
     }
-
-    /// The underlying token (cancelled with the signal).
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
-    }
 }
 
 /// A training engine. `train` runs on a blocking thread and must poll `stop` between steps.

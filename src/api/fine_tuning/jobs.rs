@@ -91,14 +91,12 @@ pub async fn list_paginated_fine_tuning_jobs(
         .map_err(|e| ApiError::invalid(format!("Invalid query string: {e}"), None))?;
     // `limit=` with no value reads as absent to serde_qs; it is still not an integer.
     let empty_limit = req.query_string().split('&').any(|kv| kv == "limit=");
-    let limit = q
-        .limit
-        .filter(|_| !empty_limit)
-        .map(|l| l.parse::<i64>())
-        .transpose()
-        .ok()
-        .filter(|_| !empty_limit)
-        .ok_or_else(|| ApiError::invalid("limit must be an integer", Some("limit")))?;
+    let limit = match q.limit {
+        _ if empty_limit => None,
+        None => Some(None),
+        Some(l) => l.parse::<i64>().ok().map(Some),
+    }
+    .ok_or_else(|| ApiError::invalid("limit must be an integer", Some("limit")))?;
     let page = PageRequest::parse(limit, q.after, None, 20, 100)?;
     let filter = (!q.metadata.is_empty()).then(|| {
         let pairs = q.metadata.into_iter().map(|(k, v)| (k, Value::String(v)));
