@@ -22,6 +22,8 @@ pub struct LlamaFactoryConfig {
     /// Training file (relative to `dataset_dir`, else to the config file).
     #[serde(alias = "data_path")]
     pub dataset: Option<String>,
+    /// Validation file (relative like `dataset`).
+    pub eval_dataset: Option<String>,
     /// Directory `dataset` is relative to.
     pub dataset_dir: Option<String>,
     /// Chat template name; `default` means the model's own.
@@ -91,6 +93,11 @@ pub struct LlamaFactoryConfig {
     /// Held-out fraction (< 1) or count (≥ 1) of the training examples.
     #[serde(deserialize_with = "number")]
     pub val_size: Option<f64>,
+    /// Answer the validation prompts at the end and score them (ROUGE, BLEU).
+    pub predict_with_generate: Option<bool>,
+    /// New tokens per answer in that evaluation.
+    #[serde(deserialize_with = "number")]
+    pub max_new_tokens: Option<u32>,
     /// Seed for init, shuffles and dropout.
     #[serde(deserialize_with = "number")]
     pub seed: Option<u64>,
@@ -179,6 +186,15 @@ impl LlamaFactoryConfig {
             "gradient_checkpointing",
             self.gradient_checkpointing().map(Value::from),
         );
+        put(
+            "validation_split",
+            self.val_size.filter(|v| *v > 0.0).map(Value::from),
+        );
+        put(
+            "predict_with_generate",
+            self.predict_with_generate.map(Value::from),
+        );
+        put("eval_max_new_tokens", self.max_new_tokens.map(Value::from));
         let epochs = self.num_train_epochs.map(|e| e.ceil().max(1.0) as u64);
         put("n_epochs", epochs.map(Value::from));
         hp

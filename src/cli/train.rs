@@ -13,7 +13,7 @@ use super::llama_factory::LlamaFactoryConfig;
 use crate::config::parse_device;
 use crate::domain::hyperparameters::Hyperparameters;
 use crate::serve::measure::median;
-use crate::train::run::{self, RunConfig, RunEnd, Update};
+use crate::train::run::{self, Evaluation, RunConfig, RunEnd, Update};
 
 /// Turn a LLaMA-Factory config into a run configuration.
 pub fn run_config(path: &Path) -> anyhow::Result<RunConfig> {
@@ -35,10 +35,15 @@ pub fn run_config(path: &Path) -> anyhow::Result<RunConfig> {
         .dataset
         .as_deref()
         .context("dataset (a file path) is required")?;
-    let train_file = match cfg.dataset_dir.as_deref() {
-        Some(dir) => rel(dir).join(dataset),
-        None => rel(dataset),
+    let data_file = |name: &str| match cfg.dataset_dir.as_deref() {
+        Some(dir) => rel(dir).join(name),
+        None => rel(name),
     };
+    let train_file = data_file(dataset);
+    let valid_file = cfg.eval_dataset.as_deref().map(data_file);
+    if valid_file.is_some() && cfg.val_size.is_some_and(|v| v > 0.0) {
+        bail!("give eval_dataset or val_size, not both");
+    }
     let hyperparameters = Hyperparameters::default()
         .apply(&Value::Object(cfg.hyperparameters()), "config")
         .map_err(|e| anyhow::anyhow!("{}: {}", e.param.clone().unwrap_or_default(), e.message))?;
@@ -59,8 +64,7 @@ pub fn run_config(path: &Path) -> anyhow::Result<RunConfig> {
         base_model_name: model_dir.display().to_string(),
         model_dir,
         train_file,
-        valid_file: None,
-        valid_split: cfg.val_size,
+        valid_file,
         template: cfg.template.clone().filter(|t| t != "default"),
         hyperparameters,
         seed: cfg.seed.unwrap_or(42),
@@ -151,6 +155,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             if let Some(kib) = peak_rss_kib() {
                 println!("peak_rss_mib={:.1}", kib as f64 / 1024.0);
             }
+            if let Some(e) = &out.evaluation {
+                print_evaluation(e);
+            }
             println!("adapter: {}", out.adapter_dir.display());
             println!("metrics: {}", out.metrics_csv.display());
             println!("loss curve: {}", out.loss_svg.display());
@@ -160,6 +167,35 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The generation evaluation: a few answers, then base and fine-tuned scores side by side.
+fn print_evaluation(e: &Evaluation) {
+    let short = |t: &str| {
+        let one_line = t.split_whitespace().collect::<Vec<_>>().join(" ");
+        match one_line.char_indices().nth(100) {
+            Some((i, _)) => format!("{}…", &one_line[..i]),
+            None => one_line,
+        }
+    };
+    for r in e.records.iter().take(3) {
+        println!("Q: {}", short(&r.prompt));
+        println!("  reference:  {}", short(&r.reference));
+        println!("  base:       {}", short(&r.base_answer));
+        println!("  fine-tuned: {}", short(&r.fine_tuned_answer));
+    }
+    let (b, f) = (e.metrics.base, e.metrics.fine_tuned);
+    println!("generation on {} validation prompts:", e.metrics.samples);
+    println!("  {:<8} {:>8} {:>11}", "metric", "base", "fine-tuned");
+    for (name, x, y) in [
+        ("rouge1", b.rouge1, f.rouge1),
+        ("rouge2", b.rouge2, f.rouge2),
+        ("rougeL", b.rouge_l, f.rouge_l),
+        ("bleu4", b.bleu4, f.bleu4),
+    ] {
+        println!("  {name:<8} {x:>8.4} {y:>11.4}");
+    }
+    println!("eval: {}", e.jsonl.display());
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), in KiB.
@@ -219,7 +255,10 @@ mod tests {
         );
         assert_eq!((hp.gradient_accumulation_steps, hp.max_length), (4, 512));
         assert_eq!(hp.lr_scheduler_type, LrScheduler::Cosine);
-        assert_eq!((cfg.seed, cfg.valid_split), (3, Some(0.1)));
+        assert_eq!(
+            (cfg.seed, cfg.hyperparameters.validation_split),
+            (3, Some(0.1))
+        );
         assert_eq!(hp.gradient_checkpointing, Some(true));
         assert_eq!(
             cfg.dtype,

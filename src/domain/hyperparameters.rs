@@ -105,6 +105,25 @@ pub struct Hyperparameters {
     /// LLaMA-Factory does), off on the CPU.
     #[serde(default)]
     pub gradient_checkpointing: Option<bool>,
+    /// Without a validation file: hold out this fraction (< 1) or this many (≥ 1) of the
+    /// training examples for validation (LLaMA-Factory's `val_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_split: Option<f64>,
+    /// At the end, answer every validation prompt with the base and the fine-tuned model and
+    /// score the answers (ROUGE, BLEU) against the references.
+    #[serde(default = "yes")]
+    pub predict_with_generate: bool,
+    /// New tokens per answer in that evaluation.
+    #[serde(default = "default_eval_tokens")]
+    pub eval_max_new_tokens: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_eval_tokens() -> u32 {
+    128
 }
 
 impl Default for Hyperparameters {
@@ -129,6 +148,9 @@ impl Default for Hyperparameters {
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             gradient_checkpointing: None,
+            validation_split: None,
+            predict_with_generate: true,
+            eval_max_new_tokens: default_eval_tokens(),
         }
     }
 }
@@ -171,6 +193,9 @@ impl Hyperparameters {
                 "weight_decay" => self.weight_decay = f.float(key, 0.0, 1.0, true)?,
                 "max_grad_norm" => self.max_grad_norm = f.float(key, 0.0, 1.0e6, true)?,
                 "gradient_checkpointing" => self.gradient_checkpointing = Some(f.boolean(key)?),
+                "validation_split" => self.validation_split = Some(f.split(key)?),
+                "predict_with_generate" => self.predict_with_generate = f.boolean(key)?,
+                "eval_max_new_tokens" => self.eval_max_new_tokens = f.int(key, 1, 4096)?,
                 other => {
                     return Err(DomainError::invalid(
                         format!("{prefix}.{other}"),
@@ -250,6 +275,19 @@ impl Fields<'_> {
         self.map[key]
             .as_bool()
             .ok_or_else(|| self.err(key, format!("{key} must be true or false")))
+    }
+
+    /// A fraction in (0, 1) or a whole count from 1.
+    fn split(&self, key: &str) -> Result<f64, DomainError> {
+        self.map[key]
+            .as_f64()
+            .filter(|v| (*v > 0.0 && *v < 1.0) || (*v >= 1.0 && v.fract() == 0.0 && *v <= 1.0e6))
+            .ok_or_else(|| {
+                self.err(
+                    key,
+                    format!("{key} must be a fraction in (0, 1) or a whole number of examples"),
+                )
+            })
     }
 
     fn modules(&self, key: &str) -> Result<Vec<String>, DomainError> {
@@ -349,10 +387,35 @@ mod tests {
             ),
             (json!({"lr_scheduler_type": "step"}), "h.lr_scheduler_type"),
             (json!({"lora_rnak": 8}), "h.lora_rnak"),
+            (json!({"validation_split": 0}), "h.validation_split"),
+            (json!({"validation_split": 2.5}), "h.validation_split"),
+            (json!({"validation_split": "10%"}), "h.validation_split"),
+            (
+                json!({"predict_with_generate": 1}),
+                "h.predict_with_generate",
+            ),
+            (json!({"eval_max_new_tokens": 0}), "h.eval_max_new_tokens"),
         ];
         for (input, param) in cases {
             let err = Hyperparameters::default().apply(&input, "h").unwrap_err();
             assert_eq!(err.param.as_deref(), Some(param), "{input}");
         }
+    }
+
+    #[test]
+    fn validation_splits_are_fractions_or_counts() {
+        let hp = |v| Hyperparameters::default().apply(&json!({"validation_split": v}), "h");
+        assert_eq!(hp(json!(0.2)).unwrap().validation_split, Some(0.2));
+        assert_eq!(hp(json!(12)).unwrap().validation_split, Some(12.0));
+        let plain = Hyperparameters::default();
+        assert!(plain.predict_with_generate);
+        assert!(plain.to_json().get("validation_split").is_none());
+        // Jobs stored before these fields existed still load, with the defaults.
+        let mut old = plain.to_json();
+        for k in ["predict_with_generate", "eval_max_new_tokens"] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        let back: Hyperparameters = serde_json::from_value(old).unwrap();
+        assert_eq!(back, plain);
     }
 }

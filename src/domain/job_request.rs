@@ -111,6 +111,13 @@ impl JobSpec {
         if let Some(method) = req.method.as_ref().filter(|m| !m.is_null()) {
             hyperparameters = apply_method(method, hyperparameters)?;
         }
+        if validation_file.is_some() && hyperparameters.validation_split.is_some() {
+            return Err(DomainError::invalid(
+                "hyperparameters.validation_split",
+                "validation_split holds out training examples for validation; it cannot be \
+                 combined with a validation_file",
+            ));
+        }
         Ok(Self {
             model: req.model,
             training_file,
@@ -258,6 +265,10 @@ mod tests {
             (json!({"metadata": {"k": 1}}), "metadata.k"),
             (json!({"method": {"type": "dpo"}}), "method.type"),
             (json!({"integrations": "wandb"}), "integrations"),
+            (
+                json!({"validation_file": "file-abc", "hyperparameters": {"validation_split": 0.1}}),
+                "hyperparameters.validation_split",
+            ),
         ];
         for (extra, param) in cases {
             let err = JobSpec::parse(request(extra.clone())).unwrap_err();

@@ -1,13 +1,121 @@
-//! Greedy decoding with the training model (no KV cache): for checking what a run learned, in
-//! tests and on the command line. Serving uses mistral.rs.
+//! Greedy decoding with the training model and a KV cache: the answers of the end-of-run
+//! evaluation, and checks of what a run learned in tests and on the command line. Serving uses
+//! mistral.rs.
 
-use candle_core::{D, Tensor};
+use std::path::Path;
+
+use candle_core::D;
+use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use super::model::{CausalLm, ForwardCtx};
+use super::model::{CausalLm, KvCache};
 use super::template::ChatTemplate;
 use super::{TensorContext, TrainError};
 use crate::domain::dataset::Turn;
+
+/// What turns a conversation into prompt tokens and decides where an answer ends.
+pub struct Prompter<'a> {
+    tokenizer: &'a Tokenizer,
+    template: &'a ChatTemplate,
+    stop: Vec<u32>,
+}
+
+impl<'a> Prompter<'a> {
+    /// Stops at the template's end-of-sequence token.
+    pub fn new(tokenizer: &'a Tokenizer, template: &'a ChatTemplate) -> Self {
+        let stop = tokenizer
+            .token_to_id(template.eos_token())
+            .into_iter()
+            .collect();
+        Self {
+            tokenizer,
+            template,
+            stop,
+        }
+    }
+
+    /// Also stops at the `eos_token_id`s of the model directory's `generation_config.json`.
+    pub fn with_generation_config(mut self, model_dir: &Path) -> Self {
+        let path = model_dir.join(crate::model_dir::GENERATION_CONFIG);
+        let config: Value = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        let ids = match &config["eos_token_id"] {
+            Value::Array(list) => list.iter().filter_map(Value::as_u64).collect(),
+            v => v.as_u64().into_iter().collect::<Vec<_>>(),
+        };
+        for id in ids.into_iter().filter_map(|i| u32::try_from(i).ok()) {
+            if !self.stop.contains(&id) {
+                self.stop.push(id);
+            }
+        }
+        self
+    }
+
+    /// The prompt tokens of `turns` with the assistant's generation prompt, keeping the last
+    /// `max_tokens` when longer (the question and the generation prompt are at the end).
+    pub fn prompt_ids(
+        &self,
+        turns: &[Turn],
+        tools: Option<&Value>,
+        max_tokens: usize,
+    ) -> Result<Vec<u32>, TrainError> {
+        let prompt = self.template.render(turns, true, tools)?;
+        let enc = self
+            .tokenizer
+            .encode(prompt.as_str(), false)
+            .map_err(|e| TrainError::Invalid(format!("tokenizing failed: {e}")))?;
+        let ids = enc.get_ids();
+        Ok(ids[ids.len().saturating_sub(max_tokens.max(1))..].to_vec())
+    }
+
+    /// Up to `max_new` greedy tokens after `prompt`, without the stop token.
+    pub fn continue_ids(
+        &self,
+        model: &CausalLm,
+        prompt: &[u32],
+        max_new: usize,
+    ) -> Result<Vec<u32>, TrainError> {
+        let mut cache = KvCache::default();
+        let mut out = Vec::new();
+        let mut next_input = prompt.to_vec();
+        while out.len() < max_new {
+            let logits = model.forward_cached(&next_input, &mut cache)?;
+            let next = logits
+                .argmax(D::Minus1)
+                .and_then(|t| t.to_scalar::<u32>())
+                .ctx("picking the next token")?;
+            if self.stop.contains(&next) {
+                break;
+            }
+            out.push(next);
+            next_input = vec![next];
+        }
+        Ok(out)
+    }
+
+    /// The text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TrainError> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| TrainError::Invalid(format!("decoding failed: {e}")))
+    }
+
+    /// The greedy answer to `turns`: at most `max_new` tokens after a prompt of at most
+    /// `max_prompt` tokens.
+    pub fn answer(
+        &self,
+        model: &CausalLm,
+        turns: &[Turn],
+        tools: Option<&Value>,
+        max_prompt: usize,
+        max_new: usize,
+    ) -> Result<String, TrainError> {
+        let prompt = self.prompt_ids(turns, tools, max_prompt)?;
+        self.decode(&self.continue_ids(model, &prompt, max_new)?)
+    }
+}
 
 /// Continue the conversation `turns` with up to `max_tokens` greedy tokens, stopping at the
 /// template's end-of-sequence token.
@@ -18,31 +126,9 @@ pub fn greedy(
     turns: &[Turn],
     max_tokens: usize,
 ) -> Result<String, TrainError> {
-    let prompt = template.render(turns, true, None)?;
-    let enc = tokenizer
-        .encode(prompt.as_str(), false)
-        .map_err(|e| TrainError::Invalid(format!("tokenizing failed: {e}")))?;
-    let mut ids = enc.get_ids().to_vec();
-    let start = ids.len();
-    let eos = tokenizer.token_to_id(template.eos_token());
-    for _ in 0..max_tokens {
-        let input = Tensor::new(ids.as_slice(), model.device())
-            .and_then(|t| t.unsqueeze(0))
-            .ctx("building the prompt")?;
-        let mask = vec![vec![1u8; ids.len()]];
-        let logits = model.forward(&input, &mask, ForwardCtx::default())?;
-        let next = logits
-            .get(0)
-            .and_then(|l| l.get(ids.len() - 1))
-            .and_then(|l| l.argmax(D::Minus1))
-            .and_then(|t| t.to_scalar::<u32>())
-            .ctx("picking the next token")?;
-        if Some(next) == eos {
-            break;
-        }
-        ids.push(next);
-    }
-    tokenizer
-        .decode(&ids[start..], true)
-        .map_err(|e| TrainError::Invalid(format!("decoding failed: {e}")))
+    let context = model
+        .config()
+        .max_position_embeddings
+        .saturating_sub(max_tokens);
+    Prompter::new(tokenizer, template).answer(model, turns, None, context, max_tokens)
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::eval::GenerationMetrics;
 use super::{TrainError, io_err};
 
 /// Metrics of one optimizer step, named as OpenAI names them in events and checkpoints.
@@ -37,6 +38,10 @@ pub struct MetricsRow {
     /// Peak GPU memory held by tensors during the step, in bytes (`None` on the CPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_gpu_memory_bytes: Option<u64>,
+    /// ROUGE and BLEU of greedy answers to the validation prompts, base and fine-tuned: on the
+    /// last step's row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationMetrics>,
 }
 
 /// The result file's header (OpenAI's column names).
@@ -60,6 +65,12 @@ impl MetricsRow {
         );
         if let Some(v) = self.valid_loss {
             message.push_str(&format!(", validation loss={v:.4}"));
+        }
+        if let Some(g) = &self.generation {
+            message.push_str(&format!(
+                ", ROUGE-L base={:.3} fine-tuned={:.3} ({} prompts)",
+                g.base.rouge_l, g.fine_tuned.rouge_l, g.samples
+            ));
         }
         message
     }
@@ -102,6 +113,7 @@ mod tests {
             full_valid_loss: None,
             full_valid_mean_token_accuracy: None,
             peak_gpu_memory_bytes: None,
+            generation: None,
         }
     }
 

@@ -13,10 +13,14 @@
 //! - [`metrics`]: one step's metrics and their wire forms (event JSON, result CSV).
 //! - [`tensor_file`]: safetensors files written atomically with PEFT's metadata.
 //! - [`report`]: loss-curve SVG and adapter archive.
+//! - [`generate`]: greedy decoding with a KV cache.
+//! - [`eval`] + [`scores`]: base vs fine-tuned answers to the validation prompts, ROUGE and
+//!   BLEU, `eval.jsonl`.
 
 pub mod auto;
 pub mod checkpoint;
 pub mod data;
+pub mod eval;
 pub mod generate;
 pub mod gpu_memory;
 pub mod lora;
@@ -28,6 +32,7 @@ pub mod optim;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod scores;
 pub mod step;
 pub mod template;
 pub mod tensor_file;

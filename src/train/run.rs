@@ -11,6 +11,8 @@ use candle_core::{DType, Device, Tensor};
 use super::auto::{self, Resolved};
 use super::checkpoint::{self, ResumeState};
 use super::data::{self, Batch, Limits, Sample};
+use super::eval::{self, AnswerLimits, EvalPrompt, EvalRecord, GenerationMetrics};
+use super::generate::Prompter;
 use super::gpu_memory;
 use super::lora::{LoraSet, LoraSpec};
 use super::loss::causal_lm_loss;
@@ -20,7 +22,9 @@ use super::optim::{AdamW, clip_grad_norm, learning_rate};
 use super::step::loss_and_grads;
 use super::template::{ChatTemplate, read_tokenizer_config};
 use super::{TensorContext, TrainError, io_err};
+use crate::domain::dataset::Example;
 use crate::domain::hyperparameters::Hyperparameters;
+use tokenizers::Tokenizer;
 
 /// What to train.
 #[derive(Debug, Clone)]
@@ -31,11 +35,8 @@ pub struct RunConfig {
     pub base_model_name: String,
     /// Training data (any accepted format).
     pub train_file: PathBuf,
-    /// Validation data.
+    /// Validation data; without it, `hyperparameters.validation_split` may hold some out.
     pub valid_file: Option<PathBuf>,
-    /// Without a validation file: hold out this fraction (< 1) or count (≥ 1) of the training
-    /// examples for validation (LLaMA-Factory's `val_size`).
-    pub valid_split: Option<f64>,
     /// A built-in template name; `None` uses the model's own.
     pub template: Option<String>,
     /// Hyperparameters (may contain `auto`).
@@ -112,6 +113,21 @@ pub struct RunOutcome {
     pub adapter_archive: PathBuf,
     /// Every step's metrics.
     pub metrics: Vec<MetricsRow>,
+    /// The generation evaluation, when there were validation prompts to answer.
+    pub evaluation: Option<Box<Evaluation>>,
+}
+
+/// The end-of-run generation evaluation and its result files.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// One record per validation prompt.
+    pub records: Vec<EvalRecord>,
+    /// Their mean scores.
+    pub metrics: GenerationMetrics,
+    /// `eval.jsonl`.
+    pub jsonl: PathBuf,
+    /// `eval_summary.csv`.
+    pub summary_csv: PathBuf,
 }
 
 /// How a run ended.
@@ -129,6 +145,10 @@ pub enum RunEnd {
 struct Prepared {
     train: Vec<Sample>,
     valid: Vec<Sample>,
+    /// The prompts of `valid` for the generation evaluation (empty when it is off).
+    eval_prompts: Vec<EvalPrompt>,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
     pad_id: u32,
     resolved: Resolved,
 }
@@ -208,6 +228,12 @@ pub fn train_until(
             }
         )));
     }
+    let base_answers = if p.eval_prompts.is_empty() {
+        Vec::new()
+    } else {
+        base_answers(cfg, &p, &model, st.step, on)?
+    };
+    let mut evaluation = None;
     let started = Instant::now();
     let first_step = st.step;
     while st.step < total {
@@ -266,6 +292,7 @@ pub fn train_until(
             full_valid_loss: None,
             full_valid_mean_token_accuracy: None,
             peak_gpu_memory_bytes: gpu_memory::peak_bytes(&cfg.device),
+            generation: None,
         };
         let epoch_end = st.step % steps_per_epoch == 0;
         let log = st.step % hp.logging_steps as usize == 0 || st.step == total;
@@ -276,6 +303,16 @@ pub fn train_until(
                 // Every evaluation covers the whole set; the last one is OpenAI's "full" figure.
                 (row.full_valid_loss, row.full_valid_mean_token_accuracy) = (Some(l), Some(a));
             }
+        }
+        if st.step == total && !p.eval_prompts.is_empty() {
+            on(Update::Message(format!(
+                "Answering {} validation prompts with the fine-tuned model",
+                p.eval_prompts.len()
+            )));
+            let tuned = answer_all(cfg, &p, &model)?;
+            let scored = eval::score(&p.eval_prompts, &base_answers, &tuned);
+            row.generation = Some(scored.1);
+            evaluation = Some(scored);
         }
         st.metrics.push(row.clone());
         on(Update::Step {
@@ -311,7 +348,7 @@ pub fn train_until(
             return Ok(RunEnd::Stopped { step: st.step });
         }
     }
-    let outcome = finish(cfg, &spec, &lora, &st)?;
+    let outcome = finish(cfg, &spec, &lora, &st, evaluation)?;
     checkpoint::clear_state(&state_dir);
     Ok(RunEnd::Finished(outcome))
 }
@@ -340,19 +377,22 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
     ];
     let max_turn_bytes = *longest.iter().max().unwrap_or(&hp.max_length) as usize
         * data::longest_token_bytes(&tokenizer);
-    let encode_all = |path: &Path| -> Result<(Vec<Sample>, usize), TrainError> {
+    // Samples, the examples they came from (the ones that kept a response), and the file's count.
+    let encode_all = |path: &Path| -> Result<(Vec<Sample>, Vec<Example>, usize), TrainError> {
         let examples = data::read_examples(path)?;
         let total = examples.len();
         let mut out = Vec::with_capacity(total);
-        for e in &examples {
-            let e = data::bound_turns(e, max_turn_bytes);
-            if let Some(s) = data::encode(&e, &template, &tokenizer, limits)? {
+        let mut kept = Vec::with_capacity(total);
+        for e in examples {
+            let bounded = data::bound_turns(&e, max_turn_bytes);
+            if let Some(s) = data::encode(&bounded, &template, &tokenizer, limits)? {
                 out.push(s);
+                kept.push(e);
             }
         }
-        Ok((out, total))
+        Ok((out, kept, total))
     };
-    let (mut train, total) = encode_all(&cfg.train_file)?;
+    let (mut train, mut train_examples, total) = encode_all(&cfg.train_file)?;
     if train.is_empty() {
         return Err(TrainError::Invalid(format!(
             "none of the {total} training examples has a response left to learn after truncation to {} tokens",
@@ -365,10 +405,21 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
             total - train.len()
         )));
     }
-    let valid = match (&cfg.valid_file, cfg.valid_split) {
-        (Some(f), _) => encode_all(f)?.0,
-        (None, Some(split)) if split > 0.0 => hold_out(&mut train, split, cfg.seed)?,
-        (None, _) => Vec::new(),
+    let (valid, valid_examples) = match (&cfg.valid_file, hp.validation_split) {
+        (Some(f), _) => {
+            let (samples, examples, _) = encode_all(f)?;
+            (samples, examples)
+        }
+        (None, Some(split)) if split > 0.0 => {
+            let held = hold_out(train.len(), split, cfg.seed)?;
+            (take(&mut train, &held), take(&mut train_examples, &held))
+        }
+        (None, _) => (Vec::new(), Vec::new()),
+    };
+    let eval_prompts = if hp.predict_with_generate {
+        valid_examples.iter().filter_map(EvalPrompt::of).collect()
+    } else {
+        Vec::new()
     };
     let pad_id = ["<|endoftext|>", "<pad>", "<|end_of_text|>", "</s>"]
         .iter()
@@ -379,14 +430,20 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
     Ok(Prepared {
         train,
         valid,
+        eval_prompts,
+        tokenizer,
+        template,
         pad_id,
         resolved,
     })
 }
 
-/// Move a seeded random `split` (fraction or count) of `train` into a validation set.
-fn hold_out(train: &mut Vec<Sample>, split: f64, seed: u64) -> Result<Vec<Sample>, TrainError> {
-    let n = train.len();
+/// The indices of a seeded random `split` (fraction or count) of `n` training examples.
+fn hold_out(
+    n: usize,
+    split: f64,
+    seed: u64,
+) -> Result<std::collections::HashSet<usize>, TrainError> {
     let k = if split < 1.0 {
         (split * n as f64).round() as usize
     } else {
@@ -398,18 +455,55 @@ fn hold_out(train: &mut Vec<Sample>, split: f64, seed: u64) -> Result<Vec<Sample
         )));
     }
     let order = data::epoch_order(n, seed ^ 0x5eed, 0);
-    let held: std::collections::HashSet<usize> = order[..k].iter().copied().collect();
-    let mut valid = Vec::with_capacity(k);
-    let mut kept = Vec::with_capacity(n - k);
-    for (i, s) in train.drain(..).enumerate() {
-        if held.contains(&i) {
-            valid.push(s)
-        } else {
-            kept.push(s)
-        }
+    Ok(order[..k].iter().copied().collect())
+}
+
+/// Move the items at `held` out of `items`, keeping both in order.
+fn take<T>(items: &mut Vec<T>, held: &std::collections::HashSet<usize>) -> Vec<T> {
+    let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(items)
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| held.contains(i));
+    *items = kept.into_iter().map(|(_, x)| x).collect();
+    out.into_iter().map(|(_, x)| x).collect()
+}
+
+/// Greedy answers of `model` to every evaluation prompt.
+fn answer_all(cfg: &RunConfig, p: &Prepared, model: &CausalLm) -> Result<Vec<String>, TrainError> {
+    let prompter = Prompter::new(&p.tokenizer, &p.template).with_generation_config(&cfg.model_dir);
+    let limits = AnswerLimits {
+        max_prompt: cfg.hyperparameters.max_length as usize,
+        max_new: cfg.hyperparameters.eval_max_new_tokens as usize,
+    };
+    eval::answers(model, &prompter, &p.eval_prompts, limits, &mut |_| {})
+}
+
+/// The base model's answers: saved by an earlier attempt, else generated — with the run's own
+/// model before the first step (its adapters are still zero), or after a resume with the base
+/// weights loaded once more without adapters.
+fn base_answers(
+    cfg: &RunConfig,
+    p: &Prepared,
+    model: &CausalLm,
+    step: usize,
+    on: &mut dyn FnMut(Update),
+) -> Result<Vec<String>, TrainError> {
+    let path = cfg.output_dir.join("eval").join("base_answers.json");
+    if let Some(saved) = eval::load_base_answers(&path, p.eval_prompts.len()) {
+        return Ok(saved);
     }
-    *train = kept;
-    Ok(valid)
+    on(Update::Message(format!(
+        "Answering {} validation prompts with the base model",
+        p.eval_prompts.len()
+    )));
+    let answers = if step == 0 {
+        answer_all(cfg, p, model)?
+    } else {
+        let (base, _) = CausalLm::load(&cfg.model_dir, None, cfg.seed, &cfg.device, cfg.dtype)?;
+        answer_all(cfg, p, &base)?
+    };
+    eval::save_base_answers(&path, &answers)?;
+    Ok(answers)
 }
 
 /// Mean loss and token accuracy over `samples`, without dropout or gradients.
@@ -479,6 +573,7 @@ fn finish(
     spec: &LoraSpec,
     lora: &LoraSet,
     st: &ResumeState,
+    evaluation: Option<(Vec<EvalRecord>, GenerationMetrics)>,
 ) -> Result<RunOutcome, TrainError> {
     let adapter_dir = cfg.output_dir.join("adapter");
     lora.save_peft(&adapter_dir, spec, &cfg.base_model_name)?;
@@ -490,6 +585,21 @@ fn finish(
     super::report::write_loss_svg(&loss_svg, &st.metrics)?;
     let adapter_archive = results.join("adapter.tar.gz");
     super::report::write_archive(&adapter_archive, &adapter_dir)?;
+    let evaluation = match evaluation {
+        Some((records, metrics)) => {
+            let jsonl = results.join("eval.jsonl");
+            eval::write_jsonl(&jsonl, &records)?;
+            let summary_csv = results.join("eval_summary.csv");
+            eval::write_summary_csv(&summary_csv, &metrics)?;
+            Some(Box::new(Evaluation {
+                records,
+                metrics,
+                jsonl,
+                summary_csv,
+            }))
+        }
+        None => None,
+    };
     Ok(RunOutcome {
         trained_tokens: st.trained_tokens,
         adapter_dir,
@@ -497,5 +607,6 @@ fn finish(
         loss_svg,
         adapter_archive,
         metrics: st.metrics.clone(),
+        evaluation,
     })
 }

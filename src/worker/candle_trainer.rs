@@ -71,7 +71,6 @@ impl Trainer for CandleTrainer {
             base_model_name: request.model.clone(),
             train_file: request.training_file,
             valid_file: request.validation_file,
-            valid_split: None,
             template: None,
             hyperparameters: request.hyperparameters,
             seed: request.seed as u64,
@@ -86,15 +85,22 @@ impl Trainer for CandleTrainer {
         };
         let end = run::train_until(&cfg, &stop_kind, &mut |u| progress.send(u));
         match end {
-            Ok(RunEnd::Finished(out)) => Ok(TrainingOutcome {
-                trained_tokens: i64::try_from(out.trained_tokens).unwrap_or(i64::MAX),
-                adapter_dir: out.adapter_dir,
-                result_files: vec![
+            Ok(RunEnd::Finished(out)) => {
+                let mut result_files = vec![
                     (out.metrics_csv, "step_metrics.csv".to_owned()),
                     (out.loss_svg, "loss.svg".to_owned()),
                     (out.adapter_archive, "adapter.tar.gz".to_owned()),
-                ],
-            }),
+                ];
+                if let Some(e) = out.evaluation {
+                    result_files.push((e.jsonl, "eval.jsonl".to_owned()));
+                    result_files.push((e.summary_csv, "eval_summary.csv".to_owned()));
+                }
+                Ok(TrainingOutcome {
+                    trained_tokens: i64::try_from(out.trained_tokens).unwrap_or(i64::MAX),
+                    adapter_dir: out.adapter_dir,
+                    result_files,
+                })
+            }
             Ok(RunEnd::Stopped { step }) => Err(TrainingFailure::Stopped { step }),
             Err(e) => Err(TrainingFailure::Failed(job_error(&e))),
         }

@@ -90,6 +90,16 @@ async fn create_rejects_bad_fields_with_their_param() {
             "validation_file",
         ),
         (
+            json!({"model": "ferrotune-tiny", "training_file": file, "validation_file": file,
+                   "hyperparameters": {"validation_split": 0.2}}),
+            "hyperparameters.validation_split",
+        ),
+        (
+            json!({"model": "ferrotune-tiny", "training_file": file,
+                   "hyperparameters": {"validation_split": 1000}}),
+            "hyperparameters.validation_split",
+        ),
+        (
             json!({"model": "ferrotune-tiny", "training_file": file, "suffix": "x".repeat(65)}),
             "suffix",
         ),

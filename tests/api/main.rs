@@ -5,6 +5,7 @@ mod auth;
 mod binary;
 mod chat;
 mod errors;
+mod evaluation;
 mod files;
 mod fuzz_findings;
 mod gguf;

@@ -66,13 +66,13 @@ pub fn setup(dir: &Path, arch: TinyArch) {
     .unwrap();
 }
 
-fn config(dir: &Path, epochs: u32, lr: f64) -> RunConfig {
+/// A run on the tiny model in `dir` (see [`setup`]).
+pub fn config(dir: &Path, epochs: u32, lr: f64) -> RunConfig {
     RunConfig {
         model_dir: dir.join("model"),
         base_model_name: "ferrotune-tiny".into(),
         train_file: dir.join("train.json"),
         valid_file: None,
-        valid_split: None,
         template: None,
         hyperparameters: Hyperparameters {
             n_epochs: AutoOr::Value(epochs),
@@ -90,7 +90,8 @@ fn config(dir: &Path, epochs: u32, lr: f64) -> RunConfig {
     }
 }
 
-fn finish(cfg: &RunConfig) -> RunOutcome {
+/// Run `cfg` to the end.
+pub fn finish(cfg: &RunConfig) -> RunOutcome {
     match run::train(cfg, &|| false, &mut |_| {}).unwrap() {
         RunEnd::Finished(out) => out,
         RunEnd::Stopped { .. } => panic!("stopped without being asked"),

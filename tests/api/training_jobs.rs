@@ -83,6 +83,24 @@ async fn a_job_trains_to_succeeded_with_events_checkpoints_results_and_a_model()
     );
     assert!(last["full_valid_mean_token_accuracy"].is_f64());
     assert!(metrics[1]["data"].get("full_valid_loss").is_none());
+    // Greedy answers to the 3 validation prompts, base and fine-tuned, scored once at the end.
+    let generation = &last["generation"];
+    assert_eq!(generation["samples"], 3, "{last}");
+    for model in ["base", "fine_tuned"] {
+        for score in ["rouge1", "rouge2", "rougeL", "bleu4"] {
+            let v = generation[model][score].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{model}.{score} = {v}");
+        }
+    }
+    assert!(metrics[1]["data"].get("generation").is_none());
+    assert!(
+        metrics[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ROUGE-L base="),
+        "{}",
+        metrics[0]["message"]
+    );
     assert!(
         metrics[0]["message"]
             .as_str()
@@ -134,6 +152,25 @@ async fn a_job_trains_to_succeeded_with_events_checkpoints_results_and_a_model()
             .await
             .unwrap();
         assert_eq!(bytes.len() as i64, file["bytes"].as_i64().unwrap());
+        if file["filename"] == "eval.jsonl" {
+            let text = String::from_utf8(bytes.to_vec()).unwrap();
+            let lines: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(lines.len(), 3);
+            assert_eq!(lines[0]["prompt"], QA[0].0);
+            assert_eq!(lines[0]["reference"], QA[0].1);
+            for key in ["base_answer", "fine_tuned_answer"] {
+                assert!(lines[0][key].is_string(), "{}", lines[0]);
+            }
+            assert!(lines[0]["fine_tuned"]["rougeL"].is_f64());
+        }
+        if file["filename"] == "eval_summary.csv" {
+            let text = String::from_utf8(bytes.to_vec()).unwrap();
+            assert!(text.starts_with("model,samples,rouge1,rouge2,rougeL,bleu4\nbase,3,"));
+            assert!(text.contains("\nfine_tuned,3,"));
+        }
         if file["filename"] == "step_metrics.csv" {
             let csv = String::from_utf8(bytes.to_vec()).unwrap();
             assert!(csv.starts_with(
@@ -142,7 +179,16 @@ async fn a_job_trains_to_succeeded_with_events_checkpoints_results_and_a_model()
         }
     }
     names.sort();
-    assert_eq!(names, ["adapter.tar.gz", "loss.svg", "step_metrics.csv"]);
+    assert_eq!(
+        names,
+        [
+            "adapter.tar.gz",
+            "eval.jsonl",
+            "eval_summary.csv",
+            "loss.svg",
+            "step_metrics.csv"
+        ]
+    );
 }
 
 async fn final_loss(app: &TestApp, id: &str) -> f64 {

@@ -10,10 +10,12 @@ use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorResponse};
 use crate::api::objects::{FineTuningJob, ListResponse};
+use crate::domain::hyperparameters::Hyperparameters;
 use crate::domain::ids::{FileId, JobId};
 use crate::domain::job_request::{CreateFineTuningJobRequest, JobSpec};
 use crate::domain::organization::OrganizationId;
 use crate::domain::pagination::PageRequest;
+use crate::store::FileRow;
 
 /// Create a fine-tuning job. Files are validated after creation; failures land on the job.
 #[utoipa::path(operation_id = "create_fine_tuning_job",
@@ -38,7 +40,8 @@ pub async fn create_fine_tuning_job(
         )
         .with_code("model_not_available"));
     }
-    check_file(&state, &caller.0, &spec.training_file, "training_file").await?;
+    let training = check_file(&state, &caller.0, &spec.training_file, "training_file").await?;
+    check_split(&spec.hyperparameters, training.example_count.map(i64::from))?;
     if let Some(validation) = &spec.validation_file {
         check_file(&state, &caller.0, validation, "validation_file").await?;
     }
@@ -48,12 +51,34 @@ pub async fn create_fine_tuning_job(
     Ok(HttpResponse::Ok().json(FineTuningJob::from(job)))
 }
 
+/// A held-out split must leave examples on both sides.
+fn check_split(hp: &Hyperparameters, examples: Option<i64>) -> Result<(), ApiError> {
+    let (Some(split), Some(n)) = (hp.validation_split, examples) else {
+        return Ok(());
+    };
+    let held = if split < 1.0 {
+        (split * n as f64).round()
+    } else {
+        split
+    };
+    if held < 1.0 || held >= n as f64 {
+        return Err(ApiError::invalid(
+            format!(
+                "validation_split {split} holds out {held} of the training file's {n} examples; \
+                 at least one must be held out and one left to train on"
+            ),
+            Some("hyperparameters.validation_split"),
+        ));
+    }
+    Ok(())
+}
+
 async fn check_file(
     state: &ApiState,
     org: &OrganizationId,
     id: &FileId,
     param: &str,
-) -> Result<(), ApiError> {
+) -> Result<FileRow, ApiError> {
     let file = state.store.get_file(org, id).await?.ok_or_else(|| {
         ApiError::invalid(format!("Invalid file id '{id}': no such file"), Some(param))
             .with_code("invalid_file_id")
@@ -68,7 +93,7 @@ async fn check_file(
         )
         .with_code("invalid_file_purpose"));
     }
-    Ok(())
+    Ok(file)
 }
 
 /// List jobs, newest first. Filters: `metadata[key]=value` (repeatable).

@@ -12,6 +12,9 @@ use crate::train::lora::{LoraSet, LoraSpec};
 use crate::train::ops::{frozen_linear, softmax_last_dim};
 use crate::train::{TensorContext, TrainError};
 
+mod decode;
+pub use decode::KvCache;
+
 /// Options of one forward pass.
 #[derive(Clone, Copy, Default)]
 pub struct ForwardCtx<'a> {
@@ -283,10 +286,21 @@ impl CausalLm {
         shared: &LayerInputs,
         ctx: ForwardCtx,
     ) -> candle_core::Result<Tensor> {
-        let layer = &self.layers[i];
         let dropout = ctx.dropout.and_then(|m| m.layer(i));
+        self.layer_with(i, x, dropout, |attn, h| attn.forward(h, shared, dropout))
+    }
+
+    /// Decoder layer `i` with its attention computed by `attention` (from the normed input).
+    fn layer_with(
+        &self,
+        i: usize,
+        x: &Tensor,
+        dropout: Option<LayerDropout>,
+        attention: impl FnOnce(&Attention, &Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let layer = &self.layers[i];
         let h = layer.input_layernorm.forward(x)?;
-        let x = (x + layer.self_attn.forward(&h, shared, dropout)?)?;
+        let x = (x + attention(&layer.self_attn, &h)?)?;
         let h = layer.post_attention_layernorm.forward(&x)?;
         x + layer.mlp.forward(&h, dropout)?
     }
@@ -315,7 +329,19 @@ impl Attention {
         shared: &LayerInputs,
         dropout: Option<LayerDropout>,
     ) -> candle_core::Result<Tensor> {
-        let (cos, sin) = (&shared.cos, &shared.sin);
+        let (q, k, v) = self.project(x, &shared.cos, &shared.sin, dropout)?;
+        self.attend(&q, k, v, Some(&shared.mask), dropout)
+    }
+
+    /// Queries, keys and values `[b, heads, t, head_dim]` of `x`, rotated; q carries the 1/√d
+    /// scale (exact for power-of-two head sizes), which saves one full-size `[b, h, t, t]` tensor.
+    fn project(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        dropout: Option<LayerDropout>,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
         let hd = self.head_dim;
         let split =
@@ -323,19 +349,35 @@ impl Attention {
         let q = split(self.q_proj.forward(x, dropout)?, self.heads)?;
         let k = split(self.k_proj.forward(x, dropout)?, self.kv_heads)?;
         let v = split(self.v_proj.forward(x, dropout)?, self.kv_heads)?;
-        // The 1/√d scale is applied to q (exact for power-of-two head sizes) rather than to the
-        // [b, h, t, t] scores, which saves one full-size tensor per layer.
         let q = (rope::apply(&q, cos, sin)? * (1.0 / (hd as f64).sqrt()))?;
-        let k = repeat_kv(rope::apply(&k, cos, sin)?, self.heads / self.kv_heads)?;
+        Ok((q, rope::apply(&k, cos, sin)?, v))
+    }
+
+    /// Attention of `q` over the (kv-head) keys and values, then `o_proj`. `mask` is additive,
+    /// `[b, 1, t, keys]`; `None` lets every query see every key.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Option<&Tensor>,
+        dropout: Option<LayerDropout>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, _, t, _) = q.dims4()?;
+        let k = repeat_kv(k, self.heads / self.kv_heads)?;
         let v = repeat_kv(v, self.heads / self.kv_heads)?;
         // Softmax accumulates in f32 whatever the compute dtype (as transformers' eager attention
         // does) and keeps only its output for the backward pass.
-        let scores = q.matmul(&k.t()?)?.broadcast_add(&shared.mask)?;
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
         let probs = softmax_last_dim(&scores)?;
         let out = probs
             .matmul(&v)?
             .transpose(1, 2)?
-            .reshape((b, t, self.heads * hd))?;
+            .reshape((b, t, self.heads * self.head_dim))?;
         self.o_proj.forward(&out, dropout)
     }
 }

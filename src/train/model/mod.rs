@@ -7,7 +7,7 @@ mod rope;
 
 pub use crate::model_dir::{Arch, Config};
 pub use layers::DropoutMasks;
-pub use llama::{CausalLm, ForwardCtx, LayerInputs};
+pub use llama::{CausalLm, ForwardCtx, KvCache, LayerInputs};
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -56,9 +56,21 @@ fn scale(base: &[f64], s: &Value) -> Vec<f64> {
 
 /// `(cos, sin)` tables of shape `[seq, head_dim]` for positions `0..seq`.
 pub fn tables(inv: &[f32], seq: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    tables_at(inv, 0, seq, dtype, device)
+}
+
+/// `(cos, sin)` tables of shape `[seq, head_dim]` for positions `start..start + seq` (decoding
+/// with a KV cache).
+pub fn tables_at(
+    inv: &[f32],
+    start: usize,
+    seq: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let half = inv.len();
     let mut angles = Vec::with_capacity(seq * half * 2);
-    for p in 0..seq {
+    for p in start..start + seq {
         let row: Vec<f32> = inv.iter().map(|f| p as f32 * f).collect();
         angles.extend_from_slice(&row);
         angles.extend_from_slice(&row);
