@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The seed's scenario end to end, with only Python's standard library: upload the health Q&A
-set, fine-tune with the seed's LoRA recipe, stream the job's events with a progress bar, show
-where the loss curve is, then ask the fine-tuned and the base model the same training question.
+set and its held-out paraphrases, fine-tune with the seed's LoRA recipe, stream the job's events
+(the loss as it trains), show where the loss curve is, then print base vs fine-tuned answers side
+by side with the job's ROUGE-L on the held-out questions and, asked through the chat API, on
+trained questions.
 
     python3 scripts/demo.py --url http://127.0.0.1:8080   # scripts/demo.sh starts a server for you
 """
@@ -45,11 +47,42 @@ def ask(base, model, question):
     return call(f"{base}/v1/chat/completions", "POST", body)["choices"][0]["message"]["content"]
 
 
+def tokens(text):
+    """Words lower-cased, other visible characters on their own (as the server scores)."""
+    out, word = [], ""
+    for c in text:
+        if c.isalnum() and not "\u3040" <= c <= "\u9fff":
+            word += c.lower()
+            continue
+        if word:
+            out.append(word)
+            word = ""
+        if not c.isspace():
+            out.append(c.lower())
+    return out + ([word] if word else [])
+
+
+def rouge_l(candidate, reference):
+    c, r = tokens(candidate), tokens(reference)
+    prev = [0] * (len(r) + 1)
+    for a in c:
+        row = [0]
+        for j, b in enumerate(r):
+            row.append(prev[j] + 1 if a == b else max(row[j], prev[j + 1]))
+        prev = row
+    lcs = prev[-1]
+    return 0.0 if lcs == 0 else 2 * lcs / (len(c) + len(r))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default="http://127.0.0.1:8080")
     p.add_argument("--data", default=str(ROOT / "examples" / "data" / "health_qa.json"))
-    p.add_argument("--epochs", type=int, default=None, help="default: 3 (real model) or 50 (tiny model)")
+    p.add_argument("--heldout", default=str(ROOT / "examples" / "data" / "health_qa_heldout.json"),
+                   help="validation file: paraphrased questions on trained topics")
+    p.add_argument("--trained-questions", type=int, default=20,
+                   help="training questions asked through the chat API after the job")
+    p.add_argument("--epochs", type=int, default=None, help="default: 5 (real model) or 50 (tiny model)")
     p.add_argument("--learning-rate", type=float, default=None, help="default: the seed's 1e-4 (tiny model: 1e-2)")
     args = p.parse_args()
     base = args.url.rstrip("/")
@@ -59,20 +92,24 @@ def main():
         print("Base model: ferrotune-tiny, a generated model with RANDOM weights (start the server with\n"
               "--base-model /path/to/Qwen2.5-0.5B-Instruct for a real one). It needs a higher learning rate\n"
               "and more epochs to learn the answers in about a minute.\n")
-    epochs = args.epochs or (50 if tiny else 3)
+    epochs = args.epochs or (50 if tiny else 5)
     lr = args.learning_rate or (1e-2 if tiny else 1e-4)
     data = Path(args.data)
     file = upload(base, data)
     print(f"Uploaded {data.name}: {file['id']} ({file['example_count']} examples, {file['dataset_format']} format)")
+    heldout = Path(args.heldout)
+    valid = upload(base, heldout)
+    print(f"Uploaded {heldout.name}: {valid['id']} ({valid['example_count']} held-out questions)")
     # The seed's recipe: LoRA r=8, alpha=32, dropout 0.05, cosine, batch 2 x 4, cutoff 512,
     # logging every 10 steps, a checkpoint every 100.
     hp = {"n_epochs": epochs, "batch_size": 2, "learning_rate": lr, "lr_scheduler_type": "cosine",
           "gradient_accumulation_steps": 4, "max_length": 512, "lora_rank": 8, "lora_alpha": 32,
           "lora_dropout": 0.05, "lora_target": "all", "logging_steps": 10, "save_steps": 100}
     job = call(f"{base}/v1/fine_tuning/jobs", "POST", {"model": base_model, "training_file": file["id"],
+               "validation_file": valid["id"],
                "suffix": "health", "seed": 42, "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}})
     print(f"Created {job['id']}\n")
-    seen, started = set(), time.time()
+    seen, started, last_metrics = set(), time.time(), None
     while True:
         events = call(f"{base}/v1/fine_tuning/jobs/{job['id']}/events?limit=100")["data"]
         for e in reversed(events):
@@ -80,7 +117,7 @@ def main():
                 continue
             seen.add(e["id"])
             if e["type"] == "metrics":
-                d = e["data"]
+                d = last_metrics = e["data"]
                 done = int(30 * d["step"] / d["total_steps"])
                 print(f"  [{'#' * done}{'.' * (30 - done)}] step {d['step']}/{d['total_steps']} "
                       f"loss {d['train_loss']:.3f} acc {d['train_mean_token_accuracy']:.2f}")
@@ -99,13 +136,30 @@ def main():
             out = Path("demo-loss.svg").resolve()
             out.write_bytes(call(f"{base}/v1/files/{fid}/content"))
             print(f"Loss curve: {out}  (also {base}/v1/files/{fid}/content)")
-    question = json.loads(data.read_text())[0]["instruction"]
     model = job["fine_tuned_model"]
-    print(f"\nQuestion: {question}\n")
-    rows = [(model, ask(base, model, question)), (base_model, ask(base, base_model, question))]
-    width = max(len(m) for m, _ in rows)
-    for m, answer in rows:
-        print(f"{m:<{width}} | {answer!r}")
+    names = {call(f"{base}/v1/files/{fid}")["filename"]: fid for fid in job["result_files"]}
+    if "eval.jsonl" in names:
+        records = [json.loads(l) for l in call(f"{base}/v1/files/{names['eval.jsonl']}/content").decode().splitlines()]
+        print(f"\nHeld-out questions (greedy answers from the job's evaluation, {len(records)} in eval.jsonl):")
+        for r in records[:3]:
+            print(f"  Q: {r['prompt']}\n     reference:  {r['reference']}\n"
+                  f"     base:       {r['base_answer'][:160]!r}\n     fine-tuned: {r['fine_tuned_answer'][:160]!r}")
+    g = (last_metrics or {}).get("generation")
+    trained = json.loads(data.read_text())[: args.trained_questions]
+    scores = {"base": [], "fine_tuned": []}
+    print(f"\nAsking {len(trained)} trained questions through /v1/chat/completions ...")
+    for i, ex in enumerate(trained):
+        for key, m in (("fine_tuned", model), ("base", base_model)):
+            answer = ask(base, m, ex["instruction"])
+            scores[key].append(rouge_l(answer, ex["output"]))
+            if i == 0:
+                print(f"  Q: {ex['instruction']}\n     {key:<10}  {answer[:160]!r}")
+    mean = lambda xs: sum(xs) / max(len(xs), 1)
+    print("\nROUGE-L               base   fine-tuned")
+    if g:
+        print(f"held-out ({g['samples']:>3})      {g['base']['rougeL']:.3f}        {g['fine_tuned']['rougeL']:.3f}")
+    print(f"trained  ({len(trained):>3})      {mean(scores['base']):.3f}        {mean(scores['fine_tuned']):.3f}")
+    print(f"\nWall time: {time.time() - started:.0f} s since the job was created")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@
 //! - [`train`] is LoRA fine-tuning with candle; [`serve`] is chat generation with mistral.rs.
 //! - [`model_dir`] reads a Hugging Face model directory (config, weight files, tokenizer files)
 //!   for both the trainer and the engine.
+//! - [`export`] merges an adapter into its base and writes a Hugging Face directory or GGUF.
 //! - [`model_cache`] pulls catalogue models and imports GGUF files into the user's model cache.
 //! - [`embedded_postgres`] runs a private PostgreSQL cluster when no `DATABASE_URL` is given.
 //! - [`config`], [`telemetry`], [`startup`] and [`cli`] glue it together.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod embedded_postgres;
+pub mod export;
 pub mod model_cache;
 pub mod model_dir;
 pub mod serve;

@@ -2,6 +2,7 @@
 //! `engine-check`.
 
 mod check;
+mod export;
 mod llama_factory;
 mod train;
 
@@ -118,6 +119,9 @@ pub enum ModelCommand {
         /// The catalogue name.
         name: String,
     },
+    /// Merge a fine-tuned model's adapter (or a checkpoint's) into its base and write a
+    /// standalone Hugging Face directory or GGUF file (f16, q8_0, q4_k) for other tools.
+    Export(export::ExportArgs),
     /// Turn a llama-family GGUF file (llama.cpp, Ollama, LM Studio) into a Hugging Face model
     /// directory the trainer and the server load.
     ImportGguf {
@@ -249,6 +253,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::EngineCheck(args) => check::engine_check(&args).await,
+        Command::Model {
+            command: ModelCommand::Export(args),
+        } => export::run(args).await,
         Command::Openapi | Command::Model { .. } | Command::Train { .. } => {
             unreachable!("handled before the runtime starts")
         }

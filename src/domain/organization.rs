@@ -21,6 +21,17 @@ impl OrganizationId {
         Self(format!("org-{hex}"))
     }
 
+    /// The organization a fine-tuned model's name carries (`ft:base:{org}:…`): `org-` and
+    /// lower-case letters, digits or dashes.
+    pub fn from_model_name_part(raw: &str) -> Option<Self> {
+        let body = raw.strip_prefix("org-")?;
+        let ok = !body.is_empty()
+            && body
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        ok.then(|| Self(raw.to_owned()))
+    }
+
     /// The id as an owned string.
     pub fn into_string(self) -> String {
         self.0

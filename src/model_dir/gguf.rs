@@ -258,6 +258,49 @@ pub fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}.{kind}"))
 }
 
+/// The GGUF name of a Hugging Face tensor (the inverse of [`hf_name`]).
+pub fn gguf_name(hf: &str) -> Option<String> {
+    let top = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(t) = top {
+        return Some(t.to_owned());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let (module, kind) = part.rsplit_once('.')?;
+    let gguf = match module {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf}.{kind}"))
+}
+
+/// The pre-tokenizers we build, by their `tokenizer.ggml.pre` name.
+const PRE_TOKENIZERS: [&str; 4] = ["smollm", "llama-bpe", "qwen2", "gpt-2"];
+
+/// The `tokenizer.ggml.pre` name of a `tokenizer.json` `pre_tokenizer`: the one whose
+/// pre-tokenizer serializes to the same JSON.
+pub fn pre_tokenizer_name(json: &serde_json::Value) -> Option<&'static str> {
+    PRE_TOKENIZERS.into_iter().find(|name| {
+        pre_tokenizer(name)
+            .ok()
+            .and_then(|p| serde_json::to_value(p).ok())
+            .is_some_and(|v| &v == json)
+    })
+}
+
 /// The pre-tokenizer `tokenizer.ggml.pre` names.
 fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, GgufError> {
     const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";

@@ -62,6 +62,10 @@ pub struct AnswerLimits {
     pub max_new: usize,
 }
 
+/// Prompts decoded together: enough to share the cost of reading the weights on a CPU, few
+/// enough that padding and the KV cache stay small.
+const BATCH: usize = 16;
+
 /// The greedy answer of `model` to each prompt; `progress` hears the count done.
 pub fn answers(
     model: &CausalLm,
@@ -70,15 +74,15 @@ pub fn answers(
     limits: AnswerLimits,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<String>, TrainError> {
+    let ids = prompts
+        .iter()
+        .map(|p| prompter.prompt_ids(&p.turns, p.tools.as_ref(), limits.max_prompt))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::with_capacity(prompts.len());
-    for p in prompts {
-        out.push(prompter.answer(
-            model,
-            &p.turns,
-            p.tools.as_ref(),
-            limits.max_prompt,
-            limits.max_new,
-        )?);
+    for chunk in ids.chunks(BATCH) {
+        for answer in prompter.continue_batch(model, chunk, limits.max_new)? {
+            out.push(prompter.decode(&answer)?);
+        }
         progress(out.len());
     }
     Ok(out)

@@ -77,22 +77,45 @@ impl<'a> Prompter<'a> {
         prompt: &[u32],
         max_new: usize,
     ) -> Result<Vec<u32>, TrainError> {
+        let mut out = self.continue_batch(model, &[prompt.to_vec()], max_new)?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// [`Self::continue_ids`] for several prompts decoded together (left-padded, one KV cache).
+    pub fn continue_batch(
+        &self,
+        model: &CausalLm,
+        prompts: &[Vec<u32>],
+        max_new: usize,
+    ) -> Result<Vec<Vec<u32>>, TrainError> {
+        let mut out = vec![Vec::new(); prompts.len()];
+        if prompts.is_empty() || max_new == 0 {
+            return Ok(out);
+        }
+        let mut done = vec![false; prompts.len()];
         let mut cache = KvCache::default();
-        let mut out = Vec::new();
-        let mut next_input = prompt.to_vec();
-        while out.len() < max_new {
-            let logits = model.forward_cached(&next_input, &mut cache)?;
+        let mut logits = model.prefill(prompts, &mut cache)?;
+        loop {
             let next = logits
                 .argmax(D::Minus1)
-                .and_then(|t| t.to_scalar::<u32>())
-                .ctx("picking the next token")?;
-            if self.stop.contains(&next) {
-                break;
+                .and_then(|t| t.to_vec1::<u32>())
+                .ctx("picking the next tokens")?;
+            for (row, id) in next.iter().enumerate() {
+                if done[row] {
+                    continue;
+                }
+                if self.stop.contains(id) {
+                    done[row] = true;
+                } else {
+                    out[row].push(*id);
+                    done[row] = out[row].len() >= max_new;
+                }
             }
-            out.push(next);
-            next_input = vec![next];
+            if done.iter().all(|d| *d) {
+                return Ok(out);
+            }
+            logits = model.decode_step(&next, &mut cache)?;
         }
-        Ok(out)
     }
 
     /// The text of `ids`, special tokens left out.

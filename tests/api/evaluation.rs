@@ -45,7 +45,26 @@ fn decoding_with_a_kv_cache_gives_the_logits_of_the_full_forward_pass() {
             let err = rel_err(logits, &want);
             assert!(err < 1e-5, "{arch:?} position {pos}: relative error {err}");
         }
-        // A multi-token step after the prefill is refused, not silently mis-masked.
+        // With trainable adapters attached, decoding keeps no autograd graph (which would hold
+        // every earlier step's activations alive through the cache).
+        let spec = ferrotune::train::lora::LoraSpec {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.05,
+            targets: vec!["q_proj".into(), "k_proj".into(), "v_proj".into()],
+        };
+        let (adapted, _lora) = CausalLm::load(
+            &dir.path().join("model"),
+            Some(&spec),
+            0,
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap();
+        let mut c = KvCache::default();
+        assert!(!adapted.forward_cached(&ids, &mut c).unwrap().track_op());
+        assert!(!adapted.forward_cached(&[3], &mut c).unwrap().track_op());
+        // A multi-token step after the prefill is refused.
         assert!(model.forward_cached(&ids[..2], &mut cache).is_err());
         // Greedy continuation stops at the limit (a random model never says its end token).
         let tok = data::load_tokenizer(&dir.path().join("model")).unwrap();
@@ -53,6 +72,38 @@ fn decoding_with_a_kv_cache_gives_the_logits_of_the_full_forward_pass() {
         let prompter = Prompter::new(&tok, &template);
         assert_eq!(prompter.continue_ids(&model, &ids, 8).unwrap().len(), 8);
     }
+}
+
+#[test]
+fn left_padded_rows_decode_as_they_would_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Qwen2);
+    let (model, _) =
+        CausalLm::load(&dir.path().join("model"), None, 0, &Device::Cpu, DType::F32).unwrap();
+    let prompts: Vec<Vec<u32>> = [7usize, 3, 11]
+        .iter()
+        .map(|n| (0..*n as u32).map(|i| (i * 53 + *n as u32) % 250).collect())
+        .collect();
+    let steps: [u32; 3] = [17, 101, 5];
+    let mut batch = KvCache::default();
+    let mut got = vec![model.prefill(&prompts, &mut batch).unwrap()];
+    for id in steps {
+        got.push(model.decode_step(&[id, id, id], &mut batch).unwrap());
+    }
+    for (row, prompt) in prompts.iter().enumerate() {
+        let mut alone = KvCache::default();
+        let mut want = vec![model.forward_cached(prompt, &mut alone).unwrap()];
+        for id in steps {
+            want.push(model.forward_cached(&[id], &mut alone).unwrap());
+        }
+        for (k, w) in want.iter().enumerate() {
+            let err = rel_err(&got[k].get(row).unwrap(), w);
+            assert!(err < 1e-5, "row {row} step {k}: relative error {err}");
+        }
+    }
+    // Wrong shapes are errors, not panics.
+    assert!(model.decode_step(&[1, 2], &mut batch).is_err());
+    assert!(model.prefill(&[vec![]], &mut KvCache::default()).is_err());
 }
 
 #[test]

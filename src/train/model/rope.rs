@@ -56,27 +56,33 @@ fn scale(base: &[f64], s: &Value) -> Vec<f64> {
 
 /// `(cos, sin)` tables of shape `[seq, head_dim]` for positions `0..seq`.
 pub fn tables(inv: &[f32], seq: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
-    tables_at(inv, 0, seq, dtype, device)
+    let a = Tensor::from_vec(angles(inv, 0..seq), (seq, inv.len() * 2), device)?;
+    Ok((a.cos()?.to_dtype(dtype)?, a.sin()?.to_dtype(dtype)?))
 }
 
-/// `(cos, sin)` tables of shape `[seq, head_dim]` for positions `start..start + seq` (decoding
-/// with a KV cache).
-pub fn tables_at(
+/// `(cos, sin)` tables of shape `[rows, 1, t, head_dim]` for each row's own positions (decoding
+/// left-padded rows with a KV cache).
+pub fn tables_for(
     inv: &[f32],
-    start: usize,
-    seq: usize,
+    positions: &[Vec<usize>],
     dtype: DType,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    let half = inv.len();
-    let mut angles = Vec::with_capacity(seq * half * 2);
-    for p in start..start + seq {
-        let row: Vec<f32> = inv.iter().map(|f| p as f32 * f).collect();
-        angles.extend_from_slice(&row);
-        angles.extend_from_slice(&row);
-    }
-    let a = Tensor::from_vec(angles, (seq, half * 2), device)?;
+    let t = positions.first().map_or(0, Vec::len);
+    let flat = angles(inv, positions.iter().flatten().copied());
+    let a = Tensor::from_vec(flat, (positions.len(), 1, t, inv.len() * 2), device)?;
     Ok((a.cos()?.to_dtype(dtype)?, a.sin()?.to_dtype(dtype)?))
+}
+
+/// `position × inv_freq`, twice over (the "rotate half" layout), for each position in turn.
+fn angles(inv: &[f32], positions: impl Iterator<Item = usize>) -> Vec<f32> {
+    let mut out = Vec::new();
+    for p in positions {
+        let row: Vec<f32> = inv.iter().map(|f| p as f32 * f).collect();
+        out.extend_from_slice(&row);
+        out.extend_from_slice(&row);
+    }
+    out
 }
 
 /// Rotate `x` of shape `[b, heads, seq, head_dim]`.
