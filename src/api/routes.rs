@@ -37,6 +37,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(models::list_models)
         .service(models::adapters::load_lora_adapter)
         .service(models::adapters::unload_lora_adapter)
+        .service(models::export::export_model)
         .service(models::retrieve_model)
         .service(models::delete_model);
 }

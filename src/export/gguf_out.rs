@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use candle_core::Tensor;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::Tensor;
 use serde_json::Value as Json;
 
 use super::{ExportError, Quant};
@@ -27,9 +27,9 @@ fn ggml_type(t: &Tensor, quant: Quant) -> GgmlDType {
     match quant {
         Quant::F32 => GgmlDType::F32,
         Quant::F16 | Quant::Bf16 => GgmlDType::F16,
-        Quant::Q8_0 if row % 32 == 0 => GgmlDType::Q8_0,
-        Quant::Q4K if row % 256 == 0 => GgmlDType::Q4K,
-        Quant::Q4K if row % 32 == 0 => GgmlDType::Q5_0,
+        Quant::Q8_0 if row.is_multiple_of(32) => GgmlDType::Q8_0,
+        Quant::Q4K if row.is_multiple_of(256) => GgmlDType::Q4K,
+        Quant::Q4K if row.is_multiple_of(32) => GgmlDType::Q5_0,
         _ => GgmlDType::F16,
     }
 }
@@ -176,7 +176,11 @@ fn tokenizer_metadata(dir: &Path) -> Result<Vec<(String, Value)>, ExportError> {
         .flatten()
         .filter_map(|m| match m {
             Json::String(s) => Some(s.clone()),
-            Json::Array(pair) => Some(format!("{} {}", pair.first()?.as_str()?, pair.get(1)?.as_str()?)),
+            Json::Array(pair) => Some(format!(
+                "{} {}",
+                pair.first()?.as_str()?,
+                pair.get(1)?.as_str()?
+            )),
             _ => None,
         })
         .map(Value::String)
@@ -196,7 +200,10 @@ fn tokenizer_metadata(dir: &Path) -> Result<Vec<(String, Value)>, ExportError> {
         }
     };
     let mut meta = vec![
-        ("tokenizer.ggml.model".to_owned(), Value::String("gpt2".into())),
+        (
+            "tokenizer.ggml.model".to_owned(),
+            Value::String("gpt2".into()),
+        ),
         ("tokenizer.ggml.pre".to_owned(), Value::String(pre.into())),
         (
             "tokenizer.ggml.add_bos_token".to_owned(),

@@ -15,7 +15,8 @@ pub fn merged_weights(
     adapter: Option<&Path>,
 ) -> Result<HashMap<String, Tensor>, ExportError> {
     let mut weights = HashMap::new();
-    for file in crate::model_dir::weight_files(base).map_err(|e| ExportError::Input(e.to_string()))?
+    for file in
+        crate::model_dir::weight_files(base).map_err(|e| ExportError::Input(e.to_string()))?
     {
         let tensors = candle_core::safetensors::load(&file, &Device::Cpu)
             .map_err(|e| ExportError::Input(format!("{}: {e}", file.display())))?;
@@ -45,7 +46,9 @@ fn scale(dir: &Path) -> Result<f64, ExportError> {
         .and_then(Value::as_str)
         .is_some_and(|t| t != "LORA")
     {
-        return Err(bad("only LoRA adapters (peft_type LORA) can be merged".into()));
+        return Err(bad(
+            "only LoRA adapters (peft_type LORA) can be merged".into()
+        ));
     }
     if config.get("use_dora").and_then(Value::as_bool) == Some(true) {
         return Err(bad("DoRA adapters cannot be merged".into()));
@@ -74,9 +77,9 @@ fn merge(weights: &mut HashMap<String, Tensor>, dir: &Path) -> Result<(), Export
             continue;
         };
         let b_name = format!("{module}.lora_B.weight");
-        let b = tensors.get(&b_name).ok_or_else(|| {
-            ExportError::Input(format!("the adapter has {name} but no {b_name}"))
-        })?;
+        let b = tensors
+            .get(&b_name)
+            .ok_or_else(|| ExportError::Input(format!("the adapter has {name} but no {b_name}")))?;
         let base_name = format!(
             "{}.weight",
             module.strip_prefix("base_model.model.").unwrap_or(module)

@@ -584,7 +584,7 @@ fn finish(
     let loss_svg = results.join("loss.svg");
     super::report::write_loss_svg(&loss_svg, &st.metrics)?;
     let adapter_archive = results.join("adapter.tar.gz");
-    super::report::write_archive(&adapter_archive, &adapter_dir)?;
+    super::report::write_archive(&adapter_archive, &adapter_dir, "adapter")?;
     let evaluation = match evaluation {
         Some((records, metrics)) => {
             let jsonl = results.join("eval.jsonl");

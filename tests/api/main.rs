@@ -6,6 +6,7 @@ mod binary;
 mod chat;
 mod errors;
 mod evaluation;
+mod export;
 mod files;
 mod fuzz_findings;
 mod gguf;

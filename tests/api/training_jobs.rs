@@ -9,7 +9,8 @@ use crate::helpers::{TestApp, spawn_app};
 use crate::train_loop::QA;
 use crate::worker::wait_for_status;
 
-async fn upload_qa(app: &TestApp, n: usize) -> String {
+/// Upload the QA pairs cycled to `n` examples; the file id.
+pub async fn upload_qa(app: &TestApp, n: usize) -> String {
     let records: Vec<Value> = QA
         .iter()
         .cycle()

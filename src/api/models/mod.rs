@@ -12,6 +12,7 @@ use crate::api::objects::DeletedObject;
 use crate::store::models::ModelRow;
 
 pub mod adapters;
+pub mod export;
 
 /// A model (`object: "model"`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]

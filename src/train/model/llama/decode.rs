@@ -100,17 +100,20 @@ impl CausalLm {
         // Everything is detached: computed from trainable adapters, these tensors would otherwise
         // keep their whole graph — every earlier step's activations — alive through the cache.
         for (i, slot) in cache.layers.iter_mut().enumerate() {
-            x = self.layer_with(i, &x, None, |attn, h| {
-                let (q, k, v) = attn.project(h, &cos, &sin, None)?;
-                let (q, k, v) = (q.detach(), k.detach(), v.detach());
-                let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                attn.attend(&q, k, v, mask.as_ref(), None)
-            })?
-            .detach();
+            x = self
+                .layer_with(i, &x, None, |attn, h| {
+                    let (q, k, v) = attn.project(h, &cos, &sin, None)?;
+                    let (q, k, v) = (q.detach(), k.detach(), v.detach());
+                    let (k, v) = match slot.take() {
+                        Some((pk, pv)) => {
+                            (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
+                        }
+                        None => (k, v),
+                    };
+                    *slot = Some((k.clone(), v.clone()));
+                    attn.attend(&q, k, v, mask.as_ref(), None)
+                })?
+                .detach();
         }
         cache.seen += t;
         let last = x.narrow(1, t - 1, 1)?;

@@ -1,0 +1,142 @@
+//! `GET /v1/models/{model}/export` (an extension): the model — the base, a fine-tuned model or
+//! a checkpoint, its adapter merged in — as one GGUF file or a `.tar.gz` of a Hugging Face
+//! directory, streamed.
+
+use actix_web::{HttpRequest, HttpResponse, get, web};
+use serde::Deserialize;
+use tokio_util::io::ReaderStream;
+
+use super::model_id;
+use crate::api::ApiState;
+use crate::api::auth::Caller;
+use crate::api::error::{ApiError, ErrorResponse};
+use crate::export::{ExportError, ExportFormat, ExportRequest, Quant};
+
+#[derive(Debug, Deserialize)]
+struct ExportQuery {
+    format: Option<String>,
+    quant: Option<String>,
+}
+
+/// A query value as the enum it names, or a 400 naming the parameter and the choices.
+fn choice<T: clap::ValueEnum>(raw: Option<&str>, param: &str) -> Result<Option<T>, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    T::from_str(raw, false).map(Some).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
+            .collect();
+        ApiError::invalid(
+            format!("{param} must be one of {}", names.join(", ")),
+            Some(param),
+        )
+    })
+}
+
+/// Export a model with its adapter merged in: `format=gguf` (default; `quant` f16 (default),
+/// q8_0, q4_k or f32) streams one `.gguf` file, `format=hf` (`quant` bf16 (default), f16 or f32)
+/// a `.tar.gz` of a Hugging Face directory. An extension of the OpenAI API.
+#[utoipa::path(operation_id = "export_model", tag = "Models",
+    params(("model" = String, Path, description = "The model id"),
+           ("format" = Option<String>, Query, description = "gguf (default) or hf"),
+           ("quant" = Option<String>, Query,
+            description = "gguf: f16 (default), q8_0, q4_k, f32; hf: bf16 (default), f16, f32")),
+    responses((status = 200, description = "The GGUF file or the directory's .tar.gz",
+               content_type = "application/octet-stream"),
+              (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[get("/v1/models/{model:.*}/export")]
+pub async fn export_model(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let id = model_id(path.into_inner())?;
+    let q: ExportQuery = serde_qs::Config::new(1, false)
+        .deserialize_str(req.query_string())
+        .map_err(|e| ApiError::invalid(format!("Invalid query string: {e}"), None))?;
+    let format =
+        choice::<ExportFormat>(q.format.as_deref(), "format")?.unwrap_or(ExportFormat::Gguf);
+    let quant = choice::<Quant>(q.quant.as_deref(), "quant")?.unwrap_or(Quant::default_for(format));
+    let adapter_dir = if id == state.engine.base_name() {
+        None
+    } else {
+        let m = state
+            .store
+            .get_model(&caller.0, &id)
+            .await?
+            .ok_or_else(|| ApiError::not_found_model(&id))?;
+        Some(std::path::PathBuf::from(m.path))
+    };
+    let request = ExportRequest {
+        base_dir: state.engine.base_dir().to_path_buf(),
+        adapter_dir,
+        format,
+        quant,
+        name: id.clone(),
+    };
+    let temp = state.blobs.temp();
+    let out = temp.path().to_path_buf();
+    let written = tokio::task::spawn_blocking(move || write(&request, &out))
+        .await
+        .map_err(ApiError::internal)?;
+    written.map_err(|e| match e {
+        ExportError::Unsupported(m) => ApiError::invalid(m, Some("quant")),
+        ExportError::Write { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+            ApiError::storage_full()
+        }
+        other => ApiError::internal(other),
+    })?;
+    let file = tokio::fs::File::open(temp.path())
+        .await
+        .map_err(ApiError::internal)?;
+    let bytes = file.metadata().await.map_err(ApiError::internal)?.len();
+    // The open file streams on after the temporary path is removed.
+    drop(temp);
+    let stem: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let name = match format {
+        ExportFormat::Gguf => format!("{stem}.gguf"),
+        ExportFormat::Hf => format!("{stem}.tar.gz"),
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header((
+            "Content-Disposition",
+            format!("attachment; filename=\"{name}\""),
+        ))
+        .no_chunking(bytes)
+        .streaming(ReaderStream::new(file)))
+}
+
+/// The export at `out`: the GGUF file itself, or the directory packed as a `.tar.gz`.
+fn write(request: &ExportRequest, out: &std::path::Path) -> Result<(), ExportError> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ExportError::Write {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    if request.format == ExportFormat::Gguf {
+        return crate::export::export(request, out).map(|_| ());
+    }
+    let dir = out.with_extension("dir");
+    let packed = crate::export::export(request, &dir).and_then(|_| {
+        crate::train::report::write_archive(out, &dir, "model").map_err(|e| ExportError::Write {
+            path: out.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    packed
+}
