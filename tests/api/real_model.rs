@@ -72,6 +72,88 @@ fn the_pulled_model_trains_from_a_low_loss_on_plain_answers() {
     assert!(loss < 1.5, "loss {loss}");
 }
 
+/// transformers' outputs on the same GGUF (`scripts/parity/smollm2_reference.py`).
+fn reference() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/smollm2/reference.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn id_lists(v: &Value) -> Vec<Vec<u32>> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+#[test]
+fn the_imported_tokenizer_and_chat_template_match_transformers() {
+    let dir = std::path::PathBuf::from(pulled());
+    let r = reference();
+    let tok = ferrotune::train::data::load_tokenizer(&dir).unwrap();
+    let corpus: Vec<String> = serde_json::from_value(r["corpus"].clone()).unwrap();
+    for (text, want) in corpus.iter().zip(id_lists(&r["ids"])) {
+        let got = tok.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+        assert_eq!(got, want, "{text:?}");
+    }
+    let template = ferrotune::train::template::ChatTemplate::from_model_dir(&dir).unwrap();
+    let prompter = ferrotune::train::generate::Prompter::new(&tok, &template);
+    let questions: Vec<String> = serde_json::from_value(r["questions"].clone()).unwrap();
+    for (q, want) in questions.iter().zip(id_lists(&r["prompt_ids"])) {
+        let turns = [ferrotune::domain::dataset::Turn {
+            role: ferrotune::domain::dataset::Role::User,
+            content: q.clone(),
+            train: false,
+        }];
+        assert_eq!(
+            prompter.prompt_ids(&turns, None, 4096).unwrap(),
+            want,
+            "{q}"
+        );
+    }
+}
+
+#[test]
+fn the_trainers_forward_on_the_import_gives_transformers_logits() {
+    use candle_core::{DType, Device, Tensor};
+    let dir = std::path::PathBuf::from(pulled());
+    let r = reference();
+    let want = candle_core::safetensors::load(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/smollm2/logits.safetensors"
+        ),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (model, _) =
+        ferrotune::train::model::CausalLm::load(&dir, None, 0, &Device::Cpu, DType::F32).unwrap();
+    let columns = r["logit_columns"].as_u64().unwrap() as usize;
+    for (i, ids) in id_lists(&r["prompt_ids"]).iter().enumerate() {
+        let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = model
+            .forward(&input, &[vec![1; ids.len()]], Default::default())
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let last = logits.get(ids.len() - 1).unwrap();
+        let err = crate::tensors::rel_err(&last, &want["last_logits"].get(i).unwrap());
+        println!("prompt {i}: last-position logits relative error {err:.2e}");
+        assert!(err <= 1e-3, "prompt {i}: relative error {err}");
+        if i == 0 {
+            let all = logits.narrow(1, 0, columns).unwrap();
+            let err = crate::tensors::rel_err(&all, &want["first_prompt_logits"]);
+            println!("prompt 0: all-position logits relative error {err:.2e}");
+            assert!(
+                err <= 1e-3,
+                "prompt 0, every position: relative error {err}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn serve_on_the_pulled_model_answers_a_question_correctly() {
     let dir = pulled();
@@ -92,24 +174,35 @@ async fn serve_on_the_pulled_model_answers_a_question_correctly() {
         ],
     );
     wait_healthy(port).await;
-    let res: Value = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
-        .json(
-            &json!({"model": "smollm2", "temperature": 0, "max_tokens": 20,
-                      "messages": [{"role": "user", "content": "What is the capital of France?"}]}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // The first question is "What is the capital of France?"; each greedy answer of 20 tokens
+    // through mistral.rs is transformers' on the same GGUF.
+    let r = reference();
+    let mut answers = Vec::new();
+    for q in r["questions"].as_array().unwrap() {
+        let res: Value = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .json(
+                &json!({"model": "smollm2", "temperature": 0, "max_tokens": 20,
+                          "messages": [{"role": "user", "content": q}]}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answers.push(
+            res["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
     terminate(server);
     let _ = std::fs::remove_dir_all(&data);
-    let answer = res["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(answer.contains("Paris"), "{res}");
+    assert!(answers[0].contains("Paris"), "{answers:?}");
+    let want: Vec<String> = serde_json::from_value(r["greedy_text"].clone()).unwrap();
+    assert_eq!(answers, want);
 }
 
 #[test]
