@@ -17,6 +17,7 @@ mod openapi;
 mod packaging;
 mod queue;
 mod real_model;
+mod real_model_tuning;
 mod serve_binary;
 mod tensors;
 mod train_loop;

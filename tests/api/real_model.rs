@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::binary::{free_port, serve, terminate, wait_healthy};
 
 /// The pulled model's directory (pulling it on the first run).
-fn pulled() -> String {
+pub fn pulled() -> String {
     let home = concat!(env!("CARGO_MANIFEST_DIR"), "/target/ferrotune-home");
     let out = Command::new(env!("CARGO_BIN_EXE_ferrotune"))
         .args(["model", "pull", "smollm2-135m-instruct"])
@@ -73,7 +73,7 @@ fn the_pulled_model_trains_from_a_low_loss_on_plain_answers() {
 }
 
 /// transformers' outputs on the same GGUF (`scripts/parity/smollm2_reference.py`).
-fn reference() -> Value {
+pub fn reference() -> Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/smollm2/reference.json"

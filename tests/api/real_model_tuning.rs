@@ -1,0 +1,237 @@
+//! The real model end to end through `ferrotune serve`: a 20-step fine-tune of SmolLM2 on 12
+//! health examples lowers the validation loss and scores base vs fine-tuned answers, the result
+//! is served, and its exports (a Hugging Face directory, GGUF q8_0 and q4_k) import back to the
+//! fine-tuned model's logits within each format's precision.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+use ferrotune::train::lora::LoraSpec;
+use ferrotune::train::model::{CausalLm, ForwardCtx};
+use serde_json::{Value, json};
+
+use crate::binary::{free_port, serve, terminate, wait_healthy};
+use crate::tensors::rel_err;
+
+fn examples(file: &str, n: usize) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/data")
+        .join(file);
+    let all: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    serde_json::to_vec(&all[..n]).unwrap()
+}
+
+async fn upload(client: &reqwest::Client, base: &str, name: &str, bytes: Vec<u8>) -> String {
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "fine-tune")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned()),
+        );
+    let file: Value = client
+        .post(format!("{base}/v1/files"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    file["id"].as_str().unwrap().to_owned()
+}
+
+/// The adapter directory the job wrote under the server's data directory.
+fn find_adapter(dir: &Path) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.ends_with("adapter") && path.join("adapter_model.safetensors").exists() {
+            return Some(path);
+        }
+        if path.is_dir()
+            && let Some(found) = find_adapter(&path)
+        {
+            return Some(found);
+        }
+    }
+    None
+}
+
+fn logits(dir: &Path, adapter: Option<&Path>, ids: &[u32]) -> Tensor {
+    let spec = LoraSpec {
+        rank: 8,
+        alpha: 32.0,
+        dropout: 0.0,
+        targets: ferrotune::domain::hyperparameters::LORA_MODULES
+            .map(String::from)
+            .to_vec(),
+    };
+    let (model, lora) =
+        CausalLm::load(dir, adapter.map(|_| &spec), 0, &Device::Cpu, DType::F32).unwrap();
+    if let Some(a) = adapter {
+        lora.load_peft(&a.join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    }
+    let input = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    model
+        .forward(&input, &[vec![1; ids.len()]], ForwardCtx::default())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_short_fine_tune_of_the_real_model_lowers_validation_loss_serves_and_exports() {
+    let model_dir = PathBuf::from(crate::real_model::pulled());
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = serve(
+        &data.path().join("data"),
+        port,
+        &[
+            "--base-model",
+            model_dir.to_str().unwrap(),
+            "--base-model-name",
+            "smollm2",
+        ],
+    );
+    wait_healthy(port).await;
+    let base = format!("http://127.0.0.1:{port}");
+    // No pooled connections: the server closes idle ones after 5 s, and the logits computed
+    // between requests take longer than that.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let train = upload(&client, &base, "train.json", examples("health_qa.json", 12)).await;
+    let valid = upload(
+        &client,
+        &base,
+        "valid.json",
+        examples("health_qa_heldout.json", 4),
+    )
+    .await;
+    // 12 examples in batches of 3: 4 steps an epoch, 5 epochs.
+    let hp = json!({"n_epochs": 5, "batch_size": 3, "learning_rate": 5e-4, "logging_steps": 1,
+                    "max_length": 256, "eval_max_new_tokens": 24});
+    let job: Value = client
+        .post(format!("{base}/v1/fine_tuning/jobs"))
+        .json(
+            &json!({"model": "smollm2", "training_file": train, "validation_file": valid,
+                      "suffix": "health", "seed": 7,
+                      "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    let job = loop {
+        let job: Value = client
+            .get(format!("{base}/v1/fine_tuning/jobs/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let events: Value = client
+        .get(format!("{base}/v1/fine_tuning/jobs/{id}/events?limit=100"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let metrics: Vec<&Value> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "metrics")
+        .map(|e| &e["data"])
+        .collect();
+    assert_eq!(metrics.len(), 20, "a metrics event per step");
+    let (first, last) = (metrics[19], metrics[0]);
+    let (before, after) = (
+        first["valid_loss"].as_f64().unwrap(),
+        last["full_valid_loss"].as_f64().unwrap(),
+    );
+    println!("validation loss after step 1: {before:.4}, after step 20: {after:.4}");
+    assert!(after < before, "validation loss {before} -> {after}");
+    let g = &last["generation"];
+    assert_eq!(g["samples"], 4, "{last}");
+    println!(
+        "ROUGE-L on 4 held-out questions: base {} fine-tuned {}",
+        g["base"]["rougeL"], g["fine_tuned"]["rougeL"]
+    );
+
+    // Served by name.
+    let model = job["fine_tuned_model"].as_str().unwrap().to_owned();
+    let chat: Value = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": model, "temperature": 0, "max_tokens": 24,
+                      "messages": [{"role": "user", "content": "What should I do for a mild headache?"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answer = chat["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    println!("fine-tuned answer: {answer:?}");
+    assert!(!answer.trim().is_empty(), "{chat}");
+
+    // Exports import back to the fine-tuned model.
+    let adapter = find_adapter(&data.path().join("data")).expect("the job's adapter");
+    let ids: Vec<u32> = crate::real_model::reference()["prompt_ids"][1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let want = logits(&model_dir, Some(&adapter), &ids);
+    assert!(
+        rel_err(&logits(&model_dir, None, &ids), &want) > 1e-3,
+        "the adapter changes the model"
+    );
+    for (query, tolerance) in [
+        ("format=hf&quant=f32", 1e-5),
+        ("quant=q8_0", 5e-2),
+        ("quant=q4_k", 0.3),
+    ] {
+        let res = client
+            .get(format!("{base}/v1/models/{model}/export?{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{query}");
+        let bytes = res.bytes().await.unwrap();
+        let out = data.path().join(query.replace(['=', '&'], "-"));
+        if query.starts_with("format=hf") {
+            let gz = flate2::read::GzDecoder::new(bytes.as_ref());
+            tar::Archive::new(gz).unpack(&out).unwrap();
+            let err = rel_err(&logits(&out.join("model"), None, &ids), &want);
+            println!("{query}: relative error {err:.2e}");
+            assert!(err < tolerance, "{query}: {err}");
+        } else {
+            let file = out.with_extension("gguf");
+            std::fs::write(&file, &bytes).unwrap();
+            ferrotune::model_dir::gguf::import(&file, &out, DType::F32).unwrap();
+            let err = rel_err(&logits(&out, None, &ids), &want);
+            println!("{query}: {} bytes, relative error {err:.2e}", bytes.len());
+            assert!(err < tolerance, "{query}: {err}");
+        }
+    }
+    terminate(server);
+}
