@@ -227,7 +227,7 @@ fn python_with_pip(cache: &Path) -> Result<PathBuf, String> {
 
 /// The cached import of the GGUF file `file` (imported on first use, keyed by content hash).
 pub fn import_cached(file: &Path) -> Result<PathBuf, PullError> {
-    let hash = sha256_hex(file)?;
+    let hash = remembered_sha256(file, &models_dir().join("gguf-hashes.json"))?;
     let dest = models_dir().join(format!("gguf-{}", &hash[..16]));
     if dest.join(crate::model_dir::CONFIG).exists() {
         return Ok(dest);
@@ -237,6 +237,47 @@ pub fn import_cached(file: &Path) -> Result<PathBuf, PullError> {
     tracing::info!(file = %file.display(), dir = %dest.display(), "importing GGUF");
     gguf::import(file, &dest, candle_core::DType::F32)?;
     Ok(dest)
+}
+
+/// The sha256 of `file`, hashed again only when its size or modification time changed since
+/// the hash was noted in `memo` (a JSON map from canonical path to size, time and hash): a
+/// server started on a multi-gigabyte GGUF does not read it whole at every start.
+fn remembered_sha256(file: &Path, memo: &Path) -> Result<String, PullError> {
+    let meta = std::fs::metadata(file).map_err(io(file))?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let key = file
+        .canonicalize()
+        .unwrap_or_else(|_| file.to_path_buf())
+        .display()
+        .to_string();
+    let stamp = format!("{}:{modified}", meta.len());
+    let mut notes: serde_json::Map<String, serde_json::Value> = std::fs::read_to_string(memo)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    if let Some(note) = notes.get(&key)
+        && note["stamp"] == stamp.as_str()
+        && let Some(hash) = note["sha256"].as_str()
+    {
+        return Ok(hash.to_owned());
+    }
+    let hash = sha256_hex(file)?;
+    notes.insert(key, serde_json::json!({"stamp": stamp, "sha256": hash}));
+    // Best effort: without the note the next start hashes the file again.
+    if let Some(dir) = memo.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+    {
+        let tmp = memo.with_extension("partial");
+        let text = serde_json::Value::Object(notes).to_string();
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, memo);
+        }
+    }
+    Ok(hash)
 }
 
 fn sha256_hex(path: &Path) -> Result<String, PullError> {
@@ -258,6 +299,22 @@ mod tests {
     fn unknown_models_name_the_catalogue() {
         let err = pull("gpt-17").unwrap_err().to_string();
         assert!(err.contains("smollm2-135m-instruct"), "{err}");
+    }
+
+    #[test]
+    fn a_noted_hash_is_reused_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, memo) = (dir.path().join("m.gguf"), dir.path().join("cache/memo.json"));
+        std::fs::write(&f, b"abc").unwrap();
+        let first = remembered_sha256(&f, &memo).unwrap();
+        assert_eq!(first, sha256_hex(&f).unwrap());
+        // A forged note for the same stamp is believed: the file is not read again.
+        let text = std::fs::read_to_string(&memo).unwrap().replace(&first, "noted");
+        std::fs::write(&memo, text).unwrap();
+        assert_eq!(remembered_sha256(&f, &memo).unwrap(), "noted");
+        // New content (another size) is hashed afresh.
+        std::fs::write(&f, b"abcd").unwrap();
+        assert_eq!(remembered_sha256(&f, &memo).unwrap(), sha256_hex(&f).unwrap());
     }
 
     #[test]
