@@ -1,5 +1,7 @@
 """The official OpenAI SDK against ferrotune: files, fine-tuning jobs, events, checkpoints, chat
 and models, with a default and a strict (`_strict_response_validation=True`) client."""
+import json
+
 import openai
 import pytest
 from openai import OpenAI
@@ -40,6 +42,32 @@ def test_a_job_trains_to_succeeded_with_events_and_checkpoints(strict, fine_tune
     names = {strict.files.retrieve(f).filename: f for f in fine_tuned.result_files}
     assert set(names) == {"step_metrics.csv", "loss.svg", "adapter.tar.gz"}
     assert strict.files.content(names["step_metrics.csv"]).read().startswith(b"step,train_loss,train_accuracy")
+
+
+def test_a_validation_file_gets_base_vs_fine_tuned_scores_and_eval_jsonl(strict, training_file):
+    # Validating on the training questions: the tiny model learns them, its random base cannot.
+    job = strict.fine_tuning.jobs.create(
+        model="ferrotune-tiny",
+        training_file=training_file.id,
+        validation_file=training_file.id,
+        seed=7,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 20, "batch_size": 2}}},
+        extra_body={"hyperparameters": {"learning_rate": 0.01, "lora_dropout": 0.0, "logging_steps": 100}},
+    )
+    job = wait_for(strict, job.id, {"succeeded", "failed", "cancelled"})
+    assert job.status == "succeeded", job.error
+    last = next(e for e in strict.fine_tuning.jobs.list_events(job.id) if e.type == "metrics")
+    g = last.data["generation"]
+    assert g["samples"] == len(QA)
+    assert g["fine_tuned"]["rougeL"] > g["base"]["rougeL"] + 0.5, g
+    assert last.data["full_valid_loss"] < 1.0
+    names = {strict.files.retrieve(f).filename: f for f in job.result_files}
+    lines = strict.files.content(names["eval.jsonl"]).read().decode().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["prompt"] for r in records] == [q for q, _ in QA]
+    assert {"reference", "base_answer", "fine_tuned_answer", "base", "fine_tuned"} <= set(records[0])
+    summary = strict.files.content(names["eval_summary.csv"]).read().decode()
+    assert summary.startswith("model,samples,rouge1,rouge2,rougeL,bleu4\nbase,")
 
 
 def test_jobs_list_pages_and_metadata(strict, training_file):
