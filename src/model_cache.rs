@@ -304,17 +304,25 @@ mod tests {
     #[test]
     fn a_noted_hash_is_reused_until_the_file_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let (f, memo) = (dir.path().join("m.gguf"), dir.path().join("cache/memo.json"));
+        let (f, memo) = (
+            dir.path().join("m.gguf"),
+            dir.path().join("cache/memo.json"),
+        );
         std::fs::write(&f, b"abc").unwrap();
         let first = remembered_sha256(&f, &memo).unwrap();
         assert_eq!(first, sha256_hex(&f).unwrap());
         // A forged note for the same stamp is believed: the file is not read again.
-        let text = std::fs::read_to_string(&memo).unwrap().replace(&first, "noted");
+        let text = std::fs::read_to_string(&memo)
+            .unwrap()
+            .replace(&first, "noted");
         std::fs::write(&memo, text).unwrap();
         assert_eq!(remembered_sha256(&f, &memo).unwrap(), "noted");
         // New content (another size) is hashed afresh.
         std::fs::write(&f, b"abcd").unwrap();
-        assert_eq!(remembered_sha256(&f, &memo).unwrap(), sha256_hex(&f).unwrap());
+        assert_eq!(
+            remembered_sha256(&f, &memo).unwrap(),
+            sha256_hex(&f).unwrap()
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod real_model;
 mod real_model_tuning;
 mod serve_binary;
 mod tensors;
+mod train_cli;
 mod train_loop;
 mod train_parity;
 mod training_jobs;
