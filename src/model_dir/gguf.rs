@@ -1,8 +1,9 @@
 //! GGUF in: a llama.cpp-style GGUF file (v2/v3) turned into a Hugging Face model directory that
 //! the trainer and mistral.rs both load — `config.json` from the `llama.*`/`qwen2.*` metadata,
 //! every tensor dequantized into `model.safetensors` (llama.cpp's row permutation of the q/k
-//! projections undone), `tokenizer.json` rebuilt from `tokenizer.ggml.*` (byte-level BPE),
-//! `tokenizer_config.json` with the chat template, and `generation_config.json`.
+//! projections undone), `tokenizer.json` rebuilt from `tokenizer.ggml.*` (byte-level BPE, or
+//! SentencePiece BPE), `tokenizer_config.json` with the chat template, and
+//! `generation_config.json`.
 //!
 //! The directory is written beside its destination and renamed into place, so a failed import
 //! never leaves a half-written model.
@@ -56,10 +57,10 @@ pub struct Imported {
 }
 
 /// Metadata of one GGUF file, with typed lookups that say which key is missing.
-struct Meta<'a>(&'a HashMap<String, Value>);
+pub(super) struct Meta<'a>(&'a HashMap<String, Value>);
 
 impl Meta<'_> {
-    fn get(&self, key: &str) -> Result<&Value, GgufError> {
+    pub(super) fn get(&self, key: &str) -> Result<&Value, GgufError> {
         self.0
             .get(key)
             .ok_or_else(|| GgufError::Unsupported(format!("the GGUF metadata has no '{key}'")))
@@ -333,11 +334,36 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, GgufError> {
 /// as special tokens.
 fn tokenizer(meta: &Meta, tokens: &[String]) -> Result<Tokenizer, GgufError> {
     let model = meta.string("tokenizer.ggml.model")?;
-    if model != "gpt2" {
-        return Err(GgufError::Unsupported(format!(
-            "tokenizer model '{model}' is not supported yet; only byte-level BPE (gpt2)"
-        )));
-    }
+    let types: Vec<i32> = meta
+        .get("tokenizer.ggml.token_type")
+        .ok()
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
+        .unwrap_or_default();
+    let mut tok = match model {
+        "gpt2" => byte_level_bpe(meta, tokens)?,
+        "llama" => super::spm::sentencepiece_bpe(meta, tokens, &types)?,
+        other => {
+            return Err(GgufError::Unsupported(format!(
+                "tokenizer model '{other}' is not supported; expected gpt2 (byte-level BPE) or \
+                 llama (SentencePiece BPE)"
+            )));
+        }
+    };
+    // Types 2 (unknown) and 3 (control) are special, 4 (user-defined) matched whole; none is
+    // ever split.
+    let special: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|(_, ty)| matches!(**ty, 2..=4))
+        .map(|(t, ty)| AddedToken::from(t.clone(), *ty != 4))
+        .collect();
+    tok.add_special_tokens(&special);
+    Ok(tok)
+}
+
+/// A byte-level BPE (`tokenizer.ggml.model = gpt2`) with its merges and named pre-tokenizer.
+fn byte_level_bpe(meta: &Meta, tokens: &[String]) -> Result<Tokenizer, GgufError> {
     let merges = meta
         .strings("tokenizer.ggml.merges")
         .unwrap_or_default()
@@ -357,20 +383,6 @@ fn tokenizer(meta: &Meta, tokens: &[String]) -> Result<Tokenizer, GgufError> {
     let pre = meta.string("tokenizer.ggml.pre").unwrap_or("default");
     tok.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
     tok.with_decoder(Some(ByteLevel::new(false, true, true)));
-    let types: Vec<i32> = meta
-        .get("tokenizer.ggml.token_type")
-        .ok()
-        .and_then(|v| v.to_vec().ok())
-        .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
-        .unwrap_or_default();
-    // Types 3 (control) and 4 (user-defined) are matched whole, never split.
-    let special: Vec<AddedToken> = tokens
-        .iter()
-        .zip(&types)
-        .filter(|(_, ty)| **ty == 3 || **ty == 4)
-        .map(|(t, ty)| AddedToken::from(t.clone(), *ty == 3))
-        .collect();
-    tok.add_special_tokens(&special);
     Ok(tok)
 }
 

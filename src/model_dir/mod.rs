@@ -3,6 +3,7 @@
 //! files. Shared by the trainer and the serving engine; reads files, holds no tensors.
 
 pub mod gguf;
+mod spm;
 
 use std::path::{Path, PathBuf};
 

@@ -7,36 +7,10 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use ferrotune::model_dir::gguf::{self as gguf, GgufError, hf_name, permute};
+use ferrotune::model_dir::gguf::{self as gguf, GgufError, gguf_name, hf_name, permute};
 use ferrotune::train::tiny::{TinyArch, init_tiny};
 
-/// The GGUF name of a Hugging Face tensor (the inverse of `hf_name`).
-fn gguf_name(hf: &str) -> String {
-    match hf {
-        "model.embed_tokens.weight" => return "token_embd.weight".into(),
-        "model.norm.weight" => return "output_norm.weight".into(),
-        "lm_head.weight" => return "output.weight".into(),
-        _ => {}
-    }
-    let rest = hf.strip_prefix("model.layers.").unwrap();
-    let (layer, part) = rest.split_once('.').unwrap();
-    let (module, kind) = part.rsplit_once('.').unwrap();
-    let g = match module {
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        other => panic!("unmapped {other}"),
-    };
-    format!("blk.{layer}.{g}.{kind}")
-}
-
-/// Write the tiny model in `dir` as a GGUF file with `arch` and the given metadata overrides.
+/// Write the tiny model in `dir` as a GGUF file with `arch`, without the metadata `drop_key`.
 fn write_gguf(dir: &Path, out: &Path, arch: &str, drop_key: Option<&str>) {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
@@ -45,25 +19,8 @@ fn write_gguf(dir: &Path, out: &Path, arch: &str, drop_key: Option<&str>) {
     vocab.sort_by_key(|(_, id)| *id);
     let special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
     let u = |k: &str| Value::U32(config[k].as_u64().unwrap() as u32);
-    let mut meta: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String(arch.into())),
-        ("llama.block_count".into(), u("num_hidden_layers")),
-        ("llama.embedding_length".into(), u("hidden_size")),
-        ("llama.feed_forward_length".into(), u("intermediate_size")),
-        (
-            "llama.attention.head_count".into(),
-            u("num_attention_heads"),
-        ),
-        (
-            "llama.attention.head_count_kv".into(),
-            u("num_key_value_heads"),
-        ),
-        (
-            "llama.attention.layer_norm_rms_epsilon".into(),
-            Value::F32(1e-6),
-        ),
-        ("llama.rope.freq_base".into(), Value::F32(10_000.0)),
-        ("llama.context_length".into(), Value::U32(2048)),
+    let mut meta = model_meta(&config, arch);
+    meta.extend([
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String("default".into())),
         (
@@ -91,14 +48,50 @@ fn write_gguf(dir: &Path, out: &Path, arch: &str, drop_key: Option<&str>) {
             "tokenizer.chat_template".into(),
             Value::String("{% for m in messages %}{{ m.content }}{% endfor %}".into()),
         ),
-    ];
+    ]);
     if let Some(key) = drop_key {
         meta.retain(|(k, _)| k != key);
     }
-    let heads = config["num_attention_heads"].as_u64().unwrap() as usize;
-    let kv_heads = config["num_key_value_heads"].as_u64().unwrap() as usize;
     let weights =
         candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    write_file(&config, weights, &meta, out);
+}
+
+/// The `llama.*` metadata of a tiny model's config, under `general.architecture = arch`.
+pub fn model_meta(config: &serde_json::Value, arch: &str) -> Vec<(String, Value)> {
+    let u = |k: &str| Value::U32(config[k].as_u64().unwrap() as u32);
+    vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        ("llama.block_count".into(), u("num_hidden_layers")),
+        ("llama.embedding_length".into(), u("hidden_size")),
+        ("llama.feed_forward_length".into(), u("intermediate_size")),
+        (
+            "llama.attention.head_count".into(),
+            u("num_attention_heads"),
+        ),
+        (
+            "llama.attention.head_count_kv".into(),
+            u("num_key_value_heads"),
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(1e-6),
+        ),
+        ("llama.rope.freq_base".into(), Value::F32(10_000.0)),
+        ("llama.context_length".into(), Value::U32(2048)),
+    ]
+}
+
+/// Write `weights` (Hugging Face names; q/k rows permuted as llama.cpp's converter does) and
+/// `meta` as the GGUF file `out`.
+pub fn write_file(
+    config: &serde_json::Value,
+    weights: std::collections::HashMap<String, Tensor>,
+    meta: &[(String, Value)],
+    out: &Path,
+) {
+    let heads = config["num_attention_heads"].as_u64().unwrap() as usize;
+    let kv_heads = config["num_key_value_heads"].as_u64().unwrap() as usize;
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     for (name, t) in &weights {
         let t = if name.ends_with("q_proj.weight") {
@@ -109,7 +102,7 @@ fn write_gguf(dir: &Path, out: &Path, arch: &str, drop_key: Option<&str>) {
             t.clone()
         };
         tensors.push((
-            gguf_name(name),
+            gguf_name(name).unwrap(),
             QTensor::quantize(&t, GgmlDType::F32).unwrap(),
         ));
     }
@@ -138,7 +131,10 @@ fn a_gguf_of_the_tiny_model_imports_to_the_same_weights_and_tokens() {
     let b = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(a.len(), b.len());
     for (name, t) in &a {
-        assert_eq!(hf_name(&gguf_name(name)).as_deref(), Some(name.as_str()));
+        assert_eq!(
+            hf_name(&gguf_name(name).unwrap()).as_deref(),
+            Some(name.as_str())
+        );
         assert_eq!(
             max_diff(t, &b[name]),
             0.0,

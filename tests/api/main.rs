@@ -10,6 +10,7 @@ mod export;
 mod files;
 mod fuzz_findings;
 mod gguf;
+mod gguf_spm;
 mod helpers;
 mod job_actions;
 mod jobs;
