@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 
 /// The files an export writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ExportFormat {
     /// A Hugging Face model directory (`config.json`, `model.safetensors`, tokenizer files).
@@ -27,7 +29,9 @@ pub enum ExportFormat {
 }
 
 /// How the weights are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, utoipa::ToSchema,
+)]
 pub enum Quant {
     /// 32-bit floats.
     #[value(name = "f32")]

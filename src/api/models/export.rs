@@ -40,8 +40,8 @@ fn choice<T: clap::ValueEnum>(raw: Option<&str>, param: &str) -> Result<Option<T
 /// a `.tar.gz` of a Hugging Face directory. An extension of the OpenAI API.
 #[utoipa::path(operation_id = "export_model", tag = "Models",
     params(("model" = String, Path, description = "The model id"),
-           ("format" = Option<String>, Query, description = "gguf (default) or hf"),
-           ("quant" = Option<String>, Query,
+           ("format" = inline(Option<ExportFormat>), Query, description = "gguf (default) or hf"),
+           ("quant" = inline(Option<Quant>), Query,
             description = "gguf: f16 (default), q8_0, q4_k, f32; hf: bf16 (default), f16, f32")),
     responses((status = 200, description = "The GGUF file or the directory's .tar.gz",
                content_type = "application/octet-stream"),
