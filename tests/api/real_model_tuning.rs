@@ -131,7 +131,10 @@ async fn a_short_fine_tune_of_the_real_model_lowers_validation_loss_serves_and_e
     let id = job["id"].as_str().unwrap().to_owned();
     let deadline = std::time::Instant::now() + Duration::from_secs(1200);
     let job = loop {
-        assert!(std::time::Instant::now() < deadline, "job {id} did not finish in 20 minutes");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} did not finish in 20 minutes"
+        );
         let job: Value = client
             .get(format!("{base}/v1/fine_tuning/jobs/{id}"))
             .send()
