@@ -153,6 +153,7 @@ mod tests {
         let jobs = &spec.paths.paths["/v1/fine_tuning/jobs"];
         assert_eq!(methods_of(jobs), vec!["GET", "POST"]);
         assert!(spec.paths.paths.contains_key("/v1/models/{model}"));
-        assert_eq!(spec.paths.paths.len(), 16);
+        assert!(spec.paths.paths.contains_key("/v1/models/{model}/export"));
+        assert_eq!(spec.paths.paths.len(), 17);
     }
 }
