@@ -77,13 +77,27 @@ pub fn spec() -> &'static utoipa::openapi::OpenApi {
 /// 405 with `Allow` when the path is one of ours, else 404; both in OpenAI's envelope.
 async fn unmatched(req: HttpRequest) -> HttpResponse {
     let path = req.path();
-    let allowed: Vec<String> = spec()
+    let matching: Vec<_> = spec()
         .paths
         .paths
         .iter()
         .filter(|(template, _)| path_matches(template, path))
-        .flat_map(|(_, item)| methods_of(item))
         .collect();
+    // A template that fits segment for segment wins over one whose tail parameter swallows the
+    // rest (`/v1/models/{model}/export` over `/v1/models/{model}`).
+    let segments = |p: &str| p.trim_matches('/').split('/').count();
+    let exact: Vec<_> = matching
+        .iter()
+        .filter(|(template, _)| segments(template) == segments(path))
+        .copied()
+        .collect();
+    let chosen = if exact.is_empty() { matching } else { exact };
+    let mut allowed: Vec<String> = Vec::new();
+    for method in chosen.into_iter().flat_map(|(_, item)| methods_of(item)) {
+        if !allowed.contains(&method) {
+            allowed.push(method);
+        }
+    }
     if allowed.is_empty() {
         return ApiError::for_status(actix_web::http::StatusCode::NOT_FOUND, &req).error_response();
     }

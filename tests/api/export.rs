@@ -283,6 +283,7 @@ async fn a_fine_tuned_model_downloads_as_gguf_or_a_directory_archive() {
         (format!("{model}/export?format=zip"), 400, "format"),
         (format!("{model}/export?quant=q3"), 400, "quant"),
         (format!("{model}/export?format=hf&quant=q8_0"), 400, "quant"),
+        (format!("{model}/export?format=&quant="), 400, "format"),
         ("ft:nope/export".to_owned(), 404, "model"),
     ] {
         let res = app.get(&format!("/v1/models/{query}")).await;
@@ -290,6 +291,15 @@ async fn a_fine_tuned_model_downloads_as_gguf_or_a_directory_archive() {
         let body: serde_json::Value = res.json().await.unwrap();
         assert_eq!(body["error"]["param"], param, "{query}: {body}");
     }
+    // The export path allows GET only (not the DELETE of `/v1/models/{model}`).
+    let res = app
+        .client
+        .post(format!("{}/v1/models/{model}/export", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "GET");
     let tmp = app.data_dir.path().join("files/.tmp");
     assert!(tmp.is_dir());
     let left: Vec<_> = std::fs::read_dir(&tmp)

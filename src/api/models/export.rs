@@ -3,7 +3,6 @@
 //! directory, streamed.
 
 use actix_web::{HttpRequest, HttpResponse, get, web};
-use serde::Deserialize;
 use tokio_util::io::ReaderStream;
 
 use super::model_id;
@@ -11,12 +10,6 @@ use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorResponse};
 use crate::export::{ExportError, ExportFormat, ExportRequest, Quant};
-
-#[derive(Debug, Deserialize)]
-struct ExportQuery {
-    format: Option<String>,
-    quant: Option<String>,
-}
 
 /// A query value as the enum it names, or a 400 naming the parameter and the choices.
 fn choice<T: clap::ValueEnum>(raw: Option<&str>, param: &str) -> Result<Option<T>, ApiError> {
@@ -54,12 +47,12 @@ pub async fn export_model(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = model_id(path.into_inner())?;
-    let q: ExportQuery = serde_qs::Config::new(1, false)
-        .deserialize_str(req.query_string())
+    // Pairs keep `format=` (present, empty: a 400) apart from an absent `format`.
+    let q = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map_err(|e| ApiError::invalid(format!("Invalid query string: {e}"), None))?;
-    let format =
-        choice::<ExportFormat>(q.format.as_deref(), "format")?.unwrap_or(ExportFormat::Gguf);
-    let quant = choice::<Quant>(q.quant.as_deref(), "quant")?.unwrap_or(Quant::default_for(format));
+    let get = |key: &str| q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let format = choice::<ExportFormat>(get("format"), "format")?.unwrap_or(ExportFormat::Gguf);
+    let quant = choice::<Quant>(get("quant"), "quant")?.unwrap_or(Quant::default_for(format));
     let adapter_dir = if id == state.engine.base_name() {
         None
     } else {
