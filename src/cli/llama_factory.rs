@@ -98,6 +98,9 @@ pub struct LlamaFactoryConfig {
     /// New tokens per answer in that evaluation.
     #[serde(deserialize_with = "number")]
     pub max_new_tokens: Option<u32>,
+    /// QLoRA: store the frozen projections in 4 or 8 bits.
+    #[serde(deserialize_with = "number")]
+    pub quantization_bit: Option<u32>,
     /// Seed for init, shuffles and dropout.
     #[serde(deserialize_with = "number")]
     pub seed: Option<u64>,
@@ -195,6 +198,7 @@ impl LlamaFactoryConfig {
             self.predict_with_generate.map(Value::from),
         );
         put("eval_max_new_tokens", self.max_new_tokens.map(Value::from));
+        put("quantization_bit", self.quantization_bit.map(Value::from));
         let epochs = self.num_train_epochs.map(|e| e.ceil().max(1.0) as u64);
         put("n_epochs", epochs.map(Value::from));
         hp

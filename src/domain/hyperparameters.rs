@@ -116,6 +116,48 @@ pub struct Hyperparameters {
     /// New tokens per answer in that evaluation.
     #[serde(default = "default_eval_tokens")]
     pub eval_max_new_tokens: u32,
+    /// QLoRA: store the frozen projections in 4 or 8 bits (LLaMA-Factory's `quantization_bit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_bit: Option<u32>,
+    /// The block format of that storage (default: `q4_k` for 4 bits, `q8_0` for 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_method: Option<QuantizationMethod>,
+}
+
+/// How QLoRA stores frozen weights: ggml block formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QuantizationMethod {
+    /// 4-bit blocks of 32 with one scale.
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    /// 4-bit k-quants in super-blocks of 256.
+    #[serde(rename = "q4_k")]
+    Q4K,
+    /// 8-bit blocks of 32.
+    #[serde(rename = "q8_0")]
+    Q8_0,
+}
+
+impl QuantizationMethod {
+    /// Bits per weight of the codes.
+    pub fn bits(self) -> u32 {
+        match self {
+            Self::Q4_0 | Self::Q4K => 4,
+            Self::Q8_0 => 8,
+        }
+    }
+}
+
+impl Hyperparameters {
+    /// The QLoRA storage asked for, if any: the method, or the default of the bit width.
+    pub fn quantization(&self) -> Option<QuantizationMethod> {
+        match (self.quantization_bit, self.quantization_method) {
+            (_, Some(m)) => Some(m),
+            (Some(8), None) => Some(QuantizationMethod::Q8_0),
+            (Some(_), None) => Some(QuantizationMethod::Q4K),
+            (None, None) => None,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -151,6 +193,8 @@ impl Default for Hyperparameters {
             validation_split: None,
             predict_with_generate: true,
             eval_max_new_tokens: default_eval_tokens(),
+            quantization_bit: None,
+            quantization_method: None,
         }
     }
 }
@@ -196,6 +240,14 @@ impl Hyperparameters {
                 "validation_split" => self.validation_split = Some(f.split(key)?),
                 "predict_with_generate" => self.predict_with_generate = f.boolean(key)?,
                 "eval_max_new_tokens" => self.eval_max_new_tokens = f.int(key, 1, 4096)?,
+                "quantization_bit" => {
+                    let bits = f.int(key, 4, 8)?;
+                    if bits != 4 && bits != 8 {
+                        return Err(f.err(key, "quantization_bit must be 4 or 8".into()));
+                    }
+                    self.quantization_bit = Some(bits);
+                }
+                "quantization_method" => self.quantization_method = Some(f.method(key)?),
                 other => {
                     return Err(DomainError::invalid(
                         format!("{prefix}.{other}"),
@@ -203,6 +255,17 @@ impl Hyperparameters {
                     ));
                 }
             }
+        }
+        if let (Some(bits), Some(m)) = (self.quantization_bit, self.quantization_method)
+            && bits != m.bits()
+        {
+            return Err(DomainError::invalid(
+                format!("{prefix}.quantization_method"),
+                format!(
+                    "quantization_method {m:?} stores {} bits, not {bits}",
+                    m.bits()
+                ),
+            ));
         }
         Ok(self)
     }
@@ -325,6 +388,22 @@ impl Fields<'_> {
         Ok(out)
     }
 
+    fn method(&self, key: &str) -> Result<QuantizationMethod, DomainError> {
+        let raw = self.map[key].as_str().unwrap_or_default();
+        if raw == "nf4" {
+            return Err(self.err(
+                key,
+                "quantization_method nf4 is not supported yet; use q4_k, q4_0 or q8_0".into(),
+            ));
+        }
+        serde_json::from_value(self.map[key].clone()).map_err(|_| {
+            self.err(
+                key,
+                "quantization_method must be one of q4_k, q4_0, q8_0".into(),
+            )
+        })
+    }
+
     fn scheduler(&self, key: &str) -> Result<LrScheduler, DomainError> {
         serde_json::from_value(self.map[key].clone()).map_err(|_| {
             self.err(
@@ -395,6 +474,20 @@ mod tests {
                 "h.predict_with_generate",
             ),
             (json!({"eval_max_new_tokens": 0}), "h.eval_max_new_tokens"),
+            (json!({"quantization_bit": 6}), "h.quantization_bit"),
+            (json!({"quantization_bit": "4"}), "h.quantization_bit"),
+            (
+                json!({"quantization_method": "nf4"}),
+                "h.quantization_method",
+            ),
+            (
+                json!({"quantization_method": "gptq"}),
+                "h.quantization_method",
+            ),
+            (
+                json!({"quantization_bit": 4, "quantization_method": "q8_0"}),
+                "h.quantization_method",
+            ),
         ];
         for (input, param) in cases {
             let err = Hyperparameters::default().apply(&input, "h").unwrap_err();

@@ -1,6 +1,6 @@
 //! Custom autograd ops for training memory and speed: softmax and log-softmax over the last
-//! dimension that keep only their output for the backward pass, and a matmul with a frozen weight
-//! that differentiates in its input only.
+//! dimension that keep only their output for the backward pass, and matmuls with a frozen weight
+//! (dense, or stored quantized and dequantized per use) that differentiate in their input only.
 //!
 //! candle's fused `softmax_last_dim` has no backward, and the composed versions keep every
 //! full-size intermediate (the f32 copy, the shifted scores, their exponentials, the quotient) for
@@ -9,8 +9,11 @@
 //! and differentiate analytically from their output, in f32:
 //! softmax `dx = y ⊙ (dy − Σ dy ⊙ y)`; log-softmax `dx = dy − exp(y) Σ dy`.
 
+use std::sync::Arc;
+
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
+use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Storage, Tensor};
 
 /// `softmax(x)` over the last dimension (f32 accumulation, output in `x`'s dtype).
@@ -83,6 +86,48 @@ impl CustomOp1 for FrozenLinear {
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(grad_res.matmul(&self.weight)?))
+    }
+}
+
+/// `x · wᵀ` for a frozen weight stored quantized (ggml blocks, on `x`'s device): the weight is
+/// dequantized into a transient buffer for the forward pass and again for the input gradient in
+/// the backward pass, so only one layer's dense weight exists at a time. Differentiable in `x`.
+pub fn frozen_quantized_linear(x: &Tensor, w: &Arc<QTensor>) -> Result<Tensor> {
+    x.apply_op1(FrozenQuantizedLinear { weight: w.clone() })
+}
+
+struct FrozenQuantizedLinear {
+    weight: Arc<QTensor>,
+}
+
+impl FrozenQuantizedLinear {
+    fn dense(&self, like: &Tensor) -> Result<Tensor> {
+        self.weight
+            .dequantize(like.device())?
+            .to_dtype(like.dtype())
+    }
+}
+
+impl CustomOp1 for FrozenQuantizedLinear {
+    fn name(&self) -> &'static str {
+        "ferrotune-frozen-quantized-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_graph_free(storage, layout, |x| x.matmul(&self.dense(x)?.t()?))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda_graph_free(storage, layout, |x| x.matmul(&self.dense(x)?.t()?))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.dense(grad_res)?)?))
     }
 }
 

@@ -23,7 +23,8 @@ use super::step::loss_and_grads;
 use super::template::{ChatTemplate, read_tokenizer_config};
 use super::{TensorContext, TrainError, io_err};
 use crate::domain::dataset::Example;
-use crate::domain::hyperparameters::Hyperparameters;
+use crate::domain::hyperparameters::{Hyperparameters, QuantizationMethod};
+use candle_core::quantized::GgmlDType;
 use tokenizers::Tokenizer;
 
 /// What to train.
@@ -185,13 +186,22 @@ pub fn train_until(
         dropout: hp.lora_dropout,
         targets: hp.lora_target.clone(),
     };
-    let (model, lora) = CausalLm::load(
+    let quant = hp.quantization().map(ggml_kind);
+    let (model, lora) = CausalLm::load_quantized(
         &cfg.model_dir,
         Some(&spec),
         cfg.seed,
         &cfg.device,
         cfg.dtype,
+        quant,
     )?;
+    if let Some(kind) = quant {
+        on(Update::Message(format!(
+            "QLoRA: the frozen projections are stored as {kind:?} and dequantized per use; \
+             embeddings, norms and lm_head stay {:?}",
+            cfg.dtype
+        )));
+    }
     let mut opt = AdamW::new(lora.vars(), hp.weight_decay)?;
     let bs = p.resolved.batch_size as usize;
     let accum = hp.gradient_accumulation_steps as usize;
@@ -468,6 +478,15 @@ fn take<T>(items: &mut Vec<T>, held: &std::collections::HashSet<usize>) -> Vec<T
     out.into_iter().map(|(_, x)| x).collect()
 }
 
+/// candle's block format for a QLoRA storage method.
+fn ggml_kind(m: QuantizationMethod) -> GgmlDType {
+    match m {
+        QuantizationMethod::Q4_0 => GgmlDType::Q4_0,
+        QuantizationMethod::Q4K => GgmlDType::Q4K,
+        QuantizationMethod::Q8_0 => GgmlDType::Q8_0,
+    }
+}
+
 /// Greedy answers of `model` to every evaluation prompt.
 fn answer_all(cfg: &RunConfig, p: &Prepared, model: &CausalLm) -> Result<Vec<String>, TrainError> {
     let prompter = Prompter::new(&p.tokenizer, &p.template).with_generation_config(&cfg.model_dir);
@@ -499,7 +518,15 @@ fn base_answers(
     let answers = if step == 0 {
         answer_all(cfg, p, model)?
     } else {
-        let (base, _) = CausalLm::load(&cfg.model_dir, None, cfg.seed, &cfg.device, cfg.dtype)?;
+        let quant = cfg.hyperparameters.quantization().map(ggml_kind);
+        let (base, _) = CausalLm::load_quantized(
+            &cfg.model_dir,
+            None,
+            cfg.seed,
+            &cfg.device,
+            cfg.dtype,
+            quant,
+        )?;
         answer_all(cfg, p, &base)?
     };
     eval::save_base_answers(&path, &answers)?;

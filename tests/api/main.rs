@@ -16,6 +16,7 @@ mod job_actions;
 mod jobs;
 mod openapi;
 mod packaging;
+mod qlora;
 mod queue;
 mod real_model;
 mod real_model_tuning;

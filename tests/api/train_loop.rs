@@ -98,7 +98,8 @@ pub fn finish(cfg: &RunConfig) -> RunOutcome {
     }
 }
 
-fn spec() -> LoraSpec {
+/// Rank 8, alpha 32, no dropout, all seven projections.
+pub fn spec() -> LoraSpec {
     LoraSpec {
         rank: 8,
         alpha: 32.0,
@@ -117,7 +118,8 @@ fn spec() -> LoraSpec {
     }
 }
 
-fn first_batch(dir: &Path, model: &CausalLm) -> Batch {
+/// The first two training examples as a batch.
+pub fn first_batch(dir: &Path, model: &CausalLm) -> Batch {
     let tok = data::load_tokenizer(&dir.join("model")).unwrap();
     let template = ChatTemplate::from_model_dir(&dir.join("model")).unwrap();
     let examples = data::read_examples(&dir.join("train.json")).unwrap();

@@ -1,10 +1,13 @@
 //! Building blocks: RMSNorm (Zhang & Sennrich, arXiv:1910.07467) and linear layers that may carry
 //! a LoRA adapter. Differentiable ops only.
 
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
 use candle_core::{D, DType, Device, Result, Tensor};
 
 use crate::train::lora::AdapterVars;
-use crate::train::ops::frozen_linear;
+use crate::train::ops::{frozen_linear, frozen_quantized_linear};
 use crate::train::rng::{self, purpose};
 
 /// Root-mean-square normalisation, computed in f32.
@@ -99,9 +102,17 @@ fn device_keep_flags(shape: (usize, usize), keep: f32, device: &Device) -> Resul
         .to_dtype(DType::U8)
 }
 
+/// A frozen weight: dense in the compute dtype, or quantized (QLoRA) in ggml blocks.
+pub enum FrozenWeight {
+    /// `[out, in]` in the compute dtype.
+    Dense(Tensor),
+    /// `[out, in]` in ggml blocks on the device, dequantized per use.
+    Quantized(Arc<QTensor>),
+}
+
 /// A frozen linear layer, optionally with a LoRA adapter.
 pub struct Linear {
-    weight: Tensor,
+    weight: FrozenWeight,
     bias: Option<Tensor>,
     lora: Option<Lora>,
 }
@@ -116,7 +127,7 @@ struct Lora {
 
 impl Linear {
     /// A frozen layer.
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+    pub fn new(weight: FrozenWeight, bias: Option<Tensor>) -> Self {
         Self {
             weight,
             bias,
@@ -137,7 +148,10 @@ impl Linear {
 
     /// `[out, in]` of the frozen weight.
     pub fn shape(&self) -> (usize, usize) {
-        let d = self.weight.dims();
+        let d = match &self.weight {
+            FrozenWeight::Dense(w) => w.dims(),
+            FrozenWeight::Quantized(q) => q.shape().dims(),
+        };
         (d[0], d[1])
     }
 
@@ -147,7 +161,10 @@ impl Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
         let flat = x.reshape((rows, in_dim))?;
-        let mut y = frozen_linear(&flat, &self.weight)?;
+        let mut y = match &self.weight {
+            FrozenWeight::Dense(w) => frozen_linear(&flat, w)?,
+            FrozenWeight::Quantized(q) => frozen_quantized_linear(&flat, q)?,
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::layers::{DropoutMasks, LayerDropout, Linear, RmsNorm};
+use candle_core::quantized::{GgmlDType, QTensor};
+
+use super::layers::{DropoutMasks, FrozenWeight, LayerDropout, Linear, RmsNorm};
 use super::{Config, Weights, rope};
 use crate::train::lora::{LoraSet, LoraSpec};
 use crate::train::ops::{frozen_linear, softmax_last_dim};
@@ -63,6 +65,7 @@ pub struct CausalLm {
 struct Builder<'a> {
     weights: &'a Weights,
     lora: Option<&'a LoraSpec>,
+    quant: Option<GgmlDType>,
     set: LoraSet,
     seed: u64,
     device: &'a Device,
@@ -78,7 +81,7 @@ impl Builder<'_> {
         } else {
             None
         };
-        let layer = Linear::new(weight, bias);
+        let layer = Linear::new(frozen(weight, self.quant)?, bias);
         let short = module.rsplit('.').next().unwrap_or(module);
         match self.lora {
             Some(spec) if spec.targets.iter().any(|t| t == short) => {
@@ -94,6 +97,32 @@ impl Builder<'_> {
     }
 }
 
+/// The frozen weight of a projection: as loaded, or quantized to `quant` (QLoRA) when its rows
+/// split into that kind's blocks — q4_k rows that 256 does not divide take q5_0, as llama.cpp
+/// does; rows no candidate divides stay dense.
+fn frozen(weight: Tensor, quant: Option<GgmlDType>) -> Result<FrozenWeight, TrainError> {
+    let Some(kind) = quant else {
+        return Ok(FrozenWeight::Dense(weight));
+    };
+    let row = weight.dims().last().copied().unwrap_or(0);
+    let candidates = match kind {
+        GgmlDType::Q4K => vec![GgmlDType::Q4K, GgmlDType::Q5_0],
+        other => vec![other],
+    };
+    let Some(kind) = candidates
+        .into_iter()
+        .find(|k| row.is_multiple_of(k.block_size()))
+    else {
+        return Ok(FrozenWeight::Dense(weight));
+    };
+    let f32 = weight
+        .to_dtype(DType::F32)
+        .ctx("quantizing a frozen weight")?;
+    let q =
+        QTensor::quantize_onto(&f32, kind, weight.device()).ctx("quantizing a frozen weight")?;
+    Ok(FrozenWeight::Quantized(std::sync::Arc::new(q)))
+}
+
 impl CausalLm {
     /// Load `dir` (config + weights) in `dtype`, adding fresh LoRA adapters per `lora`.
     pub fn load(
@@ -103,9 +132,22 @@ impl CausalLm {
         device: &Device,
         dtype: DType,
     ) -> Result<(Self, LoraSet), TrainError> {
+        Self::load_quantized(dir, lora, seed, device, dtype, None)
+    }
+
+    /// [`Self::load`] with the seven projections' frozen weights stored as `quant` (QLoRA);
+    /// embeddings, norms and `lm_head` stay in `dtype`.
+    pub fn load_quantized(
+        dir: &Path,
+        lora: Option<&LoraSpec>,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+        quant: Option<GgmlDType>,
+    ) -> Result<(Self, LoraSet), TrainError> {
         let cfg = Config::load(dir)?;
         let weights = Weights::load(dir, device, dtype)?;
-        Self::build(cfg, &weights, lora, seed, device, dtype)
+        Self::build(cfg, &weights, lora, seed, device, dtype, quant)
     }
 
     /// Build from a config and weights already loaded.
@@ -116,10 +158,12 @@ impl CausalLm {
         seed: u64,
         device: &Device,
         dtype: DType,
+        quant: Option<GgmlDType>,
     ) -> Result<(Self, LoraSet), TrainError> {
         let mut b = Builder {
             weights,
             lora,
+            quant,
             set: LoraSet::default(),
             seed,
             device,
