@@ -63,7 +63,18 @@ impl Database {
             return;
         };
         if cluster.adopted() {
-            match other_clients(&cluster.url("postgres")).await {
+            // A closed or killed client's backend lingers in pg_stat_activity until it notices:
+            // give those a moment to go, while a live worker's connections stay.
+            let url = cluster.url("postgres");
+            let mut clients = other_clients(&url).await;
+            for _ in 0..30 {
+                if !matches!(clients, Ok(n) if n > 0) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                clients = other_clients(&url).await;
+            }
+            match clients {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(

@@ -62,7 +62,7 @@ fn a_qlora_step_equals_the_step_on_the_dequantized_weights() {
         let weights = Weights::from_map(tensors);
         let cfg = Config::load(&model_dir).unwrap();
         let (d_model, d_lora) =
-            CausalLm::build(cfg, &weights, Some(&spec()), 3, &dev, DType::F32, None).unwrap();
+            CausalLm::build(cfg, &weights, Some(&spec()), 3, &dev, DType::F32).unwrap();
         let (q_loss, q_grads) = step(&q_model, &q_lora, dir.path());
         let (d_loss, d_grads) = step(&d_model, &d_lora, dir.path());
         assert!(

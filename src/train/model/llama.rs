@@ -6,9 +6,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::GgmlDType;
 
-use super::layers::{DropoutMasks, FrozenWeight, LayerDropout, Linear, RmsNorm};
+use super::layers::{DropoutMasks, LayerDropout, Linear, RmsNorm};
 use super::{Config, Weights, rope};
 use crate::train::lora::{LoraSet, LoraSpec};
 use crate::train::ops::{frozen_linear, softmax_last_dim};
@@ -65,7 +65,6 @@ pub struct CausalLm {
 struct Builder<'a> {
     weights: &'a Weights,
     lora: Option<&'a LoraSpec>,
-    quant: Option<GgmlDType>,
     set: LoraSet,
     seed: u64,
     device: &'a Device,
@@ -75,13 +74,13 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn linear(&mut self, module: &str, bias: bool) -> Result<Linear, TrainError> {
-        let weight = self.weights.get(&format!("{module}.weight"))?;
+        let weight = self.weights.frozen(&format!("{module}.weight"))?;
         let bias = if bias {
             Some(self.weights.get(&format!("{module}.bias"))?)
         } else {
             None
         };
-        let layer = Linear::new(frozen(weight, self.quant)?, bias);
+        let layer = Linear::new(weight, bias);
         let short = module.rsplit('.').next().unwrap_or(module);
         match self.lora {
             Some(spec) if spec.targets.iter().any(|t| t == short) => {
@@ -95,32 +94,6 @@ impl Builder<'_> {
             _ => Ok(layer),
         }
     }
-}
-
-/// The frozen weight of a projection: as loaded, or quantized to `quant` (QLoRA) when its rows
-/// split into that kind's blocks — q4_k rows that 256 does not divide take q5_0, as llama.cpp
-/// does; rows no candidate divides stay dense.
-fn frozen(weight: Tensor, quant: Option<GgmlDType>) -> Result<FrozenWeight, TrainError> {
-    let Some(kind) = quant else {
-        return Ok(FrozenWeight::Dense(weight));
-    };
-    let row = weight.dims().last().copied().unwrap_or(0);
-    let candidates = match kind {
-        GgmlDType::Q4K => vec![GgmlDType::Q4K, GgmlDType::Q5_0],
-        other => vec![other],
-    };
-    let Some(kind) = candidates
-        .into_iter()
-        .find(|k| row.is_multiple_of(k.block_size()))
-    else {
-        return Ok(FrozenWeight::Dense(weight));
-    };
-    let f32 = weight
-        .to_dtype(DType::F32)
-        .ctx("quantizing a frozen weight")?;
-    let q =
-        QTensor::quantize_onto(&f32, kind, weight.device()).ctx("quantizing a frozen weight")?;
-    Ok(FrozenWeight::Quantized(std::sync::Arc::new(q)))
 }
 
 impl CausalLm {
@@ -146,8 +119,8 @@ impl CausalLm {
         quant: Option<GgmlDType>,
     ) -> Result<(Self, LoraSet), TrainError> {
         let cfg = Config::load(dir)?;
-        let weights = Weights::load(dir, device, dtype)?;
-        Self::build(cfg, &weights, lora, seed, device, dtype, quant)
+        let weights = Weights::load_quantized(dir, device, dtype, quant)?;
+        Self::build(cfg, &weights, lora, seed, device, dtype)
     }
 
     /// Build from a config and weights already loaded.
@@ -158,12 +131,10 @@ impl CausalLm {
         seed: u64,
         device: &Device,
         dtype: DType,
-        quant: Option<GgmlDType>,
     ) -> Result<(Self, LoraSet), TrainError> {
         let mut b = Builder {
             weights,
             lora,
-            quant,
             set: LoraSet::default(),
             seed,
             device,
