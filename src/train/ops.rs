@@ -59,62 +59,43 @@ fn log_softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
 /// frozen weight a wasted weight-sized matmul and buffer per layer, a third of the compute and,
 /// without gradient checkpointing, a second copy of the model in memory.
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op1(FrozenLinear { weight: w.clone() })
-}
-
-struct FrozenLinear {
-    weight: Tensor,
-}
-
-impl CustomOp1 for FrozenLinear {
-    fn name(&self) -> &'static str {
-        "ferrotune-frozen-linear"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        cpu_graph_free(storage, layout, |x| x.matmul(&self.weight.t()?))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        storage: &candle_core::CudaStorage,
-        layout: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda_graph_free(storage, layout, |x| x.matmul(&self.weight.t()?))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.matmul(&self.weight)?))
-    }
+    x.apply_op1(FrozenLinear(Frozen::Dense(w.clone())))
 }
 
 /// `x · wᵀ` for a frozen weight stored quantized (ggml blocks, on `x`'s device): the weight is
 /// dequantized into a transient buffer for the forward pass and again for the input gradient in
 /// the backward pass, so only one layer's dense weight exists at a time. Differentiable in `x`.
 pub fn frozen_quantized_linear(x: &Tensor, w: &Arc<QTensor>) -> Result<Tensor> {
-    x.apply_op1(FrozenQuantizedLinear { weight: w.clone() })
+    x.apply_op1(FrozenLinear(Frozen::Quantized(w.clone())))
 }
 
-struct FrozenQuantizedLinear {
-    weight: Arc<QTensor>,
+enum Frozen {
+    Dense(Tensor),
+    Quantized(Arc<QTensor>),
 }
 
-impl FrozenQuantizedLinear {
-    fn dense(&self, like: &Tensor) -> Result<Tensor> {
-        self.weight
-            .dequantize(like.device())?
-            .to_dtype(like.dtype())
+struct FrozenLinear(Frozen);
+
+impl FrozenLinear {
+    /// The dense `[out, in]` weight in `like`'s dtype (dequantized afresh when stored quantized).
+    fn weight(&self, like: &Tensor) -> Result<Tensor> {
+        match &self.0 {
+            Frozen::Dense(w) => Ok(w.clone()),
+            Frozen::Quantized(q) => q.dequantize(like.device())?.to_dtype(like.dtype()),
+        }
     }
 }
 
-impl CustomOp1 for FrozenQuantizedLinear {
+impl CustomOp1 for FrozenLinear {
     fn name(&self) -> &'static str {
-        "ferrotune-frozen-quantized-linear"
+        match self.0 {
+            Frozen::Dense(_) => "ferrotune-frozen-linear",
+            Frozen::Quantized(_) => "ferrotune-frozen-quantized-linear",
+        }
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        cpu_graph_free(storage, layout, |x| x.matmul(&self.dense(x)?.t()?))
+        cpu_graph_free(storage, layout, |x| x.matmul(&self.weight(x)?.t()?))
     }
 
     #[cfg(feature = "cuda")]
@@ -123,11 +104,11 @@ impl CustomOp1 for FrozenQuantizedLinear {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda_graph_free(storage, layout, |x| x.matmul(&self.dense(x)?.t()?))
+        cuda_graph_free(storage, layout, |x| x.matmul(&self.weight(x)?.t()?))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.matmul(&self.dense(grad_res)?)?))
+        Ok(Some(grad_res.matmul(&self.weight(grad_res)?)?))
     }
 }
 

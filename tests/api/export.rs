@@ -21,22 +21,14 @@ fn trained(dir: &Path, arch: TinyArch) -> PathBuf {
     finish(&cfg).adapter_dir
 }
 
-fn ids() -> Tensor {
-    let ids: Vec<u32> = (0..10).map(|i| (i * 41 + 3) % 250).collect();
-    Tensor::new(ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap()
+/// Ten token ids every tiny vocabulary has.
+fn ids() -> Vec<u32> {
+    (0..10).map(|i| (i * 41 + 3) % 250).collect()
 }
 
-fn logits(model: &CausalLm) -> Tensor {
-    model
-        .forward(&ids(), &[vec![1; 10]], ForwardCtx::default())
-        .unwrap()
-}
-
-/// Logits of the base model with the adapter applied, as the trainer computes them.
-fn adapted_logits(model_dir: &Path, adapter: &Path) -> Tensor {
+/// f32 logits of the model in `model_dir` on `ids`, with the PEFT `adapter` applied (rank 8,
+/// alpha 32, all seven projections) as the trainer computes them.
+pub fn model_logits(model_dir: &Path, adapter: Option<&Path>, ids: &[u32]) -> Tensor {
     let spec = LoraSpec {
         rank: 8,
         alpha: 32.0,
@@ -45,16 +37,33 @@ fn adapted_logits(model_dir: &Path, adapter: &Path) -> Tensor {
             .map(String::from)
             .to_vec(),
     };
-    let (model, lora) =
-        CausalLm::load(model_dir, Some(&spec), 0, &Device::Cpu, DType::F32).unwrap();
-    lora.load_peft(&adapter.join("adapter_model.safetensors"), &Device::Cpu)
+    let (model, lora) = CausalLm::load(
+        model_dir,
+        adapter.map(|_| &spec),
+        0,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    if let Some(a) = adapter {
+        lora.load_peft(&a.join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    }
+    let input = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
         .unwrap();
-    logits(&model)
+    model
+        .forward(&input, &[vec![1; ids.len()]], ForwardCtx::default())
+        .unwrap()
+}
+
+fn adapted_logits(model_dir: &Path, adapter: &Path) -> Tensor {
+    model_logits(model_dir, Some(adapter), &ids())
 }
 
 fn plain_logits(model_dir: &Path) -> Tensor {
-    let (model, _) = CausalLm::load(model_dir, None, 0, &Device::Cpu, DType::F32).unwrap();
-    logits(&model)
+    model_logits(model_dir, None, &ids())
 }
 
 fn request(dir: &Path, adapter: &Path, format: ExportFormat, quant: Quant) -> ExportRequest {

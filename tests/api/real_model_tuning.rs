@@ -6,12 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use candle_core::{DType, Device, Tensor};
-use ferrotune::train::lora::LoraSpec;
-use ferrotune::train::model::{CausalLm, ForwardCtx};
+use candle_core::DType;
 use serde_json::{Value, json};
 
 use crate::binary::{free_port, serve, terminate, wait_healthy};
+use crate::export::model_logits;
 use crate::tensors::rel_err;
 
 fn examples(file: &str, n: usize) -> Vec<u8> {
@@ -55,30 +54,6 @@ fn find_adapter(dir: &Path) -> Option<PathBuf> {
         }
     }
     None
-}
-
-fn logits(dir: &Path, adapter: Option<&Path>, ids: &[u32]) -> Tensor {
-    let spec = LoraSpec {
-        rank: 8,
-        alpha: 32.0,
-        dropout: 0.0,
-        targets: ferrotune::domain::hyperparameters::LORA_MODULES
-            .map(String::from)
-            .to_vec(),
-    };
-    let (model, lora) =
-        CausalLm::load(dir, adapter.map(|_| &spec), 0, &Device::Cpu, DType::F32).unwrap();
-    if let Some(a) = adapter {
-        lora.load_peft(&a.join("adapter_model.safetensors"), &Device::Cpu)
-            .unwrap();
-    }
-    let input = Tensor::new(ids, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    model
-        .forward(&input, &[vec![1; ids.len()]], ForwardCtx::default())
-        .unwrap()
 }
 
 #[tokio::test]
@@ -205,9 +180,9 @@ async fn a_short_fine_tune_of_the_real_model_lowers_validation_loss_serves_and_e
         .iter()
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
-    let want = logits(&model_dir, Some(&adapter), &ids);
+    let want = model_logits(&model_dir, Some(&adapter), &ids);
     assert!(
-        rel_err(&logits(&model_dir, None, &ids), &want) > 1e-3,
+        rel_err(&model_logits(&model_dir, None, &ids), &want) > 1e-3,
         "the adapter changes the model"
     );
     for (query, tolerance) in [
@@ -228,14 +203,14 @@ async fn a_short_fine_tune_of_the_real_model_lowers_validation_loss_serves_and_e
         if query.starts_with("format=hf") {
             let gz = flate2::read::GzDecoder::new(bytes.as_ref());
             tar::Archive::new(gz).unpack(&out).unwrap();
-            let err = rel_err(&logits(&out.join("model"), None, &ids), &want);
+            let err = rel_err(&model_logits(&out.join("model"), None, &ids), &want);
             println!("{query}: relative error {err:.2e}");
             assert!(err < tolerance, "{query}: {err}");
         } else {
             let file = out.with_extension("gguf");
             std::fs::write(&file, &bytes).unwrap();
             ferrotune::model_dir::gguf::import(&file, &out, DType::F32).unwrap();
-            let err = rel_err(&logits(&out, None, &ids), &want);
+            let err = rel_err(&model_logits(&out, None, &ids), &want);
             println!("{query}: {} bytes, relative error {err:.2e}", bytes.len());
             assert!(err < tolerance, "{query}: {err}");
         }
