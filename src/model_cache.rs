@@ -109,7 +109,7 @@ pub fn entry(name: &str) -> Option<&'static CatalogueEntry> {
 pub fn pull(name: &str) -> Result<PathBuf, PullError> {
     let entry = entry(name).ok_or_else(|| PullError::Unknown(name.to_owned()))?;
     let dest = models_dir().join(entry.name);
-    if dest.join(crate::model_dir::CONFIG).exists() {
+    if is_ready(&dest) {
         return Ok(dest);
     }
     let parent = models_dir();
@@ -118,9 +118,10 @@ pub fn pull(name: &str) -> Result<PathBuf, PullError> {
     let lock_path = parent.join(format!(".{}.lock", entry.name));
     let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
     lock.lock().map_err(io(&lock_path))?;
-    if dest.join(crate::model_dir::CONFIG).exists() {
+    if is_ready(&dest) {
         return Ok(dest);
     }
+    remove_stale(&dest)?;
     let work = tempfile::Builder::new()
         .prefix(".pull-")
         .tempdir_in(&parent)
@@ -198,6 +199,27 @@ pub fn pull(name: &str) -> Result<PathBuf, PullError> {
     Ok(dest)
 }
 
+/// Whether the cache entry `dest` is complete and in the current import format.
+fn is_ready(dest: &Path) -> bool {
+    dest.join(crate::model_dir::CONFIG).exists()
+        && crate::model_dir::stored_blocks::is_current(dest)
+}
+
+/// Move an entry of an older import format out of the way (renamed first, so a reader never
+/// sees it half-deleted) before it is imported again.
+fn remove_stale(dest: &Path) -> Result<(), PullError> {
+    if !dest.exists() {
+        return Ok(());
+    }
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned());
+    let aside = dest.with_file_name(format!(".stale-{}", name.unwrap_or_default()));
+    let _ = std::fs::remove_dir_all(&aside);
+    std::fs::rename(dest, &aside).map_err(io(dest))?;
+    tracing::info!(dir = %dest.display(), "importing again: the cached copy predates the current format");
+    let _ = std::fs::remove_dir_all(&aside);
+    Ok(())
+}
+
 /// A Python that has pip: the machine's `python3`, else a venv made for pulls in the cache.
 fn python_with_pip(cache: &Path) -> Result<PathBuf, String> {
     let has_pip = |python: &Path| {
@@ -229,11 +251,12 @@ fn python_with_pip(cache: &Path) -> Result<PathBuf, String> {
 pub fn import_cached(file: &Path) -> Result<PathBuf, PullError> {
     let hash = remembered_sha256(file, &models_dir().join("gguf-hashes.json"))?;
     let dest = models_dir().join(format!("gguf-{}", &hash[..16]));
-    if dest.join(crate::model_dir::CONFIG).exists() {
+    if is_ready(&dest) {
         return Ok(dest);
     }
     let parent = models_dir();
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    remove_stale(&dest)?;
     tracing::info!(file = %file.display(), dir = %dest.display(), "importing GGUF");
     gguf::import(file, &dest, candle_core::DType::F32)?;
     Ok(dest)

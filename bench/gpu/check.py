@@ -14,10 +14,15 @@ Steps (each runs even when an earlier one failed; the table says which passed):
      the same run - and a profile of one micro-batch, forward vs forward + backward;
   4. serving: decode tokens/s of base and fine-tuned model and the adapter's hot-load time
      through mistral.rs on the GPU, and the tiny adapter's greedy recital of a trained answer;
-  5. memory on a 7B-class config (Llama-2-7B shapes) with the seed's defaults, while time allows.
+  5. memory on a 7B-class config (Llama-2-7B shapes) with the seed's defaults, while time allows,
+     bf16 and 4-bit NF4 (QLoRA; the goal is at most 10 GB);
+  6. QLoRA on the 1B-class model at seq 512 with checkpointing: ours in NF4 vs PyTorch + PEFT with
+     bitsandbytes NF4 (an empty reference column where bitsandbytes is not installed); compare
+     with step 3's bf16 row at the same settings (goal: 4-bit at least 0.8x our bf16 tok/s).
+     Runs before step 5.
 
 Environment: END_BY (seconds the whole check must end by), BUDGET_7B (start step 5 only before
-this many seconds, default 330), SKIP_SERVE=1, SKIP_7B=1, GCS_7B="true" (7B with checkpointing
+this many seconds, default 330), SKIP_SERVE=1, SKIP_7B=1, SKIP_QLORA=1, GCS_7B="true" (7B with checkpointing
 only), SEQS="512" (the 1B sequence lengths), PYTHON (the Python with torch, transformers and peft
 that generates the models and runs the reference; default: the one running this), WORK (scratch
 folder, default /tmp/ferrotune-gpu-check). Every command runs under `timeout`, capped by what is
@@ -288,27 +293,33 @@ class Check:
         self.row(f"2 learning | {verdict} | final loss {final or '?'} after 100 steps ({self.dt}), "
                  f"{get(learned, 'steady_tokens_per_s')} tok/s")
 
-    def speed_rows(self, size, seqs, gcs, reference, steps):
+    def speed_rows(self, size, seqs, gcs, reference, steps, qlora=False):
         """Train `size` at each sequence length, with checkpointing `gcs` ("false"/"true"), with
-        ferrotune and (where `reference`) PyTorch + PEFT; one row each."""
+        ferrotune and (where `reference`) PyTorch + PEFT; one row each. With `qlora` both sides
+        hold the base in 4-bit NF4 (ours: quantization_bit 4; theirs: bitsandbytes)."""
         w, key = self.w, self.mem_key
         for seq in seqs:
             for gc in gcs:
-                tag = f"{size}-{seq}-gc{gc}"
+                tag = f"{size}-{seq}-gc{gc}" + ("-nf4" if qlora else "")
                 config = train_config(w / f"{tag}.yaml", model_name_or_path=w / size, dataset=w / "long.json",
                                       num_train_epochs=1, cutoff_len=seq, gradient_checkpointing=gc,
-                                      logging_steps=1, device=self.dev, bf16=True, output_dir=w / f"run-{tag}")
+                                      logging_steps=1, device=self.dev, bf16=True, output_dir=w / f"run-{tag}",
+                                      quantization_bit=4 if qlora else None)
                 ours = self.measure([self.bin, "train", "--config", config], f"ours-{tag}", 240)
                 ref = ""
                 if reference:
                     flags = ["--device", self.dev.split(":")[0], "--attn", "sdpa", "--dtype", self.dt,
                              "--cutoff", seq, "--epochs", 1, "--threads", cores()]
                     flags += ["--gradient-checkpointing"] if gc == "true" else []
+                    flags += ["--load-in-4bit"] if qlora else []
                     ref = self.measure([self.py, "bench/train/reference.py", "--model", w / size,
                                         "--data", w / "long.json", *flags], f"ref-{tag}", 240)
                 o_tps, o_mem = get(ours, "median_step_tokens_per_s"), get(ours, key)
                 r_tps, r_mem = get(ref, "median_step_tokens_per_s"), get(ref, key)
-                self.row(f"3 {size} seq {seq} gc={gc} | {ratio(o_tps, r_tps)}x tok/s, {ratio(o_mem, r_mem)}x memory"
+                if "no_bitsandbytes=1" in ref:
+                    ref = ""
+                    print("no bitsandbytes on this machine: the 4-bit reference column is empty")
+                self.row(f"3 {size} seq {seq} gc={gc}{' nf4' if qlora else ''} | {ratio(o_tps, r_tps)}x tok/s, {ratio(o_mem, r_mem)}x memory"
                          f" | ours/PyTorch: tok/s {o_tps or '?'} / {r_tps or '-'}, {key} {o_mem or '?'} / {r_mem or '-'},"
                          f" loss after {steps} steps {final_loss(ours) or '?'} / {get(ref, 'final_loss') or '-'}")
 
@@ -364,6 +375,18 @@ class Check:
         self.long_data(2)
         if (self.w / "7b" / "config.json").is_file():
             self.speed_rows("7b", ["512"], env("GCS_7B", "false true").split(), reference=False, steps=2)
+            # QLoRA at the seed's defaults (checkpointing on): the goal is at most 10 GB.
+            self.speed_rows("7b", ["512"], ["true"], reference=False, steps=2, qlora=True)
+
+    def qlora(self):
+        """4-bit NF4 vs bf16 on the 1B-class model at the seed's defaults (cut-off 512,
+        checkpointing), ours vs PyTorch + PEFT + bitsandbytes where it is installed."""
+        if self.mode != "gpu" or env("SKIP_QLORA", "0") == "1":
+            print("skipped step 6 (QLoRA): " + ("cpu mode" if self.mode != "gpu" else "SKIP_QLORA=1"))
+            return
+        self.step(f"6. QLoRA: {self.big} Llama in NF4 vs bf16")
+        if (self.w / self.big / "config.json").is_file():
+            self.speed_rows(self.big, ["512"], ["true"], self.have_ref, self.steps, qlora=True)
 
     def table(self, path):
         self.step("table")
@@ -397,7 +420,8 @@ def main():
         binary = Path(args.bin or default_binary(mode, work)).resolve()
         borrow_cuda_libraries(binary, python)
         check = Check(started, mode, work, binary, python)
-        for part in [check.environment, check.agreement, check.learning, check.speed, check.serve, check.memory_7b]:
+        for part in [check.environment, check.agreement, check.learning, check.speed, check.serve, check.qlora,
+                     check.memory_7b]:
             try:
                 part()
             except Exception as e:  # a bug here must not cost the other steps

@@ -2,7 +2,9 @@
 model, the same examples rendered with the same ChatML template, the same LoRA targets, rank,
 batch, accumulation, cut-off and thread count as ferrotune's run. Prints steady-state tokens/s
 (after the first optimizer step), peak RSS (and peak GPU memory on CUDA) and the final loss as
-key=value lines. On a GPU: `--device cuda --dtype bf16 --attn sdpa [--gradient-checkpointing]`."""
+key=value lines. On a GPU: `--device cuda --dtype bf16 --attn sdpa [--gradient-checkpointing]`;
+`--load-in-4bit` loads the base with bitsandbytes NF4 (double-quantized, compute in --dtype), the
+QLoRA reference; without bitsandbytes it prints `no_bitsandbytes=1` and exits 3."""
 import argparse
 import json
 import math
@@ -39,6 +41,7 @@ def main():
     p.add_argument("--attn", default="eager", help="eager | sdpa")
     p.add_argument("--dropout", type=float, default=0.05)
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--load-in-4bit", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -49,7 +52,19 @@ def main():
     pad = tok.token_to_id("<|endoftext|>")
     records = json.load(open(args.data))
     samples = [encode(tok, r["instruction"], r["output"], args.cutoff) for r in records]
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation=args.attn).to(dev)
+    if args.load_in_4bit:
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError:
+            print("no_bitsandbytes=1")
+            sys.exit(3)
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation=args.attn,
+                                                     quantization_config=bnb, device_map={"": dev})
+    else:
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation=args.attn).to(dev)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -101,6 +101,13 @@ pub struct LlamaFactoryConfig {
     /// QLoRA: store the frozen projections in 4 or 8 bits.
     #[serde(deserialize_with = "number")]
     pub quantization_bit: Option<u32>,
+    /// `bitsandbytes` (LLaMA-Factory's default: then `quantization_type` says the format), or
+    /// one of ours: `nf4`, `q4_k`, `q4_0`, `q8_0`.
+    pub quantization_method: Option<String>,
+    /// With bitsandbytes 4-bit: `nf4` (the default; `fp4` is not supported).
+    pub quantization_type: Option<String>,
+    /// NF4's double quantization of the block scales (default on).
+    pub double_quantization: Option<bool>,
     /// Seed for init, shuffles and dropout.
     #[serde(deserialize_with = "number")]
     pub seed: Option<u64>,
@@ -199,9 +206,30 @@ impl LlamaFactoryConfig {
         );
         put("eval_max_new_tokens", self.max_new_tokens.map(Value::from));
         put("quantization_bit", self.quantization_bit.map(Value::from));
+        let method = self.quantization_format();
+        put("quantization_method", method.clone().map(Value::from));
+        let nf4 = self.quantization_bit.is_some_and(|b| b != 8) || method.is_some();
+        if nf4 && method.as_deref().is_none_or(|m| m == "nf4") {
+            put(
+                "double_quantization",
+                self.double_quantization.map(Value::from),
+            );
+        }
         let epochs = self.num_train_epochs.map(|e| e.ceil().max(1.0) as u64);
         put("n_epochs", epochs.map(Value::from));
         hp
+    }
+}
+
+impl LlamaFactoryConfig {
+    /// Our `quantization_method` for LLaMA-Factory's pair: bitsandbytes (its default) stands
+    /// for its `quantization_type` in 4 bits and for our 8-bit default in 8.
+    fn quantization_format(&self) -> Option<String> {
+        match self.quantization_method.as_deref() {
+            None | Some("bitsandbytes") if self.quantization_bit == Some(8) => None,
+            None | Some("bitsandbytes") => self.quantization_type.clone(),
+            Some(other) => Some(other.to_owned()),
+        }
     }
 }
 
@@ -312,5 +340,36 @@ mod tests {
         assert_eq!(unknown, ["deepspeed", "mystery"]);
         let targets = cfg.hyperparameters()["lora_target"].clone();
         assert_eq!(targets, serde_json::json!(["q_proj", "v_proj"]));
+    }
+
+    #[test]
+    fn bitsandbytes_quantization_maps_to_ours() {
+        let method = |text: &str| {
+            let hp = yaml(text).hyperparameters();
+            (
+                hp.get("quantization_method").cloned(),
+                hp.get("double_quantization").cloned(),
+            )
+        };
+        let s = |v: &str| Some(Value::from(v));
+        // LLaMA-Factory's defaults: bitsandbytes, nf4, double quantization.
+        let seed = "quantization_bit: 4\nquantization_method: bitsandbytes\n\
+                    quantization_type: nf4\ndouble_quantization: false\n";
+        assert_eq!(method(seed), (s("nf4"), Some(Value::from(false))));
+        assert_eq!(method("quantization_bit: 4\n"), (None, None));
+        assert_eq!(
+            method("quantization_bit: 8\ndouble_quantization: true\n"),
+            (None, None)
+        );
+        assert_eq!(
+            method("quantization_bit: 4\nquantization_method: q4_k\ndouble_quantization: true\n"),
+            (s("q4_k"), None)
+        );
+        // Formats we lack reach the API's validation, which names them.
+        assert_eq!(
+            method("quantization_bit: 4\nquantization_type: fp4\n").0,
+            s("fp4")
+        );
+        assert_eq!(method("quantization_method: hqq\n").0, s("hqq"));
     }
 }

@@ -119,14 +119,21 @@ pub struct Hyperparameters {
     /// QLoRA: store the frozen projections in 4 or 8 bits (LLaMA-Factory's `quantization_bit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization_bit: Option<u32>,
-    /// The block format of that storage (default: `q4_k` for 4 bits, `q8_0` for 8).
+    /// The format of that storage (default: `nf4` for 4 bits, `q8_0` for 8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization_method: Option<QuantizationMethod>,
+    /// With `nf4`: store the block scales in 8 bits too (QLoRA's double quantization; default
+    /// on, as in LLaMA-Factory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub double_quantization: Option<bool>,
 }
 
-/// How QLoRA stores frozen weights: ggml block formats.
+/// How QLoRA stores frozen weights: NF4 or a ggml block format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QuantizationMethod {
+    /// QLoRA's NormalFloat-4, blocks of 64 with an absmax scale.
+    #[serde(rename = "nf4")]
+    Nf4,
     /// 4-bit blocks of 32 with one scale.
     #[serde(rename = "q4_0")]
     Q4_0,
@@ -142,7 +149,7 @@ impl QuantizationMethod {
     /// Bits per weight of the codes.
     pub fn bits(self) -> u32 {
         match self {
-            Self::Q4_0 | Self::Q4K => 4,
+            Self::Nf4 | Self::Q4_0 | Self::Q4K => 4,
             Self::Q8_0 => 8,
         }
     }
@@ -154,7 +161,7 @@ impl Hyperparameters {
         match (self.quantization_bit, self.quantization_method) {
             (_, Some(m)) => Some(m),
             (Some(8), None) => Some(QuantizationMethod::Q8_0),
-            (Some(_), None) => Some(QuantizationMethod::Q4K),
+            (Some(_), None) => Some(QuantizationMethod::Nf4),
             (None, None) => None,
         }
     }
@@ -195,6 +202,7 @@ impl Default for Hyperparameters {
             eval_max_new_tokens: default_eval_tokens(),
             quantization_bit: None,
             quantization_method: None,
+            double_quantization: None,
         }
     }
 }
@@ -248,6 +256,7 @@ impl Hyperparameters {
                     self.quantization_bit = Some(bits);
                 }
                 "quantization_method" => self.quantization_method = Some(f.method(key)?),
+                "double_quantization" => self.double_quantization = Some(f.boolean(key)?),
                 other => {
                     return Err(DomainError::invalid(
                         format!("{prefix}.{other}"),
@@ -255,6 +264,16 @@ impl Hyperparameters {
                     ));
                 }
             }
+        }
+        if self.double_quantization.is_some()
+            && self
+                .quantization()
+                .is_some_and(|m| m != QuantizationMethod::Nf4)
+        {
+            return Err(DomainError::invalid(
+                format!("{prefix}.double_quantization"),
+                "double_quantization applies to quantization_method nf4 only".to_owned(),
+            ));
         }
         if let (Some(bits), Some(m)) = (self.quantization_bit, self.quantization_method)
             && bits != m.bits()
@@ -389,17 +408,10 @@ impl Fields<'_> {
     }
 
     fn method(&self, key: &str) -> Result<QuantizationMethod, DomainError> {
-        let raw = self.map[key].as_str().unwrap_or_default();
-        if raw == "nf4" {
-            return Err(self.err(
-                key,
-                "quantization_method nf4 is not supported yet; use q4_k, q4_0 or q8_0".into(),
-            ));
-        }
         serde_json::from_value(self.map[key].clone()).map_err(|_| {
             self.err(
                 key,
-                "quantization_method must be one of q4_k, q4_0, q8_0".into(),
+                "quantization_method must be one of nf4, q4_k, q4_0, q8_0".into(),
             )
         })
     }
@@ -477,8 +489,16 @@ mod tests {
             (json!({"quantization_bit": 6}), "h.quantization_bit"),
             (json!({"quantization_bit": "4"}), "h.quantization_bit"),
             (
-                json!({"quantization_method": "nf4"}),
+                json!({"quantization_bit": 8, "quantization_method": "nf4"}),
                 "h.quantization_method",
+            ),
+            (
+                json!({"quantization_method": "q4_k", "double_quantization": true}),
+                "h.double_quantization",
+            ),
+            (
+                json!({"quantization_bit": 4, "double_quantization": "yes"}),
+                "h.double_quantization",
             ),
             (
                 json!({"quantization_method": "gptq"}),
@@ -493,6 +513,20 @@ mod tests {
             let err = Hyperparameters::default().apply(&input, "h").unwrap_err();
             assert_eq!(err.param.as_deref(), Some(param), "{input}");
         }
+    }
+
+    #[test]
+    fn four_bits_default_to_nf4_and_eight_to_q8_0() {
+        let hp = |v| Hyperparameters::default().apply(&v, "h").unwrap();
+        let four = hp(json!({"quantization_bit": 4}));
+        assert_eq!(four.quantization(), Some(QuantizationMethod::Nf4));
+        assert_eq!(
+            hp(json!({"quantization_bit": 8})).quantization(),
+            Some(QuantizationMethod::Q8_0)
+        );
+        let plain = hp(json!({"quantization_bit": 4, "double_quantization": false}));
+        assert_eq!(plain.double_quantization, Some(false));
+        assert_eq!(Hyperparameters::default().quantization(), None);
     }
 
     #[test]

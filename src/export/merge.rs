@@ -14,6 +14,11 @@ pub fn merged_weights(
     base: &Path,
     adapter: Option<&Path>,
 ) -> Result<HashMap<String, Tensor>, ExportError> {
+    // An adapter trained on a quantized base (QLoRA) merges into the weights it saw.
+    let stored = match adapter {
+        Some(dir) => crate::train::quant::record::read(dir).map_err(ExportError::Input)?,
+        None => None,
+    };
     let mut weights = HashMap::new();
     for file in
         crate::model_dir::weight_files(base).map_err(|e| ExportError::Input(e.to_string()))?
@@ -21,7 +26,11 @@ pub fn merged_weights(
         let tensors = candle_core::safetensors::load(&file, &Device::Cpu)
             .map_err(|e| ExportError::Input(format!("{}: {e}", file.display())))?;
         for (name, t) in tensors {
-            let t = t.to_dtype(DType::F32).map_err(tensor_err(&name))?;
+            let t = match stored {
+                Some(how) => crate::train::quant::round_trip(&name, &t, how),
+                None => t.to_dtype(DType::F32),
+            }
+            .map_err(tensor_err(&name))?;
             weights.insert(name, t);
         }
     }

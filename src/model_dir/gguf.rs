@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::stored_blocks;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
@@ -142,24 +143,32 @@ pub fn import(gguf: &Path, out: &Path, dtype: DType) -> Result<Imported, GgufErr
         .usize(&format!("{arch}.attention.head_count_kv"))
         .unwrap_or(heads);
     let mut tensors = HashMap::new();
+    let mut blocks = Vec::new();
     let mut parameters = 0;
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for name in names {
-        let q = content
+        let mut q = content
             .tensor(&mut file, name, &Device::Cpu)
             .map_err(|e| unreadable(format!("tensor {name}: {e}")))?;
-        let mut t = q
+        let permuted_heads = match name {
+            n if arch == "llama" && n.ends_with("attn_q.weight") => Some(heads),
+            n if arch == "llama" && n.ends_with("attn_k.weight") => Some(kv_heads),
+            _ => None,
+        };
+        if let Some(h) = permuted_heads {
+            q = stored_blocks::unpermute_rows(&q, h)
+                .map_err(|e| unreadable(format!("{name}: {e}")))?;
+        }
+        let t = q
             .dequantize(&Device::Cpu)
             .map_err(|e| unreadable(format!("tensor {name}: {e}")))?;
-        if arch == "llama" && name.ends_with("attn_q.weight") {
-            t = unpermute(&t, heads).map_err(|e| unreadable(format!("{name}: {e}")))?;
-        } else if arch == "llama" && name.ends_with("attn_k.weight") {
-            t = unpermute(&t, kv_heads).map_err(|e| unreadable(format!("{name}: {e}")))?;
-        }
         let Some(hf) = hf_name(name) else {
             continue; // e.g. rope_freqs: recomputed from the config
         };
+        if stored_blocks::is_blocks(q.dtype()) && crate::train::quant::is_projection(&hf) {
+            blocks.push((hf.clone(), q));
+        }
         parameters += t.elem_count();
         let t = t
             .to_dtype(dtype)
@@ -173,6 +182,7 @@ pub fn import(gguf: &Path, out: &Path, dtype: DType) -> Result<Imported, GgufErr
         tokenizer: tokenizer(&meta, &tokens)?,
         config,
         tensors,
+        blocks,
         meta: &meta,
         tokens: &tokens,
     };
@@ -390,6 +400,8 @@ fn byte_level_bpe(meta: &Meta, tokens: &[String]) -> Result<Tokenizer, GgufError
 struct Files<'a> {
     config: serde_json::Value,
     tensors: HashMap<String, Tensor>,
+    /// Quantized projections in their original blocks.
+    blocks: Vec<(String, candle_core::quantized::QTensor)>,
     tokenizer: Tokenizer,
     meta: &'a Meta<'a>,
     tokens: &'a [String],
@@ -418,6 +430,7 @@ fn write_files(dir: &Path, files: &Files) -> Result<(), GgufError> {
     let Files {
         config,
         tensors,
+        blocks,
         tokenizer,
         meta,
         tokens,
@@ -459,5 +472,6 @@ fn write_files(dir: &Path, files: &Files) -> Result<(), GgufError> {
     let path = dir.join(super::TOKENIZER);
     tokenizer.save(&path, false).map_err(|e| fail(&path, &e))?;
     let path = dir.join(super::SINGLE_WEIGHTS);
-    candle_core::safetensors::save(tensors, &path).map_err(|e| fail(&path, &e))
+    candle_core::safetensors::save(tensors, &path).map_err(|e| fail(&path, &e))?;
+    stored_blocks::write(dir, blocks).map_err(|e| fail(&dir.join(stored_blocks::FILE), &e))
 }

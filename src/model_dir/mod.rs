@@ -4,6 +4,7 @@
 
 pub mod gguf;
 mod spm;
+pub mod stored_blocks;
 
 use std::path::{Path, PathBuf};
 

@@ -35,6 +35,18 @@ pub fn load_with_adapter(
     })
 }
 
+/// The weight files to merge the adapter into: the base's own, or — for an adapter trained on a
+/// quantized base (QLoRA) — the base as that quantization left it, so the served model is the
+/// one that was trained.
+fn base_weights(base_dir: &Path, adapter_dir: &Path) -> Result<Vec<std::path::PathBuf>, String> {
+    match crate::train::quant::record::read(adapter_dir)? {
+        Some(how) => crate::train::quant::derived::dequantized_base(base_dir, how)
+            .map(|file| vec![file])
+            .map_err(|e| e.to_string()),
+        None => model_dir::weight_files(base_dir).map_err(|e| e.to_string()),
+    }
+}
+
 fn load_inner(
     base_dir: &Path,
     adapter_dir: &Path,
@@ -61,7 +73,7 @@ fn load_inner(
         base_dir.join(model_dir::TOKENIZER),
         base_dir.join(model_dir::CONFIG),
         base_dir.join(model_dir::TOKENIZER_CONFIG),
-        model_dir::weight_files(base_dir).map_err(|e| e.to_string())?,
+        base_weights(base_dir, adapter_dir)?,
         AdapterPaths::Lora(vec![LoraAdapterPaths {
             lora_config,
             adapter_path: adapter_dir.join("adapter_model.safetensors"),

@@ -7,6 +7,7 @@
 //! - [`tiny`]: `model init-tiny`, a deterministic tiny model in Hugging Face layout.
 //! - [`template`] + [`data`]: chat templates, label masks, truncation, batches.
 //! - [`ops`]: softmax and log-softmax that keep only their output for the backward pass.
+//! - [`quant`]: QLoRA storage of the frozen projections (ggml blocks, NF4), dequantized per use.
 //! - [`optim`]: AdamW, gradient clipping, learning-rate schedules.
 //! - [`step`]: one micro-batch's forward and backward, optionally with gradient checkpointing.
 //! - [`run`]: the training loop, metrics, checkpoints, pause/resume state.
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod quant;
 pub mod report;
 pub mod rng;
 pub mod run;

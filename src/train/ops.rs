@@ -9,12 +9,11 @@
 //! and differentiate analytically from their output, in f32:
 //! softmax `dx = y ⊙ (dy − Σ dy ⊙ y)`; log-softmax `dx = dy − exp(y) Σ dy`.
 
-use std::sync::Arc;
-
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
-use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Storage, Tensor};
+
+use super::quant::QuantizedWeight;
 
 /// `softmax(x)` over the last dimension (f32 accumulation, output in `x`'s dtype).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -62,16 +61,16 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.apply_op1(FrozenLinear(Frozen::Dense(w.clone())))
 }
 
-/// `x · wᵀ` for a frozen weight stored quantized (ggml blocks, on `x`'s device): the weight is
+/// `x · wᵀ` for a frozen weight stored quantized (on `x`'s device): the weight is
 /// dequantized into a transient buffer for the forward pass and again for the input gradient in
 /// the backward pass, so only one layer's dense weight exists at a time. Differentiable in `x`.
-pub fn frozen_quantized_linear(x: &Tensor, w: &Arc<QTensor>) -> Result<Tensor> {
+pub fn frozen_quantized_linear(x: &Tensor, w: &QuantizedWeight) -> Result<Tensor> {
     x.apply_op1(FrozenLinear(Frozen::Quantized(w.clone())))
 }
 
 enum Frozen {
     Dense(Tensor),
-    Quantized(Arc<QTensor>),
+    Quantized(QuantizedWeight),
 }
 
 struct FrozenLinear(Frozen);
@@ -81,7 +80,7 @@ impl FrozenLinear {
     fn weight(&self, like: &Tensor) -> Result<Tensor> {
         match &self.0 {
             Frozen::Dense(w) => Ok(w.clone()),
-            Frozen::Quantized(q) => q.dequantize(like.device())?.to_dtype(like.dtype()),
+            Frozen::Quantized(q) => q.dequantize(like.device(), like.dtype()),
         }
     }
 }

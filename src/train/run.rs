@@ -17,14 +17,14 @@ use super::gpu_memory;
 use super::lora::{LoraSet, LoraSpec};
 use super::loss::causal_lm_loss;
 pub use super::metrics::MetricsRow;
-use super::model::{CausalLm, ForwardCtx};
+use super::model::{CausalLm, Config, ForwardCtx, Weights};
 use super::optim::{AdamW, clip_grad_norm, learning_rate};
+use super::quant::{self, Storage};
 use super::step::loss_and_grads;
 use super::template::{ChatTemplate, read_tokenizer_config};
 use super::{TensorContext, TrainError, io_err};
 use crate::domain::dataset::Example;
-use crate::domain::hyperparameters::{Hyperparameters, QuantizationMethod};
-use candle_core::quantized::GgmlDType;
+use crate::domain::hyperparameters::Hyperparameters;
 use tokenizers::Tokenizer;
 
 /// What to train.
@@ -186,21 +186,20 @@ pub fn train_until(
         dropout: hp.lora_dropout,
         targets: hp.lora_target.clone(),
     };
-    let quant = hp.quantization().map(ggml_kind);
-    let (model, lora) = CausalLm::load_quantized(
-        &cfg.model_dir,
+    let storage = Storage::for_run(&cfg.model_dir, hp);
+    let weights = Weights::load_stored(&cfg.model_dir, &cfg.device, cfg.dtype, storage)?;
+    let summary = weights.quantized_summary().unwrap_or_default();
+    let (model, lora) = CausalLm::build(
+        Config::load(&cfg.model_dir)?,
+        &weights,
         Some(&spec),
         cfg.seed,
         &cfg.device,
         cfg.dtype,
-        quant,
     )?;
-    if let Some(kind) = quant {
-        on(Update::Message(format!(
-            "QLoRA: the frozen projections are stored as {kind:?} and dequantized per use; \
-             embeddings, norms and lm_head stay {:?}",
-            cfg.dtype
-        )));
+    drop(weights);
+    if let Some(text) = quant::describe(storage, &summary, cfg.dtype) {
+        on(Update::Message(text));
     }
     let mut opt = AdamW::new(lora.vars(), hp.weight_decay)?;
     let bs = p.resolved.batch_size as usize;
@@ -478,13 +477,16 @@ fn take<T>(items: &mut Vec<T>, held: &std::collections::HashSet<usize>) -> Vec<T
     out.into_iter().map(|(_, x)| x).collect()
 }
 
-/// candle's block format for a QLoRA storage method.
-fn ggml_kind(m: QuantizationMethod) -> GgmlDType {
-    match m {
-        QuantizationMethod::Q4_0 => GgmlDType::Q4_0,
-        QuantizationMethod::Q4K => GgmlDType::Q4K,
-        QuantizationMethod::Q8_0 => GgmlDType::Q8_0,
-    }
+/// The adapter in PEFT format, with a record of how its frozen base was stored.
+fn save_adapter(
+    cfg: &RunConfig,
+    lora: &LoraSet,
+    dir: &Path,
+    spec: &LoraSpec,
+) -> Result<(), TrainError> {
+    lora.save_peft(dir, spec, &cfg.base_model_name)?;
+    let storage = Storage::for_run(&cfg.model_dir, &cfg.hyperparameters);
+    quant::record::write(dir, storage).map_err(io_err(dir))
 }
 
 /// Greedy answers of `model` to every evaluation prompt.
@@ -518,14 +520,14 @@ fn base_answers(
     let answers = if step == 0 {
         answer_all(cfg, p, model)?
     } else {
-        let quant = cfg.hyperparameters.quantization().map(ggml_kind);
-        let (base, _) = CausalLm::load_quantized(
+        let storage = Storage::for_run(&cfg.model_dir, &cfg.hyperparameters);
+        let (base, _) = CausalLm::load_stored(
             &cfg.model_dir,
             None,
             cfg.seed,
             &cfg.device,
             cfg.dtype,
-            quant,
+            storage,
         )?;
         answer_all(cfg, p, &base)?
     };
@@ -570,7 +572,7 @@ fn save_checkpoint(
     on: &mut dyn FnMut(Update),
 ) -> Result<(), TrainError> {
     let dir = checkpoint_dir(&cfg.output_dir, st.step);
-    lora.save_peft(&dir, spec, &cfg.base_model_name)?;
+    save_adapter(cfg, lora, &dir, spec)?;
     st.checkpoints.push(st.step);
     on(Update::Checkpoint {
         step: st.step,
@@ -603,7 +605,7 @@ fn finish(
     evaluation: Option<(Vec<EvalRecord>, GenerationMetrics)>,
 ) -> Result<RunOutcome, TrainError> {
     let adapter_dir = cfg.output_dir.join("adapter");
-    lora.save_peft(&adapter_dir, spec, &cfg.base_model_name)?;
+    save_adapter(cfg, lora, &adapter_dir, spec)?;
     let results = cfg.output_dir.join("results");
     std::fs::create_dir_all(&results).map_err(io_err(&results))?;
     let metrics_csv = results.join("metrics.csv");

@@ -8,10 +8,22 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use ferrotune::model_dir::gguf::{self as gguf, GgufError, gguf_name, hf_name, permute};
+use ferrotune::train::quant::Storage;
 use ferrotune::train::tiny::{TinyArch, init_tiny};
 
 /// Write the tiny model in `dir` as a GGUF file with `arch`, without the metadata `drop_key`.
 fn write_gguf(dir: &Path, out: &Path, arch: &str, drop_key: Option<&str>) {
+    write_gguf_as(dir, out, arch, drop_key, &|_, _| GgmlDType::F32);
+}
+
+/// [`write_gguf`] with each tensor stored as `kind(name, tensor)` says.
+fn write_gguf_as(
+    dir: &Path,
+    out: &Path,
+    arch: &str,
+    drop_key: Option<&str>,
+    kind: &dyn Fn(&str, &Tensor) -> GgmlDType,
+) {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
@@ -54,7 +66,7 @@ fn write_gguf(dir: &Path, out: &Path, arch: &str, drop_key: Option<&str>) {
     }
     let weights =
         candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
-    write_file(&config, weights, &meta, out);
+    write_file_as(&config, weights, &meta, out, kind);
 }
 
 /// The `llama.*` metadata of a tiny model's config, under `general.architecture = arch`.
@@ -90,6 +102,16 @@ pub fn write_file(
     meta: &[(String, Value)],
     out: &Path,
 ) {
+    write_file_as(config, weights, meta, out, &|_, _| GgmlDType::F32);
+}
+
+fn write_file_as(
+    config: &serde_json::Value,
+    weights: std::collections::HashMap<String, Tensor>,
+    meta: &[(String, Value)],
+    out: &Path,
+    kind: &dyn Fn(&str, &Tensor) -> GgmlDType,
+) {
     let heads = config["num_attention_heads"].as_u64().unwrap() as usize;
     let kv_heads = config["num_key_value_heads"].as_u64().unwrap() as usize;
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
@@ -103,7 +125,7 @@ pub fn write_file(
         };
         tensors.push((
             gguf_name(name).unwrap(),
-            QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+            QTensor::quantize(&t, kind(name, &t)).unwrap(),
         ));
     }
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -216,4 +238,59 @@ fn bad_gguf_files_are_clear_errors_and_leave_no_model_dir() {
     let existing = tmp.path().join("tiny");
     let err = gguf::import(&good, &existing, DType::F32).unwrap_err();
     assert!(matches!(err, GgufError::Unsupported(_)), "{err}");
+}
+
+#[test]
+fn a_quantized_gguf_trains_on_its_stored_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    crate::train_loop::setup(tmp.path(), TinyArch::Llama);
+    let file = tmp.path().join("q8.gguf");
+    // Projections in q8_0 where the rows split into its blocks of 32 (not down_proj's 176).
+    let q8 = |name: &str, t: &Tensor| {
+        if name.ends_with("_proj.weight") && t.dims()[1].is_multiple_of(32) {
+            GgmlDType::Q8_0
+        } else {
+            GgmlDType::F32
+        }
+    };
+    write_gguf_as(&tmp.path().join("model"), &file, "llama", None, &q8);
+    let dir = tmp.path().join("imported");
+    gguf::import(&file, &dir, DType::F32).unwrap();
+    let stored = ferrotune::model_dir::stored_blocks::read(&dir, &Device::Cpu).unwrap();
+    // 2 layers × (q, k, v, o, gate, up).
+    assert_eq!(stored.len(), 12);
+    assert!(stored.iter().all(|(_, q)| q.dtype() == GgmlDType::Q8_0));
+    assert_eq!(Storage::for_model(&dir, None), Storage::StoredBlocks);
+    // The blocks are exactly the dequantized weights the directory holds (q/k unpermuted).
+    let dense =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    for (name, q) in &stored {
+        assert_eq!(
+            max_diff(&q.dequantize(&Device::Cpu).unwrap(), &dense[name]),
+            0.0,
+            "{name}"
+        );
+    }
+    // A run says so and trains to the end.
+    let mut cfg = crate::train_loop::config(tmp.path(), 1, 1e-3);
+    cfg.model_dir = dir.clone();
+    let mut messages = Vec::new();
+    let end = ferrotune::train::run::train(&cfg, &|| false, &mut |u| {
+        if let ferrotune::train::run::Update::Message(m) = u {
+            messages.push(m);
+        }
+    })
+    .unwrap();
+    assert!(matches!(end, ferrotune::train::run::RunEnd::Finished(_)));
+    let said = messages
+        .iter()
+        .find(|m| m.starts_with("QLoRA: training on the GGUF's stored blocks"))
+        .unwrap_or_else(|| panic!("{messages:?}"));
+    assert!(said.contains("12 projections in q8_0"), "{said}");
+    // Asking for a quantization requantizes instead.
+    let nf4 = Some(ferrotune::train::quant::Quantization::Nf4 { double: true });
+    assert!(matches!(
+        Storage::for_model(&dir, nf4),
+        Storage::Quantize(_)
+    ));
 }

@@ -1,16 +1,22 @@
 //! The real model end to end through `ferrotune serve`: a 20-step fine-tune of SmolLM2 on 12
-//! health examples lowers the validation loss and scores base vs fine-tuned answers, the result
-//! is served, and its exports (a Hugging Face directory, GGUF q8_0 and q4_k) import back to the
+//! health examples — on the GGUF's stored Q4_1 blocks, QLoRA without requantizing — lowers the
+//! validation loss and scores base vs fine-tuned answers, the result is served with the greedy
+//! answers the trainer predicts for three prompts, and its exports (a Hugging Face directory, GGUF q8_0 and q4_k) import back to the
 //! fine-tuned model's logits within each format's precision.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use candle_core::DType;
+use candle_core::{DType, Device};
+use ferrotune::train::generate::Prompter;
+use ferrotune::train::model::CausalLm;
+use ferrotune::train::quant::Storage;
+use ferrotune::train::template::ChatTemplate;
 use serde_json::{Value, json};
 
 use crate::binary::{free_port, serve, terminate, wait_healthy};
 use crate::export::model_logits;
+use crate::qlora::{find_adapter, spec_of, user};
 use crate::tensors::rel_err;
 
 fn examples(file: &str, n: usize) -> Vec<u8> {
@@ -38,22 +44,6 @@ async fn upload(client: &reqwest::Client, base: &str, name: &str, bytes: Vec<u8>
         .await
         .unwrap();
     file["id"].as_str().unwrap().to_owned()
-}
-
-/// The adapter directory the job wrote under the server's data directory.
-fn find_adapter(dir: &Path) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        if path.ends_with("adapter") && path.join("adapter_model.safetensors").exists() {
-            return Some(path);
-        }
-        if path.is_dir()
-            && let Some(found) = find_adapter(&path)
-        {
-            return Some(found);
-        }
-    }
-    None
 }
 
 #[tokio::test]
@@ -132,6 +122,13 @@ async fn a_short_fine_tune_of_the_real_model_lowers_validation_loss_serves_and_e
         .json()
         .await
         .unwrap();
+    // SmolLM2's GGUF stores its projections in Q4_1: the job trains on those blocks.
+    let stored = events["data"].as_array().unwrap().iter().any(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("QLoRA: training on the GGUF's stored blocks"))
+    });
+    assert!(stored, "{events}");
     let metrics: Vec<&Value> = events["data"]
         .as_array()
         .unwrap()
@@ -172,8 +169,48 @@ async fn a_short_fine_tune_of_the_real_model_lowers_validation_loss_serves_and_e
     println!("fine-tuned answer: {answer:?}");
     assert!(!answer.trim().is_empty(), "{chat}");
 
-    // Exports import back to the fine-tuned model.
+    // Served over the weights it trained on: mistral.rs's greedy answers are the trainer's.
     let adapter = find_adapter(&data.path().join("data")).expect("the job's adapter");
+    let (tuned, lora) = CausalLm::load_stored(
+        &model_dir,
+        Some(&spec_of(&adapter)),
+        0,
+        &Device::Cpu,
+        DType::F32,
+        Storage::StoredBlocks,
+    )
+    .unwrap();
+    lora.load_peft(&adapter.join("adapter_model.safetensors"), &Device::Cpu)
+        .unwrap();
+    let tok = ferrotune::train::data::load_tokenizer(&model_dir).unwrap();
+    let template = ChatTemplate::from_model_dir(&model_dir).unwrap();
+    let prompter = Prompter::new(&tok, &template).with_generation_config(&model_dir);
+    for question in [
+        "What should I do for a mild headache?",
+        "How much water should I drink a day?",
+        "Is it safe to exercise with a cold?",
+    ] {
+        let ours = prompter
+            .answer(&tuned, &[user(question)], None, 256, 24)
+            .unwrap();
+        let chat: Value = client
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&json!({"model": model, "temperature": 0, "max_tokens": 24,
+                          "messages": [{"role": "user", "content": question}]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            chat["choices"][0]["message"]["content"],
+            ours.as_str(),
+            "{question}"
+        );
+    }
+
+    // Exports import back to the fine-tuned model.
     let ids: Vec<u32> = crate::real_model::reference()["prompt_ids"][1]
         .as_array()
         .unwrap()

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use ferrotune::train::lora::LoraSpec;
 use ferrotune::train::loss::causal_lm_loss;
 use ferrotune::train::model::{CausalLm, ForwardCtx};
+use ferrotune::train::quant::{self, Quantization, Storage};
 
 use crate::tensors::rel_err;
 
@@ -35,10 +36,9 @@ fn fixture_batch(
     (expected, ids, mask)
 }
 
-fn check(arch: &str) {
-    let dir = fixture(arch);
-    let dev = Device::Cpu;
-    let spec = LoraSpec {
+/// The fixtures' adapter: rank 4, alpha 8, all seven projections.
+fn fixture_spec() -> LoraSpec {
+    LoraSpec {
         rank: 4,
         alpha: 8.0,
         dropout: 0.0,
@@ -53,7 +53,13 @@ fn check(arch: &str) {
         ]
         .map(String::from)
         .to_vec(),
-    };
+    }
+}
+
+fn check(arch: &str) {
+    let dir = fixture(arch);
+    let dev = Device::Cpu;
+    let spec = fixture_spec();
     let (model, lora) =
         CausalLm::load(&dir.join("model"), Some(&spec), 0, &dev, DType::F32).unwrap();
     lora.load_peft(&dir.join("adapter/adapter_model.safetensors"), &dev)
@@ -140,4 +146,47 @@ fn llama_with_lora_matches_pytorch_peft() {
 #[test]
 fn qwen2_with_lora_matches_pytorch_peft() {
     check("qwen2");
+}
+
+/// QLoRA against PEFT: the fixture adapter over the base stored in NF4 (double-quantized scales)
+/// gives the logits PEFT gives over that base dequantized — the weights serving merges into —
+/// and our round trip is the one `scripts/parity/qlora_reference.py` computes independently.
+#[test]
+fn a_qlora_adapter_matches_pytorch_peft_over_the_dequantized_base() {
+    let dir = fixture("llama");
+    let dev = Device::Cpu;
+    let how = Quantization::Nf4 { double: true };
+    let (model, lora) = CausalLm::load_stored(
+        &dir.join("model"),
+        Some(&fixture_spec()),
+        0,
+        &dev,
+        DType::F32,
+        Storage::Quantize(how),
+    )
+    .unwrap();
+    lora.load_peft(&dir.join("adapter/adapter_model.safetensors"), &dev)
+        .unwrap();
+    let reference: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("qlora_nf4.safetensors"), &dev).unwrap();
+    let (expected, ids, mask) = fixture_batch(&dir, &dev);
+    let logits = model.forward(&ids, &mask, ForwardCtx::default()).unwrap();
+    let err = rel_err(&logits, &reference["logits"]);
+    eprintln!("QLoRA nf4: logits relative error {err:.2e} against PEFT");
+    assert!(err <= 1e-4, "logits relative error {err}");
+    // Quantization mattered: the dense base's logits are elsewhere.
+    assert!(rel_err(&expected["logits"], &reference["logits"]) > 1e-3);
+    let base: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("model/model.safetensors"), &dev).unwrap();
+    let mut checked = 0;
+    for (key, want) in &reference {
+        let Some(name) = key.strip_prefix("dequantized.") else {
+            continue;
+        };
+        let ours = quant::round_trip(name, &base[name], how).unwrap();
+        let err = rel_err(&ours, want);
+        assert!(err <= 1e-6, "{name}: round trip differs by {err}");
+        checked += 1;
+    }
+    assert_eq!(checked, 7);
 }

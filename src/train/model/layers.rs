@@ -1,13 +1,11 @@
 //! Building blocks: RMSNorm (Zhang & Sennrich, arXiv:1910.07467) and linear layers that may carry
 //! a LoRA adapter. Differentiable ops only.
 
-use std::sync::Arc;
-
-use candle_core::quantized::QTensor;
 use candle_core::{D, DType, Device, Result, Tensor};
 
 use crate::train::lora::AdapterVars;
 use crate::train::ops::{frozen_linear, frozen_quantized_linear};
+use crate::train::quant::QuantizedWeight;
 use crate::train::rng::{self, purpose};
 
 /// Root-mean-square normalisation, computed in f32.
@@ -102,12 +100,12 @@ fn device_keep_flags(shape: (usize, usize), keep: f32, device: &Device) -> Resul
         .to_dtype(DType::U8)
 }
 
-/// A frozen weight: dense in the compute dtype, or quantized (QLoRA) in ggml blocks.
+/// A frozen weight: dense in the compute dtype, or quantized (QLoRA).
 pub enum FrozenWeight {
     /// `[out, in]` in the compute dtype.
     Dense(Tensor),
-    /// `[out, in]` in ggml blocks on the device, dequantized per use.
-    Quantized(Arc<QTensor>),
+    /// `[out, in]` quantized on the device, dequantized per use.
+    Quantized(QuantizedWeight),
 }
 
 /// A frozen linear layer, optionally with a LoRA adapter.
@@ -150,7 +148,7 @@ impl Linear {
     pub fn shape(&self) -> (usize, usize) {
         let d = match &self.weight {
             FrozenWeight::Dense(w) => w.dims(),
-            FrozenWeight::Quantized(q) => q.shape().dims(),
+            FrozenWeight::Quantized(q) => q.dims(),
         };
         (d[0], d[1])
     }

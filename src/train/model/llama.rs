@@ -6,12 +6,11 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use candle_core::quantized::GgmlDType;
-
 use super::layers::{DropoutMasks, LayerDropout, Linear, RmsNorm};
 use super::{Config, Weights, rope};
 use crate::train::lora::{LoraSet, LoraSpec};
 use crate::train::ops::{frozen_linear, softmax_last_dim};
+use crate::train::quant::Storage;
 use crate::train::{TensorContext, TrainError};
 
 mod decode;
@@ -105,21 +104,21 @@ impl CausalLm {
         device: &Device,
         dtype: DType,
     ) -> Result<(Self, LoraSet), TrainError> {
-        Self::load_quantized(dir, lora, seed, device, dtype, None)
+        Self::load_stored(dir, lora, seed, device, dtype, Storage::Dense)
     }
 
-    /// [`Self::load`] with the seven projections' frozen weights stored as `quant` (QLoRA);
-    /// embeddings, norms and `lm_head` stay in `dtype`.
-    pub fn load_quantized(
+    /// [`Self::load`] with the seven projections' frozen weights stored as `storage` says
+    /// (QLoRA); embeddings, norms and `lm_head` stay in `dtype`.
+    pub fn load_stored(
         dir: &Path,
         lora: Option<&LoraSpec>,
         seed: u64,
         device: &Device,
         dtype: DType,
-        quant: Option<GgmlDType>,
+        storage: Storage,
     ) -> Result<(Self, LoraSet), TrainError> {
         let cfg = Config::load(dir)?;
-        let weights = Weights::load_quantized(dir, device, dtype, quant)?;
+        let weights = Weights::load_stored(dir, device, dtype, storage)?;
         Self::build(cfg, &weights, lora, seed, device, dtype)
     }
 

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::quant::{QuantizedWeight, Storage, block_kind};
 use super::{TensorContext, TrainError};
-use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use layers::FrozenWeight;
@@ -22,43 +22,56 @@ use layers::FrozenWeight;
 /// Frozen weights by checkpoint name: dense, or (QLoRA) quantized projections.
 pub struct Weights {
     tensors: HashMap<String, Tensor>,
-    quantized: HashMap<String, Arc<QTensor>>,
+    quantized: HashMap<String, QuantizedWeight>,
 }
 
 impl Weights {
     /// Load `model.safetensors` or every shard named in `model.safetensors.index.json`, cast to
     /// `dtype` on `device`.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, TrainError> {
-        Self::load_quantized(dir, device, dtype, None)
+        Self::load_stored(dir, device, dtype, Storage::Dense)
     }
 
-    /// [`Self::load`], storing the seven projections' weights as `quant` (QLoRA) as they are
-    /// read — tensor by tensor from the memory-mapped files, so no dense copy of the whole model
-    /// is ever held. q4_k rows that 256 does not divide take q5_0, as llama.cpp does; rows no
-    /// candidate divides stay dense.
-    pub fn load_quantized(
+    /// [`Self::load`], with the seven projections' weights stored as `storage` says — quantized
+    /// tensor by tensor as they are read from the memory-mapped files (so no dense copy of the
+    /// whole model is ever held), or taken from the directory's stored GGUF blocks. Projections
+    /// whose rows no block of the format divides stay dense.
+    pub fn load_stored(
         dir: &Path,
         device: &Device,
         dtype: DType,
-        quant: Option<GgmlDType>,
+        storage: Storage,
     ) -> Result<Self, TrainError> {
+        let mut quantized: HashMap<String, QuantizedWeight> = HashMap::new();
+        if storage == Storage::StoredBlocks {
+            let stored = crate::model_dir::stored_blocks::read(dir, device)
+                .ctx("reading the stored GGUF blocks")?;
+            for (name, q) in stored {
+                quantized.insert(name, QuantizedWeight::Ggml(Arc::new(q)));
+            }
+        }
         let files = crate::model_dir::weight_files(dir)?;
         // SAFETY: the mapped weight files are only read, and ferrotune never writes into a model
         // directory it loads; a file changed underneath by another program is outside what any
         // mmap-based loader (candle's, transformers') can guard against.
         let st = unsafe { MmapedSafetensors::multi(&files) }.ctx("mapping the weight files")?;
         let mut tensors = HashMap::new();
-        let mut quantized = HashMap::new();
         for (name, view) in st.tensors() {
+            if quantized.contains_key(&name) {
+                continue;
+            }
             let row = view.shape().last().copied().unwrap_or(0);
-            match quant.and_then(|q| block_kind(&name, row, q)) {
-                Some(kind) => {
+            let kind = match storage {
+                Storage::Quantize(how) => block_kind(&name, row, how),
+                _ => None,
+            };
+            match kind {
+                Some(how) => {
                     let t = st
                         .load(&name, &Device::Cpu)
-                        .and_then(|t| t.to_dtype(DType::F32))
-                        .and_then(|t| QTensor::quantize_onto(&t, kind, device))
+                        .and_then(|t| QuantizedWeight::quantize(&t, how, device))
                         .ctx("quantizing a frozen weight")?;
-                    quantized.insert(name, Arc::new(t));
+                    quantized.insert(name, t);
                 }
                 None => {
                     let t = st.load(&name, device).ctx("loading weights")?;
@@ -67,6 +80,24 @@ impl Weights {
             }
         }
         Ok(Self { tensors, quantized })
+    }
+
+    /// The quantized projections: how many, in which formats, and in how many MiB — e.g.
+    /// `210 projections in q4_1, 63.3 MiB`; `None` when all are dense.
+    pub fn quantized_summary(&self) -> Option<String> {
+        if self.quantized.is_empty() {
+            return None;
+        }
+        let mut kinds: Vec<String> = self.quantized.values().map(|q| q.format()).collect();
+        kinds.sort();
+        kinds.dedup();
+        let bytes: usize = self.quantized.values().map(|q| q.storage_bytes()).sum();
+        Some(format!(
+            "{} projections in {}, {:.1} MiB",
+            self.quantized.len(),
+            kinds.join(" + "),
+            bytes as f64 / (1u64 << 20) as f64
+        ))
     }
 
     /// Wrap tensors already in memory.
@@ -97,19 +128,4 @@ impl Weights {
     pub fn maybe(&self, name: &str) -> Option<Tensor> {
         self.tensors.get(name).cloned()
     }
-}
-
-/// The block kind a decoder projection's weight (`model.layers.N.*_proj.weight`) with rows of
-/// `row` values takes under `quant`; `None` for other tensors and rows no candidate divides.
-fn block_kind(name: &str, row: usize, quant: GgmlDType) -> Option<GgmlDType> {
-    if !(name.starts_with("model.layers.") && name.ends_with("_proj.weight")) {
-        return None;
-    }
-    let candidates = match quant {
-        GgmlDType::Q4K => vec![GgmlDType::Q4K, GgmlDType::Q5_0],
-        other => vec![other],
-    };
-    candidates
-        .into_iter()
-        .find(|k| row > 0 && row.is_multiple_of(k.block_size()))
 }

@@ -1,0 +1,66 @@
+//! The base weights a QLoRA adapter trained against, for serving: every projection of the base
+//! after a quantize → dequantize round trip through the adapter's format, written once per (base
+//! weights, format) to `$FERROTUNE_HOME/models/derived/KEY/model.safetensors` and shared by every
+//! adapter trained that way. The key hashes the base directory's path and its weight files'
+//! sizes and modification times, so a changed base is derived afresh.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use sha2::{Digest, Sha256};
+
+use super::{Quantization, round_trip};
+use crate::train::{TensorContext, TrainError, io_err};
+
+/// The weight file holding `base`'s weights as a model stored as `how` sees them.
+pub fn dequantized_base(base: &Path, how: Quantization) -> Result<PathBuf, TrainError> {
+    let files = crate::model_dir::weight_files(base)?;
+    let dir = crate::model_cache::models_dir()
+        .join("derived")
+        .join(key(base, &files, how)?);
+    let out = dir.join(crate::model_dir::SINGLE_WEIGHTS);
+    if out.exists() {
+        return Ok(out);
+    }
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    // One derivation at a time per key: two models loading at once share the result.
+    let lock_path = dir.join(".lock");
+    let lock = std::fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+    lock.lock().map_err(io_err(&lock_path))?;
+    if out.exists() {
+        return Ok(out);
+    }
+    let mut weights: HashMap<String, Tensor> = HashMap::new();
+    for file in &files {
+        let tensors =
+            candle_core::safetensors::load(file, &Device::Cpu).ctx("reading base weights")?;
+        for (name, t) in tensors {
+            let t = round_trip(&name, &t, how).ctx("quantizing a base weight")?;
+            weights.insert(name, t);
+        }
+    }
+    let partial = dir.join("model.safetensors.partial");
+    candle_core::safetensors::save(&weights, &partial).ctx("writing derived weights")?;
+    std::fs::rename(&partial, &out).map_err(io_err(&out))?;
+    tracing::info!(base = %base.display(), format = %how.label(), file = %out.display(), "derived the dequantized base");
+    Ok(out)
+}
+
+fn key(base: &Path, files: &[PathBuf], how: Quantization) -> Result<String, TrainError> {
+    let mut h = Sha256::new();
+    let canonical = base.canonicalize().unwrap_or_else(|_| base.to_path_buf());
+    h.update(canonical.display().to_string());
+    for f in files {
+        let meta = std::fs::metadata(f).map_err(io_err(f))?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        h.update(format!("|{}:{}:{modified}", f.display(), meta.len()));
+    }
+    h.update(format!("|{}", how.label()));
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(hex[..16].to_owned())
+}
