@@ -8,7 +8,7 @@ RSS, the mean training loss of the last 10 of 50 steps, and each run's ratios to
 
 Rows: small — dense f32, nf4 (double-quantized scales), q4_k; SmolLM2 — dense f32 (the import's
 dequantized weights without its stored blocks), the GGUF's own q4_1 blocks (the default for a
-GGUF source), nf4. Batch 2, no accumulation, cut-off 256, LoRA r=8/α=32 on all projections.
+GGUF source), nf4, q4_k (both quantize the dequantized Q4_1 weights again). Batch 2, no accumulation, cut-off 256, LoRA r=8/α=32 on all projections.
 Builds `cargo build --release` first; works in target/bench-qlora; SmolLM2 comes from the model
 cache (FERROTUNE_HOME, default target/ferrotune-home, pulled on first use)."""
 import csv
@@ -60,15 +60,17 @@ def main():
     output(binary, "model", "init-tiny", work / "small", "--size", "small")
     pulled = output(binary, "model", "pull", "smollm2-135m-instruct", env=run_env).strip().split(": ", 1)[1]
     dense_copy(pulled, work / "smollm2-dense")
+    small, dense = work / "small", work / "smollm2-dense"
     runs = {
-        "small": [("dense f32", "small", {}), ("nf4", "small", {"quantization_bit": 4}),
-                  ("q4_k", "small", {"quantization_bit": 4, "quantization_method": "q4_k"})],
-        "smollm2": [("dense f32", "smollm2-dense", {}), ("stored q4_1 blocks", pulled, {}),
-                    ("nf4", pulled, {"quantization_bit": 4})],
+        "small": [("dense f32", small, {}), ("nf4", small, {"quantization_bit": 4}),
+                  ("q4_k", small, {"quantization_bit": 4, "quantization_method": "q4_k"})],
+        "smollm2": [("dense f32", dense, {}), ("stored q4_1 blocks", pulled, {}),
+                    ("nf4", pulled, {"quantization_bit": 4}),
+                    ("q4_k", pulled, {"quantization_bit": 4, "quantization_method": "q4_k"})],
     }
     print("\n" + ROW.format("model", "frozen base", "tokens/s", "peak_MiB", "loss_last10", "tok/s×", "RSS×", "loss_Δ%"))
     for model, variants in runs.items():
-        dense = None
+        first = None
         for i, (label, path, extra) in enumerate(variants):
             out = f"out-{model}-{i}"
             config = train_config(work / f"{model}-{i}.yaml", model_name_or_path=Path(path).resolve(),
@@ -78,10 +80,10 @@ def main():
             tps, rss = get(text, "median_step_tokens_per_s"), get(text, "peak_rss_mib")
             loss, n = tail_loss(work / out)
             assert n == steps, f"{model} {label}: {n} steps, expected {steps}"
-            if dense is None:
-                dense = (tps, rss, loss)
-            delta = f"{100 * (loss - dense[2]) / dense[2]:+.2f}"
-            print(ROW.format(model, label, tps, rss, f"{loss:.4f}", ratio(tps, dense[0]), ratio(rss, dense[1]), delta))
+            if first is None:
+                first = (tps, rss, loss)
+            delta = f"{100 * (loss - first[2]) / first[2]:+.2f}"
+            print(ROW.format(model, label, tps, rss, f"{loss:.4f}", ratio(tps, first[0]), ratio(rss, first[1]), delta))
     print(f"({cores()} cores, THREADS={threads}, {steps} steps, {utc('%F')})")
 
 

@@ -134,18 +134,57 @@ impl Nf4Tensor {
 
     /// The dense tensor in `dtype`, on the tensor's device.
     pub fn dequantize(&self, dtype: DType) -> Result<Tensor> {
+        if self.codes.device().is_cpu() {
+            self.dequantize_on_host()?.to_dtype(dtype)
+        } else {
+            self.dequantize_with_ops()?.to_dtype(dtype)
+        }
+    }
+    /// [`Self::dequantize`] on the CPU in one pass over the codes (the same products, so the
+    /// same values as the device ops), spread over rayon's threads.
+    fn dequantize_on_host(&self) -> Result<Tensor> {
+        use rayon::prelude::*;
         let n: usize = self.dims.iter().product();
-        let blocks = n.div_ceil(BLOCK);
+        let absmax: Vec<f32> = self.absmax()?.flatten_all()?.to_vec1()?;
+        let (storage, layout) = self.codes.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
+            candle_core::bail!("NF4 codes are not on the CPU");
+        };
+        let codes = &cpu.as_slice::<u8>()?[layout.start_offset()..];
+        let mut out = vec![0f32; absmax.len() * BLOCK];
+        // 64 blocks a task: large enough that scheduling costs nothing.
+        const TASK: usize = 64;
+        out.par_chunks_mut(BLOCK * TASK)
+            .zip(codes.par_chunks(BLOCK / 2 * TASK))
+            .zip(absmax.par_chunks(TASK))
+            .for_each(|((out, codes), scales)| {
+                for ((block, bytes), m) in out
+                    .chunks_exact_mut(BLOCK)
+                    .zip(codes.chunks_exact(BLOCK / 2))
+                    .zip(scales)
+                {
+                    for (pair, b) in block.chunks_exact_mut(2).zip(bytes) {
+                        pair[0] = LEVELS[usize::from(b >> 4)] * m;
+                        pair[1] = LEVELS[usize::from(b & 15)] * m;
+                    }
+                }
+            });
+        out.truncate(n);
+        Tensor::from_vec(out, self.dims.as_slice(), &Device::Cpu)
+    }
+
+    /// [`Self::dequantize`] through device ops (any device; tests compare it with the host loop).
+    fn dequantize_with_ops(&self) -> Result<Tensor> {
+        let n: usize = self.dims.iter().product();
         // u32 indices: candle's index-select reads the largest index of the type (here byte 255,
         // two top levels) as "no row" and writes zeros.
         self.pairs
             .index_select(&self.codes.to_dtype(DType::U32)?, 0)?
-            .reshape((blocks, BLOCK))?
+            .reshape((n.div_ceil(BLOCK), BLOCK))?
             .broadcast_mul(&self.absmax()?)?
             .flatten_all()?
             .narrow(0, 0, n)?
-            .reshape(self.dims.as_slice())?
-            .to_dtype(dtype)
+            .reshape(self.dims.as_slice())
     }
 }
 
@@ -276,6 +315,18 @@ mod tests {
         // 4 bits a weight plus 32 (plain) or about 8 (double) bits a block.
         assert_eq!(plain.storage_bytes(), 300 * BLOCK / 2 + 300 * 4);
         assert_eq!(dq.storage_bytes(), 300 * BLOCK / 2 + 512 + 2 * 4);
+    }
+
+    #[test]
+    fn the_host_loop_gives_what_the_device_ops_give() {
+        let values = sample(BLOCK * 700 + 13);
+        for double in [false, true] {
+            let t = Tensor::from_slice(&values, values.len(), &Device::Cpu).unwrap();
+            let q = Nf4Tensor::quantize(&t, double, &Device::Cpu).unwrap();
+            let host: Vec<f32> = q.dequantize(DType::F32).unwrap().to_vec1().unwrap();
+            let ops: Vec<f32> = q.dequantize_with_ops().unwrap().to_vec1().unwrap();
+            assert_eq!(host, ops, "double {double}");
+        }
     }
 
     #[test]
