@@ -90,16 +90,23 @@ impl Database {
     }
 }
 
-/// Client connections to the cluster besides the one asking.
+/// Client connections to the cluster of live processes other than this one: ours, and those of
+/// a killed ferrotune process (which linger until their backend notices), do not count.
 async fn other_clients(admin_url: &str) -> anyhow::Result<i64> {
     let mut conn = sqlx::PgConnection::connect(admin_url).await?;
-    let n = sqlx::query_scalar(
-        "select count(*) from pg_stat_activity \
+    let names: Vec<String> = sqlx::query_scalar(
+        "select coalesce(application_name, '') from pg_stat_activity \
          where backend_type = 'client backend' and pid <> pg_backend_pid()",
     )
-    .fetch_one(&mut conn)
+    .fetch_all(&mut conn)
     .await?;
-    Ok(n)
+    let ours = crate::store::application_name(std::process::id());
+    let counts = |name: &String| match name.strip_prefix("ferrotune/").map(str::parse::<i32>) {
+        _ if *name == ours => false,
+        Some(Ok(pid)) => nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(),
+        _ => true,
+    };
+    Ok(names.iter().filter(|n| counts(n)).count() as i64)
 }
 
 /// Create database `name` through the admin URL unless it exists.

@@ -103,9 +103,14 @@ pub struct Store {
 impl Store {
     /// Connect with a URL (`postgres://…`, `?host=/socket/dir` for Unix sockets).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options: PgConnectOptions = url
+        let mut options: PgConnectOptions = url
             .parse::<PgConnectOptions>()
             .ctx("parsing DATABASE_URL")?;
+        if options.get_application_name().is_none() {
+            // Names the process, so a server closing an embedded cluster can tell a live
+            // process's connections from those a killed one left behind.
+            options = options.application_name(&application_name(std::process::id()));
+        }
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
@@ -130,4 +135,9 @@ impl Store {
     pub async fn ping(&self) -> bool {
         sqlx::query("select 1").execute(&self.pool).await.is_ok()
     }
+}
+
+/// The `application_name` of this crate's connections from process `pid`.
+pub fn application_name(pid: u32) -> String {
+    format!("ferrotune/{pid}")
 }
