@@ -52,8 +52,10 @@ pub struct NewFile {
     pub dataset_format: Option<String>,
     /// Number of examples.
     pub example_count: Option<i32>,
-    /// Expiry.
-    pub expires_at: Option<DateTime<Utc>>,
+    /// Seconds from its creation until it expires (OpenAI's `expires_after` anchored at
+    /// `created_at`): computed in the statement from the row's own `created_at`, so the two differ
+    /// by exactly this.
+    pub expires_after_seconds: Option<i64>,
 }
 
 const COLUMNS: &str = "id, organization_id, bytes, filename, purpose, status, status_details, \
@@ -74,7 +76,8 @@ impl Store {
     ) -> Result<FileRow, StoreError> {
         sqlx::query_as(&format!(
             "insert into file (id, organization_id, bytes, filename, purpose, dataset_format, \
-             example_count, expires_at) values ($1, $2, $3, $4, $5, $6, $7, $8) returning {COLUMNS}"
+             example_count, expires_at) values ($1, $2, $3, $4, $5, $6, $7, \
+             now() + make_interval(secs => $8)) returning {COLUMNS}"
         ))
         .bind(&file.id)
         .bind(&file.organization_id)
@@ -83,7 +86,7 @@ impl Store {
         .bind(&file.purpose)
         .bind(&file.dataset_format)
         .bind(file.example_count)
-        .bind(file.expires_at)
+        .bind(file.expires_after_seconds.map(|s| s as f64))
         .fetch_one(conn)
         .await
         .ctx("inserting a file")

@@ -81,7 +81,7 @@ impl Worker {
                 purpose: "fine-tune-results".to_owned(),
                 dataset_format: None,
                 example_count: None,
-                expires_at: None,
+                expires_after_seconds: None,
             });
         }
         let adapter_dir = outcome.adapter_dir.clone();

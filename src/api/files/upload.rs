@@ -5,7 +5,6 @@ use actix_multipart::{Field, Multipart};
 use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::post;
 use actix_web::{HttpRequest, HttpResponse, web};
-use chrono::{Duration, Utc};
 use futures_util::TryStreamExt;
 use tokio::io::AsyncWriteExt;
 
@@ -144,7 +143,7 @@ pub async fn create_file(
     }
     let upload = upload
         .ok_or_else(|| ApiError::invalid("Missing required parameter: 'file'", Some("file")))?;
-    let expires_at = match (anchor.as_deref(), seconds.as_deref()) {
+    let expires_after_seconds = match (anchor.as_deref(), seconds.as_deref()) {
         (None, None) => None,
         (Some("created_at") | None, Some(s)) => {
             let secs: i64 = s
@@ -157,7 +156,7 @@ pub async fn create_file(
                         Some("expires_after[seconds]"),
                     )
                 })?;
-            Some(Utc::now() + Duration::seconds(secs))
+            Some(secs)
         }
         _ => {
             return Err(ApiError::invalid(
@@ -200,7 +199,7 @@ pub async fn create_file(
         purpose,
         dataset_format,
         example_count,
-        expires_at,
+        expires_after_seconds,
     };
     match state.store.insert_file(&new).await {
         Ok(row) => Ok(HttpResponse::Ok().json(OpenAIFile::from(row))),
