@@ -137,11 +137,16 @@ impl Worker {
         });
         let result = loop {
             tokio::select! {
-                Some(update) = rx.recv() => self.apply_update(claim, &name, update).await?,
+                Some((update, applied)) = rx.recv() => {
+                    self.apply_update(claim, &name, update).await?;
+                    if let Some(applied) = applied {
+                        let _ = applied.send(());
+                    }
+                }
                 joined = &mut handle => break joined,
             }
         };
-        while let Ok(update) = rx.try_recv() {
+        while let Ok((update, _)) = rx.try_recv() {
             self.apply_update(claim, &name, update).await?;
         }
         let error = match result {

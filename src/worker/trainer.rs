@@ -61,21 +61,35 @@ pub enum TrainingFailure {
     Failed(JobError),
 }
 
+/// One update on its way to the worker; `applied` hears back once the worker has recorded it.
+pub type Report = (Update, Option<std::sync::mpsc::Sender<()>>);
+
 /// The channel a trainer reports through.
 #[derive(Debug, Clone)]
 pub struct Progress {
-    tx: UnboundedSender<Update>,
+    tx: UnboundedSender<Report>,
 }
 
 impl Progress {
     /// Wrap the worker's channel.
-    pub fn new(tx: UnboundedSender<Update>) -> Self {
+    pub fn new(tx: UnboundedSender<Report>) -> Self {
         Self { tx }
     }
 
-    /// Report an update (dropped if the job is no longer being watched).
+    /// Report an update (dropped if the job is no longer being watched). A checkpoint waits
+    /// until the worker has recorded it and every update before it: the trainer writes the state
+    /// a lost worker resumes from only after that, so a resumed run never starts past metrics
+    /// that were still on their way to the database.
     pub fn send(&self, update: Update) {
-        let _ = self.tx.send(update);
+        if matches!(update, Update::Checkpoint { .. }) {
+            let (applied, done) = std::sync::mpsc::channel();
+            if self.tx.send((update, Some(applied))).is_ok() {
+                // An error means the worker dropped it unrecorded (it is stopping): go on.
+                let _ = done.recv();
+            }
+        } else {
+            let _ = self.tx.send((update, None));
+        }
     }
 }
 
