@@ -266,18 +266,12 @@ pub fn import_cached(file: &Path) -> Result<PathBuf, PullError> {
 /// the hash was noted in `memo` (a JSON map from canonical path to size, time and hash): a
 /// server started on a multi-gigabyte GGUF does not read it whole at every start.
 fn remembered_sha256(file: &Path, memo: &Path) -> Result<String, PullError> {
-    let meta = std::fs::metadata(file).map_err(io(file))?;
-    let modified = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
+    let stamp = file_stamp(file).map_err(io(file))?;
     let key = file
         .canonicalize()
         .unwrap_or_else(|_| file.to_path_buf())
         .display()
         .to_string();
-    let stamp = format!("{}:{modified}", meta.len());
     let mut notes: serde_json::Map<String, serde_json::Value> = std::fs::read_to_string(memo)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -301,6 +295,17 @@ fn remembered_sha256(file: &Path, memo: &Path) -> Result<String, PullError> {
         }
     }
     Ok(hash)
+}
+
+/// `SIZE:MTIME_NANOS` of `file`: what changes when the file is replaced or rewritten.
+pub fn file_stamp(file: &Path) -> std::io::Result<String> {
+    let meta = std::fs::metadata(file)?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(format!("{}:{modified}", meta.len()))
 }
 
 fn sha256_hex(path: &Path) -> Result<String, PullError> {

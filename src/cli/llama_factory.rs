@@ -208,8 +208,12 @@ impl LlamaFactoryConfig {
         put("quantization_bit", self.quantization_bit.map(Value::from));
         let method = self.quantization_format();
         put("quantization_method", method.clone().map(Value::from));
-        let nf4 = self.quantization_bit.is_some_and(|b| b != 8) || method.is_some();
-        if nf4 && method.as_deref().is_none_or(|m| m == "nf4") {
+        // Only NF4 has double quantization; without a method, 4 bits default to it.
+        let nf4 = match method.as_deref() {
+            Some(m) => m == "nf4",
+            None => self.quantization_bit.is_some_and(|b| b != 8),
+        };
+        if nf4 {
             put(
                 "double_quantization",
                 self.double_quantization.map(Value::from),

@@ -11,18 +11,30 @@ use crate::train_loop::QA;
 /// Train a model on the ten health answers and return (job id, fine_tuned_model); the server
 /// preloads it.
 pub async fn fine_tune(app: &TestApp, suffix: &str) -> (String, String) {
-    train_with(app, suffix, app.worker()).await
+    fine_tune_with(app, suffix, json!({})).await
+}
+
+/// Like [`fine_tune`], with `extra` hyperparameters on top.
+pub async fn fine_tune_with(app: &TestApp, suffix: &str, extra: Value) -> (String, String) {
+    train_with(app, suffix, app.worker(), extra).await
 }
 
 /// Like [`fine_tune`], but nothing is preloaded: the model loads on its first request.
 pub async fn fine_tune_lazily(app: &TestApp, suffix: &str) -> (String, String) {
-    train_with(app, suffix, app.worker_with(app.trainer.clone(), 30)).await
+    train_with(
+        app,
+        suffix,
+        app.worker_with(app.trainer.clone(), 30),
+        json!({}),
+    )
+    .await
 }
 
 async fn train_with(
     app: &TestApp,
     suffix: &str,
     worker: ferrotune::worker::Worker,
+    extra: Value,
 ) -> (String, String) {
     let records: Vec<Value> = QA
         .iter()
@@ -38,7 +50,10 @@ async fn train_with(
         .json()
         .await
         .unwrap();
-    let hp = json!({"n_epochs": 20, "batch_size": 2, "learning_rate": 0.01, "lora_dropout": 0.0, "save_steps": 50});
+    let mut hp = json!({"n_epochs": 20, "batch_size": 2, "learning_rate": 0.01, "lora_dropout": 0.0, "save_steps": 50});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        hp[k] = v.clone();
+    }
     // A fixed seed: the tiny model's learning run is then the same every time.
     let job = app
         .create_job(file["id"].as_str().unwrap(), json!({"suffix": suffix, "seed": 7, "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}))
@@ -50,7 +65,8 @@ async fn train_with(
     (id, job["fine_tuned_model"].as_str().unwrap().to_owned())
 }
 
-async fn ask(app: &TestApp, model: &str, question: &str) -> Value {
+/// A greedy answer of at most 40 tokens from `model` (status 200 asserted).
+pub async fn ask(app: &TestApp, model: &str, question: &str) -> Value {
     let res = app
         .post(
             "/v1/chat/completions",

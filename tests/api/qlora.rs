@@ -108,36 +108,33 @@ pub fn find_adapter(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     None
 }
 
+/// `base_dir` stored as `storage` with the trained adapter in `adapter` loaded: the model the
+/// trainer's forward predicts with.
+pub fn trained_model(
+    base_dir: &std::path::Path,
+    adapter: &std::path::Path,
+    storage: Storage,
+) -> CausalLm {
+    let (model, lora) = CausalLm::load_stored(
+        base_dir,
+        Some(&spec_of(adapter)),
+        0,
+        &Device::Cpu,
+        DType::F32,
+        storage,
+    )
+    .unwrap();
+    lora.load_peft(&adapter.join("adapter_model.safetensors"), &Device::Cpu)
+        .unwrap();
+    model
+}
+
 #[tokio::test]
 async fn a_4_bit_job_succeeds_and_is_served_as_the_trainer_predicts() {
     let app = crate::helpers::spawn_app().await;
-    let records: Vec<Value> = QA
-        .iter()
-        .map(|(q, a)| json!({"instruction": q, "input": "", "output": a}))
-        .collect();
-    let file: Value = app
-        .upload(
-            "qa.json",
-            serde_json::to_vec(&records).unwrap(),
-            "fine-tune",
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let hp = json!({"n_epochs": 20, "batch_size": 2, "learning_rate": 0.01, "lora_dropout": 0.0,
-                    "quantization_bit": 4});
-    let job = app
-        .create_job(
-            file["id"].as_str().unwrap(),
-            json!({"seed": 7, "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap();
-    assert!(app.worker().run_once().await.unwrap());
-    let job = app.job(id).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    let messages = app.event_messages(id).await;
+    let (id, model_name) =
+        crate::chat::fine_tune_with(&app, "nf4", json!({"quantization_bit": 4})).await;
+    let messages = app.event_messages(&id).await;
     assert!(
         messages.iter().any(|m| m.starts_with(
             "QLoRA: the frozen projections are stored as nf4 (double-quantized scales)"
@@ -148,32 +145,13 @@ async fn a_4_bit_job_succeeds_and_is_served_as_the_trainer_predicts() {
     let adapter = find_adapter(app.data_dir.path()).expect("the job's adapter");
     let base_dir = app.engine.base_dir().to_path_buf();
     let storage = Storage::Quantize(Quantization::Nf4 { double: true });
-    let (model, lora) = CausalLm::load_stored(
-        &base_dir,
-        Some(&spec_of(&adapter)),
-        0,
-        &Device::Cpu,
-        DType::F32,
-        storage,
-    )
-    .unwrap();
-    lora.load_peft(&adapter.join("adapter_model.safetensors"), &Device::Cpu)
-        .unwrap();
+    let model = trained_model(&base_dir, &adapter, storage);
     let tok = ferrotune::train::data::load_tokenizer(&base_dir).unwrap();
     let template = ferrotune::train::template::ChatTemplate::from_model_dir(&base_dir).unwrap();
-    let model_name = job["fine_tuned_model"].as_str().unwrap();
     for (question, _) in &QA[..3] {
         let turns = [user(question)];
         let ours = ferrotune::train::generate::greedy(&model, &tok, &template, &turns, 40).unwrap();
-        let served = app
-            .post(
-                "/v1/chat/completions",
-                &json!({"model": model_name, "temperature": 0, "max_tokens": 40,
-                        "messages": [{"role": "user", "content": question}]}),
-            )
-            .await;
-        assert_eq!(served.status(), 200);
-        let served: Value = served.json().await.unwrap();
+        let served = crate::chat::ask(&app, &model_name, question).await;
         assert_eq!(
             served["choices"][0]["message"]["content"],
             ours.as_str(),
@@ -186,6 +164,7 @@ async fn a_4_bit_job_succeeds_and_is_served_as_the_trainer_predicts() {
     assert_eq!(ours, QA[0].1);
 }
 
+/// A user turn saying `text`.
 pub fn user(text: &str) -> ferrotune::domain::dataset::Turn {
     ferrotune::domain::dataset::Turn {
         role: ferrotune::domain::dataset::Role::User,

@@ -10,6 +10,28 @@ use serde_json::{Value, json};
 
 use crate::binary::{free_port, serve, terminate, wait_healthy};
 
+/// The greedy answer of at most `max_tokens` tokens that the server at `base` gives as `model`.
+pub async fn greedy_chat(
+    client: &reqwest::Client,
+    base: &str,
+    model: &str,
+    question: &str,
+    max_tokens: u32,
+) -> Value {
+    client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(
+            &json!({"model": model, "temperature": 0, "max_tokens": max_tokens,
+                      "messages": [{"role": "user", "content": question}]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// The pulled model's directory (pulling it on the first run).
 pub fn pulled() -> String {
     let home = concat!(env!("CARGO_MANIFEST_DIR"), "/target/ferrotune-home");
@@ -178,19 +200,9 @@ async fn serve_on_the_pulled_model_answers_a_question_correctly() {
     // through mistral.rs is transformers' on the same GGUF.
     let r = reference();
     let mut answers = Vec::new();
+    let (client, base) = (reqwest::Client::new(), format!("http://127.0.0.1:{port}"));
     for q in r["questions"].as_array().unwrap() {
-        let res: Value = reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
-            .json(
-                &json!({"model": "smollm2", "temperature": 0, "max_tokens": 20,
-                          "messages": [{"role": "user", "content": q}]}),
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let res = greedy_chat(&client, &base, "smollm2", q.as_str().unwrap(), 20).await;
         answers.push(
             res["choices"][0]["message"]["content"]
                 .as_str()

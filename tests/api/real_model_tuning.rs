@@ -7,16 +7,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use ferrotune::train::generate::Prompter;
-use ferrotune::train::model::CausalLm;
 use ferrotune::train::quant::Storage;
 use ferrotune::train::template::ChatTemplate;
 use serde_json::{Value, json};
 
 use crate::binary::{free_port, serve, terminate, wait_healthy};
 use crate::export::model_logits;
-use crate::qlora::{find_adapter, spec_of, user};
+use crate::qlora::{find_adapter, trained_model, user};
+use crate::real_model::greedy_chat;
 use crate::tensors::rel_err;
 
 fn examples(file: &str, n: usize) -> Vec<u8> {
@@ -153,16 +153,14 @@ async fn a_short_fine_tune_of_the_real_model_lowers_validation_loss_serves_and_e
 
     // Served by name.
     let model = job["fine_tuned_model"].as_str().unwrap().to_owned();
-    let chat: Value = client
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&json!({"model": model, "temperature": 0, "max_tokens": 24,
-                      "messages": [{"role": "user", "content": "What should I do for a mild headache?"}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let chat = greedy_chat(
+        &client,
+        &base,
+        &model,
+        "What should I do for a mild headache?",
+        24,
+    )
+    .await;
     let answer = chat["choices"][0]["message"]["content"]
         .as_str()
         .unwrap_or_default();
@@ -171,17 +169,7 @@ async fn a_short_fine_tune_of_the_real_model_lowers_validation_loss_serves_and_e
 
     // Served over the weights it trained on: mistral.rs's greedy answers are the trainer's.
     let adapter = find_adapter(&data.path().join("data")).expect("the job's adapter");
-    let (tuned, lora) = CausalLm::load_stored(
-        &model_dir,
-        Some(&spec_of(&adapter)),
-        0,
-        &Device::Cpu,
-        DType::F32,
-        Storage::StoredBlocks,
-    )
-    .unwrap();
-    lora.load_peft(&adapter.join("adapter_model.safetensors"), &Device::Cpu)
-        .unwrap();
+    let tuned = trained_model(&model_dir, &adapter, Storage::StoredBlocks);
     let tok = ferrotune::train::data::load_tokenizer(&model_dir).unwrap();
     let template = ChatTemplate::from_model_dir(&model_dir).unwrap();
     let prompter = Prompter::new(&tok, &template).with_generation_config(&model_dir);
@@ -193,16 +181,7 @@ async fn a_short_fine_tune_of_the_real_model_lowers_validation_loss_serves_and_e
         let ours = prompter
             .answer(&tuned, &[user(question)], None, 256, 24)
             .unwrap();
-        let chat: Value = client
-            .post(format!("{base}/v1/chat/completions"))
-            .json(&json!({"model": model, "temperature": 0, "max_tokens": 24,
-                          "messages": [{"role": "user", "content": question}]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let chat = greedy_chat(&client, &base, &model, question, 24).await;
         assert_eq!(
             chat["choices"][0]["message"]["content"],
             ours.as_str(),

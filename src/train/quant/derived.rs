@@ -52,13 +52,8 @@ fn key(base: &Path, files: &[PathBuf], how: Quantization) -> Result<String, Trai
     let canonical = base.canonicalize().unwrap_or_else(|_| base.to_path_buf());
     h.update(canonical.display().to_string());
     for f in files {
-        let meta = std::fs::metadata(f).map_err(io_err(f))?;
-        let modified = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        h.update(format!("|{}:{}:{modified}", f.display(), meta.len()));
+        let stamp = crate::model_cache::file_stamp(f).map_err(io_err(f))?;
+        h.update(format!("|{}:{stamp}", f.display()));
     }
     h.update(format!("|{}", how.label()));
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
