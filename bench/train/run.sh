@@ -1,3 +1,3 @@
 #!/usr/bin/env bash
-# Training benchmark, ferrotune vs PyTorch + PEFT: see bench/train/run.py (THREADS, EPOCHS_TINY, EPOCHS_SMALL, VENV).
+# Training benchmark, ferrotune vs PyTorch + PEFT: see bench/train/run.py (THREADS, EPOCHS_*, BUSY, ONLY, BINARY, VENV).
 exec python3 "$(dirname "$0")/run.py" "$@"

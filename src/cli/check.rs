@@ -117,11 +117,7 @@ fn time_passes(
     let (mut fwd, mut both) = (Vec::new(), Vec::new());
     for _ in 0..args.repeat {
         let t = Instant::now();
-        let logits = model.forward(
-            &batch.input_ids,
-            &batch.attention_mask,
-            ForwardCtx::default(),
-        )?;
+        let logits = model.forward(&batch.input_ids, &batch.segments, ForwardCtx::default())?;
         crate::train::loss::causal_lm_loss(&logits.detach(), &batch.labels)?
             .loss
             .to_scalar::<f32>()?;
@@ -175,7 +171,7 @@ fn first_batch(
         "no trainable examples in {}",
         data_file.display()
     );
-    Ok(Batch::new(&samples.iter().collect::<Vec<_>>(), 0, device)?)
+    Ok(Batch::new(&samples.iter().collect::<Vec<_>>(), device)?)
 }
 
 /// `ferrotune engine-check`.

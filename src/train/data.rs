@@ -1,5 +1,5 @@
 //! From examples to batches: render with the chat template, tokenize piece by piece, mask the
-//! labels of everything but trained responses, truncate, pad, shuffle by seed.
+//! labels of everything but trained responses, truncate, pack, shuffle by seed.
 
 use std::path::Path;
 
@@ -127,55 +127,48 @@ pub fn encode(
     Ok((sample.trained_tokens() > 0).then_some(sample))
 }
 
-/// A padded micro-batch on the device.
+/// A micro-batch packed into one row, without padding: its examples' tokens back to back, each
+/// attending only to its own tokens, with positions counted from its own start — the same loss
+/// and gradients as the examples padded side by side, for the tokens alone.
 pub struct Batch {
-    /// `[b, t]` u32.
+    /// `[1, tokens]` u32.
     pub input_ids: Tensor,
-    /// `[b][t]`, 1 for tokens and 0 for padding.
-    pub attention_mask: Vec<Vec<u8>>,
-    /// `[b][t]` labels, [`IGNORE`] on padding.
+    /// Each example's `(start, len)` in the row.
+    pub segments: Vec<(usize, usize)>,
+    /// `[1][tokens]` labels. Each example's first label is [`IGNORE`] (nothing predicts it when
+    /// the example is alone), so no example learns to predict the next one's first token.
     pub labels: Vec<Vec<i64>>,
 }
 
 impl Batch {
-    /// Right-pad `samples` with `pad_id` to the longest.
-    pub fn new(samples: &[&Sample], pad_id: u32, device: &Device) -> Result<Self, TrainError> {
-        let t = samples
-            .iter()
-            .map(|s| s.input_ids.len())
-            .max()
-            .unwrap_or(1)
-            .max(2);
-        let mut ids = Vec::with_capacity(samples.len() * t);
-        let mut attention_mask = Vec::new();
-        let mut labels = Vec::new();
-        for s in samples {
-            let pad = t - s.input_ids.len();
-            ids.extend_from_slice(&s.input_ids);
-            ids.extend(std::iter::repeat_n(pad_id, pad));
-            let mut m = vec![1u8; s.input_ids.len()];
-            m.extend(std::iter::repeat_n(0, pad));
-            attention_mask.push(m);
-            let mut l = s.labels.clone();
-            l.extend(std::iter::repeat_n(IGNORE, pad));
-            labels.push(l);
+    /// Pack `samples` (none empty) into one row.
+    pub fn new(samples: &[&Sample], device: &Device) -> Result<Self, TrainError> {
+        if samples.is_empty() || samples.iter().any(|s| s.input_ids.is_empty()) {
+            return Err(TrainError::Invalid(
+                "a batch needs non-empty examples".into(),
+            ));
         }
-        let input_ids =
-            Tensor::from_vec(ids, (samples.len(), t), device).ctx("building a batch")?;
+        let total = samples.iter().map(|s| s.input_ids.len()).sum();
+        let mut ids = Vec::with_capacity(total);
+        let mut labels = Vec::with_capacity(total);
+        let mut segments = Vec::with_capacity(samples.len());
+        for s in samples {
+            segments.push((ids.len(), s.input_ids.len()));
+            ids.extend_from_slice(&s.input_ids);
+            labels.push(IGNORE);
+            labels.extend_from_slice(&s.labels[1..]);
+        }
+        let input_ids = Tensor::from_vec(ids, (1, total), device).ctx("building a batch")?;
         Ok(Self {
             input_ids,
-            attention_mask,
-            labels,
+            segments,
+            labels: vec![labels],
         })
     }
 
-    /// Tokens that are not padding.
+    /// Tokens in the batch (there is no padding).
     pub fn tokens(&self) -> usize {
-        self.attention_mask
-            .iter()
-            .flatten()
-            .filter(|m| **m == 1)
-            .count()
+        self.segments.iter().map(|(_, len)| len).sum()
     }
 }
 
@@ -191,23 +184,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_pad_on_the_right_and_ignore_padding() {
+    fn batches_pack_examples_without_padding() {
         let a = Sample {
             input_ids: vec![1, 2, 3],
             labels: vec![IGNORE, 2, 3],
         };
         let b = Sample {
-            input_ids: vec![4],
-            labels: vec![4],
+            input_ids: vec![4, 5],
+            labels: vec![4, 5],
         };
-        let batch = Batch::new(&[&a, &b], 0, &Device::Cpu).unwrap();
+        let batch = Batch::new(&[&a, &b], &Device::Cpu).unwrap();
         assert_eq!(
             batch.input_ids.to_vec2::<u32>().unwrap(),
-            vec![vec![1, 2, 3], vec![4, 0, 0]]
+            vec![vec![1, 2, 3, 4, 5]]
         );
-        assert_eq!(batch.attention_mask[1], vec![1, 0, 0]);
-        assert_eq!(batch.labels[1], vec![4, IGNORE, IGNORE]);
-        assert_eq!(batch.tokens(), 4);
+        assert_eq!(batch.segments, vec![(0, 3), (3, 2)]);
+        // b's first label is never predicted alone, so not across the boundary either.
+        assert_eq!(batch.labels, vec![vec![IGNORE, 2, 3, IGNORE, 5]]);
+        assert_eq!(batch.tokens(), 5);
+        let empty = Sample {
+            input_ids: vec![],
+            labels: vec![],
+        };
+        assert!(Batch::new(&[&a, &empty], &Device::Cpu).is_err());
+        assert!(Batch::new(&[], &Device::Cpu).is_err());
     }
 
     #[test]

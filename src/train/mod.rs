@@ -22,6 +22,7 @@ pub mod auto;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
+pub mod fused;
 pub mod generate;
 pub mod gpu_memory;
 pub mod lora;

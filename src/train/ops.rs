@@ -58,30 +58,46 @@ fn log_softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
 /// frozen weight a wasted weight-sized matmul and buffer per layer, a third of the compute and,
 /// without gradient checkpointing, a second copy of the model in memory.
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op1(FrozenLinear(Frozen::Dense(w.clone())))
+    frozen_linear_of(x, Frozen::Dense(w.clone()))
+}
+
+/// [`frozen_linear`] or [`frozen_quantized_linear`], as `w` is held.
+pub(crate) fn frozen_linear_of(x: &Tensor, w: Frozen) -> Result<Tensor> {
+    x.apply_op1(FrozenLinear(w))
 }
 
 /// `x · wᵀ` for a frozen weight stored quantized (on `x`'s device): the weight is
 /// dequantized into a transient buffer for the forward pass and again for the input gradient in
 /// the backward pass, so only one layer's dense weight exists at a time. Differentiable in `x`.
 pub fn frozen_quantized_linear(x: &Tensor, w: &QuantizedWeight) -> Result<Tensor> {
-    x.apply_op1(FrozenLinear(Frozen::Quantized(w.clone())))
+    frozen_linear_of(x, Frozen::Quantized(w.clone()))
 }
 
-enum Frozen {
+/// A frozen `[out, in]` weight: dense in the compute dtype, or quantized (QLoRA).
+#[derive(Clone)]
+pub enum Frozen {
+    /// `[out, in]` in the compute dtype.
     Dense(Tensor),
+    /// `[out, in]` quantized on the device, dequantized per use.
     Quantized(QuantizedWeight),
+}
+
+impl Frozen {
+    /// The dense weight (dequantized afresh when stored quantized; a dense one keeps its dtype).
+    pub fn weight(&self, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+        match self {
+            Frozen::Dense(w) => Ok(w.clone()),
+            Frozen::Quantized(q) => q.dequantize(device, dtype),
+        }
+    }
 }
 
 struct FrozenLinear(Frozen);
 
 impl FrozenLinear {
-    /// The dense `[out, in]` weight in `like`'s dtype (dequantized afresh when stored quantized).
+    /// The dense `[out, in]` weight in `like`'s dtype.
     fn weight(&self, like: &Tensor) -> Result<Tensor> {
-        match &self.0 {
-            Frozen::Dense(w) => Ok(w.clone()),
-            Frozen::Quantized(q) => q.dequantize(like.device(), like.dtype()),
-        }
+        self.0.weight(like.dtype(), like.device())
     }
 }
 
@@ -188,12 +204,13 @@ impl CustomOp1 for OutputOnly {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+/// Helpers for the tests of custom ops: compare an op with candle's composed ops.
+pub(crate) mod testing {
     use candle_core::backprop::GradStore;
-    use candle_core::{Device, Var};
+    use candle_core::{Device, Tensor, Var};
 
-    fn diff(a: &Tensor, b: &Tensor) -> f32 {
+    /// Largest absolute difference of two tensors of one shape.
+    pub fn diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()
@@ -206,7 +223,7 @@ mod tests {
 
     /// How far `ours` is from `reference` (both functions of `x`) in value and in the gradient
     /// of `sum(y ⊙ w)` with respect to `x`; with both gradient stores.
-    fn compare(
+    pub fn compare(
         x: &Var,
         ours: Tensor,
         reference: Tensor,
@@ -222,9 +239,18 @@ mod tests {
         (value, grad, g1, g2)
     }
 
-    fn var(shape: &[usize], std: f32) -> Var {
+    /// A trainable variable of normal values with standard deviation `std`.
+    pub fn var(shape: &[usize], std: f32) -> Var {
         Var::from_tensor(&Tensor::randn(0f32, std, shape, &Device::Cpu).unwrap()).unwrap()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{compare, var};
+    use super::*;
+    use candle_core::Device;
+    use candle_core::backprop::GradStore;
 
     #[test]
     fn matches_the_composed_softmax_in_value_and_gradient() {

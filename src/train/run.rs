@@ -150,7 +150,6 @@ struct Prepared {
     eval_prompts: Vec<EvalPrompt>,
     tokenizer: Tokenizer,
     template: ChatTemplate,
-    pad_id: u32,
     resolved: Resolved,
 }
 
@@ -257,7 +256,7 @@ pub fn train_until(
         gpu_memory::reset_peak(&cfg.device);
         for (j, indices) in micro.iter().enumerate() {
             let samples: Vec<&Sample> = indices.iter().map(|i| &p.train[*i]).collect();
-            let batch = Batch::new(&samples, p.pad_id, &cfg.device)?;
+            let batch = Batch::new(&samples, &cfg.device)?;
             let rows = batch.input_ids.elem_count();
             let masks = model.dropout_masks(cfg.seed, (step * accum + j) as u64, rows)?;
             let ctx = ForwardCtx {
@@ -306,7 +305,7 @@ pub fn train_until(
         let epoch_end = st.step % steps_per_epoch == 0;
         let log = st.step % hp.logging_steps as usize == 0 || st.step == total;
         if (log || epoch_end) && !p.valid.is_empty() {
-            let (l, a) = evaluate(&model, &p.valid, p.pad_id, bs, &cfg.device)?;
+            let (l, a) = evaluate(&model, &p.valid, bs, &cfg.device)?;
             (row.valid_loss, row.valid_mean_token_accuracy) = (Some(l), Some(a));
             if st.step == total {
                 // Every evaluation covers the whole set; the last one is OpenAI's "full" figure.
@@ -430,10 +429,6 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
     } else {
         Vec::new()
     };
-    let pad_id = ["<|endoftext|>", "<pad>", "<|end_of_text|>", "</s>"]
-        .iter()
-        .find_map(|t| tokenizer.token_to_id(t))
-        .unwrap_or(0);
     let resolved = auto::resolve(hp, train.len());
     on(Update::Resolved(resolved.apply(hp)));
     Ok(Prepared {
@@ -442,7 +437,6 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
         eval_prompts,
         tokenizer,
         template,
-        pad_id,
         resolved,
     })
 }
@@ -539,19 +533,14 @@ fn base_answers(
 pub fn evaluate(
     model: &CausalLm,
     samples: &[Sample],
-    pad_id: u32,
     bs: usize,
     device: &Device,
 ) -> Result<(f32, f32), TrainError> {
     let (mut loss, mut correct, mut count) = (0f64, 0usize, 0usize);
     for chunk in samples.chunks(bs.max(1)) {
         let refs: Vec<&Sample> = chunk.iter().collect();
-        let batch = Batch::new(&refs, pad_id, device)?;
-        let logits = model.logits(
-            &batch.input_ids,
-            &batch.attention_mask,
-            ForwardCtx::default(),
-        )?;
+        let batch = Batch::new(&refs, device)?;
+        let logits = model.logits(&batch.input_ids, &batch.segments, ForwardCtx::default())?;
         let out = causal_lm_loss(&logits.detach(), &batch.labels)?;
         loss += f64::from(out.loss.to_scalar::<f32>().ctx("reading the loss")?) * out.count as f64;
         (correct, count) = (correct + out.correct, count + out.count);

@@ -7,7 +7,6 @@ use candle_core::{Tensor, Var};
 
 use super::data::Batch;
 use super::lora::LoraSet;
-use super::loss::causal_lm_loss;
 use super::model::{CausalLm, ForwardCtx};
 use super::{TensorContext, TrainError};
 
@@ -34,8 +33,8 @@ pub fn loss_and_grads(
     grads: &mut [Option<Tensor>],
 ) -> Result<MicroOutput, TrainError> {
     if !checkpointing {
-        let logits = model.logits(&batch.input_ids, &batch.attention_mask, ctx)?;
-        let out = causal_lm_loss(&logits, &batch.labels)?;
+        let x = model.hidden(&batch.input_ids, &batch.segments, ctx)?;
+        let out = model.head_loss(&x, &batch.labels)?;
         let loss = out.loss.to_scalar::<f32>().ctx("reading the loss")?;
         let scaled = (out.loss * scale).ctx("scaling the loss")?;
         accumulate(grads, lora, &scaled.backward().ctx("backward pass")?)?;
@@ -57,9 +56,7 @@ fn checkpointed(
     grads: &mut [Option<Tensor>],
 ) -> Result<MicroOutput, TrainError> {
     let x = model.embed(&batch.input_ids).ctx("embedding")?;
-    let shared = model
-        .shared(&batch.attention_mask, x.dim(1).ctx("embedding")?)
-        .ctx("attention mask")?;
+    let shared = model.shared(&batch.segments).ctx("attention mask")?;
     // Forward: keep each layer's input, drop its graph.
     let mut inputs = Vec::with_capacity(model.num_layers());
     let mut x = x;
@@ -73,15 +70,14 @@ fn checkpointed(
     }
     let top = Var::from_tensor(&x).ctx("checkpoint")?;
     drop(x);
-    let logits = model.head(top.as_tensor()).ctx("forward pass")?;
-    let out = causal_lm_loss(&logits, &batch.labels)?;
+    let out = model.head_loss(top.as_tensor(), &batch.labels)?;
     let loss = out.loss.to_scalar::<f32>().ctx("reading the loss")?;
     let store = (out.loss * scale)
         .and_then(|l| l.backward())
         .ctx("backward pass")?;
     accumulate(grads, lora, &store)?;
     let mut upstream = input_grad(&store, &top)?;
-    drop((store, logits, top));
+    drop((store, top));
     // Backward: recompute layer i from its input, then push the upstream gradient through it
     // (d/dθ of sum(y · g) is the vector-Jacobian product gᵀ ∂y/∂θ).
     while let Some(input) = inputs.pop() {

@@ -28,7 +28,7 @@ fn decoding_with_a_kv_cache_gives_the_logits_of_the_full_forward_pass() {
             .unsqueeze(0)
             .unwrap();
         let full = model
-            .forward(&input, &[vec![1; ids.len()]], ForwardCtx::default())
+            .forward(&input, &[(0, ids.len())], ForwardCtx::default())
             .unwrap()
             .squeeze(0)
             .unwrap();

@@ -54,7 +54,7 @@ pub fn model_logits(model_dir: &Path, adapter: Option<&Path>, ids: &[u32]) -> Te
         .unsqueeze(0)
         .unwrap();
     model
-        .forward(&input, &[vec![1; ids.len()]], ForwardCtx::default())
+        .forward(&input, &[(0, ids.len())], ForwardCtx::default())
         .unwrap()
 }
 

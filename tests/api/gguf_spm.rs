@@ -87,7 +87,7 @@ fn a_sentencepiece_gguf_tokenizes_as_sentencepiece_does() {
         .unsqueeze(0)
         .unwrap();
     let logits = model
-        .forward(&input, &[vec![1; ids.len()]], Default::default())
+        .forward(&input, &[(0, ids.len())], Default::default())
         .unwrap();
     assert_eq!(logits.dims(), [1, ids.len(), tokens.len()]);
 }

@@ -156,7 +156,7 @@ fn the_trainers_forward_on_the_import_gives_transformers_logits() {
             .unsqueeze(0)
             .unwrap();
         let logits = model
-            .forward(&input, &[vec![1; ids.len()]], Default::default())
+            .forward(&input, &[(0, ids.len())], Default::default())
             .unwrap()
             .squeeze(0)
             .unwrap();

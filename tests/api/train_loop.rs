@@ -120,19 +120,8 @@ pub fn spec() -> LoraSpec {
 
 /// The first two training examples as a batch.
 pub fn first_batch(dir: &Path, model: &CausalLm) -> Batch {
-    let tok = data::load_tokenizer(&dir.join("model")).unwrap();
-    let template = ChatTemplate::from_model_dir(&dir.join("model")).unwrap();
-    let examples = data::read_examples(&dir.join("train.json")).unwrap();
-    let limits = Limits {
-        max_length: 512,
-        max_source_length: None,
-        max_target_length: None,
-    };
-    let samples: Vec<_> = examples[..2]
-        .iter()
-        .map(|e| data::encode(e, &template, &tok, limits).unwrap().unwrap())
-        .collect();
-    Batch::new(&samples.iter().collect::<Vec<_>>(), 0, model.device()).unwrap()
+    let samples = samples(dir, 2);
+    Batch::new(&samples.iter().collect::<Vec<_>>(), model.device()).unwrap()
 }
 
 #[test]
@@ -152,18 +141,10 @@ fn a_fresh_adapter_leaves_the_model_unchanged() {
     assert_eq!(lora.adapters.len(), 14);
     let batch = first_batch(dir.path(), &base);
     let a = base
-        .forward(
-            &batch.input_ids,
-            &batch.attention_mask,
-            ForwardCtx::default(),
-        )
+        .forward(&batch.input_ids, &batch.segments, ForwardCtx::default())
         .unwrap();
     let b = adapted
-        .forward(
-            &batch.input_ids,
-            &batch.attention_mask,
-            ForwardCtx::default(),
-        )
+        .forward(&batch.input_ids, &batch.segments, ForwardCtx::default())
         .unwrap();
     assert_eq!(max_abs(&(a - b).unwrap()), 0.0);
 }
@@ -188,11 +169,7 @@ fn every_lora_tensor_receives_a_finite_nonzero_gradient() {
         }
         let batch = first_batch(dir.path(), &model);
         let logits = model
-            .forward(
-                &batch.input_ids,
-                &batch.attention_mask,
-                ForwardCtx::default(),
-            )
+            .forward(&batch.input_ids, &batch.segments, ForwardCtx::default())
             .unwrap();
         let grads = causal_lm_loss(&logits, &batch.labels)
             .unwrap()
@@ -276,6 +253,102 @@ fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
     assert_eq!(plain.len(), ckpt.len());
     for (p, c) in plain.iter().zip(&ckpt) {
         assert!((p.train_loss - c.train_loss).abs() < 1e-5, "{p:?} vs {c:?}");
+    }
+}
+
+/// The first `n` training examples, encoded.
+fn samples(dir: &Path, n: usize) -> Vec<data::Sample> {
+    let tok = data::load_tokenizer(&dir.join("model")).unwrap();
+    let template = ChatTemplate::from_model_dir(&dir.join("model")).unwrap();
+    let examples = data::read_examples(&dir.join("train.json")).unwrap();
+    let limits = Limits {
+        max_length: 512,
+        max_source_length: None,
+        max_target_length: None,
+    };
+    examples[..n]
+        .iter()
+        .map(|e| data::encode(e, &template, &tok, limits).unwrap().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_packed_batch_gives_each_example_what_it_gets_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let dev = Device::Cpu;
+    let (model, lora) = CausalLm::load(
+        &dir.path().join("model"),
+        Some(&spec()),
+        1,
+        &dev,
+        DType::F32,
+    )
+    .unwrap();
+    for a in &lora.adapters {
+        a.b.set(&Tensor::randn(0f32, 0.1, a.b.dims(), &dev).unwrap())
+            .unwrap();
+    }
+    let examples = samples(dir.path(), 3);
+    assert!(examples[0].input_ids.len() != examples[1].input_ids.len());
+    let packed = Batch::new(&examples.iter().collect::<Vec<_>>(), &dev).unwrap();
+    let alone: Vec<Batch> = examples
+        .iter()
+        .map(|e| Batch::new(&[e], &dev).unwrap())
+        .collect();
+    // Logits: the packed row is the examples' own logits back to back.
+    let logits = |b: &Batch| {
+        model
+            .forward(&b.input_ids, &b.segments, ForwardCtx::default())
+            .unwrap()
+    };
+    let each: Vec<Tensor> = alone.iter().map(logits).collect();
+    let err = rel_err(&logits(&packed), &Tensor::cat(&each, 1).unwrap());
+    assert!(err <= 1e-5, "packed logits differ by {err}");
+    // Loss and gradients: the packed mean equals the token-weighted mean of the examples alone,
+    // with and without gradient checkpointing.
+    for checkpointing in [false, true] {
+        let run = |b: &Batch, scale: f64, grads: &mut Vec<Option<Tensor>>| {
+            loss_and_grads(
+                &model,
+                &lora,
+                b,
+                ForwardCtx::default(),
+                scale,
+                checkpointing,
+                grads,
+            )
+            .unwrap()
+        };
+        let mut packed_grads = vec![None; lora.vars().len()];
+        let whole = run(&packed, 1.0, &mut packed_grads);
+        let mut split_grads = vec![None; lora.vars().len()];
+        let (mut loss, mut count) = (0f64, 0usize);
+        for b in &alone {
+            let n = b.labels[0]
+                .iter()
+                .skip(1)
+                .filter(|l| **l != data::IGNORE)
+                .count();
+            let out = run(b, n as f64 / whole.count as f64, &mut split_grads);
+            assert_eq!(out.count, n);
+            loss += f64::from(out.loss) * n as f64;
+            count += n;
+        }
+        assert_eq!(count, whole.count);
+        let mean = (loss / count as f64) as f32;
+        assert!(
+            (whole.loss - mean).abs() <= 1e-5 * mean.abs(),
+            "{} vs {mean}",
+            whole.loss
+        );
+        for (p, s) in packed_grads.iter().zip(&split_grads) {
+            let err = rel_err(p.as_ref().unwrap(), s.as_ref().unwrap());
+            assert!(
+                err <= 1e-4,
+                "gradients differ by {err} (checkpointing {checkpointing})"
+            );
+        }
     }
 }
 
@@ -471,18 +544,10 @@ fn sharded_checkpoints_load_like_a_single_file() {
     let (b, _) = CausalLm::load(&sharded, None, 0, &Device::Cpu, DType::F32).unwrap();
     let batch = first_batch(dir.path(), &a);
     let la = a
-        .forward(
-            &batch.input_ids,
-            &batch.attention_mask,
-            ForwardCtx::default(),
-        )
+        .forward(&batch.input_ids, &batch.segments, ForwardCtx::default())
         .unwrap();
     let lb = b
-        .forward(
-            &batch.input_ids,
-            &batch.attention_mask,
-            ForwardCtx::default(),
-        )
+        .forward(&batch.input_ids, &batch.segments, ForwardCtx::default())
         .unwrap();
     assert_eq!(la.to_vec3::<f32>().unwrap(), lb.to_vec3::<f32>().unwrap());
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
+use ferrotune::train::data::IGNORE;
 use ferrotune::train::lora::LoraSpec;
 use ferrotune::train::loss::causal_lm_loss;
 use ferrotune::train::model::{CausalLm, ForwardCtx};
@@ -19,21 +20,50 @@ fn fixture(arch: &str) -> PathBuf {
         .join(arch)
 }
 
-/// The fixture's expected tensors, its input ids (u32) and attention mask.
-fn fixture_batch(
-    dir: &std::path::Path,
-    dev: &Device,
-) -> (HashMap<String, Tensor>, Tensor, Vec<Vec<u8>>) {
+/// The fixture's padded batch packed as the trainer packs a micro-batch: each row's real tokens
+/// back to back (see `Batch`), with the flat `[b·t]` indices of those tokens.
+struct Packed {
+    ids: Tensor,
+    segments: Vec<(usize, usize)>,
+    labels: Vec<Vec<i64>>,
+    real: Tensor,
+}
+
+impl Packed {
+    /// `t` `[b, t, …]` at the real tokens: `[tokens, …]`.
+    fn at_real(&self, t: &Tensor) -> Tensor {
+        t.flatten_to(1)
+            .unwrap()
+            .index_select(&self.real, 0)
+            .unwrap()
+    }
+}
+
+/// The fixture's expected tensors and its batch, packed.
+fn fixture_batch(dir: &std::path::Path, dev: &Device) -> (HashMap<String, Tensor>, Packed) {
     let expected: HashMap<String, Tensor> =
         candle_core::safetensors::load(dir.join("expected.safetensors"), dev).unwrap();
-    let ids = expected["input_ids"].to_dtype(DType::U32).unwrap();
-    let mask = expected["attention_mask"]
-        .to_vec2::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.into_iter().map(|v| v as u8).collect())
-        .collect();
-    (expected, ids, mask)
+    let ids = expected["input_ids"].to_vec2::<i64>().unwrap();
+    let mask = expected["attention_mask"].to_vec2::<i64>().unwrap();
+    let labels = expected["labels"].to_vec2::<i64>().unwrap();
+    let t = ids[0].len();
+    let (mut flat, mut packed_labels, mut segments, mut real) = (vec![], vec![], vec![], vec![]);
+    for (r, row) in ids.iter().enumerate() {
+        let len = mask[r].iter().filter(|m| **m == 1).count();
+        segments.push((flat.len(), len));
+        flat.extend(row[..len].iter().map(|v| *v as u32));
+        packed_labels.push(IGNORE);
+        packed_labels.extend_from_slice(&labels[r][1..len]);
+        real.extend((0..len).map(|i| (r * t + i) as u32));
+    }
+    let n = flat.len();
+    let packed = Packed {
+        ids: Tensor::from_vec(flat, (1, n), dev).unwrap(),
+        segments,
+        labels: vec![packed_labels],
+        real: Tensor::from_vec(real, n, dev).unwrap(),
+    };
+    (expected, packed)
 }
 
 /// The fixtures' adapter: rank 4, alpha 8, all seven projections.
@@ -64,15 +94,19 @@ fn check(arch: &str) {
         CausalLm::load(&dir.join("model"), Some(&spec), 0, &dev, DType::F32).unwrap();
     lora.load_peft(&dir.join("adapter/adapter_model.safetensors"), &dev)
         .unwrap();
-    let (expected, ids, mask) = fixture_batch(&dir, &dev);
-    let labels = expected["labels"].to_vec2::<i64>().unwrap();
+    let (expected, batch) = fixture_batch(&dir, &dev);
 
-    let logits = model.forward(&ids, &mask, ForwardCtx::default()).unwrap();
-    let err = rel_err(&logits, &expected["logits"]);
+    let logits = model
+        .forward(&batch.ids, &batch.segments, ForwardCtx::default())
+        .unwrap();
+    let err = rel_err(
+        &logits.squeeze(0).unwrap(),
+        &batch.at_real(&expected["logits"]),
+    );
     eprintln!("{arch}: logits relative error {err:.2e}");
     assert!(err <= 1e-4, "{arch}: logits relative error {err}");
 
-    let out = causal_lm_loss(&logits, &labels).unwrap();
+    let out = causal_lm_loss(&logits, &batch.labels).unwrap();
     let loss = out.loss.to_scalar::<f32>().unwrap();
     let want = expected["loss"].to_vec1::<f32>().unwrap()[0];
     assert!(
@@ -123,13 +157,26 @@ fn export_our_adapter_for_peft() {
         let out = out_root.join(arch);
         lora.save_peft(&out.join("adapter"), &spec, "fixture")
             .unwrap();
-        let (expected, ids, mask) = fixture_batch(&dir, &dev);
-        let logits = model.forward(&ids, &mask, ForwardCtx::default()).unwrap();
+        // Both rows whole (padding ids as tokens), so PyTorch checks every position.
+        let expected: HashMap<String, Tensor> =
+            candle_core::safetensors::load(dir.join("expected.safetensors"), &dev).unwrap();
+        let ids = expected["input_ids"].to_dtype(DType::U32).unwrap();
+        let (b, t) = ids.dims2().unwrap();
+        let segments: Vec<_> = (0..b).map(|r| (r * t, t)).collect();
+        let logits = model
+            .forward(
+                &ids.reshape((1, b * t)).unwrap(),
+                &segments,
+                ForwardCtx::default(),
+            )
+            .unwrap()
+            .reshape((b, t, ()))
+            .unwrap();
         let tensors = HashMap::from([
             ("input_ids".to_owned(), expected["input_ids"].clone()),
             (
                 "attention_mask".to_owned(),
-                expected["attention_mask"].clone(),
+                Tensor::ones((b, t), DType::I64, &dev).unwrap(),
             ),
             ("logits".to_owned(), logits),
         ]);
@@ -169,9 +216,13 @@ fn a_qlora_adapter_matches_pytorch_peft_over_the_dequantized_base() {
         .unwrap();
     let reference: HashMap<String, Tensor> =
         candle_core::safetensors::load(dir.join("qlora_nf4.safetensors"), &dev).unwrap();
-    let (expected, ids, mask) = fixture_batch(&dir, &dev);
-    let logits = model.forward(&ids, &mask, ForwardCtx::default()).unwrap();
-    let err = rel_err(&logits, &reference["logits"]);
+    let (expected, batch) = fixture_batch(&dir, &dev);
+    let logits = model
+        .forward(&batch.ids, &batch.segments, ForwardCtx::default())
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let err = rel_err(&logits, &batch.at_real(&reference["logits"]));
     eprintln!("QLoRA nf4: logits relative error {err:.2e} against PEFT");
     assert!(err <= 1e-4, "logits relative error {err}");
     // Quantization mattered: the dense base's logits are elsewhere.

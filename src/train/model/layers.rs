@@ -1,11 +1,11 @@
 //! Building blocks: RMSNorm (Zhang & Sennrich, arXiv:1910.07467) and linear layers that may carry
 //! a LoRA adapter. Differentiable ops only.
 
-use candle_core::{D, DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
+use crate::train::fused;
 use crate::train::lora::AdapterVars;
-use crate::train::ops::{frozen_linear, frozen_quantized_linear};
-use crate::train::quant::QuantizedWeight;
+use crate::train::ops::frozen_linear_of;
 use crate::train::rng::{self, purpose};
 
 /// Root-mean-square normalisation, computed in f32.
@@ -22,12 +22,7 @@ impl RmsNorm {
 
     /// `x / sqrt(mean(x²) + eps) * weight`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
-        let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
-        x.broadcast_div(&rms)?
-            .to_dtype(dtype)?
-            .broadcast_mul(&self.weight)
+        fused::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -100,13 +95,7 @@ fn device_keep_flags(shape: (usize, usize), keep: f32, device: &Device) -> Resul
         .to_dtype(DType::U8)
 }
 
-/// A frozen weight: dense in the compute dtype, or quantized (QLoRA).
-pub enum FrozenWeight {
-    /// `[out, in]` in the compute dtype.
-    Dense(Tensor),
-    /// `[out, in]` quantized on the device, dequantized per use.
-    Quantized(QuantizedWeight),
-}
+pub use crate::train::ops::Frozen as FrozenWeight;
 
 /// A frozen linear layer, optionally with a LoRA adapter.
 pub struct Linear {
@@ -159,26 +148,34 @@ impl Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
         let flat = x.reshape((rows, in_dim))?;
-        let mut y = match &self.weight {
-            FrozenWeight::Dense(w) => frozen_linear(&flat, w)?,
-            FrozenWeight::Quantized(q) => frozen_quantized_linear(&flat, q)?,
+        let frozen = || self.weight.clone();
+        let mut y = match &self.lora {
+            Some(l) => {
+                // Inverted dropout: the 1/keep factor rides on the adapter's scale.
+                let (mask, scale) = match dropout {
+                    Some(d) if l.dropout > 0.0 => {
+                        (Some(d.mask.narrow(1, l.column, in_dim)?), l.scale * d.scale)
+                    }
+                    _ => (None, l.scale),
+                };
+                let (a, b) = (l.vars.a.as_tensor(), l.vars.b.as_tensor());
+                match fused::lora::lora_linear(&flat, frozen(), a, b, mask.clone(), scale)? {
+                    Some(y) => y,
+                    None => {
+                        let input = match mask {
+                            Some(m) => flat.mul(&m.to_dtype(x.dtype())?)?,
+                            None => flat.clone(),
+                        };
+                        let (a, b) = (a.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
+                        let update = input.matmul(&a.t()?)?.matmul(&b.t()?)?;
+                        fused::scaled_add(&frozen_linear_of(&flat, frozen())?, &update, scale)?
+                    }
+                }
+            }
+            None => frozen_linear_of(&flat, frozen())?,
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
-        }
-        if let Some(l) = &self.lora {
-            // Inverted dropout: the 1/keep factor rides on the adapter's scale.
-            let (input, scale) = match dropout {
-                Some(d) if l.dropout > 0.0 => {
-                    let mask = d.mask.narrow(1, l.column, in_dim)?.to_dtype(x.dtype())?;
-                    (flat.mul(&mask)?, l.scale * d.scale)
-                }
-                _ => (flat.clone(), l.scale),
-            };
-            let a = l.vars.a.as_tensor().to_dtype(x.dtype())?;
-            let b = l.vars.b.as_tensor().to_dtype(x.dtype())?;
-            let update = input.matmul(&a.t()?)?.matmul(&b.t()?)?;
-            y = (y + (update * scale)?)?;
         }
         let mut out_dims = dims;
         let last = out_dims.len() - 1;

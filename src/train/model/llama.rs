@@ -8,7 +8,12 @@ use candle_core::{DType, Device, Tensor};
 
 use super::layers::{DropoutMasks, LayerDropout, Linear, RmsNorm};
 use super::{Config, Weights, rope};
+use crate::train::fused::{
+    self,
+    attention::{Heads, causal_attention},
+};
 use crate::train::lora::{LoraSet, LoraSpec};
+use crate::train::loss::{LossOutput, causal_lm_loss, chunked_lm_loss};
 use crate::train::ops::{frozen_linear, softmax_last_dim};
 use crate::train::quant::Storage;
 use crate::train::{TensorContext, TrainError};
@@ -233,43 +238,56 @@ impl CausalLm {
         &self.device
     }
 
-    /// Logits `[b, t, vocab]` in f32 for `input_ids` `[b, t]` (u32) with `attention_mask`
-    /// `[b][t]` (1 = token, 0 = right padding).
+    /// Logits `[1, t, vocab]` in f32 for a packed row `input_ids` `[1, t]` (u32) holding the
+    /// examples `segments` (`(start, len)` each, see [`crate::train::data::Batch`]).
     pub fn forward(
         &self,
         input_ids: &Tensor,
-        attention_mask: &[Vec<u8>],
+        segments: &[(usize, usize)],
         ctx: ForwardCtx,
     ) -> Result<Tensor, TrainError> {
-        self.forward_inner(input_ids, attention_mask, ctx)
-            .and_then(|l| l.to_dtype(DType::F32))
-            .ctx("forward pass")
+        self.logits(input_ids, segments, ctx)
+            .and_then(|l| l.to_dtype(DType::F32).ctx("forward pass"))
     }
 
-    /// Like [`Self::forward`], with the logits left in the compute dtype (the loss reads them
-    /// in f32 itself, without keeping an f32 copy).
+    /// Like [`Self::forward`], with the logits left in the compute dtype.
     pub fn logits(
         &self,
         input_ids: &Tensor,
-        attention_mask: &[Vec<u8>],
+        segments: &[(usize, usize)],
         ctx: ForwardCtx,
     ) -> Result<Tensor, TrainError> {
-        self.forward_inner(input_ids, attention_mask, ctx)
-            .ctx("forward pass")
+        self.hidden(input_ids, segments, ctx)
+            .and_then(|x| self.head(&x).ctx("forward pass"))
     }
 
-    fn forward_inner(
+    /// The last decoder layer's output `[1, t, hidden]` (before the final norm).
+    pub fn hidden(
         &self,
         input_ids: &Tensor,
-        attention_mask: &[Vec<u8>],
+        segments: &[(usize, usize)],
         ctx: ForwardCtx,
-    ) -> candle_core::Result<Tensor> {
-        let mut x = self.embed(input_ids)?;
-        let shared = self.shared(attention_mask, x.dim(1)?)?;
-        for i in 0..self.layers.len() {
-            x = self.layer(i, &x, &shared, ctx)?;
+    ) -> Result<Tensor, TrainError> {
+        (|| {
+            let mut x = self.embed(input_ids)?;
+            let shared = self.shared(segments)?;
+            for i in 0..self.layers.len() {
+                x = self.layer(i, &x, &shared, ctx)?;
+            }
+            Ok(x)
+        })()
+        .ctx("forward pass")
+    }
+
+    /// The training loss of the last layer's output `x` `[1, t, hidden]` against `labels`:
+    /// final norm, `lm_head` and cross-entropy — on the CPU in f32 without the full logits
+    /// ([`chunked_lm_loss`]).
+    pub fn head_loss(&self, x: &Tensor, labels: &[Vec<i64>]) -> Result<LossOutput, TrainError> {
+        if self.device.is_cpu() && self.dtype == DType::F32 {
+            let h = self.norm.forward(x).ctx("final norm")?;
+            return chunked_lm_loss(&h, &self.lm_head, labels);
         }
-        self.head(&x)
+        causal_lm_loss(&self.head(x).ctx("forward pass")?, labels)
     }
 
     /// Number of decoder layers.
@@ -285,11 +303,23 @@ impl CausalLm {
             .reshape((b, t, self.cfg.hidden_size))
     }
 
-    /// What every layer of one batch shares: RoPE tables and the attention mask.
-    pub fn shared(&self, attention_mask: &[Vec<u8>], t: usize) -> candle_core::Result<LayerInputs> {
-        let (cos, sin) = rope::tables(&self.inv_freq, t, self.dtype, &self.device)?;
-        let mask = causal_mask(attention_mask, t, self.dtype, &self.device)?;
-        Ok(LayerInputs { cos, sin, mask })
+    /// What every layer of one packed row shares: RoPE tables with each example's positions
+    /// from 0, and each example's causal mask.
+    pub fn shared(&self, segments: &[(usize, usize)]) -> candle_core::Result<LayerInputs> {
+        let positions = segments.iter().flat_map(|(_, len)| 0..*len);
+        let (cos, sin) = rope::tables_at(&self.inv_freq, positions, self.dtype, &self.device)?;
+        let mut masks: Vec<(usize, Tensor)> = Vec::new();
+        for (_, len) in segments {
+            if !masks.iter().any(|(l, _)| l == len) {
+                masks.push((*len, causal_mask(*len, self.dtype, &self.device)?));
+            }
+        }
+        Ok(LayerInputs {
+            cos,
+            sin,
+            segments: segments.to_vec(),
+            masks,
+        })
     }
 
     /// Decoder layer `i` applied to the residual stream `x`.
@@ -330,21 +360,71 @@ impl CausalLm {
 
 /// Per-batch inputs shared by every decoder layer.
 pub struct LayerInputs {
+    /// `[t, head_dim]` RoPE tables of the packed row.
     cos: Tensor,
     sin: Tensor,
-    /// `[b, 1, t, t]` additive mask in the compute dtype.
-    mask: Tensor,
+    /// The examples' `(start, len)` in the row.
+    segments: Vec<(usize, usize)>,
+    /// `[1, 1, len, len]` additive causal mask in the compute dtype, per example length.
+    masks: Vec<(usize, Tensor)>,
 }
 
 impl Attention {
+    /// Attention within each example of the packed row `x` `[1, t, hidden]`, then `o_proj`.
     fn forward(
         &self,
         x: &Tensor,
         shared: &LayerInputs,
         dropout: Option<LayerDropout>,
     ) -> candle_core::Result<Tensor> {
+        if fused::fused(x) {
+            return self.fused_forward(x, shared, dropout);
+        }
         let (q, k, v) = self.project(x, &shared.cos, &shared.sin, dropout)?;
-        self.attend(&q, k, v, Some(&shared.mask), dropout)
+        let mut outs = Vec::with_capacity(shared.segments.len());
+        for (start, len) in &shared.segments {
+            let mask = shared.masks.iter().find(|(l, _)| l == len).map(|(_, m)| m);
+            let part = |t: &Tensor| t.narrow(2, *start, *len);
+            outs.push(self.attention(&part(&q)?, part(&k)?, part(&v)?, mask)?);
+        }
+        let out = match outs.len() {
+            1 => outs.remove(0),
+            _ => Tensor::cat(&outs, 1)?,
+        };
+        self.o_proj.forward(&out, dropout)
+    }
+
+    /// [`Self::forward`] on the CPU in f32: projections, rotation and attention in the
+    /// projections' token-major layout ([`causal_attention`]).
+    fn fused_forward(
+        &self,
+        x: &Tensor,
+        shared: &LayerInputs,
+        dropout: Option<LayerDropout>,
+    ) -> candle_core::Result<Tensor> {
+        let (_, t, _) = x.dims3()?;
+        let hd = self.head_dim;
+        let rotate = |y: Tensor, heads: usize, scale: f64| {
+            fused::rope(&y.reshape((t, heads, hd))?, &shared.cos, &shared.sin, scale)?
+                .reshape((t, heads * hd))
+        };
+        let q = rotate(
+            self.q_proj.forward(x, dropout)?,
+            self.heads,
+            1.0 / (hd as f64).sqrt(),
+        )?;
+        let k = rotate(self.k_proj.forward(x, dropout)?, self.kv_heads, 1.0)?;
+        let v = self
+            .v_proj
+            .forward(x, dropout)?
+            .reshape((t, self.kv_heads * hd))?;
+        let heads = Heads {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: hd,
+        };
+        let out = causal_attention(&q, &k, &v, &shared.segments, heads)?;
+        self.o_proj.forward(&out.reshape((1, t, ()))?, dropout)
     }
 
     /// Queries, keys and values `[b, heads, t, head_dim]` of `x`, rotated; q carries the 1/√d
@@ -363,8 +443,8 @@ impl Attention {
         let q = split(self.q_proj.forward(x, dropout)?, self.heads)?;
         let k = split(self.k_proj.forward(x, dropout)?, self.kv_heads)?;
         let v = split(self.v_proj.forward(x, dropout)?, self.kv_heads)?;
-        let q = (rope::apply(&q, cos, sin)? * (1.0 / (hd as f64).sqrt()))?;
-        Ok((q, rope::apply(&k, cos, sin)?, v))
+        let q = fused::rope(&q, cos, sin, 1.0 / (hd as f64).sqrt())?;
+        Ok((q, fused::rope(&k, cos, sin, 1.0)?, v))
     }
 
     /// Attention of `q` over the (kv-head) keys and values, then `o_proj`. `mask` is additive,
@@ -377,6 +457,18 @@ impl Attention {
         mask: Option<&Tensor>,
         dropout: Option<LayerDropout>,
     ) -> candle_core::Result<Tensor> {
+        self.o_proj
+            .forward(&self.attention(q, k, v, mask)?, dropout)
+    }
+
+    /// The attention output `[b, t, heads · head_dim]` before `o_proj`.
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let (b, _, t, _) = q.dims4()?;
         let k = repeat_kv(k, self.heads / self.kv_heads)?;
         let v = repeat_kv(v, self.heads / self.kv_heads)?;
@@ -388,19 +480,19 @@ impl Attention {
             None => scores,
         };
         let probs = softmax_last_dim(&scores)?;
-        let out = probs
+        probs
             .matmul(&v)?
             .transpose(1, 2)?
-            .reshape((b, t, self.heads * self.head_dim))?;
-        self.o_proj.forward(&out, dropout)
+            .reshape((b, t, self.heads * self.head_dim))
     }
 }
 
 impl Mlp {
     fn forward(&self, x: &Tensor, dropout: Option<LayerDropout>) -> candle_core::Result<Tensor> {
-        let gate = self.gate_proj.forward(x, dropout)?.silu()?;
+        let gate = self.gate_proj.forward(x, dropout)?;
         let up = self.up_proj.forward(x, dropout)?;
-        self.down_proj.forward(&(gate * up)?, dropout)
+        self.down_proj
+            .forward(&fused::silu_mul(&gate, &up)?, dropout)
     }
 }
 
@@ -416,31 +508,16 @@ fn repeat_kv(x: Tensor, rep: usize) -> candle_core::Result<Tensor> {
         .reshape((b, kv * rep, t, hd))
 }
 
-/// `[b, 1, t, t]` in `dtype`: 0 where query `i` may see key `j` (`j <= i`, `j` not padding), else
-/// a large negative number that `dtype` can hold. Key 0 is never padding (padding is on the
-/// right), so every row keeps a finite maximum.
-fn causal_mask(
-    attention_mask: &[Vec<u8>],
-    t: usize,
-    dtype: DType,
-    device: &Device,
-) -> candle_core::Result<Tensor> {
-    let b = attention_mask.len();
+/// `[1, 1, t, t]` in `dtype`: 0 where query `i` may see key `j` (`j <= i`), else a large
+/// negative number that `dtype` can hold.
+fn causal_mask(t: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
     let hidden = if dtype == DType::F16 {
         -65504.0
     } else {
         -1.0e9
     };
-    let mut m = vec![0f32; b * t * t];
-    for (bi, row) in attention_mask.iter().enumerate() {
-        for i in 0..t {
-            for j in 0..t {
-                let visible = j <= i && row.get(j).copied().unwrap_or(0) == 1;
-                if !visible {
-                    m[(bi * t + i) * t + j] = hidden;
-                }
-            }
-        }
-    }
-    Tensor::from_vec(m, (b, 1, t, t), device)?.to_dtype(dtype)
+    let m: Vec<f32> = (0..t * t)
+        .map(|k| if k % t <= k / t { 0.0 } else { hidden })
+        .collect();
+    Tensor::from_vec(m, (1, 1, t, t), device)?.to_dtype(dtype)
 }

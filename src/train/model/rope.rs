@@ -1,8 +1,8 @@
 //! Rotary position embeddings (RoFormer, arXiv:2104.09864) in Hugging Face's "rotate half" layout,
-//! with Llama 3 and linear frequency scaling. Built from differentiable ops (candle's fused `rope`
-//! has no backward).
+//! with Llama 3 and linear frequency scaling: the tables here, the rotation (with its backward;
+//! candle's fused `rope` has none) in [`crate::train::fused::rope`].
 
-use candle_core::{D, DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use serde_json::Value;
 
 use super::Config;
@@ -54,9 +54,17 @@ fn scale(base: &[f64], s: &Value) -> Vec<f64> {
     }
 }
 
-/// `(cos, sin)` tables of shape `[seq, head_dim]` for positions `0..seq`.
-pub fn tables(inv: &[f32], seq: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
-    let a = Tensor::from_vec(angles(inv, 0..seq), (seq, inv.len() * 2), device)?;
+/// `(cos, sin)` tables of shape `[n, head_dim]` for the `n` positions given (a packed row counts
+/// each example's positions from 0).
+pub fn tables_at(
+    inv: &[f32],
+    positions: impl Iterator<Item = usize>,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let flat = angles(inv, positions);
+    let n = flat.len() / (inv.len() * 2).max(1);
+    let a = Tensor::from_vec(flat, (n, inv.len() * 2), device)?;
     Ok((a.cos()?.to_dtype(dtype)?, a.sin()?.to_dtype(dtype)?))
 }
 
@@ -83,13 +91,4 @@ fn angles(inv: &[f32], positions: impl Iterator<Item = usize>) -> Vec<f32> {
         out.extend_from_slice(&row);
     }
     out
-}
-
-/// Rotate `x` of shape `[b, heads, seq, head_dim]`.
-pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let hd = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
-    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    x.broadcast_mul(cos)?.add(&rotated.broadcast_mul(sin)?)
 }
