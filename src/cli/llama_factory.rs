@@ -130,6 +130,12 @@ pub struct LlamaFactoryConfig {
     /// Understood; metrics go to the output directory only.
     #[allow(dead_code)]
     pub report_to: Option<IgnoredAny>,
+    /// Understood; every micro-batch is packed without attention across its examples.
+    #[allow(dead_code)]
+    pub neat_packing: Option<IgnoredAny>,
+    /// `true` (examples concatenated up to `cutoff_len`, attending across each other) is not
+    /// done: micro-batches are packed as with `neat_packing`, which is warned about.
+    pub packing: Option<bool>,
     /// Every other key, in name order: each is warned about and ignored.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, IgnoredAny>,
@@ -146,6 +152,12 @@ impl LlamaFactoryConfig {
             serde_norway::from_str::<Self>(&text).map_err(anyhow::Error::from)
         };
         let cfg = parsed.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if cfg.packing == Some(true) {
+            tracing::warn!(
+                "packing: true is not supported; each micro-batch is packed without attention \
+                 across examples instead (neat_packing)"
+            );
+        }
         for key in cfg.unknown.keys() {
             tracing::warn!("config key '{key}' is not supported and is ignored");
         }

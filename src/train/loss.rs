@@ -151,7 +151,9 @@ impl CustomOp1 for SoftmaxCrossEntropy {
         let (n, vocab) = l.shape().dims2()?;
         let logits = &data[start..end];
         let mut out = vec![0f32; n * vocab];
-        let (loss, correct) = out
+        // Per-row results collected in order and summed on one thread: the same loss bit for bit
+        // however the rows were split between threads.
+        let rows: Vec<(f64, usize)> = out
             .par_chunks_mut(vocab)
             .zip(logits.par_chunks(vocab))
             .zip(self.targets.par_iter())
@@ -174,7 +176,9 @@ impl CustomOp1 for SoftmaxCrossEntropy {
                 let nll = f64::from(max + sum.ln() - row[target]);
                 (nll, usize::from(best == target))
             })
-            .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            .collect();
+        let loss = rows.iter().map(|r| r.0).sum();
+        let correct = rows.iter().map(|r| r.1).sum();
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = (loss, correct);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
