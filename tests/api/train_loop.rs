@@ -290,7 +290,8 @@ fn a_packed_batch_gives_each_example_what_it_gets_alone() {
             .unwrap();
     }
     let mut examples = samples(dir.path(), 3);
-    // Three different lengths: the second example cut short (a prefix trains like any example).
+    // The second example cut short, so the packed row mixes lengths (a prefix trains like any
+    // example).
     let cut = examples[1].input_ids.len() - 5;
     examples[1].input_ids.truncate(cut);
     examples[1].labels.truncate(cut);
