@@ -18,10 +18,7 @@ const SPECIAL_IDS: [u32; 3] = [256, 257, 258];
 
 fn params() -> ChatParams {
     ChatParams {
-        messages: vec![ChatTurn {
-            role: "user".into(),
-            content: "Tell me about sleep.".into(),
-        }],
+        messages: vec![ChatTurn::new("user", "Tell me about sleep.")],
         temperature: Some(1.0),
         n: 1,
         max_tokens: Some(TOKENS),

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod body_timeout;
 pub mod chat;
+pub mod completions;
 pub mod error;
 pub mod files;
 pub mod fine_tuning;
@@ -16,6 +17,7 @@ pub mod objects;
 pub mod openapi;
 pub mod request_span;
 pub mod routes;
+pub mod sampling;
 
 use actix_web::middleware::ErrorHandlers;
 

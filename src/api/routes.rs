@@ -12,7 +12,7 @@ use utoipa_actix_web::AppExt;
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::error::{self, ApiError};
-use super::{chat, files, fine_tuning, health, models, openapi};
+use super::{chat, completions, files, fine_tuning, health, models, openapi};
 
 /// Register every documented route and the error envelopes for actix's own rejections.
 pub fn configure(cfg: &mut ServiceConfig) {
@@ -34,6 +34,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(fine_tuning::events::list_fine_tuning_events)
         .service(fine_tuning::events::list_fine_tuning_job_checkpoints)
         .service(chat::create_chat_completion)
+        .service(completions::create_completion)
         .service(models::list_models)
         .service(models::adapters::load_lora_adapter)
         .service(models::adapters::unload_lora_adapter)

@@ -219,10 +219,7 @@ pub async fn engine_check(args: &EngineCheckArgs) -> anyhow::Result<()> {
     println!("base_load_s={:.2}", started.elapsed().as_secs_f64());
     let banned = special_token_ids(&args.base)?;
     let params = |content: &str, tokens: usize, temperature: f64, ban: bool| ChatParams {
-        messages: vec![ChatTurn {
-            role: "user".into(),
-            content: content.into(),
-        }],
+        messages: vec![ChatTurn::new("user", content)],
         temperature: Some(temperature),
         n: 1,
         max_tokens: Some(tokens),

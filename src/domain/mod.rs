@@ -12,6 +12,7 @@ pub mod model_name;
 pub mod organization;
 pub mod pagination;
 pub mod text;
+pub mod tools;
 
 /// A rejected input: what was wrong and which request parameter it came from.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

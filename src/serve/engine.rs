@@ -8,15 +8,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use mistralrs::core::{
-    AddModelConfig, DefaultSchedulerMethod, EngineConfig, Request, Response, SchedulerConfig,
-    TokenSource,
+    AddModelConfig, DefaultSchedulerMethod, EngineConfig, MessageContent, Request, Response,
+    SchedulerConfig, TokenSource,
 };
 use mistralrs::{Model, ModelDType, TextModelBuilder};
 use tokio::sync::mpsc;
 
 use super::ServeError;
+use super::fan_in::fan_in;
 use super::loader::load_with_adapter;
-use super::request::{ChatParams, normal_request};
+use super::request::{
+    ChatParams, completion_request, engine_messages, engine_tools, normal_request,
+};
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -51,6 +54,8 @@ pub struct Engine {
     active: Active,
     /// Tokens of prompt plus completion the base model (and so each fine-tune) can attend to.
     context_len: usize,
+    /// Whether the base model's chat template renders `tools` itself.
+    template_tools: bool,
 }
 
 type Active = Arc<Mutex<HashMap<String, usize>>>;
@@ -95,6 +100,10 @@ impl Engine {
                 reason: e.to_string(),
             })?
             .max_position_embeddings;
+        // Fine-tunes share the base's template, so one answer serves every model.
+        let template_tools =
+            crate::train::template::ChatTemplate::from_model_dir(&options.base_dir)
+                .is_ok_and(|t| t.handles_tools());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mistralrs")
@@ -152,6 +161,7 @@ impl Engine {
             loads: std::sync::atomic::AtomicU64::new(0),
             active: Arc::new(Mutex::new(HashMap::new())),
             context_len,
+            template_tools,
         }))
     }
 
@@ -302,8 +312,35 @@ impl Engine {
         params: ChatParams,
         stream: bool,
     ) -> Result<Generation, ServeError> {
-        let (tx, rx) = mpsc::channel(64);
-        let request = normal_request(params, tx, stream, name);
+        let template_tools = self.template_tools;
+        self.submit(name, params, |p, tx| {
+            normal_request(p, tx, stream, name, template_tools)
+        })
+        .await
+    }
+
+    /// Start a legacy completion of `prompt` on a resident model (sampling from `params`).
+    pub async fn complete(
+        &self,
+        name: &str,
+        prompt: String,
+        params: ChatParams,
+        stream: bool,
+    ) -> Result<Generation, ServeError> {
+        self.submit(name, params, |p, tx| {
+            completion_request(prompt.clone(), &p, tx, stream, name)
+        })
+        .await
+    }
+
+    /// Send the request `build` makes — one per choice when `n > 1`, merged by [`fan_in`] so
+    /// each choice's tokens are counted.
+    async fn submit(
+        &self,
+        name: &str,
+        params: ChatParams,
+        build: impl Fn(ChatParams, mpsc::Sender<Response>) -> mistralrs::core::NormalRequest,
+    ) -> Result<Generation, ServeError> {
         let sender = self
             .model
             .inner()
@@ -312,10 +349,30 @@ impl Engine {
                 model: name.to_owned(),
                 reason: e.to_string(),
             })?;
-        sender
-            .send(Request::Normal(Box::new(request)))
-            .await
-            .map_err(engine_err)?;
+        let n = params.n.max(1);
+        let (tx, rx) = mpsc::channel(64);
+        if n == 1 {
+            let request = build(params, tx);
+            sender
+                .send(Request::Normal(Box::new(request)))
+                .await
+                .map_err(engine_err)?;
+        } else {
+            let mut subs = Vec::with_capacity(n);
+            for _ in 0..n {
+                let (sub_tx, sub_rx) = mpsc::channel(64);
+                let one = ChatParams {
+                    n: 1,
+                    ..params.clone()
+                };
+                sender
+                    .send(Request::Normal(Box::new(build(one, sub_tx))))
+                    .await
+                    .map_err(engine_err)?;
+                subs.push(sub_rx);
+            }
+            self.handle.spawn(fan_in(subs, tx));
+        }
         *self
             .active
             .lock()
@@ -329,31 +386,39 @@ impl Engine {
         })
     }
 
-    /// Prompt tokens of `messages` on model `name` (the engine's own template and tokenizer).
-    pub async fn prompt_tokens(&self, name: &str, messages: &[super::ChatTurn]) -> Option<usize> {
-        let mut text = mistralrs::TextMessages::new();
-        for m in messages {
-            let role = match m.role.as_str() {
-                "system" => mistralrs::TextMessageRole::System,
-                "assistant" => mistralrs::TextMessageRole::Assistant,
-                "tool" => mistralrs::TextMessageRole::Tool,
-                _ => mistralrs::TextMessageRole::User,
-            };
-            text = text.add_message(role, &m.content);
-        }
-        let ids = self
-            .model
-            .tokenize_with_model(
-                either::Either::Left(text),
-                None,
-                true,
-                true,
-                None,
-                Some(name),
-            )
+    /// Prompt tokens of a request on model `name` (the engine's own template and tokenizer, the
+    /// messages rendered exactly as [`Engine::chat`] sends them).
+    pub async fn prompt_tokens(&self, name: &str, params: &ChatParams) -> Option<usize> {
+        let messages = either::Either::Left(engine_messages(params, self.template_tools));
+        self.count_tokens(name, messages, engine_tools(params))
             .await
-            .ok()?;
-        Some(ids.len())
+    }
+
+    /// Tokens of a legacy completion prompt on model `name`, as the engine encodes it.
+    pub async fn text_tokens(&self, name: &str, prompt: &str) -> Option<usize> {
+        let text = either::Either::Right(prompt.to_owned());
+        self.count_tokens(name, text, None).await
+    }
+
+    async fn count_tokens(
+        &self,
+        name: &str,
+        text: either::Either<Vec<indexmap::IndexMap<String, MessageContent>>, String>,
+        tools: Option<Vec<mistralrs::Tool>>,
+    ) -> Option<usize> {
+        let (tx, mut rx) = mpsc::channel(1);
+        let request = Request::Tokenize(mistralrs::core::TokenizationRequest {
+            text,
+            tools,
+            add_generation_prompt: true,
+            add_special_tokens: true,
+            enable_thinking: None,
+            reasoning_effort: None,
+            response: tx,
+        });
+        let sender = self.model.inner().get_sender(Some(name)).ok()?;
+        sender.send(request).await.ok()?;
+        rx.recv().await?.ok().map(|ids| ids.len())
     }
 
     /// Generations in progress.

@@ -4,12 +4,13 @@
 
 pub mod adapters;
 mod engine;
+mod fan_in;
 mod loader;
 pub mod measure;
 mod request;
 
 pub use engine::{Engine, EngineOptions, Generation};
-pub use request::{ChatParams, ChatTurn};
+pub use request::{ChatParams, ChatTurn, ToolUse};
 
 /// A serving failure.
 #[derive(Debug, thiserror::Error)]

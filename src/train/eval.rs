@@ -195,11 +195,7 @@ mod tests {
     use super::*;
 
     fn turn(role: Role, content: &str) -> Turn {
-        Turn {
-            role,
-            content: content.into(),
-            train: role == Role::Assistant,
-        }
+        Turn::new(role, content)
     }
 
     #[test]
@@ -213,6 +209,7 @@ mod tests {
                 turn(Role::Assistant, "About two litres."),
             ],
             tools: None,
+            parallel_tool_calls: true,
         };
         let p = EvalPrompt::of(&e).unwrap();
         assert_eq!(p.turns.len(), 4);
@@ -221,6 +218,7 @@ mod tests {
         let no_answer = Example {
             turns: vec![turn(Role::User, "?")],
             tools: None,
+            parallel_tool_calls: true,
         };
         assert!(EvalPrompt::of(&no_answer).is_none());
     }
@@ -230,6 +228,7 @@ mod tests {
         let e = Example {
             turns: vec![turn(Role::User, "q"), turn(Role::Assistant, "drink water")],
             tools: None,
+            parallel_tool_calls: true,
         };
         let prompts = vec![EvalPrompt::of(&e).unwrap()];
         let (records, m) = score(&prompts, &["no idea".into()], &["drink water".into()]);

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::{TrainError, io_err};
 use crate::domain::dataset::{Example, Role, Turn};
+use crate::domain::tools::{TemplateTurn, parse_tools, template_messages};
 
 const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 const QWEN: &str = "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -100,17 +101,35 @@ impl ChatTemplate {
         })
     }
 
+    /// Whether the template renders a `tools` variable itself.
+    pub fn handles_tools(&self) -> bool {
+        crate::domain::tools::template_handles_tools(&self.source)
+    }
+
     /// The end-of-sequence token text.
     pub fn eos_token(&self) -> &str {
         &self.eos_token
     }
 
-    /// Render `turns` as the model sees them.
+    /// Render `turns` as the model sees them, `tools` offered (several calls at once allowed).
     pub fn render(
         &self,
         turns: &[Turn],
         add_generation_prompt: bool,
         tools: Option<&Value>,
+    ) -> Result<String, TrainError> {
+        self.render_offering(turns, add_generation_prompt, tools, true)
+    }
+
+    /// [`ChatTemplate::render`] with `parallel_tool_calls` given. The messages are built by
+    /// [`template_messages`], as serving builds them, so a fine-tune learns the prompt it is
+    /// served with.
+    fn render_offering(
+        &self,
+        turns: &[Turn],
+        add_generation_prompt: bool,
+        tools: Option<&Value>,
+        parallel: bool,
     ) -> Result<String, TrainError> {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
@@ -129,10 +148,23 @@ impl ChatTemplate {
         });
         env.add_template("chat", &self.source)
             .map_err(|e| TrainError::Invalid(format!("chat template does not parse: {e}")))?;
-        let messages: Vec<Value> = turns
+        let view: Vec<TemplateTurn<'_>> = turns
             .iter()
-            .map(|t| serde_json::json!({"role": role_name(t.role), "content": t.content}))
+            .map(|t| TemplateTurn {
+                role: role_name(t.role),
+                content: &t.content,
+                tool_calls: &t.tool_calls,
+                tool_call_id: t.tool_call_id.as_deref(),
+            })
             .collect();
+        // Tools in another shape (LLaMA-Factory's ShareGPT lists) still reach a template that
+        // renders `tools`; only OpenAI-shaped ones can be offered in the documented format.
+        let offered = tools.and_then(|t| parse_tools(t, "tools").ok());
+        let messages = template_messages(
+            &view,
+            offered.as_deref().map(|t| (t, parallel)),
+            self.handles_tools(),
+        );
         let tmpl = env
             .get_template("chat")
             .map_err(|e| TrainError::Invalid(e.to_string()))?;
@@ -156,8 +188,9 @@ impl ChatTemplate {
             if turn.role != Role::Assistant {
                 continue;
             }
-            let prompt = self.render(&example.turns[..i], true, tools)?;
-            let full = self.render(&example.turns[..=i], false, tools)?;
+            let parallel = example.parallel_tool_calls;
+            let prompt = self.render_offering(&example.turns[..i], true, tools, parallel)?;
+            let full = self.render_offering(&example.turns[..=i], false, tools, parallel)?;
             let (Some(prompt_part), Some(answer)) = (
                 prompt.strip_prefix(done.as_str()),
                 full.strip_prefix(prompt.as_str()),
@@ -216,6 +249,35 @@ mod tests {
     }
 
     #[test]
+    fn tool_calls_are_trained_in_the_documented_format_without_template_tools() {
+        let t = ChatTemplate::builtin("chatml", "", "<|im_end|>").unwrap();
+        let (_, ex) = parse_record(&serde_json::json!({
+            "messages": [
+                {"role": "user", "content": "Weather in Oslo?"},
+                {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "-3 C"},
+                {"role": "assistant", "content": "-3 C."}],
+            "tools": [{"type": "function", "function": {"name": "get_weather"}}]}))
+        .unwrap();
+        let segs = t.segments(&ex).unwrap();
+        assert!(
+            segs[0]
+                .0
+                .starts_with("<|im_start|>system\nYou can call these functions:\n")
+        );
+        assert!(!segs[0].1 && segs[1].1);
+        assert_eq!(
+            segs[1].0,
+            "{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Oslo\"}}<|im_end|>\n"
+        );
+        assert!(
+            segs[2].0.contains("<|im_start|>tool\n-3 C<|im_end|>"),
+            "{segs:?}"
+        );
+    }
+
+    #[test]
     fn every_builtin_renders_incrementally() {
         for name in BUILTIN {
             let t = ChatTemplate::builtin(name, "<s>", "</s>").unwrap();
@@ -253,11 +315,7 @@ mod tests {
             "{segs:?}"
         );
         assert!(segs[3].1 && segs[3].0.trim() == "A2<|im_end|>", "{segs:?}");
-        let bad = [Turn {
-            role: Role::Assistant,
-            content: "x".into(),
-            train: true,
-        }];
+        let bad = [Turn::new(Role::Assistant, "x")];
         let err = t.render(&bad, false, None).unwrap_err().to_string();
         assert!(err.contains("bad first role"), "{err}");
     }

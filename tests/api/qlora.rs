@@ -166,11 +166,7 @@ async fn a_4_bit_job_succeeds_and_is_served_as_the_trainer_predicts() {
 
 /// A user turn saying `text`.
 pub fn user(text: &str) -> ferrotune::domain::dataset::Turn {
-    ferrotune::domain::dataset::Turn {
-        role: ferrotune::domain::dataset::Role::User,
-        content: text.into(),
-        train: false,
-    }
+    ferrotune::domain::dataset::Turn::new(ferrotune::domain::dataset::Role::User, text)
 }
 
 /// The LoRA spec an adapter directory was written with.

@@ -121,11 +121,10 @@ fn the_imported_tokenizer_and_chat_template_match_transformers() {
     let prompter = ferrotune::train::generate::Prompter::new(&tok, &template);
     let questions: Vec<String> = serde_json::from_value(r["questions"].clone()).unwrap();
     for (q, want) in questions.iter().zip(id_lists(&r["prompt_ids"])) {
-        let turns = [ferrotune::domain::dataset::Turn {
-            role: ferrotune::domain::dataset::Role::User,
-            content: q.clone(),
-            train: false,
-        }];
+        let turns = [ferrotune::domain::dataset::Turn::new(
+            ferrotune::domain::dataset::Role::User,
+            q.clone(),
+        )];
         assert_eq!(
             prompter.prompt_ids(&turns, None, 4096).unwrap(),
             want,

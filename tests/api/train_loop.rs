@@ -494,11 +494,7 @@ fn ten_examples_are_learned_well_enough_to_recite_an_answer() {
     .unwrap();
     let tok = data::load_tokenizer(&model_dir).unwrap();
     let template = ChatTemplate::from_model_dir(&model_dir).unwrap();
-    let turns = [Turn {
-        role: Role::User,
-        content: QA[0].0.into(),
-        train: false,
-    }];
+    let turns = [Turn::new(Role::User, QA[0].0)];
     let answer = greedy(&model, &tok, &template, &turns, 40).unwrap();
     assert_eq!(answer, QA[0].1);
     let csv = std::fs::read_to_string(&out.metrics_csv).unwrap();

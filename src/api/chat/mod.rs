@@ -9,6 +9,7 @@ use actix_web::{HttpResponse, web};
 use mistralrs::core::Response;
 
 pub mod render;
+pub mod tool_calls;
 pub mod types;
 pub mod validate;
 
@@ -16,13 +17,95 @@ use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorResponse};
 use crate::serve::ServeError;
-use render::{StreamShape, completion_from, sse_stream};
+use render::{StreamShape, completion_from, sse_response, sse_stream};
 use types::CreateChatCompletionRequest;
 use validate::validate;
 
 /// 404 `model_not_found`, worded as OpenAI does.
 pub fn model_not_found(model: &str) -> ApiError {
     ApiError::not_found_model(model)
+}
+
+/// Make `model` (the base, or a fine-tuned model of the caller's organization) resident in the
+/// engine, loading it on first use.
+pub async fn make_resident(state: &ApiState, caller: &Caller, model: &str) -> Result<(), ApiError> {
+    if model == state.engine.base_name() {
+        return Ok(());
+    }
+    let row = state
+        .store
+        .get_model(&caller.0, model)
+        .await?
+        .ok_or_else(|| model_not_found(model))?;
+    Ok(state
+        .engine
+        .ensure_loaded(model, Path::new(&row.path))
+        .await?)
+}
+
+/// The error for an engine answer that is not the expected result.
+pub fn engine_failure(response: Option<Response>) -> ApiError {
+    match response {
+        Some(Response::ValidationError(e)) => ApiError::invalid(e.to_string(), None),
+        Some(Response::ModelError(msg, _)) | Some(Response::CompletionModelError(msg, _)) => {
+            ApiError::internal(format!("model error: {msg}"))
+        }
+        Some(Response::InternalError(e)) => ApiError::internal(e),
+        Some(_) => ApiError::internal("unexpected engine response"),
+        None => ApiError::unavailable("the model stopped before answering; try again".to_owned()),
+    }
+}
+
+/// A prompt's place in the context window.
+#[derive(Debug, Clone, Copy)]
+pub struct ContextBudget {
+    /// Prompt tokens.
+    pub prompt: usize,
+    /// Prompt plus completion tokens the model can hold.
+    pub context: usize,
+    /// The request parameter holding the prompt (`messages`, `prompt`).
+    pub prompt_param: &'static str,
+    /// The request parameter that sets the completion's length.
+    pub limit_param: &'static str,
+}
+
+impl ContextBudget {
+    /// The completion budget: what the client asked for, or without one all the room the
+    /// context leaves after the prompt; a prompt that does not fit, or a limit beyond the room,
+    /// is a 400 with the numbers (as OpenAI answers).
+    pub fn fit(&self, asked: Option<usize>) -> Result<usize, ApiError> {
+        let Self {
+            prompt,
+            context,
+            prompt_param,
+            limit_param: param,
+        } = *self;
+        if prompt >= context {
+            return Err(ApiError::invalid(
+                format!(
+                    "This model's maximum context length is {context} tokens. However, your \
+                     {prompt_param} resulted in {prompt} tokens. Please reduce the length of the \
+                     {prompt_param}."
+                ),
+                Some(prompt_param),
+            )
+            .with_code("context_length_exceeded"));
+        }
+        let room = context - prompt;
+        match asked {
+            Some(m) if m > room => Err(ApiError::invalid(
+                format!(
+                    "{param} is too large: {m}. This model's maximum context length is {context} \
+                     tokens and your {prompt_param} resulted in {prompt} tokens, which leaves room for \
+                     {room} completion tokens."
+                ),
+                Some(param),
+            )
+            .with_code("context_length_exceeded")),
+            Some(m) => Ok(m),
+            None => Ok(room),
+        }
+    }
 }
 
 impl From<ServeError> for ApiError {
@@ -32,48 +115,6 @@ impl From<ServeError> for ApiError {
             ServeError::Load { .. } => ApiError::unavailable(e.to_string()),
             ServeError::Engine(_) => ApiError::internal(e),
         }
-    }
-}
-
-/// The completion budget: what the client asked for, or without `max_tokens` all the room the
-/// context leaves after the prompt; a prompt that does not fit, or a `max_tokens` beyond the
-/// room, is a 400 with the numbers (as OpenAI answers).
-fn fit_context(
-    req: &CreateChatCompletionRequest,
-    prompt: usize,
-    context: usize,
-    asked: Option<usize>,
-) -> Result<usize, ApiError> {
-    if prompt >= context {
-        return Err(ApiError::invalid(
-            format!(
-                "This model's maximum context length is {context} tokens. However, your \
-                 messages resulted in {prompt} tokens. Please reduce the length of the messages."
-            ),
-            Some("messages"),
-        )
-        .with_code("context_length_exceeded"));
-    }
-    let room = context - prompt;
-    match asked {
-        Some(m) if m > room => {
-            let param = if req.max_completion_tokens.is_some() {
-                "max_completion_tokens"
-            } else {
-                "max_tokens"
-            };
-            Err(ApiError::invalid(
-                format!(
-                    "{param} is too large: {m}. This model's maximum context length is {context} \
-                     tokens and your messages resulted in {prompt} tokens, which leaves room for \
-                     {room} completion tokens."
-                ),
-                Some(param),
-            )
-            .with_code("context_length_exceeded"))
-        }
-        Some(m) => Ok(m),
-        None => Ok(room),
     }
 }
 
@@ -93,56 +134,42 @@ pub async fn create_chat_completion(
     let req = body.into_inner();
     let mut params = validate(&req)?;
     let engine = &state.engine;
-    if req.model != engine.base_name() {
-        let row = state
-            .store
-            .get_model(&caller.0, &req.model)
-            .await?
-            .ok_or_else(|| model_not_found(&req.model))?;
-        engine
-            .ensure_loaded(&req.model, Path::new(&row.path))
-            .await?;
-    }
+    make_resident(&state, &caller, &req.model).await?;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let n = params.n;
-    let prompt_tokens = engine.prompt_tokens(&req.model, &params.messages).await;
+    let prompt_tokens = engine.prompt_tokens(&req.model, &params).await;
     if let Some(prompt) = prompt_tokens {
-        params.max_tokens = Some(fit_context(
-            &req,
+        let limit_param = if req.max_completion_tokens.is_some() {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        let budget = ContextBudget {
             prompt,
-            engine.context_len(),
-            params.max_tokens,
-        )?);
+            context: engine.context_len(),
+            prompt_param: "messages",
+            limit_param,
+        };
+        params.max_tokens = Some(budget.fit(params.max_tokens)?);
     }
     let max_tokens = params.max_tokens;
     let mut generation = engine.chat(&req.model, params, req.stream).await?;
     if req.stream {
-        return Ok(HttpResponse::Ok()
-            .content_type("text/event-stream")
-            .insert_header(("Cache-Control", "no-cache"))
-            .streaming(sse_stream(
-                generation,
-                req.model.clone(),
-                StreamShape {
-                    include_usage,
-                    n,
-                    max_tokens,
-                    prompt_tokens,
-                },
-            )));
+        return Ok(sse_response(sse_stream(
+            generation,
+            req.model.clone(),
+            StreamShape {
+                include_usage,
+                n,
+                max_tokens,
+                prompt_tokens,
+            },
+        )));
     }
     match generation.rx.recv().await {
         Some(Response::Done(done)) => {
             Ok(HttpResponse::Ok().json(completion_from(done, &req.model)))
         }
-        Some(Response::ValidationError(e)) => Err(ApiError::invalid(e.to_string(), None)),
-        Some(Response::ModelError(msg, _)) | Some(Response::CompletionModelError(msg, _)) => {
-            Err(ApiError::internal(format!("model error: {msg}")))
-        }
-        Some(Response::InternalError(e)) => Err(ApiError::internal(e)),
-        Some(_) => Err(ApiError::internal("unexpected engine response")),
-        None => Err(ApiError::unavailable(
-            "the model stopped before answering; try again".to_owned(),
-        )),
+        other => Err(engine_failure(other)),
     }
 }

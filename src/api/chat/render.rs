@@ -14,6 +14,7 @@ use rand::Rng;
 use rand::distributions::Alphanumeric;
 use serde::Serialize;
 
+use super::tool_calls::{tool_call_pieces, tool_calls};
 use super::types::{
     ChatCompletionChoice, ChatCompletionChunk, ChatCompletionResponseMessage,
     ChatCompletionTokenLogprob, ChoiceLogprobs, ChunkChoice, ChunkDelta, CompletionUsage,
@@ -22,19 +23,26 @@ use super::types::{
 use crate::api::error::{ErrorObject, ErrorResponse};
 
 fn completion_id() -> String {
+    random_id("chatcmpl")
+}
+
+/// `{prefix}-` and 24 random letters and digits.
+pub fn random_id(prefix: &str) -> String {
     let body: String = rand::thread_rng()
         .sample_iter(&Alphanumeric)
         .take(24)
         .map(char::from)
         .collect();
-    format!("chatcmpl-{body}")
+    format!("{prefix}-{body}")
 }
 
-fn now() -> u64 {
+/// Unix seconds.
+pub fn now() -> u64 {
     chrono::Utc::now().timestamp().max(0) as u64
 }
 
-fn finish_reason(raw: &str) -> &'static str {
+/// The engine's finish reason in OpenAI's words.
+pub fn finish_reason(raw: &str) -> &'static str {
     match raw {
         "length" => "length",
         "tool_calls" => "tool_calls",
@@ -43,7 +51,8 @@ fn finish_reason(raw: &str) -> &'static str {
     }
 }
 
-fn usage(u: &Usage) -> CompletionUsage {
+/// The engine's usage in OpenAI's shape.
+pub fn usage(u: &Usage) -> CompletionUsage {
     CompletionUsage {
         prompt_tokens: u.prompt_tokens,
         completion_tokens: u.completion_tokens,
@@ -82,8 +91,18 @@ fn logprobs(l: &Option<Logprobs>) -> Option<ChoiceLogprobs> {
     })
 }
 
+/// A 200 `text/event-stream` response of `events`.
+pub fn sse_response(
+    events: impl Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
+) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(events)
+}
+
 /// One `data: …` event.
-fn sse_data(payload: &impl Serialize) -> Bytes {
+pub fn sse_data(payload: &impl Serialize) -> Bytes {
     let mut buf = b"data: ".to_vec();
     serde_json::to_writer(&mut buf, payload).expect("SSE payloads serialize to JSON");
     buf.extend_from_slice(b"\n\n");
@@ -102,10 +121,19 @@ pub fn completion_from(done: ChatCompletionResponse, model: &str) -> CreateChatC
             .iter()
             .map(|c| ChatCompletionChoice {
                 index: c.index,
-                message: ChatCompletionResponseMessage {
-                    role: "assistant",
-                    content: Some(c.message.content.clone().unwrap_or_default()),
-                    refusal: None,
+                message: match &c.message.tool_calls {
+                    Some(calls) if !calls.is_empty() => ChatCompletionResponseMessage {
+                        role: "assistant",
+                        content: None,
+                        refusal: None,
+                        tool_calls: Some(tool_calls(calls)),
+                    },
+                    _ => ChatCompletionResponseMessage {
+                        role: "assistant",
+                        content: Some(c.message.content.clone().unwrap_or_default()),
+                        refusal: None,
+                        tool_calls: None,
+                    },
                 },
                 logprobs: logprobs(&c.logprobs),
                 finish_reason: finish_reason(&c.finish_reason).to_owned(),
@@ -194,6 +222,14 @@ impl StreamState {
                             refusal: None,
                         });
                         self.event(vec![choice], None);
+                    }
+                    let calls = c.delta.tool_calls.iter().flatten().enumerate();
+                    for piece in calls.flat_map(|(i, call)| tool_call_pieces(i, call)) {
+                        let delta = ChunkDelta {
+                            tool_calls: Some(vec![piece]),
+                            ..ChunkDelta::default()
+                        };
+                        self.event(vec![ChunkChoice::new(c.index, delta, None)], None);
                     }
                     if let Some(reason) = &c.finish_reason {
                         if let Some(f) = self.finished.get_mut(c.index) {

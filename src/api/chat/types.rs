@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::api::sampling::SamplingFields;
+
 /// A chat message in a request.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionRequestMessage {
@@ -14,6 +16,11 @@ pub struct ChatCompletionRequestMessage {
     /// Optional participant name (ignored).
     #[serde(default)]
     pub name: Option<String>,
+    /// An assistant message's calls: `[{id, type: "function", function: {name, arguments}}]`.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tool_calls: Option<Value>,
+    /// The call a `tool` message answers (required on `tool` messages).
+    pub tool_call_id: Option<String>,
 }
 
 /// `stream_options`.
@@ -33,18 +40,9 @@ pub struct CreateChatCompletionRequest {
     /// The conversation (at least one message).
     #[schema(min_items = 1)]
     pub messages: Vec<ChatCompletionRequestMessage>,
-    /// 0–2; 0 is greedy.
-    #[schema(minimum = 0, maximum = 2)]
-    pub temperature: Option<f64>,
-    /// Nucleus sampling mass, (0, 1].
-    #[schema(exclusive_minimum = 0, maximum = 1)]
-    pub top_p: Option<f64>,
-    /// Choices to generate, 1–128.
-    #[schema(minimum = 1, maximum = 128)]
-    pub n: Option<usize>,
-    /// Up to 4 stop sequences (a string or a list).
-    #[schema(value_type = Option<Object>)]
-    pub stop: Option<Value>,
+    /// Sampling.
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
     /// Deprecated alias of `max_completion_tokens`.
     #[schema(minimum = 1)]
     pub max_tokens: Option<usize>,
@@ -52,30 +50,26 @@ pub struct CreateChatCompletionRequest {
     /// all of it).
     #[schema(minimum = 1)]
     pub max_completion_tokens: Option<usize>,
-    /// -2–2.
-    #[schema(minimum = -2, maximum = 2)]
-    pub presence_penalty: Option<f32>,
-    /// -2–2.
-    #[schema(minimum = -2, maximum = 2)]
-    pub frequency_penalty: Option<f32>,
-    /// Token id → bias (-100–100).
-    #[schema(value_type = Option<Object>)]
-    pub logit_bias: Option<Value>,
     /// Return log-probabilities of the chosen tokens.
     pub logprobs: Option<bool>,
     /// 0–20 alternatives per position (needs `logprobs`).
     pub top_logprobs: Option<usize>,
     /// Best effort: the engine has one fixed-seed RNG, so per-request seeds are not honoured.
     pub seed: Option<i64>,
-    /// `{type: "text"}` only (`json_object`/`json_schema` are refused).
+    /// `{type: "text"}`, `{type: "json_object"}` or `{type: "json_schema", json_schema:
+    /// {name, schema, strict}}`: the output is constrained to the schema.
     #[schema(value_type = Option<Object>)]
     pub response_format: Option<Value>,
-    /// Not supported yet (400).
+    /// Functions the model may call: `[{type: "function", function: {name, description,
+    /// parameters}}]`, `parameters` a JSON schema of type object (at most 128 tools).
     #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Value>,
-    /// Not supported yet (400 unless `none`).
+    /// `none`, `auto` (the default with tools), `required`, or `{type: "function", function:
+    /// {name}}`; `required` and a named function constrain the output to a valid call.
     #[schema(value_type = Option<Object>)]
     pub tool_choice: Option<Value>,
+    /// Allow several calls in one answer (default true).
+    pub parallel_tool_calls: Option<bool>,
     /// Stream chunks as server-sent events.
     #[serde(default)]
     pub stream: bool,
@@ -99,15 +93,39 @@ pub struct CompletionUsage {
     pub total_tokens: usize,
 }
 
+/// The function a tool call names, with its arguments as a JSON string.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FunctionCall {
+    /// The function.
+    pub name: String,
+    /// Its arguments, JSON text.
+    pub arguments: String,
+}
+
+/// A tool call of the assistant's message.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ChatCompletionMessageToolCall {
+    /// `call_…`; a `tool` message answering it sends it back as `tool_call_id`.
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The call.
+    pub function: FunctionCall,
+}
+
 /// The assistant's message.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ChatCompletionResponseMessage {
     /// Always `assistant`.
     pub role: &'static str,
-    /// Generated text.
+    /// Generated text (null when the answer is tool calls).
     pub content: Option<String>,
     /// Always null.
     pub refusal: Option<String>,
+    /// The calls, when the model called tools.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ChatCompletionMessageToolCall>>,
 }
 
 /// One choice.
@@ -120,7 +138,7 @@ pub struct ChatCompletionChoice {
     /// `{content: [{token, logprob, bytes, top_logprobs}]}` or null.
     #[schema(value_type = Option<Object>)]
     pub logprobs: Option<ChoiceLogprobs>,
-    /// `stop` or `length`.
+    /// `stop`, `length` or `tool_calls`.
     pub finish_reason: String,
 }
 
@@ -185,6 +203,34 @@ pub struct ChunkDelta {
     /// New text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// Pieces of tool calls: id, type and name first, then the arguments in pieces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ChoiceDeltaToolCall>>,
+}
+
+/// The function part of a streamed tool-call piece.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChoiceDeltaFunction {
+    /// On the call's first piece only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The next piece of the arguments' JSON text.
+    pub arguments: String,
+}
+
+/// A piece of a streamed tool call; the SDK joins the pieces of one `index`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChoiceDeltaToolCall {
+    /// Which call of the message.
+    pub index: usize,
+    /// On the call's first piece only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `function`, on the first piece only.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// Name and arguments.
+    pub function: ChoiceDeltaFunction,
 }
 
 impl ChunkDelta {
@@ -193,6 +239,7 @@ impl ChunkDelta {
         Self {
             role: Some("assistant"),
             content: Some(String::new()),
+            tool_calls: None,
         }
     }
 
@@ -201,6 +248,7 @@ impl ChunkDelta {
         Self {
             role: None,
             content: Some(content.to_owned()),
+            tool_calls: None,
         }
     }
 }

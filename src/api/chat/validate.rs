@@ -1,31 +1,15 @@
 //! Checking a chat request and mapping it to engine parameters; every problem is a 400 naming
 //! its parameter.
 
-use std::collections::HashMap;
-
 use serde_json::Value;
 
 use super::types::CreateChatCompletionRequest;
 use crate::api::error::ApiError;
-use crate::serve::{ChatParams, ChatTurn};
-
-fn bad(param: &str, message: impl Into<String>) -> ApiError {
-    ApiError::invalid(message, Some(param))
-}
-
-fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
-    v: Option<T>,
-    lo: T,
-    hi: T,
-    param: &str,
-) -> Result<(), ApiError> {
-    match v {
-        Some(x) if !(lo..=hi).contains(&x) => {
-            Err(bad(param, format!("{param} must be between {lo} and {hi}")))
-        }
-        _ => Ok(()),
-    }
-}
+use crate::api::sampling::{bad, in_range};
+use crate::domain::tools::{
+    ToolChoice, check_schema, parse_tool_calls, parse_tool_choice, parse_tools, spaced_json,
+};
+use crate::serve::{ChatParams, ChatTurn, ToolUse};
 
 fn text_of(content: &Option<Value>, i: usize) -> Result<String, ApiError> {
     let param = format!("messages[{i}].content");
@@ -59,16 +43,16 @@ fn text_of(content: &Option<Value>, i: usize) -> Result<String, ApiError> {
     }
 }
 
-/// Validate `req` and build the engine parameters.
-pub fn validate(req: &CreateChatCompletionRequest) -> Result<ChatParams, ApiError> {
-    crate::domain::text::storable("model", &req.model)?;
+/// The conversation: roles, text, the assistant's `tool_calls` and the `tool` messages that
+/// answer them (each must name a call made earlier in the conversation).
+fn conversation(req: &CreateChatCompletionRequest) -> Result<Vec<ChatTurn>, ApiError> {
     if req.messages.is_empty() {
         return Err(bad(
             "messages",
             "messages must contain at least one message",
         ));
     }
-    let mut messages = Vec::with_capacity(req.messages.len());
+    let mut turns: Vec<ChatTurn> = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
         let role = match m.role.as_str() {
             "system" | "developer" => "system",
@@ -82,18 +66,71 @@ pub fn validate(req: &CreateChatCompletionRequest) -> Result<ChatParams, ApiErro
                 ));
             }
         };
-        messages.push(ChatTurn {
-            role: role.to_owned(),
-            content: text_of(&m.content, i)?,
-        });
+        let mut turn = ChatTurn::new(role, &text_of(&m.content, i)?);
+        match (&m.tool_calls, role) {
+            (None | Some(Value::Null), _) => {}
+            (Some(calls), "assistant") => {
+                turn.tool_calls = parse_tool_calls(calls, &format!("messages[{i}].tool_calls"))?;
+            }
+            (Some(_), _) => {
+                return Err(bad(
+                    &format!("messages[{i}].tool_calls"),
+                    "only assistant messages carry tool_calls",
+                ));
+            }
+        }
+        if role == "tool" {
+            let param = format!("messages[{i}].tool_call_id");
+            let id = m
+                .tool_call_id
+                .as_deref()
+                .ok_or_else(|| bad(&param, "a tool message needs the tool_call_id it answers"))?;
+            if !turns.iter().flat_map(|t| &t.tool_calls).any(|c| c.id == id) {
+                return Err(bad(
+                    &format!("messages[{i}]"),
+                    format!(
+                        "messages with role 'tool' must be a response to a preceding message \
+                         with 'tool_calls'; no call has id '{id}'"
+                    ),
+                ));
+            }
+            turn.tool_call_id = Some(id.to_owned());
+        }
+        turns.push(turn);
     }
-    in_range(req.temperature, 0.0, 2.0, "temperature")?;
-    if req.top_p.is_some_and(|p| p <= 0.0 || p > 1.0) {
-        return Err(bad("top_p", "top_p must be in (0, 1]"));
+    Ok(turns)
+}
+
+/// `tools`, `tool_choice` and `parallel_tool_calls`; `None` when no tools are offered or
+/// `tool_choice` is `none`.
+fn tool_use(req: &CreateChatCompletionRequest) -> Result<Option<ToolUse>, ApiError> {
+    let tools = match &req.tools {
+        None | Some(Value::Null) => Vec::new(),
+        Some(t) => parse_tools(t, "tools")?,
+    };
+    if tools.is_empty()
+        && req
+            .tool_choice
+            .as_ref()
+            .is_none_or(|c| c.is_null() || c == "none")
+    {
+        return Ok(None);
     }
-    in_range(req.n, 1, 128, "n")?;
-    in_range(req.presence_penalty, -2.0, 2.0, "presence_penalty")?;
-    in_range(req.frequency_penalty, -2.0, 2.0, "frequency_penalty")?;
+    let Some(choice) = parse_tool_choice(req.tool_choice.as_ref(), &tools)? else {
+        return Ok(None);
+    };
+    Ok(Some(ToolUse {
+        tools,
+        choice,
+        parallel: req.parallel_tool_calls.unwrap_or(true),
+    }))
+}
+
+/// Validate `req` and build the engine parameters.
+pub fn validate(req: &CreateChatCompletionRequest) -> Result<ChatParams, ApiError> {
+    crate::domain::text::storable("model", &req.model)?;
+    let messages = conversation(req)?;
+    let sampled = req.sampling.params()?;
     in_range(req.top_logprobs, 0, 20, "top_logprobs")?;
     if req.top_logprobs.is_some_and(|n| n > 0) && req.logprobs != Some(true) {
         return Err(bad("top_logprobs", "top_logprobs requires logprobs: true"));
@@ -107,49 +144,6 @@ pub fn validate(req: &CreateChatCompletionRequest) -> Result<ChatParams, ApiErro
         };
         return Err(bad(param, format!("{param} must be at least 1")));
     }
-    let stop = match &req.stop {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(list)) if list.len() <= 4 => list
-            .iter()
-            .map(|s| {
-                s.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| bad("stop", "stop must be a string or a list of strings"))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(bad(
-                "stop",
-                "stop must be a string or a list of at most 4 strings",
-            ));
-        }
-    };
-    let logit_bias = match &req.logit_bias {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(map)) => Some(
-            map.iter()
-                .map(|(k, v)| {
-                    let id = k
-                        .parse::<u32>()
-                        .map_err(|_| bad("logit_bias", format!("'{k}' is not a token id")))?;
-                    let b = v
-                        .as_f64()
-                        .filter(|b| (-100.0..=100.0).contains(b))
-                        .ok_or_else(|| {
-                            bad("logit_bias", "biases must be numbers between -100 and 100")
-                        })?;
-                    Ok((id, b as f32))
-                })
-                .collect::<Result<HashMap<_, _>, ApiError>>()?,
-        ),
-        Some(_) => {
-            return Err(bad(
-                "logit_bias",
-                "logit_bias must map token ids to numbers",
-            ));
-        }
-    };
     let json_schema = match req
         .response_format
         .as_ref()
@@ -157,14 +151,16 @@ pub fn validate(req: &CreateChatCompletionRequest) -> Result<ChatParams, ApiErro
         .and_then(Value::as_str)
     {
         None | Some("text") => None,
-        Some("json_object") => Some(serde_json::json!({"type": "object"})),
-        Some("json_schema") => Some(
-            req.response_format
+        Some("json_object") => Some(spaced_json(serde_json::json!({"type": "object"}))),
+        Some("json_schema") => {
+            let schema = req
+                .response_format
                 .as_ref()
                 .and_then(|f| f.pointer("/json_schema/schema"))
-                .cloned()
-                .ok_or_else(|| bad("response_format", "json_schema needs json_schema.schema"))?,
-        ),
+                .ok_or_else(|| bad("response_format", "json_schema needs json_schema.schema"))?;
+            check_schema(schema, "response_format.json_schema.schema")?;
+            Some(spaced_json(schema.clone()))
+        }
         Some(other) => {
             return Err(bad(
                 "response_format",
@@ -172,28 +168,20 @@ pub fn validate(req: &CreateChatCompletionRequest) -> Result<ChatParams, ApiErro
             ));
         }
     };
-    if req.tools.as_ref().is_some_and(|t| !t.is_null()) {
-        return Err(bad("tools", "tools are not supported yet"));
-    }
-    if req
-        .tool_choice
-        .as_ref()
-        .is_some_and(|t| !t.is_null() && t != "none")
-    {
-        return Err(bad("tool_choice", "tool_choice is not supported yet"));
+    let tools = tool_use(req)?;
+    if tools.as_ref().is_some_and(|t| t.choice != ToolChoice::Auto) && json_schema.is_some() {
+        return Err(bad(
+            "response_format",
+            "response_format cannot be combined with a tool_choice that forces a call",
+        ));
     }
     Ok(ChatParams {
         messages,
-        temperature: req.temperature,
-        top_p: req.top_p,
-        n: req.n.unwrap_or(1),
-        stop,
         max_tokens,
-        presence_penalty: req.presence_penalty,
-        frequency_penalty: req.frequency_penalty,
-        logit_bias,
         logprobs: req.logprobs.unwrap_or(false),
         top_logprobs: req.top_logprobs.unwrap_or(0),
         json_schema,
+        tools,
+        ..sampled
     })
 }

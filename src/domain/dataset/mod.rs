@@ -12,6 +12,8 @@ pub use scan::{DatasetSummary, ScanError, scan};
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::tools::ToolCall;
+
 /// The format of a dataset file, detected from its records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -61,6 +63,25 @@ pub struct Turn {
     pub content: String,
     /// Whether the loss covers this turn (assistant turns with `weight` != 0).
     pub train: bool,
+    /// The assistant's tool calls (trained with the turn).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a tool result answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl Turn {
+    /// A text turn, trained when it is the assistant's.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            train: role == Role::Assistant,
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
 }
 
 /// One training example in normal form.
@@ -70,6 +91,13 @@ pub struct Example {
     pub turns: Vec<Turn>,
     /// Tool definitions offered in this example, if any (kept for the chat template).
     pub tools: Option<serde_json::Value>,
+    /// `parallel_tool_calls` of the example (default true): how the tools are offered.
+    #[serde(default = "yes")]
+    pub parallel_tool_calls: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Example {

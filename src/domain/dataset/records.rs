@@ -3,6 +3,7 @@
 use serde_json::{Map, Value};
 
 use super::{DatasetFormat, Example, Role, Turn};
+use crate::domain::tools::{parse_tool_calls, parse_tools};
 
 /// Detect the record's format and convert it; the error says what is wrong with the record.
 pub fn parse_record(value: &Value) -> Result<(DatasetFormat, Example), String> {
@@ -47,11 +48,7 @@ fn string_field(obj: &Map<String, Value>, key: &str, required: bool) -> Result<S
 }
 
 fn turn(role: Role, content: String) -> Turn {
-    Turn {
-        train: role == Role::Assistant,
-        role,
-        content,
-    }
+    Turn::new(role, content)
 }
 
 fn chat(obj: &Map<String, Value>) -> Result<Example, String> {
@@ -67,10 +64,48 @@ fn chat(obj: &Map<String, Value>) -> Result<Example, String> {
         .map(|(i, m)| chat_message(m).map_err(|e| format!("messages[{i}]: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     let tools = obj.get("tools").filter(|t| !t.is_null()).cloned();
-    if tools.as_ref().is_some_and(|t| !t.is_array()) {
-        return Err("`tools` must be a list".to_owned());
+    let offered = match &tools {
+        Some(t) => parse_tools(t, "tools").map_err(|e| at_param(&e))?,
+        None => Vec::new(),
+    };
+    for (i, t) in turns.iter().enumerate() {
+        if let Some(call) = t
+            .tool_calls
+            .iter()
+            .find(|c| !offered.iter().any(|f| f.name == c.name))
+        {
+            return Err(format!(
+                "messages[{i}]: calls function '{}', which is not in this example's `tools`",
+                call.name
+            ));
+        }
     }
-    Ok(Example { turns, tools })
+    let parallel_tool_calls = match obj.get("parallel_tool_calls") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(format!(
+                "`parallel_tool_calls` must be a boolean, found {}",
+                kind(other)
+            ));
+        }
+    };
+    if !parallel_tool_calls && turns.iter().any(|t| t.tool_calls.len() > 1) {
+        return Err("several tool calls in one message, but `parallel_tool_calls` is false".into());
+    }
+    Ok(Example {
+        turns,
+        tools,
+        parallel_tool_calls,
+    })
+}
+
+/// A tool rule's message with the field it is about.
+fn at_param(e: &crate::domain::DomainError) -> String {
+    match &e.param {
+        Some(p) => format!("{p}: {}", e.message),
+        None => e.message.clone(),
+    }
 }
 
 fn chat_message(m: &Value) -> Result<Turn, String> {
@@ -85,12 +120,17 @@ fn chat_message(m: &Value) -> Result<Turn, String> {
         Some(other) => return Err(format!("unknown role '{other}'")),
         None => return Err("missing `role`".to_owned()),
     };
+    let tool_calls = match (m.get("tool_calls"), role) {
+        (None | Some(Value::Null), _) => Vec::new(),
+        (Some(calls), Role::Assistant) => {
+            parse_tool_calls(calls, "tool_calls").map_err(|e| at_param(&e))?
+        }
+        (Some(_), _) => return Err("only assistant messages carry `tool_calls`".to_owned()),
+    };
     let content = match m.get("content") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(parts)) => text_parts(parts)?,
-        None | Some(Value::Null) if role == Role::Assistant && m.contains_key("tool_calls") => {
-            serde_json::to_string(&m["tool_calls"]).unwrap_or_default()
-        }
+        None | Some(Value::Null) if !tool_calls.is_empty() => String::new(),
         None | Some(Value::Null) => return Err("missing `content`".to_owned()),
         Some(other) => {
             return Err(format!(
@@ -112,10 +152,16 @@ fn chat_message(m: &Value) -> Result<Turn, String> {
             _ => return Err(format!("`weight` must be 0 or 1, found {w}")),
         },
     };
+    let tool_call_id = match (m.get("tool_call_id"), role) {
+        (Some(Value::String(id)), Role::Tool) => Some(id.clone()),
+        _ => None,
+    };
     Ok(Turn {
         role,
         content,
         train,
+        tool_calls,
+        tool_call_id,
     })
 }
 
@@ -141,6 +187,7 @@ fn completion(obj: &Map<String, Value>) -> Result<Example, String> {
     Ok(Example {
         turns: vec![turn(Role::User, prompt), turn(Role::Assistant, completion)],
         tools: None,
+        parallel_tool_calls: true,
     })
 }
 
@@ -179,7 +226,11 @@ fn alpaca(obj: &Map<String, Value>) -> Result<Example, String> {
     };
     turns.push(turn(Role::User, prompt));
     turns.push(turn(Role::Assistant, output));
-    Ok(Example { turns, tools: None })
+    Ok(Example {
+        turns,
+        tools: None,
+        parallel_tool_calls: true,
+    })
 }
 
 fn sharegpt(obj: &Map<String, Value>) -> Result<Example, String> {
@@ -208,8 +259,16 @@ fn sharegpt(obj: &Map<String, Value>) -> Result<Example, String> {
     if turns.is_empty() {
         return Err("`conversations` must not be empty".to_owned());
     }
-    let tools = obj.get("tools").filter(|t| !t.is_null()).cloned();
-    Ok(Example { turns, tools })
+    // LLaMA-Factory writes ShareGPT `tools` as a JSON string; calls are the assistant's text.
+    let tools = match obj.get("tools") {
+        Some(Value::String(s)) => serde_json::from_str(s).ok(),
+        other => other.filter(|t| !t.is_null()).cloned(),
+    };
+    Ok(Example {
+        turns,
+        tools,
+        parallel_tool_calls: true,
+    })
 }
 
 #[cfg(test)]
@@ -256,6 +315,24 @@ mod tests {
     }
 
     #[test]
+    fn tool_use_examples_keep_their_calls_and_results() {
+        let (_, ex) = parse_record(&json!({
+            "messages": [
+                {"role": "user", "content": "Weather in Oslo?"},
+                {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "-3 C"},
+                {"role": "assistant", "content": "It is -3 C in Oslo."}],
+            "tools": [{"type": "function", "function": {"name": "get_weather"}}],
+            "parallel_tool_calls": false}))
+        .unwrap();
+        assert_eq!(ex.turns[1].tool_calls[0].name, "get_weather");
+        assert!(ex.turns[1].train && ex.turns[1].content.is_empty());
+        assert_eq!(ex.turns[2].tool_call_id.as_deref(), Some("call_1"));
+        assert!(!ex.parallel_tool_calls);
+    }
+
+    #[test]
     fn sharegpt_and_completion_records_are_recognised() {
         let (f, ex) = parse_record(&json!({"conversations": [
             {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}))
@@ -284,6 +361,25 @@ mod tests {
                 "0 or 1",
             ),
             (json!({"instruction": 1, "output": "x"}), "must be a string"),
+            (
+                json!({"messages": [{"role": "user", "content": "q"},
+                {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                    "function": {"name": "f", "arguments": "{}"}}]}]}),
+                "not in this example's `tools`",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "q", "tool_calls": []}]}),
+                "only assistant messages",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "q"}],
+                    "tools": [{"type": "function", "function": {"name": "has space"}}]}),
+                "tools[0].function.name",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "q"}], "parallel_tool_calls": 1}),
+                "must be a boolean",
+            ),
         ];
         for (input, needle) in cases {
             let err = parse_record(&input).unwrap_err();

@@ -16,6 +16,10 @@ use rayon::prelude::*;
 
 use super::slice;
 
+/// One attention task's share of the key-value gradients: (segment start, length, query head,
+/// dK rows, dV rows).
+type KeyHeadShare = (usize, usize, usize, Vec<f32>, Vec<f32>);
+
 /// Head counts and size of one attention call.
 #[derive(Debug, Clone, Copy)]
 pub struct Heads {
@@ -230,7 +234,7 @@ impl CustomOp3 for Attention {
         let dq_ptr = Shared(dq.as_mut_ptr());
         // Each task returns its query head's share of dK and dV ([len, d] each), summed per key
         // head afterwards: tasks of one key head would otherwise write the same rows.
-        let parts: Vec<(usize, usize, usize, Vec<f32>, Vec<f32>)> = self
+        let parts: Vec<KeyHeadShare> = self
             .tasks()
             .into_par_iter()
             .map(|(s, len, h)| {
