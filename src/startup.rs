@@ -273,6 +273,7 @@ impl Application {
             max_num_seqs: 16,
             dtype: crate::config::serving_dtype(settings.model.dtype(&device)),
             force_cpu: device.is_cpu(),
+            isq: settings.model.serve_quant.isq(),
         })
         .await?;
         let request_timeout = Duration::from_secs(settings.http.request_timeout_seconds.max(1));

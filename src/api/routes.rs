@@ -169,6 +169,7 @@ mod tests {
         assert_eq!(methods_of(jobs), vec!["GET", "POST"]);
         assert!(spec.paths.paths.contains_key("/v1/models/{model}"));
         assert!(spec.paths.paths.contains_key("/v1/models/{model}/export"));
-        assert_eq!(spec.paths.paths.len(), 17);
+        assert!(spec.paths.paths.contains_key("/v1/completions"));
+        assert_eq!(spec.paths.paths.len(), 18);
     }
 }

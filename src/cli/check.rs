@@ -214,10 +214,11 @@ pub async fn engine_check(args: &EngineCheckArgs) -> anyhow::Result<()> {
         max_num_seqs: 16,
         dtype: serving_dtype(dtype),
         force_cpu: device.is_cpu(),
+        isq: None,
     })
     .await?;
     println!("base_load_s={:.2}", started.elapsed().as_secs_f64());
-    let banned = special_token_ids(&args.base)?;
+    let banned = data::special_token_ids(&args.base)?;
     let params = |content: &str, tokens: usize, temperature: f64, ban: bool| ChatParams {
         messages: vec![ChatTurn::new("user", content)],
         temperature: Some(temperature),
@@ -258,15 +259,4 @@ pub async fn engine_check(args: &EngineCheckArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Ids of the tokenizer's special tokens.
-fn special_token_ids(model_dir: &Path) -> anyhow::Result<Vec<u32>> {
-    let tokenizer = data::load_tokenizer(model_dir)?;
-    Ok(tokenizer
-        .get_added_tokens_decoder()
-        .into_iter()
-        .filter(|(_, t)| t.special)
-        .map(|(id, _)| id)
-        .collect())
 }

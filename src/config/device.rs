@@ -115,3 +115,28 @@ mod tests {
         assert!("f64".parse::<DtypeChoice>().is_err());
     }
 }
+
+/// In-situ quantization of served models (mistral.rs ISQ): each resident model — the base and
+/// every fine-tune, which mistral.rs holds as a full merged copy — is quantized after loading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServeQuant {
+    /// Serve the weights as loaded.
+    None,
+    /// 8-bit blocks of 32 (llama.cpp's q8_0).
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// 4-bit k-quants (llama.cpp's q4_k).
+    #[value(name = "q4k", alias = "q4_k")]
+    Q4K,
+}
+
+impl ServeQuant {
+    /// The engine's quantization type, if any.
+    pub fn isq(self) -> Option<mistralrs::IsqType> {
+        match self {
+            Self::None => None,
+            Self::Q8_0 => Some(mistralrs::IsqType::Q8_0),
+            Self::Q4K => Some(mistralrs::IsqType::Q4K),
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 mod device;
-pub use device::{DeviceChoice, DtypeChoice, parse_device, serving_dtype};
+pub use device::{DeviceChoice, DtypeChoice, ServeQuant, parse_device, serving_dtype};
 
 /// Where state lives.
 #[derive(Debug, Clone, Args)]
@@ -92,6 +92,15 @@ pub struct ModelSettings {
     /// used ones are evicted and reloaded on demand).
     #[arg(long, env = "FERROTUNE_MAX_RESIDENT_MODELS", default_value_t = 2)]
     pub max_resident_models: usize,
+    /// Quantize served models after loading to save memory per resident model: `none`, `q8_0`
+    /// or `q4k` (mistral.rs in-situ quantization; training is unaffected).
+    #[arg(
+        long,
+        env = "FERROTUNE_SERVE_QUANT",
+        value_enum,
+        default_value = "none"
+    )]
+    pub serve_quant: ServeQuant,
     /// Directory from which `/v1/load_lora_adapter` may load PEFT adapters (absent: disabled).
     #[arg(long, env = "FERROTUNE_ADAPTER_ROOT")]
     pub adapter_root: Option<PathBuf>,
@@ -274,6 +283,7 @@ impl Settings {
                 device: DeviceChoice::Cpu,
                 dtype: DtypeChoice::F32,
                 max_resident_models: 2,
+                serve_quant: ServeQuant::None,
                 adapter_root: None,
             },
             worker: WorkerOptions {

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::ServeError;
 use super::fan_in::fan_in;
-use super::loader::load_with_adapter;
+use super::loader::{LoadOptions, load_with_adapter};
 use super::request::{
     ChatParams, completion_request, engine_messages, engine_tools, normal_request,
 };
@@ -36,6 +36,8 @@ pub struct EngineOptions {
     pub dtype: ModelDType,
     /// Run on the CPU even when a GPU is available.
     pub force_cpu: bool,
+    /// Quantize every served model after loading (`--serve-quant`).
+    pub isq: Option<mistralrs::IsqType>,
 }
 
 /// The serving engine.
@@ -113,6 +115,7 @@ impl Engine {
         let handle = runtime.handle().clone();
         let dir = options.base_dir.display().to_string();
         let (max_seqs, dtype, force_cpu) = (options.max_num_seqs, options.dtype, options.force_cpu);
+        let isq = options.isq;
         // On failure the runtime must not be dropped in this async context (tokio panics).
         let fail = |runtime: tokio::runtime::Runtime, e: ServeError| {
             runtime.shutdown_background();
@@ -126,6 +129,9 @@ impl Engine {
                     .with_max_num_seqs(max_seqs);
                 if force_cpu {
                     builder = builder.with_force_cpu();
+                }
+                if let Some(isq) = isq {
+                    builder = builder.with_isq(isq);
                 }
                 builder.build().await
             })
@@ -223,11 +229,15 @@ impl Engine {
             adapter_dir.to_owned(),
             name.to_owned(),
         );
-        let (dtype, force_cpu) = (self.options.dtype, self.options.force_cpu);
+        let how = LoadOptions {
+            dtype: self.options.dtype,
+            force_cpu: self.options.force_cpu,
+            isq: self.options.isq,
+        };
         let started = std::time::Instant::now();
         let pipeline = self
             .handle
-            .spawn_blocking(move || load_with_adapter(&base, &adapter, &id, dtype, force_cpu))
+            .spawn_blocking(move || load_with_adapter(&base, &adapter, &id, how))
             .await
             .map_err(engine_err)??;
         let model = self.model.clone();

@@ -17,17 +17,27 @@ use crate::model_dir;
 /// A loaded pipeline, ready for `add_model`.
 pub type LoadedPipeline = Arc<tokio::sync::Mutex<dyn Pipeline + Send + Sync>>;
 
+/// How a model is loaded.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Weights dtype.
+    pub dtype: ModelDType,
+    /// Stay on the CPU.
+    pub force_cpu: bool,
+    /// Quantize after loading (the adapter is merged first).
+    pub isq: Option<mistralrs::IsqType>,
+}
+
 /// Load `base_dir` with the PEFT adapter in `adapter_dir` merged. Blocking: call on a blocking
 /// thread of the engine runtime.
 pub fn load_with_adapter(
     base_dir: &Path,
     adapter_dir: &Path,
     name: &str,
-    dtype: ModelDType,
-    force_cpu: bool,
+    how: LoadOptions,
 ) -> Result<LoadedPipeline, ServeError> {
     mistralrs_quant::clear_applied_loras();
-    let result = load_inner(base_dir, adapter_dir, dtype, force_cpu);
+    let result = load_inner(base_dir, adapter_dir, how);
     mistralrs_quant::clear_applied_loras();
     result.map_err(|reason| ServeError::Load {
         model: name.to_owned(),
@@ -50,8 +60,7 @@ fn base_weights(base_dir: &Path, adapter_dir: &Path) -> Result<Vec<std::path::Pa
 fn load_inner(
     base_dir: &Path,
     adapter_dir: &Path,
-    dtype: ModelDType,
-    force_cpu: bool,
+    how: LoadOptions,
 ) -> Result<LoadedPipeline, String> {
     let config_text = std::fs::read_to_string(adapter_dir.join("adapter_config.json"))
         .map_err(|e| format!("reading adapter_config.json: {e}"))?;
@@ -83,7 +92,7 @@ fn load_inner(
         None,
         opt("chat_template.json"),
     ));
-    let device = if force_cpu {
+    let device = if how.force_cpu {
         Device::Cpu
     } else {
         Device::cuda_if_available(0).map_err(|e| e.to_string())?
@@ -91,11 +100,11 @@ fn load_inner(
     loader
         .load_model_from_path(
             &paths,
-            &dtype,
+            &how.dtype,
             &device,
             true,
             DeviceMapSetting::dummy(),
-            None,
+            how.isq,
             None,
         )
         .map_err(|e| format!("{e:#}"))

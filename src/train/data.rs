@@ -60,6 +60,17 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer, TrainError> {
     Tokenizer::from_file(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
 }
 
+/// The ids of the tokenizer's special tokens (end of turn, padding, …): benchmarks ban them so
+/// every generation runs to its token limit.
+pub fn special_token_ids(model_dir: &Path) -> Result<Vec<u32>, TrainError> {
+    Ok(load_tokenizer(model_dir)?
+        .get_added_tokens_decoder()
+        .into_iter()
+        .filter(|(_, t)| t.special)
+        .map(|(id, _)| id)
+        .collect())
+}
+
 /// The longest text, in bytes, one token of `tokenizer` stands for (an upper bound: the
 /// vocabulary's longest entry).
 pub fn longest_token_bytes(tokenizer: &Tokenizer) -> usize {

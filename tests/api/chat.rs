@@ -389,6 +389,27 @@ async fn resident_models_are_bounded_lru_and_reloaded_on_demand() {
 }
 
 #[tokio::test]
+async fn serve_quant_serves_quantized_base_and_fine_tuned_models() {
+    let app = spawn_app_with(AppOptions {
+        serve_quant: Some(ferrotune::config::ServeQuant::Q8_0),
+        ..Default::default()
+    })
+    .await;
+    let base = ask(&app, "ferrotune-tiny", "Hello?").await;
+    assert!(
+        base["choices"][0]["message"]["content"].is_string(),
+        "{base}"
+    );
+    let (_, model) = fine_tune_lazily(&app, "q").await;
+    // The adapter is merged before quantizing: the fine-tune still recites what it learned.
+    let answer = ask(&app, &model, QA[0].0).await;
+    assert_eq!(
+        answer["choices"][0]["message"]["content"], QA[0].1,
+        "{answer}"
+    );
+}
+
+#[tokio::test]
 async fn concurrent_first_requests_share_one_load() {
     let app = spawn_app().await;
     let (_, model) = fine_tune_lazily(&app, "c").await;

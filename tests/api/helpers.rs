@@ -40,6 +40,8 @@ pub struct AppOptions {
     pub request_timeout_seconds: Option<u64>,
     /// A data directory prepared by the test (default: a fresh one).
     pub data_dir: Option<tempfile::TempDir>,
+    /// `--serve-quant` (default none).
+    pub serve_quant: Option<ferrotune::config::ServeQuant>,
 }
 
 /// A running server and what tests need to talk to it.
@@ -121,6 +123,9 @@ async fn start(
         settings.model.max_resident_models = max;
     }
     settings.model.adapter_root = options.adapter_root.clone();
+    if let Some(q) = options.serve_quant {
+        settings.model.serve_quant = q;
+    }
     if let Some(secs) = options.request_timeout_seconds {
         settings.http.request_timeout_seconds = secs;
     }

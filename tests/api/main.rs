@@ -20,6 +20,7 @@ mod packaging;
 mod qlora;
 mod queue;
 mod real_model;
+mod real_model_tools;
 mod real_model_tuning;
 mod serve_binary;
 mod tensors;

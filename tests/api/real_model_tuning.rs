@@ -27,7 +27,7 @@ fn examples(file: &str, n: usize) -> Vec<u8> {
     serde_json::to_vec(&all[..n]).unwrap()
 }
 
-async fn upload(client: &reqwest::Client, base: &str, name: &str, bytes: Vec<u8>) -> String {
+pub async fn upload(client: &reqwest::Client, base: &str, name: &str, bytes: Vec<u8>) -> String {
     let form = reqwest::multipart::Form::new()
         .text("purpose", "fine-tune")
         .part(
