@@ -5,6 +5,8 @@
 # to the unquantized run.
 #
 #   BENCH_MODEL=smollm2-135m-instruct FERROTUNE_HOME=target/ferrotune-home bash bench/serve_quant.sh
+#
+# QUANTS picks the quantizations (default "none q8_0 q4k"), CONCURRENCY the stream counts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --example serve_bench
@@ -17,11 +19,11 @@ done
 field() { grep '^summary' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", (b == 0 ? 0 : a / b) }'; }
 ref="$out/none.txt"
-printf '\n%-6s %10s %10s %8s %12s %8s %22s\n' quant "base tok/s" "ft tok/s" "vs none" "resident MiB" "vs none" "HTTP/engine c1/c8/c32"
+printf '\n%-6s %10s %10s %8s %12s %8s %22s\n' quant "base tok/s" "ft tok/s" "vs none" "resident MiB" "vs none" "HTTP/engine by streams"
 for q in ${QUANTS:-none q8_0 q4k}; do
     f="$out/$q.txt"
     ft=$(field "$f" ft_tok_s); mib=$(field "$f" resident_mib)
     printf '%-6s %10s %10s %8.2f %12s %8.2f %22s\n' "$q" "$(field "$f" base_tok_s)" "$ft" \
         "$(ratio "$ft" "$(field "$ref" ft_tok_s)")" "$mib" \
-        "$(ratio "$mib" "$(field "$ref" resident_mib)")" "$(field "$f" http_over_engine_c1_c8_c32)"
+        "$(ratio "$mib" "$(field "$ref" resident_mib)")" "$(field "$f" http_over_engine)"
 done
