@@ -81,6 +81,34 @@ async fn upload_returns_400_naming_the_line_when_a_line_is_not_json() {
 }
 
 #[tokio::test]
+async fn tool_use_lines_are_accepted_and_a_call_to_an_unoffered_function_names_its_line() {
+    let app = spawn_app().await;
+    let good = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/data/tool_use.jsonl"
+    ))
+    .unwrap();
+    let res = app.upload("tools.jsonl", good.clone(), "fine-tune").await;
+    assert_eq!(res.status(), 200);
+    let mut bad = good[..good.iter().position(|b| *b == b'\n').unwrap() + 1].to_vec();
+    bad.extend_from_slice(
+        br#"{"messages": [{"role": "user", "content": "Stock price?"}, {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "get_stock", "arguments": "{}"}}]}], "tools": [{"type": "function", "function": {"name": "get_weather"}}]}"#,
+    );
+    bad.push(b'\n');
+    let err = assert_error(
+        app.upload("bad.jsonl", bad, "fine-tune").await,
+        400,
+        Some("file"),
+    )
+    .await;
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains("line 2") && message.contains("get_stock"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn upload_returns_400_for_bad_utf8_non_objects_and_unknown_formats() {
     let app = spawn_app().await;
     let cases: [(&[u8], &str); 5] = [

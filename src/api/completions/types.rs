@@ -12,8 +12,9 @@ pub struct CreateCompletionRequest {
     /// Model id: the base model or a fine-tuned one.
     #[schema(min_length = 1)]
     pub model: String,
-    /// A string or a list of strings (one completion group each); token arrays are refused.
-    #[schema(value_type = Object)]
+    /// A string or a non-empty list of strings (one completion group each); token arrays are
+    /// refused.
+    #[schema(schema_with = prompt_schema)]
     pub prompt: Value,
     /// Sampling.
     #[serde(flatten)]
@@ -86,4 +87,16 @@ pub struct CreateCompletionResponse {
     pub usage: Option<CompletionUsage>,
     /// Engine fingerprint.
     pub system_fingerprint: Option<String>,
+}
+
+/// `prompt`'s schema: a string, or a non-empty list of strings.
+fn prompt_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(text())
+            .item(ArrayBuilder::new().items(text()).min_items(Some(1)))
+            .build(),
+    )
 }
