@@ -18,18 +18,9 @@ pub async fn greedy_chat(
     question: &str,
     max_tokens: u32,
 ) -> Value {
-    client
-        .post(format!("{base}/v1/chat/completions"))
-        .json(
-            &json!({"model": model, "temperature": 0, "max_tokens": max_tokens,
-                      "messages": [{"role": "user", "content": question}]}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    let body = json!({"model": model, "temperature": 0, "max_tokens": max_tokens,
+                      "messages": [{"role": "user", "content": question}]});
+    crate::real_model_tuning::post_json(client, format!("{base}/v1/chat/completions"), &body).await
 }
 
 /// The pulled model's directory (pulling it on the first run).

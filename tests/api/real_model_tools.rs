@@ -4,12 +4,12 @@
 //! `tool_choice: "auto"`.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
 use crate::binary::{free_port, serve};
-use crate::real_model_tuning::upload;
+use crate::real_model_tuning::{finished_job, post_json, upload};
 
 fn data_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -18,18 +18,9 @@ fn data_file(name: &str) -> PathBuf {
 }
 
 async fn ask(client: &reqwest::Client, base: &str, model: &str, tools: &Value, q: &str) -> Value {
-    client
-        .post(format!("{base}/v1/chat/completions"))
-        .json(
-            &json!({"model": model, "temperature": 0, "max_tokens": 40, "tools": tools,
-                      "messages": [{"role": "user", "content": q}]}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    let body = json!({"model": model, "temperature": 0, "max_tokens": 40, "tools": tools,
+                      "messages": [{"role": "user", "content": q}]});
+    post_json(client, format!("{base}/v1/chat/completions"), &body).await
 }
 
 #[tokio::test]
@@ -59,38 +50,12 @@ async fn a_fine_tuned_real_model_calls_the_right_function_for_held_out_requests(
     let tools = first["tools"].clone();
     let file = upload(&client, &base, "tools.jsonl", lines).await;
     let hp = json!({"n_epochs": 3, "batch_size": 2, "learning_rate": 1e-3, "max_length": 256});
-    let job: Value = client
-        .post(format!("{base}/v1/fine_tuning/jobs"))
-        .json(
-            &json!({"model": "smollm2", "training_file": file, "suffix": "tools", "seed": 3,
-                      "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json!({"model": "smollm2", "training_file": file, "suffix": "tools", "seed": 3,
+                      "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}});
+    let job = post_json(&client, format!("{base}/v1/fine_tuning/jobs"), &body).await;
     let id = job["id"].as_str().unwrap().to_owned();
     let started = Instant::now();
-    let job = loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(1200),
-            "job {id} took over 20 minutes"
-        );
-        let job: Value = client
-            .get(format!("{base}/v1/fine_tuning/jobs/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
-            break job;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let job = finished_job(&client, &base, &id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     println!(
         "tool-use fine-tune: {:.0} s",

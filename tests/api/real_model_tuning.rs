@@ -46,6 +46,40 @@ pub async fn upload(client: &reqwest::Client, base: &str, name: &str, bytes: Vec
     file["id"].as_str().unwrap().to_owned()
 }
 
+/// POST `body` as JSON and read the JSON answer.
+pub async fn post_json(client: &reqwest::Client, url: String, body: &Value) -> Value {
+    client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// GET `url` and read the JSON answer.
+pub async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// Poll job `id` once a second until it ends (20 minutes at most) and return it.
+pub async fn finished_job(client: &reqwest::Client, base: &str, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1200);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} did not finish in 20 minutes"
+        );
+        let job = get_json(client, format!("{base}/v1/fine_tuning/jobs/{id}")).await;
+        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_short_fine_tune_of_the_real_model_lowers_validation_loss_serves_and_exports() {
     let model_dir = PathBuf::from(crate::real_model::pulled());
@@ -80,48 +114,22 @@ async fn a_short_fine_tune_of_the_real_model_lowers_validation_loss_serves_and_e
     // 12 examples in batches of 3: 4 steps an epoch, 5 epochs.
     let hp = json!({"n_epochs": 5, "batch_size": 3, "learning_rate": 5e-4, "logging_steps": 1,
                     "max_length": 256, "eval_max_new_tokens": 24});
-    let job: Value = client
-        .post(format!("{base}/v1/fine_tuning/jobs"))
-        .json(
-            &json!({"model": "smollm2", "training_file": train, "validation_file": valid,
+    let job = post_json(
+        &client,
+        format!("{base}/v1/fine_tuning/jobs"),
+        &json!({"model": "smollm2", "training_file": train, "validation_file": valid,
                       "suffix": "health", "seed": 7,
                       "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    )
+    .await;
     let id = job["id"].as_str().unwrap().to_owned();
-    let deadline = std::time::Instant::now() + Duration::from_secs(1200);
-    let job = loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "job {id} did not finish in 20 minutes"
-        );
-        let job: Value = client
-            .get(format!("{base}/v1/fine_tuning/jobs/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
-            break job;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let job = finished_job(&client, &base, &id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    let events: Value = client
-        .get(format!("{base}/v1/fine_tuning/jobs/{id}/events?limit=100"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events = get_json(
+        &client,
+        format!("{base}/v1/fine_tuning/jobs/{id}/events?limit=100"),
+    )
+    .await;
     // SmolLM2's GGUF stores its projections in Q4_1: the job trains on those blocks.
     let stored = events["data"].as_array().unwrap().iter().any(|e| {
         e["message"]
