@@ -100,13 +100,17 @@ def test_legacy_completions_plain_streamed_and_refused(strict, client):
     assert [c.index for c in r.choices] == [0, 1, 2, 3]
     assert r.usage.completion_tokens == 12
     assert len(r.choices[0].logprobs.tokens) == 3
+    # Greedy text is compared between requests that run alone: a batch of four sequences rounds
+    # differently, and the random-weight model's logits are close enough to flip an argmax.
+    plain = strict.completions.create(model="ferrotune-tiny", prompt="Water", max_tokens=3,
+                                      temperature=0).choices[0].text
     echoed = strict.completions.create(model="ferrotune-tiny", prompt="Water", max_tokens=3,
                                        temperature=0, echo=True)
-    assert echoed.choices[0].text == "Water" + r.choices[0].text
+    assert echoed.choices[0].text == "Water" + plain
     # The SDK's Completion type has no null finish_reason, which every streamed chunk but the
     # last carries (OpenAI's too): the stream is read with the default client.
     text = "".join(c.choices[0].text for c in client.completions.create(
         model="ferrotune-tiny", prompt="Water", max_tokens=3, temperature=0, stream=True) if c.choices)
-    assert text == r.choices[0].text
+    assert text == plain
     with pytest.raises(openai.BadRequestError):
         strict.completions.create(model="ferrotune-tiny", prompt="Water", suffix="end")
