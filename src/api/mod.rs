@@ -8,6 +8,7 @@ pub mod auth;
 pub mod body_timeout;
 pub mod chat;
 pub mod completions;
+pub mod ensembles;
 pub mod error;
 pub mod files;
 pub mod fine_tuning;

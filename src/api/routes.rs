@@ -12,7 +12,7 @@ use utoipa_actix_web::AppExt;
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::error::{self, ApiError};
-use super::{chat, completions, files, fine_tuning, health, models, openapi};
+use super::{chat, completions, ensembles, files, fine_tuning, health, models, openapi};
 
 /// Register every documented route and the error envelopes for actix's own rejections.
 pub fn configure(cfg: &mut ServiceConfig) {
@@ -35,6 +35,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(fine_tuning::events::list_fine_tuning_job_checkpoints)
         .service(chat::create_chat_completion)
         .service(completions::create_completion)
+        .service(ensembles::create_ensemble)
+        .service(ensembles::list_ensembles)
+        .service(ensembles::retrieve_ensemble)
+        .service(ensembles::delete_ensemble)
         .service(models::list_models)
         .service(models::adapters::load_lora_adapter)
         .service(models::adapters::unload_lora_adapter)

@@ -126,6 +126,14 @@ pub struct Hyperparameters {
     /// on, as in LLaMA-Factory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub double_quantization: Option<bool>,
+    /// Train this many adapters (1–8), differing by seed, and serve them as one `vote` ensemble
+    /// under the job's model name; each is also served as `{model}:member-N`.
+    #[serde(default = "one")]
+    pub ensemble_size: u32,
+    /// With `ensemble_size` > 1: train each member on a bootstrap sample of the training
+    /// examples (as many, drawn with replacement) instead of all of them.
+    #[serde(default)]
+    pub ensemble_bootstrap: bool,
 }
 
 /// How QLoRA stores frozen weights: NF4 or a ggml block format.
@@ -171,6 +179,10 @@ fn yes() -> bool {
     true
 }
 
+fn one() -> u32 {
+    1
+}
+
 fn default_eval_tokens() -> u32 {
     128
 }
@@ -203,6 +215,8 @@ impl Default for Hyperparameters {
             quantization_bit: None,
             quantization_method: None,
             double_quantization: None,
+            ensemble_size: 1,
+            ensemble_bootstrap: false,
         }
     }
 }
@@ -257,6 +271,11 @@ impl Hyperparameters {
                 }
                 "quantization_method" => self.quantization_method = Some(f.method(key)?),
                 "double_quantization" => self.double_quantization = Some(f.boolean(key)?),
+                "ensemble_size" => {
+                    self.ensemble_size =
+                        f.int(key, 1, crate::domain::ensemble::MAX_MEMBERS as u32)?
+                }
+                "ensemble_bootstrap" => self.ensemble_bootstrap = f.boolean(key)?,
                 other => {
                     return Err(DomainError::invalid(
                         format!("{prefix}.{other}"),
@@ -273,6 +292,12 @@ impl Hyperparameters {
             return Err(DomainError::invalid(
                 format!("{prefix}.double_quantization"),
                 "double_quantization applies to quantization_method nf4 only".to_owned(),
+            ));
+        }
+        if self.ensemble_bootstrap && self.ensemble_size < 2 {
+            return Err(DomainError::invalid(
+                format!("{prefix}.ensemble_bootstrap"),
+                "ensemble_bootstrap applies with ensemble_size 2 or more".to_owned(),
             ));
         }
         if let (Some(bits), Some(m)) = (self.quantization_bit, self.quantization_method)

@@ -4,6 +4,7 @@
 //! of a domain type has been parsed, so it is valid by construction.
 
 pub mod dataset;
+pub mod ensemble;
 pub mod hyperparameters;
 pub mod ids;
 pub mod job;

@@ -46,6 +46,11 @@ impl FineTunedModelName {
         format!("{}:ckpt-step-{step}", self.0)
     }
 
+    /// The name of member `index` (1-based) of the ensemble this job trains.
+    pub fn member(&self, index: usize) -> String {
+        format!("{}:member-{index}", self.0)
+    }
+
     /// The name as shown to clients.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -69,6 +74,7 @@ mod tests {
             bare.checkpoint(20),
             "ft:tiny:org-local::abcdefgh:ckpt-step-20"
         );
+        assert_eq!(bare.member(2), "ft:tiny:org-local::abcdefgh:member-2");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod blobs;
 pub mod checkpoints;
+pub mod ensembles;
 pub mod events;
 pub mod files;
 pub mod jobs;

@@ -13,16 +13,18 @@ pub struct ModelRow {
     pub id: String,
     /// Owner.
     pub organization_id: String,
+    /// The base model it was trained on.
+    pub base_model: String,
     /// Adapter directory (PEFT).
     pub path: String,
     /// When it became available.
     pub created_at: DateTime<Utc>,
 }
 
-const SERVABLE: &str = "select id, organization_id, path, created_at from model \
+const SERVABLE: &str = "select id, organization_id, base_model, path, created_at from model \
      where deleted_at is null and organization_id = $1 \
      union all \
-     select c.fine_tuned_model_checkpoint, j.organization_id, c.path, c.created_at \
+     select c.fine_tuned_model_checkpoint, j.organization_id, j.model, c.path, c.created_at \
      from fine_tuning_job_checkpoint c join fine_tuning_job j on j.id = c.job_id \
      where j.organization_id = $1 and not exists \
        (select 1 from model m where m.job_id = j.id and m.deleted_at is not null)";
@@ -88,7 +90,9 @@ impl Store {
     ) -> Result<AdapterInsert, StoreError> {
         let done = sqlx::query(
             "insert into model (id, organization_id, kind, base_model, path) \
-             values ($1, $2, 'adapter', $3, $4) on conflict on constraint model_pkey do nothing",
+             select $1, $2, 'adapter', $3, $4 \
+             where not exists (select 1 from ensemble where id = $1) \
+             on conflict on constraint model_pkey do nothing",
         )
         .bind(name)
         .bind(org.as_str())

@@ -195,8 +195,25 @@ pub struct JobResults {
     pub trained_tokens: i64,
     /// Result files (bytes already in place).
     pub files: Vec<super::NewFile>,
-    /// The adapter directory served as the model.
+    /// The adapter directory served as the model (the first member's for an ensemble).
     pub adapter_path: String,
+    /// With `ensemble_size` > 1: every member's adapter directory, in order; the members are
+    /// published as `{model}:member-N` and `model` names their `vote` ensemble.
+    pub members: Vec<String>,
+}
+
+impl JobResults {
+    /// The models to register, (id, adapter directory): the one model, or every member.
+    pub fn published(&self) -> Vec<(String, &str)> {
+        if self.members.is_empty() {
+            return vec![(self.model.as_str().to_owned(), self.adapter_path.as_str())];
+        }
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (self.model.member(i + 1), p.as_str()))
+            .collect()
+    }
 }
 
 impl Store {
@@ -271,18 +288,34 @@ impl Store {
         for file in &results.files {
             Self::insert_file_in(&mut tx, file).await?;
         }
-        sqlx::query(
-            "insert into model (id, organization_id, kind, job_id, base_model, path) \
-             values ($1, $2, 'fine_tuned', $3, $4, $5)",
-        )
-        .bind(results.model.as_str())
-        .bind(&claim.job.organization_id)
-        .bind(&claim.job.id)
-        .bind(&claim.job.model)
-        .bind(&results.adapter_path)
-        .execute(&mut *tx)
-        .await
-        .ctx("registering the fine-tuned model")?;
+        for (id, path) in results.published() {
+            sqlx::query(
+                "insert into model (id, organization_id, kind, job_id, base_model, path) \
+                 values ($1, $2, 'fine_tuned', $3, $4, $5)",
+            )
+            .bind(id)
+            .bind(&claim.job.organization_id)
+            .bind(&claim.job.id)
+            .bind(&claim.job.model)
+            .bind(path)
+            .execute(&mut *tx)
+            .await
+            .ctx("registering the fine-tuned model")?;
+        }
+        if !results.members.is_empty() {
+            let members: Vec<String> = results.published().into_iter().map(|(id, _)| id).collect();
+            sqlx::query(
+                "insert into ensemble (id, organization_id, strategy, members, job_id) \
+                 values ($1, $2, 'vote', $3, $4)",
+            )
+            .bind(results.model.as_str())
+            .bind(&claim.job.organization_id)
+            .bind(&members)
+            .bind(&claim.job.id)
+            .execute(&mut *tx)
+            .await
+            .ctx("registering the job's ensemble")?;
+        }
         let event = NewEvent::info("The job has successfully completed");
         Self::insert_event_in(&mut tx, &claim.job.id, &event).await?;
         tx.commit().await.ctx("committing a job success")?;

@@ -51,4 +51,6 @@ pub mod purpose {
     pub const SPLIT: u64 = 5;
     /// Adapter values of the `model grad-step` diagnostic.
     pub const DIAGNOSTIC: u64 = 6;
+    /// Bootstrap samples of an ensemble's members.
+    pub const BOOTSTRAP: u64 = 7;
 }

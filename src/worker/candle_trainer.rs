@@ -99,6 +99,7 @@ impl Trainer for CandleTrainer {
                     trained_tokens: i64::try_from(out.trained_tokens).unwrap_or(i64::MAX),
                     adapter_dir: out.adapter_dir,
                     result_files,
+                    members: Vec::new(),
                 })
             }
             Ok(RunEnd::Stopped { step }) => Err(TrainingFailure::Stopped { step }),

@@ -4,6 +4,7 @@ use tokio::sync::mpsc;
 
 use super::Worker;
 use super::lease::Lease;
+use super::members::train_members;
 use super::trainer::{Progress, TrainingFailure, TrainingRequest};
 use super::validate::{MIN_EXAMPLES, validate_dataset};
 use crate::domain::ids::FileId;
@@ -133,7 +134,12 @@ impl Worker {
         let trainer = self.trainer.clone();
         let trainer_stop = lease.stop().clone();
         let mut handle = tokio::task::spawn_blocking(move || {
-            trainer.train(request, &Progress::new(tx), &trainer_stop)
+            let progress = Progress::new(tx);
+            if request.hyperparameters.ensemble_size > 1 {
+                train_members(&*trainer, &request, &progress, &trainer_stop)
+            } else {
+                trainer.train(request, &progress, &trainer_stop)
+            }
         });
         let result = loop {
             tokio::select! {

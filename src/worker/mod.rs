@@ -9,6 +9,7 @@
 pub mod candle_trainer;
 mod drive;
 pub mod lease;
+mod members;
 mod publish;
 pub mod trainer;
 pub mod validate;

@@ -84,16 +84,19 @@ impl Worker {
                 expires_after_seconds: None,
             });
         }
-        let adapter_dir = outcome.adapter_dir.clone();
+        let path = |p: &std::path::PathBuf| p.to_string_lossy().into_owned();
         let results = JobResults {
             model: name,
             trained_tokens: outcome.trained_tokens,
             files,
-            adapter_path: outcome.adapter_dir.to_string_lossy().into_owned(),
+            adapter_path: path(&outcome.adapter_dir),
+            members: outcome.members.iter().map(path).collect(),
         };
         if self.store.succeed_job(claim, &results).await? {
             if let Some(hook) = &self.on_model_ready {
-                hook(results.model.as_str().to_owned(), adapter_dir);
+                for (id, dir) in results.published() {
+                    hook(id, dir.into());
+                }
             }
         } else {
             // Fenced off, paused or cancelled meanwhile: the results are not ours to publish,

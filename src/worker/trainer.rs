@@ -45,6 +45,8 @@ pub struct TrainingOutcome {
     pub adapter_dir: PathBuf,
     /// Files to publish as `fine-tune-results`: (path, filename shown to clients).
     pub result_files: Vec<(PathBuf, String)>,
+    /// With `ensemble_size` > 1: every member's adapter directory, in order.
+    pub members: Vec<PathBuf>,
 }
 
 /// Why a training run did not produce a model.
@@ -64,16 +66,37 @@ pub enum TrainingFailure {
 /// One update on its way to the worker; `applied` hears back once the worker has recorded it.
 pub type Report = (Update, Option<std::sync::mpsc::Sender<()>>);
 
+/// A rewrite applied to every update on its way (an ensemble member's steps numbered after the
+/// members before it).
+type Rewrite = Arc<dyn Fn(Update) -> Update + Send + Sync>;
+
 /// The channel a trainer reports through.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Progress {
     tx: UnboundedSender<Report>,
+    rewrite: Option<Rewrite>,
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress")
+            .field("rewrites", &self.rewrite.is_some())
+            .finish()
+    }
 }
 
 impl Progress {
     /// Wrap the worker's channel.
     pub fn new(tx: UnboundedSender<Report>) -> Self {
-        Self { tx }
+        Self { tx, rewrite: None }
+    }
+
+    /// The same channel with every update passed through `rewrite` first.
+    pub fn rewritten(&self, rewrite: impl Fn(Update) -> Update + Send + Sync + 'static) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            rewrite: Some(Arc::new(rewrite)),
+        }
     }
 
     /// Report an update (dropped if the job is no longer being watched). A checkpoint waits
@@ -81,6 +104,10 @@ impl Progress {
     /// a lost worker resumes from only after that, so a resumed run never starts past metrics
     /// that were still on their way to the database.
     pub fn send(&self, update: Update) {
+        let update = match &self.rewrite {
+            Some(r) => r(update),
+            None => update,
+        };
         if matches!(update, Update::Checkpoint { .. }) {
             let (applied, done) = std::sync::mpsc::channel();
             if self.tx.send((update, Some(applied))).is_ok() {

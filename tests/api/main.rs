@@ -5,6 +5,7 @@ mod auth;
 mod binary;
 mod chat;
 mod completions;
+mod ensembles;
 mod errors;
 mod evaluation;
 mod export;

@@ -8,6 +8,7 @@ use actix_web::post;
 use actix_web::{HttpResponse, web};
 use mistralrs::core::Response;
 
+pub mod ensemble;
 pub mod render;
 pub mod tool_calls;
 pub mod types;
@@ -118,6 +119,32 @@ impl From<ServeError> for ApiError {
     }
 }
 
+/// Count the prompt's tokens on `model` and fit the completion's limit into the context left
+/// (a 400 when it does not fit); the prompt tokens, when the engine could count them.
+async fn fit_completion(
+    state: &ApiState,
+    model: &str,
+    req: &CreateChatCompletionRequest,
+    params: &mut crate::serve::ChatParams,
+) -> Result<Option<usize>, ApiError> {
+    let prompt_tokens = state.engine.prompt_tokens(model, params).await;
+    if let Some(prompt) = prompt_tokens {
+        let limit_param = if req.max_completion_tokens.is_some() {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        let budget = ContextBudget {
+            prompt,
+            context: state.engine.context_len(),
+            prompt_param: "messages",
+            limit_param,
+        };
+        params.max_tokens = Some(budget.fit(params.max_tokens)?);
+    }
+    Ok(prompt_tokens)
+}
+
 /// Create a chat completion.
 #[utoipa::path(operation_id = "create_chat_completion",
     tag = "Chat", request_body = CreateChatCompletionRequest,
@@ -134,24 +161,17 @@ pub async fn create_chat_completion(
     let req = body.into_inner();
     let mut params = validate(&req)?;
     let engine = &state.engine;
-    make_resident(&state, &caller, &req.model).await?;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let n = params.n;
-    let prompt_tokens = engine.prompt_tokens(&req.model, &params).await;
-    if let Some(prompt) = prompt_tokens {
-        let limit_param = if req.max_completion_tokens.is_some() {
-            "max_completion_tokens"
-        } else {
-            "max_tokens"
-        };
-        let budget = ContextBudget {
-            prompt,
-            context: engine.context_len(),
-            prompt_param: "messages",
-            limit_param,
-        };
-        params.max_tokens = Some(budget.fit(params.max_tokens)?);
+    if req.model != engine.base_name()
+        && let Some(e) = state.store.get_ensemble(&caller.0, &req.model).await?
+    {
+        // Every member shares the base's template and tokenizer: the base counts the prompt.
+        fit_completion(&state, engine.base_name(), &req, &mut params).await?;
+        return ensemble::answer(&state, &caller, e, params, req.stream, include_usage).await;
     }
+    make_resident(&state, &caller, &req.model).await?;
+    let n = params.n;
+    let prompt_tokens = fit_completion(&state, &req.model, &req, &mut params).await?;
     let max_tokens = params.max_tokens;
     let mut generation = engine.chat(&req.model, params, req.stream).await?;
     if req.stream {

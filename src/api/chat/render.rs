@@ -141,6 +141,7 @@ pub fn completion_from(done: ChatCompletionResponse, model: &str) -> CreateChatC
             .collect(),
         usage: usage(&done.usage),
         system_fingerprint: Some(done.system_fingerprint),
+        ensemble: None,
     }
 }
 
@@ -172,6 +173,7 @@ impl StreamState {
             system_fingerprint: None,
             choices,
             usage: self.include_usage.then_some(usage),
+            ensemble: None,
         };
         self.pending.push_back(sse_data(&chunk));
     }

@@ -159,6 +159,10 @@ pub struct CreateChatCompletionResponse {
     pub usage: CompletionUsage,
     /// Engine fingerprint.
     pub system_fingerprint: Option<String>,
+    /// A ferrotune extension, on answers of an ensemble: every member's answer and how the
+    /// winner was chosen (the SDK keeps it as an extra field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<super::ensemble::EnsembleReport>,
 }
 
 /// One alternative at a position of `logprobs.content`.
@@ -296,6 +300,9 @@ pub struct ChatCompletionChunk {
     /// Left out unless `stream_options.include_usage`; then null on every chunk but the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Option<CompletionUsage>>,
+    /// On an ensemble's finish chunk: the members' answers (see the non-streamed response).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<super::ensemble::EnsembleReport>,
 }
 
 #[cfg(test)]
@@ -311,6 +318,7 @@ mod tests {
             system_fingerprint: None,
             choices,
             usage,
+            ensemble: None,
         };
         serde_json::to_string(&chunk).unwrap()
     }

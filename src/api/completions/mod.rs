@@ -91,6 +91,20 @@ pub async fn create_completion(
     let req = body.into_inner();
     let (prompts, params) = validate(&req)?;
     let engine = &state.engine;
+    if state
+        .store
+        .get_ensemble(&caller.0, &req.model)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::invalid(
+            format!(
+                "'{}' is an ensemble, which answers chat completions only",
+                req.model
+            ),
+            Some("model"),
+        ));
+    }
     make_resident(&state, &caller, &req.model).await?;
     let mut generations = Vec::with_capacity(prompts.len());
     let mut max_tokens = Vec::with_capacity(prompts.len());

@@ -9,6 +9,7 @@ use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorResponse};
 use crate::api::objects::DeletedObject;
+use crate::store::ensembles::EnsembleRow;
 use crate::store::models::ModelRow;
 
 pub mod adapters;
@@ -56,6 +57,16 @@ impl From<ModelRow> for OpenAIModel {
     }
 }
 
+/// An ensemble as the model clients name.
+fn ensemble_model(e: EnsembleRow) -> OpenAIModel {
+    OpenAIModel {
+        id: e.id,
+        object: "model",
+        created: e.created_at.timestamp(),
+        owned_by: e.organization_id,
+    }
+}
+
 fn base(state: &ApiState) -> OpenAIModel {
     OpenAIModel {
         id: state.engine.base_name().to_owned(),
@@ -82,6 +93,14 @@ pub async fn list_models(
             .into_iter()
             .map(OpenAIModel::from),
     );
+    data.extend(
+        state
+            .store
+            .list_ensembles(&caller.0)
+            .await?
+            .into_iter()
+            .map(ensemble_model),
+    );
     Ok(HttpResponse::Ok().json(ListModelsResponse {
         object: "list",
         data,
@@ -102,6 +121,9 @@ pub async fn retrieve_model(
     if id == state.engine.base_name() {
         return Ok(HttpResponse::Ok().json(base(&state)));
     }
+    if let Some(e) = state.store.get_ensemble(&caller.0, &id).await? {
+        return Ok(HttpResponse::Ok().json(ensemble_model(e)));
+    }
     let m = state
         .store
         .get_model(&caller.0, &id)
@@ -110,7 +132,8 @@ pub async fn retrieve_model(
     Ok(HttpResponse::Ok().json(OpenAIModel::from(m)))
 }
 
-/// Delete a fine-tuned model (and stop serving it with its checkpoints).
+/// Delete a fine-tuned model (and stop serving it with its checkpoints), or an ensemble (with
+/// the members its job trained).
 #[utoipa::path(operation_id = "delete_model", tag = "Models",
     params(("model" = String, Path, description = "The model id")),
     responses((status = 200, body = DeletedObject), (status = 400, body = ErrorResponse),
@@ -127,6 +150,13 @@ pub async fn delete_model(
             "The base model cannot be deleted",
             Some("model"),
         ));
+    }
+    if let Some(e) = crate::api::ensembles::remove(&state, &caller, &id).await? {
+        return Ok(HttpResponse::Ok().json(DeletedObject {
+            id: e.id,
+            object: "model",
+            deleted: true,
+        }));
     }
     let checkpoints: Vec<String> = state
         .store
