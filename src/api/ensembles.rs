@@ -178,6 +178,15 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found("ensemble", id)
 }
 
+/// The ensemble a path names; one that could never be stored (a NUL character) is a 404 before
+/// any lookup.
+fn ensemble_id(raw: String) -> Result<String, ApiError> {
+    if raw.contains('\0') {
+        return Err(not_found(&raw.replace('\0', "")));
+    }
+    Ok(raw)
+}
+
 /// Retrieve an ensemble.
 #[utoipa::path(operation_id = "retrieve_ensemble", tag = "Ensembles",
     params(("ensemble" = String, Path, description = "The ensemble's name")),
@@ -188,7 +197,7 @@ pub async fn retrieve_ensemble(
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
+    let id = ensemble_id(path.into_inner())?;
     let row = state
         .store
         .get_ensemble(&caller.0, &id)
@@ -207,7 +216,7 @@ pub async fn delete_ensemble(
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
+    let id = ensemble_id(path.into_inner())?;
     let row = remove(&state, &caller, &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
