@@ -174,6 +174,8 @@ mod tests {
         assert!(spec.paths.paths.contains_key("/v1/models/{model}"));
         assert!(spec.paths.paths.contains_key("/v1/models/{model}/export"));
         assert!(spec.paths.paths.contains_key("/v1/completions"));
-        assert_eq!(spec.paths.paths.len(), 18);
+        assert!(spec.paths.paths.contains_key("/v1/ensembles"));
+        assert!(spec.paths.paths.contains_key("/v1/ensembles/{ensemble}"));
+        assert_eq!(spec.paths.paths.len(), 20);
     }
 }
