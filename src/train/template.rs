@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{TrainError, io_err};
 use crate::domain::dataset::{Example, Role, Turn};
-use crate::domain::tools::{TemplateTurn, parse_tools, template_messages};
+use crate::domain::tools::{TemplateTurn, parse_tools, template_messages, template_tools_value};
 
 const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 const QWEN: &str = "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -132,6 +132,10 @@ impl ChatTemplate {
         parallel: bool,
     ) -> Result<String, TrainError> {
         let mut env = Environment::new();
+        // As Hugging Face renders chat templates, and so the serving engine: a block tag eats
+        // the newline after it and the spaces before it.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
@@ -173,7 +177,8 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
-            tools => tools.cloned(),
+            // OpenAI-shaped tools in the shape serving hands the template; others as given.
+            tools => offered.as_deref().map(template_tools_value).or_else(|| tools.cloned()),
         })
         .map_err(|e| TrainError::Invalid(format!("rendering the chat template failed: {e}")))
     }
@@ -309,9 +314,9 @@ mod tests {
         ex.tools = Some(serde_json::json!([{"type": "function", "function": {"name": "f"}}]));
         let segs = t.segments(&ex).unwrap();
         assert!(
-            segs[0]
-                .0
-                .starts_with("<|im_start|>system\nTools: [{\"function\":{\"name\":\"f\"}"),
+            segs[0].0.starts_with(
+                "<|im_start|>system\nTools: [{\"function\":{\"description\":null,\"name\":\"f\""
+            ),
             "{segs:?}"
         );
         assert!(segs[3].1 && segs[3].0.trim() == "A2<|im_end|>", "{segs:?}");

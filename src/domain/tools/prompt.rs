@@ -169,12 +169,18 @@ pub fn template_messages(
     out
 }
 
-/// The tools as a template's `tools` variable (`[{type: function, function: {…}}]`).
+/// The tools as a template's `tools` variable (`[{type: function, function: {…}}]`), in the
+/// shape the serving engine hands its templates (mistral.rs's `Tool`: `description` is always
+/// there, null when absent), so training renders the prompt serving renders.
 pub fn template_tools_value(tools: &[FunctionTool]) -> Value {
     Value::Array(
         tools
             .iter()
-            .map(|t| json!({"type": "function", "function": t.function_object()}))
+            .map(|t| {
+                let mut f = t.function_object();
+                f.entry("description").or_insert(Value::Null);
+                json!({"type": "function", "function": f})
+            })
             .collect(),
     )
 }
