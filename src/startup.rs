@@ -274,6 +274,10 @@ impl Application {
             dtype: crate::config::serving_dtype(settings.model.dtype(&device)),
             force_cpu: device.is_cpu(),
             isq: settings.model.serve_quant.isq(),
+            paged_kv_tokens: settings
+                .model
+                .paged_attention
+                .resolve(&device, settings.model.kv_cache_tokens)?,
         })
         .await?;
         let request_timeout = Duration::from_secs(settings.http.request_timeout_seconds.max(1));

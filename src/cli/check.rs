@@ -10,7 +10,7 @@ use anyhow::Context;
 use candle_core::{DType, Tensor};
 use clap::Args;
 
-use crate::config::{DeviceChoice, DtypeChoice, serving_dtype};
+use crate::config::{DeviceChoice, DtypeChoice, PagedAttention, ServeQuant, serving_dtype};
 use crate::domain::hyperparameters::LORA_MODULES;
 use crate::serve::measure::{self, median};
 use crate::serve::{ChatParams, ChatTurn, Engine, EngineOptions};
@@ -198,6 +198,19 @@ pub struct EngineCheckArgs {
     /// The answer the adapter was trained to give (prints `recital=ok` when it does).
     #[arg(long)]
     pub expect: Option<String>,
+    /// Paged attention: `auto` (on a GPU), `on` or `off`.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub paged_attention: PagedAttention,
+    /// KV-cache tokens per model with paged attention.
+    #[arg(long, default_value_t = 32768)]
+    pub kv_cache_tokens: usize,
+    /// Quantize both models after loading (`none`, `q8_0`, `q4k`).
+    #[arg(long, value_enum, default_value = "none")]
+    pub serve_quant: ServeQuant,
+    /// Also measure the base model's total decode rate with this many concurrent generations
+    /// (comma-separated, e.g. `8,32`).
+    #[arg(long, value_delimiter = ',')]
+    pub streams: Vec<usize>,
 }
 
 /// Decode rate of the base and the fine-tuned model, hot-load time of the adapter, and the
@@ -205,7 +218,19 @@ pub struct EngineCheckArgs {
 pub async fn engine_check(args: &EngineCheckArgs) -> anyhow::Result<()> {
     let device = args.device.open()?;
     let dtype = args.dtype.on(&device);
+    let paged_kv_tokens = args
+        .paged_attention
+        .resolve(&device, args.kv_cache_tokens)?;
     println!("device={device:?} dtype={dtype:?}");
+    println!(
+        "paged_attention={}",
+        paged_kv_tokens.map_or("off".into(), |t| format!("{t}_tokens"))
+    );
+    if let Some(mib) = paged_kv_tokens
+        .and_then(|t| crate::serve::paged::kv_cache_mib(&args.base, serving_dtype(dtype), t))
+    {
+        println!("kv_cache_mib={mib:.0}");
+    }
     let started = Instant::now();
     let engine = Engine::start(EngineOptions {
         base_dir: args.base.clone(),
@@ -214,7 +239,8 @@ pub async fn engine_check(args: &EngineCheckArgs) -> anyhow::Result<()> {
         max_num_seqs: 16,
         dtype: serving_dtype(dtype),
         force_cpu: device.is_cpu(),
-        isq: None,
+        isq: args.serve_quant.isq(),
+        paged_kv_tokens,
     })
     .await?;
     println!("base_load_s={:.2}", started.elapsed().as_secs_f64());
@@ -240,6 +266,11 @@ pub async fn engine_check(args: &EngineCheckArgs) -> anyhow::Result<()> {
         }
     };
     let base_rate = decode("base").await;
+    for &n in &args.streams {
+        let p = params("Tell me about sleep.", args.tokens, 1.0, true);
+        let rate = measure::total_decode_rate(&engine, "base", p, n).await;
+        println!("base_decode_tokens_per_s_streams_{n}={rate:.1}");
+    }
     let loaded = Instant::now();
     engine.ensure_loaded("fine-tuned", &args.adapter).await?;
     let (_, chunks) = measure::stream(&engine, "fine-tuned", params("Hi", 1, 1.0, false)).await;

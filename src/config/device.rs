@@ -140,3 +140,53 @@ impl ServeQuant {
         }
     }
 }
+
+/// Paged attention when serving (mistral.rs's block-table KV cache, which runs on CUDA and Metal
+/// only): `auto` turns it on where it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PagedAttention {
+    /// On when serving on a GPU, off on the CPU.
+    Auto,
+    /// On; refuse to start where it cannot run.
+    On,
+    /// Off: each sequence keeps a contiguous KV cache.
+    Off,
+}
+
+impl PagedAttention {
+    /// The KV-cache tokens to reserve per resident model when paged attention runs on `device`
+    /// (`None`: off). `on` where it cannot run, or a cache of 0 tokens, is an error.
+    pub fn resolve(self, device: &Device, kv_cache_tokens: usize) -> anyhow::Result<Option<usize>> {
+        let runs = device.is_cuda() && mistralrs::paged_attn_supported();
+        let wanted = match self {
+            Self::Off => false,
+            Self::Auto => runs,
+            Self::On if runs => true,
+            Self::On => anyhow::bail!(
+                "--paged-attention on needs a CUDA device and a CUDA build (mistral.rs runs paged \
+                 attention on CUDA and Metal only); serving here runs on {device:?}"
+            ),
+        };
+        if wanted && kv_cache_tokens == 0 {
+            anyhow::bail!("--kv-cache-tokens must be at least 1 with paged attention");
+        }
+        Ok(wanted.then_some(kv_cache_tokens))
+    }
+}
+
+#[cfg(test)]
+mod paged_tests {
+    use super::*;
+
+    #[test]
+    fn paged_attention_is_off_on_the_cpu_unless_forced_which_is_an_error() {
+        let cpu = Device::Cpu;
+        assert_eq!(PagedAttention::Auto.resolve(&cpu, 1024).unwrap(), None);
+        assert_eq!(PagedAttention::Off.resolve(&cpu, 1024).unwrap(), None);
+        let err = PagedAttention::On
+            .resolve(&cpu, 1024)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs a CUDA device"), "{err}");
+    }
+}

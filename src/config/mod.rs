@@ -6,7 +6,9 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 mod device;
-pub use device::{DeviceChoice, DtypeChoice, ServeQuant, parse_device, serving_dtype};
+pub use device::{
+    DeviceChoice, DtypeChoice, PagedAttention, ServeQuant, parse_device, serving_dtype,
+};
 
 /// Where state lives.
 #[derive(Debug, Clone, Args)]
@@ -101,6 +103,20 @@ pub struct ModelSettings {
         default_value = "none"
     )]
     pub serve_quant: ServeQuant,
+    /// Paged attention when serving: `auto` (on when serving on a GPU; mistral.rs has it on CUDA
+    /// only), `on` or `off`.
+    #[arg(
+        long,
+        env = "FERROTUNE_PAGED_ATTENTION",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub paged_attention: PagedAttention,
+    /// With paged attention: KV-cache tokens reserved on the GPU per resident model, shared by
+    /// its running sequences (bytes per token: layers × 2 × KV heads × head width × dtype size;
+    /// the server logs the total).
+    #[arg(long, env = "FERROTUNE_KV_CACHE_TOKENS", default_value_t = 32768)]
+    pub kv_cache_tokens: usize,
     /// Directory from which `/v1/load_lora_adapter` may load PEFT adapters (absent: disabled).
     #[arg(long, env = "FERROTUNE_ADAPTER_ROOT")]
     pub adapter_root: Option<PathBuf>,
@@ -284,6 +300,8 @@ impl Settings {
                 dtype: DtypeChoice::F32,
                 max_resident_models: 2,
                 serve_quant: ServeQuant::None,
+                paged_attention: PagedAttention::Auto,
+                kv_cache_tokens: 32768,
                 adapter_root: None,
             },
             worker: WorkerOptions {

@@ -3,13 +3,11 @@
 //! least-recently-used first. One load per model at a time; concurrent requests wait for it.
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use mistralrs::core::{
-    AddModelConfig, DefaultSchedulerMethod, EngineConfig, MessageContent, Request, Response,
-    SchedulerConfig, TokenSource,
+    AddModelConfig, EngineConfig, MessageContent, Request, Response, TokenSource,
 };
 use mistralrs::{Model, ModelDType, TextModelBuilder};
 use tokio::sync::mpsc;
@@ -38,6 +36,8 @@ pub struct EngineOptions {
     pub force_cpu: bool,
     /// Quantize every served model after loading (`--serve-quant`).
     pub isq: Option<mistralrs::IsqType>,
+    /// Paged attention with this many KV-cache tokens per resident model (`None`: off).
+    pub paged_kv_tokens: Option<usize>,
 }
 
 /// The serving engine.
@@ -106,6 +106,18 @@ impl Engine {
         let template_tools =
             crate::train::template::ChatTemplate::from_model_dir(&options.base_dir)
                 .is_ok_and(|t| t.handles_tools());
+        let paged = options
+            .paged_kv_tokens
+            .map(super::paged::config)
+            .transpose()?;
+        if let Some(tokens) = options.paged_kv_tokens {
+            let mib = super::paged::kv_cache_mib(&options.base_dir, options.dtype, tokens);
+            tracing::info!(
+                tokens,
+                mib,
+                "paged attention: KV cache reserved per resident model"
+            );
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mistralrs")
@@ -132,6 +144,9 @@ impl Engine {
                 }
                 if let Some(isq) = isq {
                     builder = builder.with_isq(isq);
+                }
+                if let Some(paged) = paged {
+                    builder = builder.with_paged_attn(paged);
                 }
                 builder.build().await
             })
@@ -233,6 +248,7 @@ impl Engine {
             dtype: self.options.dtype,
             force_cpu: self.options.force_cpu,
             isq: self.options.isq,
+            paged_kv_tokens: self.options.paged_kv_tokens,
         };
         let started = std::time::Instant::now();
         let pipeline = self
@@ -242,12 +258,10 @@ impl Engine {
             .map_err(engine_err)??;
         let model = self.model.clone();
         let id = name.to_owned();
-        let seqs = NonZeroUsize::new(self.options.max_num_seqs.max(1)).unwrap_or(NonZeroUsize::MIN);
+        let seqs = self.options.max_num_seqs;
         self.handle
             .spawn(async move {
-                let scheduler = SchedulerConfig::DefaultScheduler {
-                    method: DefaultSchedulerMethod::Fixed(seqs),
-                };
+                let scheduler = super::paged::scheduler(&pipeline, seqs).await;
                 model
                     .add_model(
                         id,

@@ -26,6 +26,8 @@ pub struct LoadOptions {
     pub force_cpu: bool,
     /// Quantize after loading (the adapter is merged first).
     pub isq: Option<mistralrs::IsqType>,
+    /// Paged attention with this many KV-cache tokens (`None`: off).
+    pub paged_kv_tokens: Option<usize>,
 }
 
 /// Load `base_dir` with the PEFT adapter in `adapter_dir` merged. Blocking: call on a blocking
@@ -97,6 +99,11 @@ fn load_inner(
     } else {
         Device::cuda_if_available(0).map_err(|e| e.to_string())?
     };
+    let paged = how
+        .paged_kv_tokens
+        .map(super::paged::config)
+        .transpose()
+        .map_err(|e| e.to_string())?;
     loader
         .load_model_from_path(
             &paths,
@@ -105,7 +112,7 @@ fn load_inner(
             true,
             DeviceMapSetting::dummy(),
             how.isq,
-            None,
+            paged,
         )
         .map_err(|e| format!("{e:#}"))
 }

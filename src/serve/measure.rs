@@ -21,6 +21,32 @@ pub async fn decode_rate(engine: &Engine, model: &str, params: ChatParams) -> f6
     }
 }
 
+/// Completion tokens per second of `streams` concurrent non-streamed generations together
+/// (failed ones count no tokens).
+pub async fn total_decode_rate(
+    engine: &Engine,
+    model: &str,
+    params: ChatParams,
+    streams: usize,
+) -> f64 {
+    let started = Instant::now();
+    let one = |p: ChatParams| async move {
+        let Ok(mut g) = engine.chat(model, p, false).await else {
+            return 0;
+        };
+        match g.rx.recv().await {
+            Some(Response::Done(d)) => d.usage.completion_tokens,
+            _ => 0,
+        }
+    };
+    let tokens: usize =
+        futures_util::future::join_all((0..streams.max(1)).map(|_| one(params.clone())))
+            .await
+            .into_iter()
+            .sum();
+    tokens as f64 / started.elapsed().as_secs_f64()
+}
+
 /// One streamed generation: (time to its first chunk, chunks received).
 pub async fn stream(engine: &Engine, model: &str, params: ChatParams) -> (Duration, usize) {
     let started = Instant::now();

@@ -7,6 +7,7 @@ mod engine;
 mod fan_in;
 mod loader;
 pub mod measure;
+pub mod paged;
 mod request;
 
 pub use engine::{Engine, EngineOptions, Generation};

@@ -42,6 +42,8 @@ pub struct AppOptions {
     pub data_dir: Option<tempfile::TempDir>,
     /// `--serve-quant` (default none).
     pub serve_quant: Option<ferrotune::config::ServeQuant>,
+    /// `--base-model` (default: the generated tiny model).
+    pub base_model: Option<std::path::PathBuf>,
 }
 
 /// A running server and what tests need to talk to it.
@@ -125,6 +127,9 @@ async fn start(
     settings.model.adapter_root = options.adapter_root.clone();
     if let Some(q) = options.serve_quant {
         settings.model.serve_quant = q;
+    }
+    if let Some(dir) = options.base_model.clone() {
+        settings.model.base_model = Some(dir);
     }
     if let Some(secs) = options.request_timeout_seconds {
         settings.http.request_timeout_seconds = secs;
