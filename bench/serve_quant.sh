@@ -6,11 +6,18 @@
 #
 #   BENCH_MODEL=smollm2-135m-instruct FERROTUNE_HOME=target/ferrotune-home bash bench/serve_quant.sh
 #
-# QUANTS picks the quantizations (default "none q8_0 q4k"), CONCURRENCY the stream counts.
+# QUANTS picks the quantizations (default "none q8_0 q4k"), CONCURRENCY the stream counts,
+# BENCH_PROFILE=dev the test profile's build (dependencies optimised, our crate at opt-level 1;
+# no release build needed) instead of the release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --example serve_bench
-bin=target/release/examples/serve_bench
+if [[ "${BENCH_PROFILE:-release}" == dev ]]; then
+    cargo build --locked --example serve_bench
+    bin=target/debug/examples/serve_bench
+else
+    cargo build --release --locked --example serve_bench
+    bin=target/release/examples/serve_bench
+fi
 out=$(mktemp -d)
 for q in ${QUANTS:-none q8_0 q4k}; do
     echo "== serve-quant $q" >&2
