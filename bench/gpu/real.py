@@ -199,10 +199,9 @@ def measure(args, out):
                     break
                 time.sleep(1)
         with GpuMemory() as mem:
-            e = run(out, [sys.executable, ROOT / "bench" / "ensemble.py", "--url", "http://127.0.0.1:8080", "--out", out],
+            run(out, [sys.executable, ROOT / "bench" / "ensemble.py", "--url", "http://127.0.0.1:8080", "--out", out],
                     "ensemble", left() - 15, {"PYTHONUNBUFFERED": "1"})
         rows.append(f"| ensemble measurement | {'done' if (out / 'ensemble.md').exists() else 'failed'} | GPU peak {mem.peak} MiB |")
-        del e
     finally:
         server.terminate()
         try:

@@ -7,17 +7,21 @@ use mistralrs::core::Response;
 
 use super::{ChatParams, Engine};
 
+/// Completion tokens of one non-streamed generation (`None` when it fails).
+async fn completion_tokens(engine: &Engine, model: &str, params: ChatParams) -> Option<usize> {
+    let mut g = engine.chat(model, params, false).await.ok()?;
+    match g.rx.recv().await {
+        Some(Response::Done(d)) => Some(d.usage.completion_tokens),
+        _ => None,
+    }
+}
+
 /// Completion tokens per second of one non-streamed generation (`NaN` when it fails).
 pub async fn decode_rate(engine: &Engine, model: &str, params: ChatParams) -> f64 {
     let started = Instant::now();
-    let Ok(mut g) = engine.chat(model, params, false).await else {
-        return f64::NAN;
-    };
-    match g.rx.recv().await {
-        Some(Response::Done(d)) => {
-            d.usage.completion_tokens as f64 / started.elapsed().as_secs_f64()
-        }
-        _ => f64::NAN,
+    match completion_tokens(engine, model, params).await {
+        Some(tokens) => tokens as f64 / started.elapsed().as_secs_f64(),
+        None => f64::NAN,
     }
 }
 
@@ -30,20 +34,12 @@ pub async fn total_decode_rate(
     streams: usize,
 ) -> f64 {
     let started = Instant::now();
-    let one = |p: ChatParams| async move {
-        let Ok(mut g) = engine.chat(model, p, false).await else {
-            return 0;
-        };
-        match g.rx.recv().await {
-            Some(Response::Done(d)) => d.usage.completion_tokens,
-            _ => 0,
-        }
-    };
-    let tokens: usize =
-        futures_util::future::join_all((0..streams.max(1)).map(|_| one(params.clone())))
-            .await
-            .into_iter()
-            .sum();
+    let runs = (0..streams.max(1)).map(|_| completion_tokens(engine, model, params.clone()));
+    let tokens: usize = futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .sum();
     tokens as f64 / started.elapsed().as_secs_f64()
 }
 

@@ -76,12 +76,10 @@ fn trained_prompt(app_models: &std::path::Path, turns: Value, tools: &Value) -> 
     (tokenizer.encode(text.as_str(), true).unwrap().len(), text)
 }
 
-async fn chat(app: &TestApp, body: Value) -> Value {
-    let mut full = json!({"model": MODEL, "max_tokens": 60, "temperature": 0, "tools": tools()});
-    full.as_object_mut()
-        .unwrap()
-        .extend(body.as_object().unwrap().clone());
-    let res = app.post("/v1/chat/completions", &full).await;
+/// [`crate::tools::chat`] to this test's model; the 200 body.
+async fn chat(app: &TestApp, mut body: Value) -> Value {
+    body["model"] = json!(MODEL);
+    let res = crate::tools::chat(app, body).await;
     assert_eq!(res.status(), 200);
     res.json().await.unwrap()
 }

@@ -18,7 +18,8 @@ pub fn tools() -> Value {
     ])
 }
 
-async fn chat(app: &TestApp, extra: Value) -> reqwest::Response {
+/// A chat request offering [`tools`] (greedy, 60 tokens at most); `extra` adds or replaces fields.
+pub async fn chat(app: &TestApp, extra: Value) -> reqwest::Response {
     let mut body = json!({"model": "ferrotune-tiny", "max_tokens": 60, "temperature": 0,
         "messages": [{"role": "user", "content": "What is the weather in Paris?"}], "tools": tools()});
     body.as_object_mut()
