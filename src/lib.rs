@@ -24,6 +24,7 @@ pub mod domain;
 pub mod embedded_postgres;
 pub mod export;
 pub mod model_cache;
+pub mod metrics;
 pub mod model_dir;
 pub mod serve;
 pub mod startup;

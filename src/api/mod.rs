@@ -13,6 +13,7 @@ pub mod error;
 pub mod files;
 pub mod fine_tuning;
 mod health;
+pub mod metrics;
 pub mod models;
 pub mod objects;
 pub mod openapi;

@@ -1,5 +1,6 @@
 //! One tracing span per HTTP request (method, route template, status, request id — from
-//! `tracing-actix-web`) plus its latency, and one `request finished` line when it ends.
+//! `tracing-actix-web`) plus its latency, and one `request finished` line when it ends; the same
+//! figures feed the HTTP metrics ([`crate::metrics::http`]).
 
 use std::time::Instant;
 
@@ -33,6 +34,15 @@ impl RootSpanBuilder for RequestSpan {
         let latency_ms = started.map(|s| s.0.elapsed().as_secs_f64() * 1000.0);
         if let Some(ms) = latency_ms {
             span.record("latency_ms", ms);
+        }
+        if let Ok(res) = outcome {
+            let req = res.request();
+            crate::metrics::http::record(
+                req.method().as_str(),
+                req.match_pattern().as_deref(),
+                status,
+                latency_ms.unwrap_or_default() / 1000.0,
+            );
         }
         span.in_scope(|| tracing::info!(status, latency_ms, "request finished"));
         DefaultRootSpanBuilder::on_request_end(span, outcome);

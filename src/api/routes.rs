@@ -12,7 +12,7 @@ use utoipa_actix_web::AppExt;
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::error::{self, ApiError};
-use super::{chat, completions, ensembles, files, fine_tuning, health, models, openapi};
+use super::{chat, completions, ensembles, files, fine_tuning, health, metrics, models, openapi};
 
 /// Register every documented route and the error envelopes for actix's own rejections.
 pub fn configure(cfg: &mut ServiceConfig) {
@@ -20,6 +20,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .app_data(web::QueryConfig::default().error_handler(error::query_rejection))
         .app_data(web::PathConfig::default().error_handler(error::path_rejection))
         .service(health::health)
+        .service(metrics::metrics)
         .service(files::list_files)
         .service(files::upload::create_file)
         .service(files::retrieve_file)
@@ -176,6 +177,6 @@ mod tests {
         assert!(spec.paths.paths.contains_key("/v1/completions"));
         assert!(spec.paths.paths.contains_key("/v1/ensembles"));
         assert!(spec.paths.paths.contains_key("/v1/ensembles/{ensemble}"));
-        assert_eq!(spec.paths.paths.len(), 20);
+        assert_eq!(spec.paths.paths.len(), 21);
     }
 }

@@ -13,6 +13,7 @@ use mistralrs::{Model, ModelDType, TextModelBuilder};
 use tokio::sync::mpsc;
 
 use super::ServeError;
+use crate::metrics::serving::GenerationMetrics;
 use super::fan_in::fan_in;
 use super::loader::{LoadOptions, load_with_adapter};
 use super::request::{
@@ -65,10 +66,25 @@ type Active = Arc<Mutex<HashMap<String, usize>>>;
 /// Held by whoever consumes a generation; dropping it (finished, or the client went away)
 /// releases the engine channel, which cancels the generation.
 pub struct Generation {
-    /// Engine responses.
-    pub rx: mpsc::Receiver<Response>,
+    rx: mpsc::Receiver<Response>,
     model: String,
     active: Active,
+    metrics: GenerationMetrics,
+}
+
+impl Generation {
+    /// The engine's next response (`None` once the generation has ended).
+    pub async fn recv(&mut self) -> Option<Response> {
+        let response = self.rx.recv().await?;
+        self.metrics.observe(&response);
+        Some(response)
+    }
+
+    /// The prompt's token count, for the metrics of a generation whose responses carry no usage
+    /// (streamed legacy completions).
+    pub fn set_prompt_tokens(&mut self, tokens: usize) {
+        self.metrics.set_prompt_tokens(tokens);
+    }
 }
 
 impl Drop for Generation {
@@ -239,6 +255,53 @@ impl Engine {
         if self.touch(name) {
             return Ok(());
         }
+        let started = std::time::Instant::now();
+        let metrics = crate::metrics::global();
+        let loading = crate::metrics::LoadingGuard::start();
+        let loaded = self.load(name, adapter_dir).await;
+        drop(loading);
+        let outcome = if loaded.is_ok() { "loaded" } else { "failed" };
+        metrics
+            .adapter_load
+            .with_label_values(&[outcome])
+            .observe(started.elapsed().as_secs_f64());
+        loaded?;
+        self.loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            model = name,
+            ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        let evict = {
+            let mut r = self.resident.lock().map_err(engine_err)?;
+            r.push(name.to_owned());
+            metrics.models_resident.set(r.len() as i64);
+            let busy = self.active.lock().map_err(engine_err)?;
+            let mut excess = r.len().saturating_sub(self.options.max_resident.max(1));
+            // Least recently used first, skipping models with generations in flight (the budget
+            // is exceeded briefly rather than cutting a stream off).
+            let mut evict = Vec::new();
+            for candidate in r.iter().filter(|n| n.as_str() != name) {
+                if excess == 0 {
+                    break;
+                }
+                if busy.get(candidate).copied().unwrap_or(0) == 0 {
+                    evict.push(candidate.clone());
+                    excess -= 1;
+                }
+            }
+            r.retain(|n| !evict.contains(n));
+            evict
+        };
+        for old in evict {
+            self.remove(&old).await;
+        }
+        Ok(())
+    }
+
+    /// Load the base with `adapter_dir` merged and add it to the runner as `name`.
+    async fn load(&self, name: &str, adapter_dir: &Path) -> Result<(), ServeError> {
         let (base, adapter, id) = (
             self.options.base_dir.clone(),
             adapter_dir.to_owned(),
@@ -250,7 +313,6 @@ impl Engine {
             isq: self.options.isq,
             paged_kv_tokens: self.options.paged_kv_tokens,
         };
-        let started = std::time::Instant::now();
         let pipeline = self
             .handle
             .spawn_blocking(move || load_with_adapter(&base, &adapter, &id, how))
@@ -276,44 +338,16 @@ impl Engine {
             .map_err(|e| ServeError::Load {
                 model: name.to_owned(),
                 reason: e.to_string(),
-            })?;
-        self.loads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(
-            model = name,
-            ms = started.elapsed().as_millis() as u64,
-            "model loaded"
-        );
-        let evict = {
-            let mut r = self.resident.lock().map_err(engine_err)?;
-            r.push(name.to_owned());
-            let busy = self.active.lock().map_err(engine_err)?;
-            let mut excess = r.len().saturating_sub(self.options.max_resident.max(1));
-            // Least recently used first, skipping models with generations in flight (the budget
-            // is exceeded briefly rather than cutting a stream off).
-            let mut evict = Vec::new();
-            for candidate in r.iter().filter(|n| n.as_str() != name) {
-                if excess == 0 {
-                    break;
-                }
-                if busy.get(candidate).copied().unwrap_or(0) == 0 {
-                    evict.push(candidate.clone());
-                    excess -= 1;
-                }
-            }
-            r.retain(|n| !evict.contains(n));
-            evict
-        };
-        for old in evict {
-            self.remove(&old).await;
-        }
-        Ok(())
+            })
     }
 
     /// Unload `name` if resident (the engine refuses async-thread removal: a blocking thread).
     pub async fn remove(&self, name: &str) {
         if let Ok(mut r) = self.resident.lock() {
             r.retain(|n| n != name);
+            crate::metrics::global()
+                .models_resident
+                .set(r.len() as i64);
         }
         let model = self.model.clone();
         let id = name.to_owned();
@@ -407,6 +441,7 @@ impl Engine {
             rx,
             model: name.to_owned(),
             active: self.active.clone(),
+            metrics: GenerationMetrics::submitted(name),
         })
     }
 

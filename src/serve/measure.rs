@@ -10,7 +10,7 @@ use super::{ChatParams, Engine};
 /// Completion tokens of one non-streamed generation (`None` when it fails).
 async fn completion_tokens(engine: &Engine, model: &str, params: ChatParams) -> Option<usize> {
     let mut g = engine.chat(model, params, false).await.ok()?;
-    match g.rx.recv().await {
+    match g.recv().await {
         Some(Response::Done(d)) => Some(d.usage.completion_tokens),
         _ => None,
     }
@@ -50,7 +50,7 @@ pub async fn stream(engine: &Engine, model: &str, params: ChatParams) -> (Durati
         return (started.elapsed(), 0);
     };
     let (mut first, mut count) = (None, 0);
-    while let Some(r) = g.rx.recv().await {
+    while let Some(r) = g.recv().await {
         match r {
             Response::Chunk(c) => {
                 first.get_or_insert_with(|| started.elapsed());
@@ -68,7 +68,7 @@ pub async fn stream(engine: &Engine, model: &str, params: ChatParams) -> (Durati
 /// The text of one non-streamed generation.
 pub async fn complete(engine: &Engine, model: &str, params: ChatParams) -> Option<String> {
     let mut g = engine.chat(model, params, false).await.ok()?;
-    match g.rx.recv().await {
+    match g.recv().await {
         Some(Response::Done(d)) => d.choices.into_iter().next()?.message.content,
         _ => None,
     }

@@ -13,6 +13,7 @@ pub mod models;
 pub mod notify;
 mod paging;
 pub mod queue;
+pub mod stats;
 
 use std::time::Duration;
 

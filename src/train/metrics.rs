@@ -35,6 +35,12 @@ pub struct MetricsRow {
     /// Token accuracy over the whole validation set, at the last step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub full_valid_mean_token_accuracy: Option<f32>,
+    /// Learning rate the optimizer step used (after warm-up and schedule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
+    /// Training tokens per second over the step (micro-batches, backward and optimizer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_second: Option<f32>,
     /// Peak GPU memory held by tensors during the step, in bytes (`None` on the CPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_gpu_memory_bytes: Option<u64>,
@@ -112,6 +118,8 @@ mod tests {
             valid_mean_token_accuracy: valid.map(|_| 0.5),
             full_valid_loss: None,
             full_valid_mean_token_accuracy: None,
+            learning_rate: None,
+            tokens_per_second: None,
             peak_gpu_memory_bytes: None,
             generation: None,
         }

@@ -253,6 +253,7 @@ pub fn train_until(
         let micro: Vec<&[usize]> = chunk.chunks(bs).collect();
         let mut grads: Vec<Option<Tensor>> = vec![None; lora.vars().len()];
         let (mut loss_sum, mut correct, mut count) = (0f32, 0usize, 0usize);
+        let (step_started, tokens_before) = (Instant::now(), st.trained_tokens);
         gpu_memory::reset_peak(&cfg.device);
         for (j, indices) in micro.iter().enumerate() {
             let samples: Vec<&Sample> = indices.iter().map(|i| &p.train[*i]).collect();
@@ -299,6 +300,11 @@ pub fn train_until(
             valid_mean_token_accuracy: None,
             full_valid_loss: None,
             full_valid_mean_token_accuracy: None,
+            learning_rate: Some(lr),
+            tokens_per_second: Some(
+                (st.trained_tokens - tokens_before) as f32
+                    / step_started.elapsed().as_secs_f32().max(1e-6),
+            ),
             peak_gpu_memory_bytes: gpu_memory::peak_bytes(&cfg.device),
             generation: None,
         };

@@ -120,7 +120,7 @@ async fn answer_all(
     }
     let mut out = Vec::with_capacity(models.len());
     for (model, generation) in models.iter().zip(running.iter_mut()) {
-        match generation.rx.recv().await {
+        match generation.recv().await {
             Some(Response::Done(done)) => out.push(Answered {
                 model: model.clone(),
                 done,

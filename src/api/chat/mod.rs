@@ -186,7 +186,7 @@ pub async fn create_chat_completion(
             },
         )));
     }
-    match generation.rx.recv().await {
+    match generation.recv().await {
         Some(Response::Done(done)) => {
             Ok(HttpResponse::Ok().json(completion_from(done, &req.model)))
         }

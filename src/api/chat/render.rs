@@ -334,7 +334,7 @@ pub fn sse_stream(
             if s.done {
                 return None;
             }
-            let next = s.generation.rx.recv().await;
+            let next = s.generation.recv().await;
             s.on_response(next);
         }
     })

@@ -112,7 +112,8 @@ pub async fn create_completion(
     for prompt in &prompts {
         let mut p = params.clone();
         let asked = req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
-        if let Some(tokens) = engine.text_tokens(&req.model, prompt).await {
+        let counted = engine.text_tokens(&req.model, prompt).await;
+        if let Some(tokens) = counted {
             prompt_tokens += tokens;
             let budget = ContextBudget {
                 prompt: tokens,
@@ -129,11 +130,16 @@ pub async fn create_completion(
             p.max_tokens = Some(asked);
         }
         max_tokens.push(p.max_tokens.unwrap_or(asked));
-        generations.push(
-            engine
-                .complete(&req.model, prompt.clone(), p, req.stream)
-                .await?,
-        );
+        let mut generation = engine
+            .complete(&req.model, prompt.clone(), p, req.stream)
+            .await?;
+        if req.stream
+            && let Some(tokens) = counted
+        {
+            // Streamed completion chunks carry no usage: the metrics take the count from here.
+            generation.set_prompt_tokens(tokens);
+        }
+        generations.push(generation);
     }
     let shape = CompletionShape {
         model: req.model.clone(),
@@ -148,7 +154,7 @@ pub async fn create_completion(
     }
     let mut done = Vec::with_capacity(generations.len());
     for g in &mut generations {
-        match g.rx.recv().await {
+        match g.recv().await {
             Some(Response::CompletionDone(d)) => done.push(d),
             other => return Err(engine_failure(other)),
         }

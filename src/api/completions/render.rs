@@ -227,7 +227,7 @@ pub fn completion_stream(
     let merged =
         futures_util::stream::select_all(generations.into_iter().enumerate().map(|(i, g)| {
             futures_util::stream::unfold(g, move |mut g| async move {
-                let r = g.rx.recv().await?;
+                let r = g.recv().await?;
                 Some(((i, r), g))
             })
             .boxed()
