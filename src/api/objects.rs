@@ -92,6 +92,9 @@ pub struct FineTuningJob {
     pub validation_file: Option<String>,
     /// Estimated finish (Unix seconds) while running.
     pub estimated_finish: Option<i64>,
+    /// The `suffix` the job was created with (an extension; absent when none was given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
     /// Echoed integrations.
     #[schema(value_type = Option<Vec<Object>>)]
     pub integrations: Option<Value>,
@@ -128,6 +131,7 @@ impl From<JobRow> for FineTuningJob {
             training_file: r.training_file.into_string(),
             validation_file: r.validation_file.map(|f| f.into_string()),
             estimated_finish: r.estimated_finish.map(|t| t.timestamp()),
+            suffix: r.suffix.clone().filter(|s| !s.is_empty()),
             integrations: r.integrations,
             metadata: r.metadata,
             method: r.method,

@@ -64,6 +64,7 @@ pub fn app() -> actix_web::App<
         .configure(configure)
         .into_app()
         .route("/openapi.json", web::get().to(openapi::serve_openapi))
+        .configure(crate::ui::configure)
         .default_service(web::to(unmatched))
 }
 

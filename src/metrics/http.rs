@@ -10,10 +10,11 @@ pub const UNMATCHED: &str = "unmatched";
 pub fn record(method: &str, route: Option<&str>, status: u16, seconds: f64) {
     let m = global();
     let route = route.unwrap_or(UNMATCHED);
+    let status = status.to_string();
     m.http_requests
-        .with_label_values(&[method, route, &status.to_string()])
+        .with_label_values(&[method, route, &status])
         .inc();
     m.http_latency
-        .with_label_values(&[method, route])
+        .with_label_values(&[method, route, &status])
         .observe(seconds);
 }

@@ -47,7 +47,7 @@ pub struct Metrics {
     pub adapter_load: HistogramVec,
     /// HTTP requests by method, route template and status.
     pub http_requests: IntCounterVec,
-    /// HTTP request latency by method and route template.
+    /// HTTP request latency by method, route template and status.
     pub http_latency: HistogramVec,
     jobs: IntGaugeVec,
     queue_depth: IntGauge,
@@ -143,8 +143,8 @@ impl Metrics {
             ),
             http_latency: histogram(
                 "ferrotune:http_request_duration_seconds",
-                "HTTP request latency by method and route template (to the response head).",
-                &["method", "route"],
+                "HTTP request latency by method, route template and status (to the response head).",
+                &["method", "route", "status"],
             ),
             jobs: gauge(
                 "ferrotune:fine_tuning_jobs",

@@ -14,22 +14,38 @@ pub struct GenerationMetrics {
     model: String,
     submitted: Instant,
     last_token: Option<Instant>,
-    /// Prompt tokens the caller counted itself (streamed legacy completions carry no usage).
+    /// Prompt tokens the caller counted itself, for streams that end without usage (legacy
+    /// completions always; chat when the engine closes the channel early).
     prompt_tokens: Option<usize>,
+    /// The engine's usage reported the prompt.
+    prompt_counted: bool,
+    /// Choices requested, finish reasons seen, streamed tokens, and the token limit: a stream the
+    /// engine closes early (its last token an incomplete UTF-8 sequence) still finishes its
+    /// choices, as the response renderers do.
+    choices: usize,
+    reasons_seen: usize,
+    streamed: usize,
+    max_tokens: Option<usize>,
     /// Moved from waiting to running (the first response arrived).
     started: bool,
     finished: bool,
 }
 
 impl GenerationMetrics {
-    /// A generation just submitted to `model`: counted as waiting.
-    pub fn submitted(model: &str) -> Self {
+    /// A generation of `choices` choices of at most `max_tokens` tokens just submitted to
+    /// `model`: counted as waiting.
+    pub fn submitted(model: &str, choices: usize, max_tokens: Option<usize>) -> Self {
         global().waiting.with_label_values(&[model]).inc();
         Self {
             model: model.to_owned(),
             submitted: Instant::now(),
             last_token: None,
             prompt_tokens: None,
+            prompt_counted: false,
+            choices: choices.max(1),
+            reasons_seen: 0,
+            streamed: 0,
+            max_tokens,
             started: false,
             finished: false,
         }
@@ -50,19 +66,22 @@ impl GenerationMetrics {
             m.running.with_label_values(&[&self.model]).inc();
         }
         match response {
+            // A streamed chunk holds one token per choice; tokens are counted as they arrive
+            // (the engine may end a stream without usage).
             Response::Chunk(c) => {
-                let tokens = c.choices.iter().filter(|ch| ch.finish_reason.is_none());
-                // The last chunk's usage counts the tokens.
-                self.tokens_at(now, tokens.count(), false);
-                self.finish(c.choices.iter().filter_map(|ch| ch.finish_reason.as_deref()));
+                self.tokens_at(now, c.choices.len());
+                self.finish(
+                    c.choices
+                        .iter()
+                        .filter_map(|ch| ch.finish_reason.as_deref()),
+                );
                 if let Some(u) = &c.usage {
-                    self.usage(u, now);
+                    self.count_prompt(u.prompt_tokens);
+                    self.end(now);
                 }
             }
             Response::CompletionChunk(c) => {
-                let tokens = c.choices.iter().filter(|ch| ch.finish_reason.is_none());
-                // No usage comes with completion chunks: count tokens as they arrive.
-                self.tokens_at(now, tokens.count(), true);
+                self.tokens_at(now, c.choices.len());
                 let reasons: Vec<&str> = c
                     .choices
                     .iter()
@@ -85,8 +104,8 @@ impl GenerationMetrics {
         }
     }
 
-    /// `tokens` streamed tokens arrived at `now` (`count`: add them to the generated total).
-    fn tokens_at(&mut self, now: Instant, tokens: usize, count: bool) {
+    /// `tokens` streamed tokens arrived at `now`.
+    fn tokens_at(&mut self, now: Instant, tokens: usize) {
         if tokens == 0 {
             return;
         }
@@ -102,11 +121,10 @@ impl GenerationMetrics {
                 .with_label_values(&label)
                 .observe((now - last).as_secs_f64()),
         }
-        if count {
-            m.generation_tokens
-                .with_label_values(&label)
-                .inc_by(tokens as u64);
-        }
+        m.generation_tokens
+            .with_label_values(&label)
+            .inc_by(tokens as u64);
+        self.streamed += tokens;
         self.last_token = Some(now);
     }
 
@@ -125,44 +143,64 @@ impl GenerationMetrics {
             (1..u.completion_tokens).for_each(|_| itl.observe(gap));
         }
         self.last_token = Some(now);
-        self.usage(u, now);
-    }
-
-    fn usage(&mut self, u: &Usage, now: Instant) {
-        let m = global();
-        let label = [self.model.as_str()];
-        m.prompt_tokens
-            .with_label_values(&label)
-            .inc_by(u.prompt_tokens as u64);
         m.generation_tokens
             .with_label_values(&label)
             .inc_by(u.completion_tokens as u64);
+        self.count_prompt(u.prompt_tokens);
         self.end(now);
     }
 
-    fn finish<'a>(&self, reasons: impl Iterator<Item = &'a str>) {
+    fn count_prompt(&mut self, tokens: usize) {
+        if self.prompt_counted {
+            return;
+        }
+        self.prompt_counted = true;
+        global()
+            .prompt_tokens
+            .with_label_values(&[self.model.as_str()])
+            .inc_by(tokens as u64);
+    }
+
+    /// The engine closed the channel: the generation is over whether or not it said so. Choices
+    /// left open swallowed their last token; they ended at the limit or on a stop.
+    pub fn closed(&mut self) {
+        let open = self.choices.saturating_sub(self.reasons_seen);
+        if self.started && !self.finished && open > 0 {
+            let per_choice = self.streamed / self.choices + 1;
+            let reason = if self.max_tokens.is_some_and(|m| per_choice >= m) {
+                "length"
+            } else {
+                "stop"
+            };
+            self.finish(std::iter::repeat_n(reason, open));
+        }
+        self.end(Instant::now());
+    }
+
+    fn finish<'a>(&mut self, reasons: impl Iterator<Item = &'a str>) {
         let m = global();
         for reason in reasons {
+            self.reasons_seen += 1;
             m.request_success
                 .with_label_values(&[self.model.as_str(), reason])
                 .inc();
         }
     }
 
-    /// The generation is over: its end-to-end time (once) and the streamed prompt count.
+    /// The generation is over: its end-to-end time (once), and the prompt from the caller's
+    /// count when no usage reported it.
     fn end(&mut self, now: Instant) {
         if self.finished {
             return;
         }
-        let m = global();
-        let label = [self.model.as_str()];
-        m.e2e_latency
-            .with_label_values(&label)
+        self.finished = true;
+        global()
+            .e2e_latency
+            .with_label_values(&[self.model.as_str()])
             .observe((now - self.submitted).as_secs_f64());
         if let Some(p) = self.prompt_tokens {
-            m.prompt_tokens.with_label_values(&label).inc_by(p as u64);
+            self.count_prompt(p);
         }
-        self.finished = true;
     }
 }
 

@@ -13,12 +13,12 @@ use mistralrs::{Model, ModelDType, TextModelBuilder};
 use tokio::sync::mpsc;
 
 use super::ServeError;
-use crate::metrics::serving::GenerationMetrics;
 use super::fan_in::fan_in;
 use super::loader::{LoadOptions, load_with_adapter};
 use super::request::{
     ChatParams, completion_request, engine_messages, engine_tools, normal_request,
 };
+use crate::metrics::serving::GenerationMetrics;
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -75,13 +75,16 @@ pub struct Generation {
 impl Generation {
     /// The engine's next response (`None` once the generation has ended).
     pub async fn recv(&mut self) -> Option<Response> {
-        let response = self.rx.recv().await?;
+        let Some(response) = self.rx.recv().await else {
+            self.metrics.closed();
+            return None;
+        };
         self.metrics.observe(&response);
         Some(response)
     }
 
-    /// The prompt's token count, for the metrics of a generation whose responses carry no usage
-    /// (streamed legacy completions).
+    /// The prompt's token count, for the metrics of a stream that ends without usage (streamed
+    /// legacy completions; a chat stream the engine closes early).
     pub fn set_prompt_tokens(&mut self, tokens: usize) {
         self.metrics.set_prompt_tokens(tokens);
     }
@@ -345,9 +348,7 @@ impl Engine {
     pub async fn remove(&self, name: &str) {
         if let Ok(mut r) = self.resident.lock() {
             r.retain(|n| n != name);
-            crate::metrics::global()
-                .models_resident
-                .set(r.len() as i64);
+            crate::metrics::global().models_resident.set(r.len() as i64);
         }
         let model = self.model.clone();
         let id = name.to_owned();
@@ -408,6 +409,7 @@ impl Engine {
                 reason: e.to_string(),
             })?;
         let n = params.n.max(1);
+        let metrics = GenerationMetrics::submitted(name, n, params.max_tokens);
         let (tx, rx) = mpsc::channel(64);
         if n == 1 {
             let request = build(params, tx);
@@ -441,7 +443,7 @@ impl Engine {
             rx,
             model: name.to_owned(),
             active: self.active.clone(),
-            metrics: GenerationMetrics::submitted(name),
+            metrics,
         })
     }
 

@@ -121,3 +121,19 @@ impl Store {
         Ok(Page::from_overfetch(rows, page.limit))
     }
 }
+
+impl Store {
+    /// The `data` of every metrics event of a job, step order (what the dashboard's charts draw).
+    pub async fn metrics_series(&self, job_id: &JobId) -> Result<Vec<Value>, StoreError> {
+        let rows: Vec<(Value,)> = sqlx::query_as(
+            "select data from fine_tuning_job_event \
+             where job_id = $1 and type = 'metrics' and data is not null \
+             order by (data->>'step')::bigint",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("reading a job's metrics")?;
+        Ok(rows.into_iter().map(|(v,)| v).collect())
+    }
+}

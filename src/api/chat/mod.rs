@@ -175,6 +175,9 @@ pub async fn create_chat_completion(
     let max_tokens = params.max_tokens;
     let mut generation = engine.chat(&req.model, params, req.stream).await?;
     if req.stream {
+        if let Some(tokens) = prompt_tokens {
+            generation.set_prompt_tokens(tokens);
+        }
         return Ok(sse_response(sse_stream(
             generation,
             req.model.clone(),
