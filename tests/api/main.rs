@@ -5,6 +5,7 @@ mod auth;
 mod binary;
 mod chat;
 mod completions;
+mod dashboard;
 mod ensembles;
 mod errors;
 mod evaluation;
