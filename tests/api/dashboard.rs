@@ -2,10 +2,10 @@
 //! (bad input, another organization's job, the points of a trained job) and the metrics that
 //! come from the database.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::{AppOptions, TestApp, assert_error, spawn_app_with};
-use crate::training_jobs::upload_qa;
+use crate::training_jobs::{last_metrics, upload_qa};
 
 async fn keyed_app() -> TestApp {
     spawn_app_with(AppOptions {
@@ -72,18 +72,7 @@ async fn charts_need_a_key_a_known_metric_and_the_callers_own_jobs() {
         assert!(res.text().await.unwrap().starts_with("<svg"));
     }
     // Metrics events carry what the charts draw.
-    let events: Value = app
-        .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=100"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let last = events["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["type"] == "metrics")
-        .expect("a metrics event");
+    let last = last_metrics(&app, &id).await;
     assert!(last["data"]["learning_rate"].as_f64().unwrap() >= 0.0);
     assert!(last["data"]["tokens_per_second"].as_f64().unwrap() > 0.0);
 
@@ -94,7 +83,7 @@ async fn charts_need_a_key_a_known_metric_and_the_callers_own_jobs() {
     )
     .await;
     assert_error(app.get("/ui/charts/loss?jobs=").await, 400, Some("jobs")).await;
-    let nine = vec![id.as_str(); 9].join(",");
+    let nine = [id.as_str(); 9].join(",");
     assert_error(
         app.get(&format!("/ui/charts/loss?jobs={nine}")).await,
         400,

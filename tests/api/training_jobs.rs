@@ -192,20 +192,25 @@ async fn a_job_trains_to_succeeded_with_events_checkpoints_results_and_a_model()
     );
 }
 
-async fn final_loss(app: &TestApp, id: &str) -> f64 {
+/// The newest metrics event of job `id` (among its last 100 events).
+pub async fn last_metrics(app: &TestApp, id: &str) -> Value {
     let events: Value = app
         .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=100"))
         .await
         .json()
         .await
         .unwrap();
-    let last = events["data"]
+    events["data"]
         .as_array()
         .unwrap()
         .iter()
         .find(|e| e["type"] == "metrics")
-        .unwrap()
-        .clone();
+        .expect("a metrics event")
+        .clone()
+}
+
+async fn final_loss(app: &TestApp, id: &str) -> f64 {
+    let last = last_metrics(app, id).await;
     assert_eq!(last["data"]["step"], last["data"]["total_steps"]);
     last["data"]["train_loss"].as_f64().unwrap()
 }
