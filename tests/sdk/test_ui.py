@@ -58,7 +58,7 @@ def enter_key(pg, server, key):
     expect(pg.locator("#key-status")).to_have_text("key set")
 
 
-def test_dashboard_end_to_end(server, page, tmp_path):
+def test_dashboard_end_to_end(server, page, tmp_path, fine_tuned):
     pg = page
     enter_key(pg, server, KEY_A)
 
@@ -128,10 +128,13 @@ def test_dashboard_end_to_end(server, page, tmp_path):
     expect(pg.locator(".chart[data-metric=loss] svg")).to_contain_text("loss (log)")
     shot(pg, "job")
 
-    # Compare: the run on its own chart.
-    pg.goto(f"{server}/ui/compare?jobs={job_id}")
+    # Compare: this run and the SDK suite's job (suffix "health") on one chart.
+    pg.goto(f"{server}/ui/compare?jobs={job_id},{fine_tuned.id}")
     expect(pg.locator("#compare-chart svg")).to_have_count(1)
-    expect(pg.locator("#chart-points")).to_contain_text("from 1 jobs")
+    expect(pg.locator("#chart-points")).to_contain_text("from 2 jobs")
+    expect(pg.locator("#compare-chart svg")).to_contain_text("ui train")
+    expect(pg.locator("#compare-chart svg")).to_contain_text("health train")
+    expect(pg.locator(f"#compare-jobs input[value='{fine_tuned.id}']")).to_be_checked()
     shot(pg, "compare")
 
     # Models list, then the playground with base and fine-tuned model side by side.
