@@ -134,6 +134,9 @@ pub struct Hyperparameters {
     /// examples (as many, drawn with replacement) instead of all of them.
     #[serde(default)]
     pub ensemble_bootstrap: bool,
+    /// Preference tuning (`method.type = "dpo"`): `None` for supervised jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none", flatten)]
+    pub preference: Option<super::preference::PreferenceSettings>,
 }
 
 /// How QLoRA stores frozen weights: NF4 or a ggml block format.
@@ -217,6 +220,7 @@ impl Default for Hyperparameters {
             double_quantization: None,
             ensemble_size: 1,
             ensemble_bootstrap: false,
+            preference: None,
         }
     }
 }
@@ -276,6 +280,13 @@ impl Hyperparameters {
                         f.int(key, 1, crate::domain::ensemble::MAX_MEMBERS as u32)?
                 }
                 "ensemble_bootstrap" => self.ensemble_bootstrap = f.boolean(key)?,
+                "beta" | "pref_beta" | "pref_loss" | "pref_ftx" | "simpo_gamma" => {
+                    let Some(p) = self.preference.as_mut() else {
+                        return Err(f.err(key, format!("{key} applies to method type dpo only")));
+                    };
+                    p.apply(key, &map[key])
+                        .map_err(|message| f.err(key, message))?;
+                }
                 other => {
                     return Err(DomainError::invalid(
                         format!("{prefix}.{other}"),

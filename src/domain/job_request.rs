@@ -7,6 +7,7 @@ use super::DomainError;
 use super::hyperparameters::Hyperparameters;
 use super::ids::FileId;
 use super::model_name::Suffix;
+use super::preference::PreferenceSettings;
 
 /// The create-job request body as clients send it.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -132,7 +133,11 @@ impl JobSpec {
 
     /// The `method` object echoed on the job.
     pub fn method_json(hyperparameters: &Hyperparameters) -> Value {
-        json!({"type": "supervised", "supervised": {"hyperparameters": hyperparameters.to_json()}})
+        let hp = hyperparameters.to_json();
+        match hyperparameters.preference {
+            Some(_) => json!({"type": "dpo", "dpo": {"hyperparameters": hp}}),
+            None => json!({"type": "supervised", "supervised": {"hyperparameters": hp}}),
+        }
     }
 }
 
@@ -201,17 +206,19 @@ fn parse_metadata(value: Value) -> Result<Value, DomainError> {
     Ok(Value::Object(map))
 }
 
-fn apply_method(method: &Value, hp: Hyperparameters) -> Result<Hyperparameters, DomainError> {
+fn apply_method(method: &Value, mut hp: Hyperparameters) -> Result<Hyperparameters, DomainError> {
     let kind = method.get("type").and_then(Value::as_str);
-    match kind {
-        Some("supervised") | None => {}
-        Some("dpo") | Some("reinforcement") => {
+    let key = match kind {
+        Some("supervised") | None => "supervised",
+        Some("dpo") => {
+            hp.preference
+                .get_or_insert_with(PreferenceSettings::default);
+            "dpo"
+        }
+        Some("reinforcement") => {
             return Err(DomainError::invalid(
                 "method.type",
-                format!(
-                    "method type '{}' is not supported yet; use 'supervised'",
-                    kind.unwrap_or("")
-                ),
+                "method type 'reinforcement' is not supported yet; use 'supervised' or 'dpo'",
             )
             .with_code("unsupported_method"));
         }
@@ -221,12 +228,9 @@ fn apply_method(method: &Value, hp: Hyperparameters) -> Result<Hyperparameters, 
                 format!("Unknown method type '{other}': expected supervised, dpo or reinforcement"),
             ));
         }
-    }
-    match method
-        .get("supervised")
-        .and_then(|s| s.get("hyperparameters"))
-    {
-        Some(h) if !h.is_null() => hp.apply(h, "method.supervised.hyperparameters"),
+    };
+    match method.get(key).and_then(|s| s.get("hyperparameters")) {
+        Some(h) if !h.is_null() => hp.apply(h, &format!("method.{key}.hyperparameters")),
         _ => Ok(hp),
     }
 }
@@ -257,13 +261,50 @@ mod tests {
     }
 
     #[test]
+    fn dpo_jobs_carry_their_settings_and_echo_their_method() {
+        let spec = JobSpec::parse(request(
+            json!({"method": {"type": "dpo", "dpo": {"hyperparameters":
+            {"beta": 0.2, "n_epochs": 2, "pref_loss": "ipo", "pref_ftx": 0.5}}}}),
+        ))
+        .unwrap();
+        let p = spec.hyperparameters.preference.unwrap();
+        assert_eq!((p.beta, p.pref_ftx), (0.2, 0.5));
+        assert_eq!(p.pref_loss, crate::domain::preference::PrefLoss::Ipo);
+        let method = JobSpec::method_json(&spec.hyperparameters);
+        assert_eq!(method["type"], "dpo");
+        assert_eq!(method["dpo"]["hyperparameters"]["beta"], 0.2);
+        assert_eq!(method["dpo"]["hyperparameters"]["n_epochs"], 2);
+        // Stored and read back (the worker's copy), the settings survive; SFT jobs have none.
+        let stored = serde_json::to_value(&spec.hyperparameters).unwrap();
+        let back: Hyperparameters = serde_json::from_value(stored).unwrap();
+        assert_eq!(back.preference, Some(p));
+        let sft = JobSpec::parse(request(json!({}))).unwrap().hyperparameters;
+        let back: Hyperparameters =
+            serde_json::from_value(serde_json::to_value(&sft).unwrap()).unwrap();
+        assert_eq!(back.preference, None);
+        assert!(serde_json::to_value(&sft).unwrap().get("beta").is_none());
+    }
+
+    #[test]
     fn bad_fields_are_rejected_with_their_param() {
         let cases = [
             (json!({"seed": -1}), "seed"),
             (json!({"suffix": "a:b"}), "suffix"),
             (json!({"validation_file": "nope"}), "validation_file"),
             (json!({"metadata": {"k": 1}}), "metadata.k"),
-            (json!({"method": {"type": "dpo"}}), "method.type"),
+            (json!({"method": {"type": "reinforcement"}}), "method.type"),
+            (
+                json!({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}}),
+                "method.dpo.hyperparameters.beta",
+            ),
+            (
+                json!({"method": {"type": "dpo", "dpo": {"hyperparameters": {"pref_loss": "hinge"}}}}),
+                "method.dpo.hyperparameters.pref_loss",
+            ),
+            (
+                json!({"method": {"type": "supervised", "supervised": {"hyperparameters": {"beta": 0.1}}}}),
+                "method.supervised.hyperparameters.beta",
+            ),
             (json!({"integrations": "wandb"}), "integrations"),
             (
                 json!({"validation_file": "file-abc", "hyperparameters": {"validation_split": 0.1}}),

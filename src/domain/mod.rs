@@ -12,6 +12,7 @@ pub mod job_request;
 pub mod model_name;
 pub mod organization;
 pub mod pagination;
+pub mod preference;
 pub mod text;
 pub mod tools;
 

@@ -210,6 +210,7 @@ mod tests {
             ],
             tools: None,
             parallel_tool_calls: true,
+            rejected: None,
         };
         let p = EvalPrompt::of(&e).unwrap();
         assert_eq!(p.turns.len(), 4);
@@ -219,6 +220,7 @@ mod tests {
             turns: vec![turn(Role::User, "?")],
             tools: None,
             parallel_tool_calls: true,
+            rejected: None,
         };
         assert!(EvalPrompt::of(&no_answer).is_none());
     }
@@ -229,6 +231,7 @@ mod tests {
             turns: vec![turn(Role::User, "q"), turn(Role::Assistant, "drink water")],
             tools: None,
             parallel_tool_calls: true,
+            rejected: None,
         };
         let prompts = vec![EvalPrompt::of(&e).unwrap()];
         let (records, m) = score(&prompts, &["no idea".into()], &["drink water".into()]);

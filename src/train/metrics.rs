@@ -41,6 +41,9 @@ pub struct MetricsRow {
     /// Training tokens per second over the step (micro-batches, backward and optimizer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_second: Option<f32>,
+    /// Preference tuning's implicit rewards (TRL's names), on DPO jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none", flatten)]
+    pub rewards: Option<Rewards>,
     /// Peak GPU memory held by tensors during the step, in bytes (`None` on the CPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_gpu_memory_bytes: Option<u64>,
@@ -48,6 +51,52 @@ pub struct MetricsRow {
     /// last step's row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<GenerationMetrics>,
+}
+
+/// A DPO step's rewards under TRL's names: the step's pairs, and the validation pairs when
+/// evaluated at this step (`eval_…`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Rewards {
+    /// Mean implicit reward of the chosen answers.
+    #[serde(rename = "rewards/chosen")]
+    pub chosen: f64,
+    /// Mean implicit reward of the rejected answers.
+    #[serde(rename = "rewards/rejected")]
+    pub rejected: f64,
+    /// Pairs whose chosen reward is the higher.
+    #[serde(rename = "rewards/accuracies")]
+    pub accuracies: f64,
+    /// Mean chosen minus rejected reward.
+    #[serde(rename = "rewards/margins")]
+    pub margins: f64,
+    /// Validation `rewards/chosen`.
+    #[serde(
+        rename = "eval_rewards/chosen",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub eval_chosen: Option<f64>,
+    /// Validation `rewards/rejected`.
+    #[serde(
+        rename = "eval_rewards/rejected",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub eval_rejected: Option<f64>,
+    /// Validation `rewards/accuracies`.
+    #[serde(
+        rename = "eval_rewards/accuracies",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub eval_accuracies: Option<f64>,
+    /// Validation `rewards/margins`.
+    #[serde(
+        rename = "eval_rewards/margins",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub eval_margins: Option<f64>,
 }
 
 /// The result file's header (OpenAI's column names).
@@ -120,6 +169,7 @@ mod tests {
             full_valid_mean_token_accuracy: None,
             learning_rate: None,
             tokens_per_second: None,
+            rewards: None,
             peak_gpu_memory_bytes: None,
             generation: None,
         }

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod preference;
 pub mod quant;
 pub mod report;
 pub mod rng;

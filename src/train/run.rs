@@ -17,10 +17,13 @@ use super::gpu_memory;
 use super::lora::{LoraSet, LoraSpec};
 use super::loss::causal_lm_loss;
 pub use super::metrics::MetricsRow;
+use super::metrics::Rewards;
 use super::model::{CausalLm, Config, ForwardCtx, Weights};
 use super::optim::{AdamW, clip_grad_norm, learning_rate};
+use super::preference::PreferenceRun;
+use super::preference::loss::PairStats;
 use super::quant::{self, Storage};
-use super::step::loss_and_grads;
+use super::step::{Pass, loss_and_grads};
 use super::template::{ChatTemplate, read_tokenizer_config};
 use super::{TensorContext, TrainError, io_err};
 use crate::domain::dataset::Example;
@@ -144,8 +147,12 @@ pub enum RunEnd {
 }
 
 struct Prepared {
+    /// Training samples: one per example, or for preference tuning each pair's chosen and
+    /// rejected conversation side by side ([`Prepared::unit`] samples per example).
     train: Vec<Sample>,
     valid: Vec<Sample>,
+    /// Samples per example: 1, or 2 for preference pairs.
+    unit: usize,
     /// The prompts of `valid` for the generation evaluation (empty when it is off).
     eval_prompts: Vec<EvalPrompt>,
     tokenizer: Tokenizer,
@@ -203,10 +210,29 @@ pub fn train_until(
     let mut opt = AdamW::new(lora.vars(), hp.weight_decay)?;
     let bs = p.resolved.batch_size as usize;
     let accum = hp.gradient_accumulation_steps as usize;
-    let steps_per_epoch = p.train.len().div_ceil(bs * accum);
+    let units = p.train.len() / p.unit;
+    let steps_per_epoch = units.div_ceil(bs * accum);
     let total = steps_per_epoch * p.resolved.n_epochs as usize;
     let warmup = (hp.warmup_ratio * total as f64).ceil() as usize;
     let checkpointing = hp.gradient_checkpointing.unwrap_or(!cfg.device.is_cpu());
+    let preference = match hp.preference {
+        Some(settings) => {
+            on(Update::Message(format!(
+                "Scoring {} preference pairs with the reference (the base, adapter off)",
+                (p.train.len() + p.valid.len()) / 2
+            )));
+            let sets = (p.train.as_slice(), p.valid.as_slice());
+            Some(PreferenceRun::new(
+                settings,
+                &model,
+                &lora,
+                sets,
+                bs,
+                &cfg.device,
+            )?)
+        }
+        None => None,
+    };
     let state_dir = cfg.output_dir.join("state");
     let mut st =
         checkpoint::load_state(&state_dir, &lora, &mut opt, &cfg.device)?.unwrap_or(ResumeState {
@@ -224,7 +250,7 @@ pub fn train_until(
         on(Update::Message(format!(
             "Training {} LoRA parameters on {} examples: {} epochs × {} steps (batch {} × {} accumulation){}",
             lora.parameter_count(),
-            p.train.len(),
+            units,
             p.resolved.n_epochs,
             steps_per_epoch,
             bs,
@@ -247,31 +273,49 @@ pub fn train_until(
     while st.step < total {
         let step = st.step;
         let epoch = step / steps_per_epoch;
-        let order = data::epoch_order(p.train.len(), cfg.seed, epoch);
+        let order = data::epoch_order(units, cfg.seed, epoch);
         let k = step % steps_per_epoch;
         let chunk = &order[k * bs * accum..((k + 1) * bs * accum).min(order.len())];
         let micro: Vec<&[usize]> = chunk.chunks(bs).collect();
         let mut grads: Vec<Option<Tensor>> = vec![None; lora.vars().len()];
         let (mut loss_sum, mut correct, mut count) = (0f32, 0usize, 0usize);
         let (step_started, tokens_before) = (Instant::now(), st.trained_tokens);
+        let mut step_pairs = PairStats::default();
         gpu_memory::reset_peak(&cfg.device);
         for (j, indices) in micro.iter().enumerate() {
-            let samples: Vec<&Sample> = indices.iter().map(|i| &p.train[*i]).collect();
+            let samples: Vec<&Sample> = indices
+                .iter()
+                .flat_map(|i| &p.train[i * p.unit..(i + 1) * p.unit])
+                .collect();
             let batch = Batch::new(&samples, &cfg.device)?;
             let rows = batch.input_ids.elem_count();
             let masks = model.dropout_masks(cfg.seed, (step * accum + j) as u64, rows)?;
             let ctx = ForwardCtx {
                 dropout: masks.as_ref(),
             };
-            let out = loss_and_grads(
-                &model,
-                &lora,
-                &batch,
-                ctx,
-                1.0 / micro.len() as f64,
-                checkpointing,
-                &mut grads,
-            )?;
+            let out = match &preference {
+                Some(pref) => {
+                    let pass = Pass {
+                        model: &model,
+                        lora: &lora,
+                        batch: &batch,
+                        ctx,
+                        scale: 1.0 / micro.len() as f64,
+                    };
+                    let out = pref.micro(&pass, indices, checkpointing, &mut grads)?;
+                    step_pairs.merge(&out.stats);
+                    out.micro
+                }
+                None => loss_and_grads(
+                    &model,
+                    &lora,
+                    &batch,
+                    ctx,
+                    1.0 / micro.len() as f64,
+                    checkpointing,
+                    &mut grads,
+                )?,
+            };
             if !out.loss.is_finite() {
                 return Err(TrainError::NonFiniteLoss {
                     step: step + 1,
@@ -305,12 +349,24 @@ pub fn train_until(
                 (st.trained_tokens - tokens_before) as f32
                     / step_started.elapsed().as_secs_f32().max(1e-6),
             ),
+            rewards: None,
             peak_gpu_memory_bytes: gpu_memory::peak_bytes(&cfg.device),
             generation: None,
         };
         let epoch_end = st.step % steps_per_epoch == 0;
         let log = st.step % hp.logging_steps as usize == 0 || st.step == total;
-        if (log || epoch_end) && !p.valid.is_empty() {
+        let evaluate_now = (log || epoch_end) && !p.valid.is_empty();
+        if let Some(pref) = &preference {
+            let valid = match evaluate_now {
+                true => Some(pref.validate(&model, &p.valid, bs, &cfg.device)?),
+                false => None,
+            };
+            row.valid_loss = valid.map(|v| v.loss as f32);
+            if st.step == total {
+                row.full_valid_loss = row.valid_loss;
+            }
+            row.rewards = Some(Rewards::of(&step_pairs, valid.as_ref()));
+        } else if evaluate_now {
             let (l, a) = evaluate(&model, &p.valid, bs, &cfg.device)?;
             (row.valid_loss, row.valid_mean_token_accuracy) = (Some(l), Some(a));
             if st.step == total {
@@ -392,16 +448,40 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
     let max_turn_bytes = *longest.iter().max().unwrap_or(&hp.max_length) as usize
         * data::longest_token_bytes(&tokenizer);
     // Samples, the examples they came from (the ones that kept a response), and the file's count.
+    let unit = if hp.preference.is_some() { 2 } else { 1 };
+    let encode = |e: &Example| -> Result<Option<Sample>, TrainError> {
+        let bounded = data::bound_turns(e, max_turn_bytes);
+        data::encode(&bounded, &template, &tokenizer, limits)
+    };
+    // A preference pair is kept only when both its answers keep tokens.
+    let encode_unit = |e: &Example| -> Result<Option<Vec<Sample>>, TrainError> {
+        let parts = match (unit, e.preference_pair()) {
+            (1, _) => vec![e.clone()],
+            (_, Some((chosen, rejected))) => vec![chosen, rejected],
+            (_, None) => {
+                return Err(TrainError::Invalid(
+                    "a preference job got an example without a rejected answer".into(),
+                ));
+            }
+        };
+        let mut out = Vec::with_capacity(parts.len());
+        for part in &parts {
+            match encode(part)? {
+                Some(sample) => out.push(sample),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(out))
+    };
     let encode_all = |path: &Path| -> Result<(Vec<Sample>, Vec<Example>, usize), TrainError> {
         let examples = data::read_examples(path)?;
         let total = examples.len();
-        let mut out = Vec::with_capacity(total);
+        let mut out = Vec::with_capacity(total * unit);
         let mut kept = Vec::with_capacity(total);
         for e in examples {
-            let bounded = data::bound_turns(&e, max_turn_bytes);
-            if let Some(s) = data::encode(&bounded, &template, &tokenizer, limits)? {
-                out.push(s);
-                kept.push(e);
+            if let Some(samples) = encode_unit(&e)? {
+                out.extend(samples);
+                kept.push(e.preference_pair().map_or(e, |(chosen, _)| chosen));
             }
         }
         Ok((out, kept, total))
@@ -413,10 +493,10 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
             hp.max_length
         )));
     }
-    if train.len() < total {
+    if train.len() / unit < total {
         on(Update::Message(format!(
             "{} of {total} examples had no response tokens left after truncation and were skipped",
-            total - train.len()
+            total - train.len() / unit
         )));
     }
     let (valid, valid_examples) = match (&cfg.valid_file, hp.validation_split) {
@@ -425,8 +505,14 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
             (samples, examples)
         }
         (None, Some(split)) if split > 0.0 => {
-            let held = hold_out(train.len(), split, cfg.seed)?;
-            (take(&mut train, &held), take(&mut train_examples, &held))
+            let held = hold_out(train.len() / unit, split, cfg.seed)?;
+            let samples = held
+                .iter()
+                .flat_map(|u| (0..unit).map(move |k| u * unit + k));
+            (
+                take(&mut train, &samples.collect()),
+                take(&mut train_examples, &held),
+            )
         }
         (None, _) => (Vec::new(), Vec::new()),
     };
@@ -435,11 +521,12 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
     } else {
         Vec::new()
     };
-    let resolved = auto::resolve(hp, train.len());
+    let resolved = auto::resolve(hp, train.len() / unit);
     on(Update::Resolved(resolved.apply(hp)));
     Ok(Prepared {
         train,
         valid,
+        unit,
         eval_prompts,
         tokenizer,
         template,

@@ -21,6 +21,10 @@ pub struct MicroOutput {
     pub count: usize,
 }
 
+/// What a head makes of the last layer's output: a scalar in the graph whose gradient is the
+/// loss's (the loss itself, or a surrogate with the same gradient), and what it measured.
+pub type HeadResult = Result<(Tensor, MicroOutput), TrainError>;
+
 /// Forward and backward of `batch`, adding `d(loss · scale)/d(adapter)` into `grads` (one slot
 /// per variable of `lora`, in [`LoraSet::vars`] order).
 pub fn loss_and_grads(
@@ -32,77 +36,110 @@ pub fn loss_and_grads(
     checkpointing: bool,
     grads: &mut [Option<Tensor>],
 ) -> Result<MicroOutput, TrainError> {
-    if !checkpointing {
-        let x = model.hidden(&batch.input_ids, &batch.segments, ctx)?;
-        let out = model.head_loss(&x, &batch.labels)?;
+    let head = |x: &Tensor| -> HeadResult {
+        let out = model.head_loss(x, &batch.labels)?;
         let loss = out.loss.to_scalar::<f32>().ctx("reading the loss")?;
-        let scaled = (out.loss * scale).ctx("scaling the loss")?;
-        accumulate(grads, lora, &scaled.backward().ctx("backward pass")?)?;
-        return Ok(MicroOutput {
+        let measured = MicroOutput {
             loss,
             correct: out.correct,
             count: out.count,
-        });
-    }
-    checkpointed(model, lora, batch, ctx, scale, grads)
+        };
+        Ok((out.loss, measured))
+    };
+    let pass = Pass {
+        model,
+        lora,
+        batch,
+        ctx,
+        scale,
+    };
+    pass.run(checkpointing, grads, &head)
 }
 
-fn checkpointed(
-    model: &CausalLm,
-    lora: &LoraSet,
-    batch: &Batch,
-    ctx: ForwardCtx,
-    scale: f64,
-    grads: &mut [Option<Tensor>],
-) -> Result<MicroOutput, TrainError> {
-    let x = model.embed(&batch.input_ids).ctx("embedding")?;
-    let shared = model.shared(&batch.segments).ctx("attention mask")?;
-    // Forward: keep each layer's input, drop its graph.
-    let mut inputs = Vec::with_capacity(model.num_layers());
-    let mut x = x;
-    for i in 0..model.num_layers() {
-        let y = model
-            .layer(i, &x, &shared, ctx)
-            .ctx("forward pass")?
-            .detach();
-        inputs.push(x);
-        x = y;
-    }
-    let top = Var::from_tensor(&x).ctx("checkpoint")?;
-    drop(x);
-    let out = model.head_loss(top.as_tensor(), &batch.labels)?;
-    let loss = out.loss.to_scalar::<f32>().ctx("reading the loss")?;
-    let store = (out.loss * scale)
-        .and_then(|l| l.backward())
-        .ctx("backward pass")?;
-    accumulate(grads, lora, &store)?;
-    let mut upstream = input_grad(&store, &top)?;
-    drop((store, top));
-    // Backward: recompute layer i from its input, then push the upstream gradient through it
-    // (d/dθ of sum(y · g) is the vector-Jacobian product gᵀ ∂y/∂θ).
-    while let Some(input) = inputs.pop() {
-        let i = inputs.len();
-        // Layer 0's input is the frozen embedding: no gradient needed there.
-        let var = match i {
-            0 => None,
-            _ => Some(Var::from_tensor(&input).ctx("checkpoint")?),
-        };
-        let x = var.as_ref().map_or(&input, |v| v.as_tensor());
-        let y = model.layer(i, x, &shared, ctx).ctx("recomputing a layer")?;
-        let store = (y * &upstream)
-            .and_then(|p| p.sum_all())
-            .and_then(|s| s.backward())
-            .ctx("backward pass")?;
-        accumulate(grads, lora, &store)?;
-        if let Some(v) = &var {
-            upstream = input_grad(&store, v)?;
+/// One micro-batch's forward and backward through the decoder, whatever the head.
+pub struct Pass<'a> {
+    /// The model.
+    pub model: &'a CausalLm,
+    /// Its adapters (whose gradients are collected).
+    pub lora: &'a LoraSet,
+    /// The packed batch.
+    pub batch: &'a Batch,
+    /// Dropout masks.
+    pub ctx: ForwardCtx<'a>,
+    /// Factor on the head's objective (1 / micro-batches per step).
+    pub scale: f64,
+}
+
+impl Pass<'_> {
+    /// Run `head` on the last layer's output and add `d(objective · scale)/d(adapter)` into
+    /// `grads`; with `checkpointing`, only layer inputs are kept and each layer is recomputed.
+    pub fn run(
+        &self,
+        checkpointing: bool,
+        grads: &mut [Option<Tensor>],
+        head: &dyn Fn(&Tensor) -> HeadResult,
+    ) -> Result<MicroOutput, TrainError> {
+        let (model, batch) = (self.model, self.batch);
+        if !checkpointing {
+            let x = model.hidden(&batch.input_ids, &batch.segments, self.ctx)?;
+            let (objective, out) = head(&x)?;
+            let scaled = (objective * self.scale).ctx("scaling the loss")?;
+            accumulate(grads, self.lora, &scaled.backward().ctx("backward pass")?)?;
+            return Ok(out);
         }
+        self.checkpointed(grads, head)
     }
-    Ok(MicroOutput {
-        loss,
-        correct: out.correct,
-        count: out.count,
-    })
+
+    fn checkpointed(
+        &self,
+        grads: &mut [Option<Tensor>],
+        head: &dyn Fn(&Tensor) -> HeadResult,
+    ) -> Result<MicroOutput, TrainError> {
+        let (model, batch, ctx) = (self.model, self.batch, self.ctx);
+        let x = model.embed(&batch.input_ids).ctx("embedding")?;
+        let shared = model.shared(&batch.segments).ctx("attention mask")?;
+        // Forward: keep each layer's input, drop its graph.
+        let mut inputs = Vec::with_capacity(model.num_layers());
+        let mut x = x;
+        for i in 0..model.num_layers() {
+            let y = model
+                .layer(i, &x, &shared, ctx)
+                .ctx("forward pass")?
+                .detach();
+            inputs.push(x);
+            x = y;
+        }
+        let top = Var::from_tensor(&x).ctx("checkpoint")?;
+        drop(x);
+        let (objective, out) = head(top.as_tensor())?;
+        let store = (objective * self.scale)
+            .and_then(|l| l.backward())
+            .ctx("backward pass")?;
+        accumulate(grads, self.lora, &store)?;
+        let mut upstream = input_grad(&store, &top)?;
+        drop((store, top));
+        // Backward: recompute layer i from its input, then push the upstream gradient through it
+        // (d/dθ of sum(y · g) is the vector-Jacobian product gᵀ ∂y/∂θ).
+        while let Some(input) = inputs.pop() {
+            let i = inputs.len();
+            // Layer 0's input is the frozen embedding: no gradient needed there.
+            let var = match i {
+                0 => None,
+                _ => Some(Var::from_tensor(&input).ctx("checkpoint")?),
+            };
+            let x = var.as_ref().map_or(&input, |v| v.as_tensor());
+            let y = model.layer(i, x, &shared, ctx).ctx("recomputing a layer")?;
+            let store = (y * &upstream)
+                .and_then(|p| p.sum_all())
+                .and_then(|s| s.backward())
+                .ctx("backward pass")?;
+            accumulate(grads, self.lora, &store)?;
+            if let Some(v) = &var {
+                upstream = input_grad(&store, v)?;
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The gradient reaching `var`, cut from the graph that produced it.

@@ -107,8 +107,10 @@ impl Worker {
                 .with_param(param)));
             }
             let path = self.blobs.path_of(id);
+            let dpo = job.hyperparameters.0.preference.is_some();
             let checked =
-                tokio::task::spawn_blocking(move || validate_dataset(&path, param, min)).await?;
+                tokio::task::spawn_blocking(move || validate_dataset(&path, param, min, dpo))
+                    .await?;
             if let Err(problem) = checked {
                 return Ok(Err(problem));
             }

@@ -8,9 +8,15 @@ use crate::domain::job::JobError;
 /// The fewest examples a training file may have.
 pub const MIN_EXAMPLES: usize = 10;
 
-/// Check a dataset file in full: readable, one format, enough examples, each with an
-/// assistant turn to learn from. Runs on a blocking thread (it reads the whole file).
-pub fn validate_dataset(path: &Path, param: &'static str, min: usize) -> Result<usize, JobError> {
+/// Check a dataset file in full: readable, one format — preference pairs for a DPO job
+/// (`preference`), demonstrations otherwise — enough examples, each with an assistant turn to
+/// learn from. Runs on a blocking thread (it reads the whole file).
+pub fn validate_dataset(
+    path: &Path,
+    param: &'static str,
+    min: usize,
+    preference: bool,
+) -> Result<usize, JobError> {
     let problem = |code: &str, message: String| JobError::new(code, message).with_param(param);
     let file = std::fs::File::open(path)
         .map_err(|e| problem("invalid_file", format!("{param} could not be read: {e}")))?;
@@ -20,6 +26,23 @@ pub fn validate_dataset(path: &Path, param: &'static str, min: usize) -> Result<
         }
         ScanError::Io(_) => problem("invalid_file", format!("{param} could not be read: {e}")),
     })?;
+    if summary.format.is_preference() != preference {
+        let message = if preference {
+            format!(
+                "{} is in the {} format, but a dpo job needs preference pairs (OpenAI's \
+                 `input`/`preferred_output`/`non_preferred_output`, or `chosen`/`rejected`)",
+                title(param),
+                summary.format.as_str()
+            )
+        } else {
+            format!(
+                "{} holds preference pairs ({}); train on them with method type dpo",
+                title(param),
+                summary.format.as_str()
+            )
+        };
+        return Err(problem("invalid_file_format", message));
+    }
     if summary.examples < min {
         return Err(problem(
             "invalid_n_examples",

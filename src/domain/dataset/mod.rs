@@ -2,8 +2,12 @@
 //!
 //! Accepted formats: OpenAI chat (`messages`), legacy `prompt`/`completion`, alpaca
 //! (`instruction`, `input`, `output`, optional `system` and `history`) and ShareGPT
-//! (`conversations` of `from`/`value`). All become [`Example`]s.
+//! (`conversations` of `from`/`value`). All become [`Example`]s. Preference pairs (for DPO) come
+//! in OpenAI's format (`input`, `preferred_output`, `non_preferred_output`) and LLaMA-Factory's
+//! alpaca and ShareGPT ones (`chosen`/`rejected`); they become an [`Example`] whose last turn is
+//! the chosen answer, with the rejected one beside it ([`Example::rejected`]).
 
+mod preference;
 mod records;
 mod scan;
 
@@ -26,6 +30,12 @@ pub enum DatasetFormat {
     Alpaca,
     /// ShareGPT: `{"conversations": [{"from", "value"}]}`.
     Sharegpt,
+    /// OpenAI preference pairs: `{"input": {"messages"}, "preferred_output", "non_preferred_output"}`.
+    Preference,
+    /// LLaMA-Factory alpaca pairs: `{"instruction", "input"?, "chosen", "rejected"}`.
+    AlpacaPreference,
+    /// LLaMA-Factory ShareGPT pairs: `{"conversations", "chosen": {..}, "rejected": {..}}`.
+    SharegptPreference,
 }
 
 impl DatasetFormat {
@@ -36,7 +46,33 @@ impl DatasetFormat {
             Self::Completion => "completion",
             Self::Alpaca => "alpaca",
             Self::Sharegpt => "sharegpt",
+            Self::Preference => "preference",
+            Self::AlpacaPreference => "alpaca_preference",
+            Self::SharegptPreference => "sharegpt_preference",
         }
+    }
+
+    /// Whether records are preference pairs (DPO data), not demonstrations (SFT data).
+    pub fn is_preference(self) -> bool {
+        matches!(
+            self,
+            Self::Preference | Self::AlpacaPreference | Self::SharegptPreference
+        )
+    }
+
+    /// The format of a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::Chat,
+            Self::Completion,
+            Self::Alpaca,
+            Self::Sharegpt,
+            Self::Preference,
+            Self::AlpacaPreference,
+            Self::SharegptPreference,
+        ]
+        .into_iter()
+        .find(|f| f.as_str() == name)
     }
 }
 
@@ -94,6 +130,9 @@ pub struct Example {
     /// `parallel_tool_calls` of the example (default true): how the tools are offered.
     #[serde(default = "yes")]
     pub parallel_tool_calls: bool,
+    /// A preference pair's rejected answer (the chosen one is the last turn); `None` for SFT data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<Turn>,
 }
 
 fn yes() -> bool {
@@ -106,5 +145,25 @@ impl Example {
         self.turns
             .iter()
             .any(|t| t.role == Role::Assistant && t.train)
+    }
+
+    /// A preference pair as two examples, each trained on its last turn only: the chosen and
+    /// the rejected conversation. `None` for SFT data.
+    pub fn preference_pair(&self) -> Option<(Example, Example)> {
+        let rejected = self.rejected.clone()?;
+        let mut chosen = Example {
+            rejected: None,
+            ..self.clone()
+        };
+        let last = chosen.turns.len().checked_sub(1)?;
+        for (i, t) in chosen.turns.iter_mut().enumerate() {
+            t.train = i == last;
+        }
+        let mut other = chosen.clone();
+        other.turns[last] = Turn {
+            train: true,
+            ..rejected
+        };
+        Some((chosen, other))
     }
 }

@@ -10,6 +10,9 @@ pub fn parse_record(value: &Value) -> Result<(DatasetFormat, Example), String> {
     let Value::Object(obj) = value else {
         return Err(format!("expected a JSON object, found {}", kind(value)));
     };
+    if let Some(pair) = super::preference::parse(obj) {
+        return pair;
+    }
     if obj.contains_key("messages") {
         chat(obj).map(|e| (DatasetFormat::Chat, e))
     } else if obj.contains_key("prompt") && obj.contains_key("completion") {
@@ -27,7 +30,7 @@ pub fn parse_record(value: &Value) -> Result<(DatasetFormat, Example), String> {
     }
 }
 
-fn kind(value: &Value) -> &'static str {
+pub(super) fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -38,7 +41,11 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-fn string_field(obj: &Map<String, Value>, key: &str, required: bool) -> Result<String, String> {
+pub(super) fn string_field(
+    obj: &Map<String, Value>,
+    key: &str,
+    required: bool,
+) -> Result<String, String> {
     match obj.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
         None | Some(Value::Null) if !required => Ok(String::new()),
@@ -51,7 +58,7 @@ fn turn(role: Role, content: String) -> Turn {
     Turn::new(role, content)
 }
 
-fn chat(obj: &Map<String, Value>) -> Result<Example, String> {
+pub(super) fn chat(obj: &Map<String, Value>) -> Result<Example, String> {
     let Some(Value::Array(messages)) = obj.get("messages") else {
         return Err("`messages` must be a list".to_owned());
     };
@@ -97,6 +104,7 @@ fn chat(obj: &Map<String, Value>) -> Result<Example, String> {
         turns,
         tools,
         parallel_tool_calls,
+        rejected: None,
     })
 }
 
@@ -108,7 +116,7 @@ fn at_param(e: &crate::domain::DomainError) -> String {
     }
 }
 
-fn chat_message(m: &Value) -> Result<Turn, String> {
+pub(super) fn chat_message(m: &Value) -> Result<Turn, String> {
     let Value::Object(m) = m else {
         return Err(format!("expected an object, found {}", kind(m)));
     };
@@ -188,10 +196,11 @@ fn completion(obj: &Map<String, Value>) -> Result<Example, String> {
         turns: vec![turn(Role::User, prompt), turn(Role::Assistant, completion)],
         tools: None,
         parallel_tool_calls: true,
+        rejected: None,
     })
 }
 
-fn alpaca(obj: &Map<String, Value>) -> Result<Example, String> {
+pub(super) fn alpaca(obj: &Map<String, Value>) -> Result<Example, String> {
     let instruction = string_field(obj, "instruction", true)?;
     let input = string_field(obj, "input", false)?;
     let output = string_field(obj, "output", true)?;
@@ -230,10 +239,11 @@ fn alpaca(obj: &Map<String, Value>) -> Result<Example, String> {
         turns,
         tools: None,
         parallel_tool_calls: true,
+        rejected: None,
     })
 }
 
-fn sharegpt(obj: &Map<String, Value>) -> Result<Example, String> {
+pub(super) fn sharegpt(obj: &Map<String, Value>) -> Result<Example, String> {
     let Some(Value::Array(conv)) = obj.get("conversations") else {
         return Err("`conversations` must be a list".to_owned());
     };
@@ -268,6 +278,7 @@ fn sharegpt(obj: &Map<String, Value>) -> Result<Example, String> {
         turns,
         tools,
         parallel_tool_calls: true,
+        rejected: None,
     })
 }
 

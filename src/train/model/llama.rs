@@ -349,6 +349,12 @@ impl CausalLm {
         x + layer.mlp.forward(&h, dropout)?
     }
 
+    /// The final norm of `x` and the `lm_head` weight `[vocab, hidden]`, for heads that score
+    /// whole sequences ([`crate::train::preference`]).
+    pub fn norm_and_lm_head(&self, x: &Tensor) -> candle_core::Result<(Tensor, &Tensor)> {
+        Ok((self.norm.forward(x)?, &self.lm_head))
+    }
+
     /// Final norm and `lm_head`: logits `[b, t, vocab]` in the compute dtype.
     pub fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
