@@ -29,7 +29,7 @@ fn pair_losses(
     seqs: &[SeqLogp],
     refs: &[f64],
 ) -> Result<(PairStats, Vec<f64>), TrainError> {
-    if seqs.len() % 2 != 0 || seqs.len() != refs.len() {
+    if !seqs.len().is_multiple_of(2) || seqs.len() != refs.len() {
         return Err(TrainError::Invalid(
             "a preference batch must hold whole pairs and their reference scores".into(),
         ));
