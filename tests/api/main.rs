@@ -6,6 +6,7 @@ mod binary;
 mod chat;
 mod completions;
 mod dashboard;
+mod dpo;
 mod ensembles;
 mod errors;
 mod evaluation;
