@@ -30,8 +30,21 @@ pub struct LlamaFactoryConfig {
     pub template: Option<String>,
     /// Must be `lora` when given.
     pub finetuning_type: Option<String>,
-    /// Must be `sft` when given.
+    /// `sft` (default) or `dpo`.
     pub stage: Option<String>,
+    /// A PEFT adapter directory to continue training from (relative to the config file).
+    pub adapter_name_or_path: Option<String>,
+    /// DPO's β.
+    #[serde(deserialize_with = "number")]
+    pub pref_beta: Option<f64>,
+    /// `sigmoid` (DPO), `ipo` or `simpo`.
+    pub pref_loss: Option<String>,
+    /// Weight of the SFT term on the chosen answers.
+    #[serde(deserialize_with = "number")]
+    pub pref_ftx: Option<f64>,
+    /// SimPO's margin γ.
+    #[serde(deserialize_with = "number")]
+    pub simpo_gamma: Option<f64>,
     /// LoRA rank.
     #[serde(deserialize_with = "number")]
     pub lora_rank: Option<u32>,
@@ -180,6 +193,10 @@ impl LlamaFactoryConfig {
             }
         };
         put("lora_rank", self.lora_rank.map(Value::from));
+        put("pref_beta", self.pref_beta.map(Value::from));
+        put("pref_loss", self.pref_loss.clone().map(Value::from));
+        put("pref_ftx", self.pref_ftx.map(Value::from));
+        put("simpo_gamma", self.simpo_gamma.map(Value::from));
         put("lora_alpha", self.lora_alpha.map(Value::from));
         put("lora_dropout", self.lora_dropout.map(Value::from));
         put("lora_target", self.lora_target.clone());

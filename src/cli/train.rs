@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::llama_factory::LlamaFactoryConfig;
 use crate::config::parse_device;
 use crate::domain::hyperparameters::Hyperparameters;
+use crate::domain::preference::PreferenceSettings;
 use crate::serve::measure::median;
 use crate::train::run::{self, Evaluation, RunConfig, RunEnd, Update};
 
@@ -26,9 +27,11 @@ pub fn run_config(path: &Path) -> anyhow::Result<RunConfig> {
     if let Some(kind) = cfg.finetuning_type.as_deref().filter(|t| *t != "lora") {
         bail!("finetuning_type '{kind}' is not supported; only lora");
     }
-    if let Some(stage) = cfg.stage.as_deref().filter(|t| *t != "sft") {
-        bail!("stage '{stage}' is not supported; only sft");
-    }
+    let preference = match cfg.stage.as_deref().unwrap_or("sft") {
+        "sft" => None,
+        "dpo" => Some(PreferenceSettings::default()),
+        other => bail!("stage '{other}' is not supported; use sft or dpo"),
+    };
     let model = cfg.model_name_or_path.as_deref();
     let model_dir = rel(model.context("model_name_or_path is required")?);
     let dataset = cfg
@@ -44,7 +47,11 @@ pub fn run_config(path: &Path) -> anyhow::Result<RunConfig> {
     if valid_file.is_some() && cfg.val_size.is_some_and(|v| v > 0.0) {
         bail!("give eval_dataset or val_size, not both");
     }
-    let hyperparameters = Hyperparameters::default()
+    let start = Hyperparameters {
+        preference,
+        ..Hyperparameters::default()
+    };
+    let hyperparameters = start
         .apply(&Value::Object(cfg.hyperparameters()), "config")
         .map_err(|e| anyhow::anyhow!("{}: {}", e.param.clone().unwrap_or_default(), e.message))?;
     let device = parse_device(cfg.device.as_deref().unwrap_or("auto"))?;
@@ -71,6 +78,7 @@ pub fn run_config(path: &Path) -> anyhow::Result<RunConfig> {
         output_dir: rel(cfg.output_dir.as_deref().unwrap_or("output")),
         device,
         dtype,
+        init_adapter: cfg.adapter_name_or_path.as_deref().map(rel),
     })
 }
 

@@ -134,6 +134,10 @@ pub struct Hyperparameters {
     /// examples (as many, drawn with replacement) instead of all of them.
     #[serde(default)]
     pub ensemble_bootstrap: bool,
+    /// The fine-tuned model (`ft:…`) whose adapter this job continues from: set when a job is
+    /// created with `model: "ft:…"` (the job's `model` is then that model's base).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_model: Option<String>,
     /// Preference tuning (`method.type = "dpo"`): `None` for supervised jobs.
     #[serde(default, skip_serializing_if = "Option::is_none", flatten)]
     pub preference: Option<super::preference::PreferenceSettings>,
@@ -220,6 +224,7 @@ impl Default for Hyperparameters {
             double_quantization: None,
             ensemble_size: 1,
             ensemble_bootstrap: false,
+            init_model: None,
             preference: None,
         }
     }

@@ -29,6 +29,42 @@ impl LoraSpec {
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
     }
+
+    /// The rank, alpha and target modules of the PEFT adapter in `dir` (its
+    /// `adapter_config.json`), with `dropout` for further training.
+    pub fn read_peft(dir: &Path, dropout: f64) -> Result<Self, TrainError> {
+        let path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        let cfg: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        let bad = |what: &str| TrainError::Invalid(format!("{}: {what}", path.display()));
+        let rank = cfg["r"]
+            .as_u64()
+            .filter(|r| *r > 0)
+            .ok_or_else(|| bad("no rank r"))?;
+        let alpha = cfg["lora_alpha"]
+            .as_f64()
+            .ok_or_else(|| bad("no lora_alpha"))?;
+        let mut targets: Vec<String> = match &cfg["target_modules"] {
+            serde_json::Value::Array(items) => items
+                .iter()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect(),
+            serde_json::Value::String(one) => vec![one.clone()],
+            _ => return Err(bad("no target_modules")),
+        };
+        targets.sort_by_key(|t| {
+            crate::domain::hyperparameters::LORA_MODULES
+                .iter()
+                .position(|m| m == t)
+        });
+        Ok(Self {
+            rank: rank as usize,
+            alpha,
+            dropout,
+            targets,
+        })
+    }
 }
 
 /// One adapted module's trainable pair.

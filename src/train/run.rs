@@ -53,6 +53,9 @@ pub struct RunConfig {
     pub device: Device,
     /// Compute dtype of the frozen weights (LoRA weights stay f32).
     pub dtype: DType,
+    /// A PEFT adapter directory to start from (continued training); its rank, alpha and target
+    /// modules replace the hyperparameters'.
+    pub init_adapter: Option<PathBuf>,
 }
 
 /// Something the loop reports.
@@ -186,11 +189,23 @@ pub fn train_until(
 ) -> Result<RunEnd, TrainError> {
     let hp = &cfg.hyperparameters;
     let p = prepare(cfg, on)?;
-    let spec = LoraSpec {
-        rank: hp.lora_rank as usize,
-        alpha: hp.lora_alpha,
-        dropout: hp.lora_dropout,
-        targets: hp.lora_target.clone(),
+    let spec = match &cfg.init_adapter {
+        Some(dir) => {
+            let spec = LoraSpec::read_peft(dir, hp.lora_dropout)?;
+            on(Update::Message(format!(
+                "Continuing from an adapter of rank {} (alpha {}) on {}",
+                spec.rank,
+                spec.alpha,
+                spec.targets.join(", ")
+            )));
+            spec
+        }
+        None => LoraSpec {
+            rank: hp.lora_rank as usize,
+            alpha: hp.lora_alpha,
+            dropout: hp.lora_dropout,
+            targets: hp.lora_target.clone(),
+        },
     };
     let storage = Storage::for_run(&cfg.model_dir, hp);
     let weights = Weights::load_stored(&cfg.model_dir, &cfg.device, cfg.dtype, storage)?;
@@ -204,6 +219,9 @@ pub fn train_until(
         cfg.dtype,
     )?;
     drop(weights);
+    if let Some(dir) = &cfg.init_adapter {
+        lora.load_peft(&dir.join("adapter_model.safetensors"), &cfg.device)?;
+    }
     if let Some(text) = quant::describe(storage, &summary, cfg.dtype) {
         on(Update::Message(text));
     }
@@ -456,7 +474,8 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
     // A preference pair is kept only when both its answers keep tokens.
     let encode_unit = |e: &Example| -> Result<Option<Vec<Sample>>, TrainError> {
         let parts = match (unit, e.preference_pair()) {
-            (1, _) => vec![e.clone()],
+            (1, Some(_)) => return Err(TrainError::Invalid("the data holds preference pairs (chosen/rejected); train on them with DPO (method type dpo, or stage: dpo)".into())),
+            (1, None) => vec![e.clone()],
             (_, Some((chosen, rejected))) => vec![chosen, rejected],
             (_, None) => {
                 return Err(TrainError::Invalid(

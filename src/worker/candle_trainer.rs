@@ -77,6 +77,7 @@ impl Trainer for CandleTrainer {
             output_dir: request.output_dir,
             device: self.device.clone(),
             dtype: self.dtype,
+            init_adapter: request.init_adapter,
         };
         let stop_kind = || match (stop.is_cancelled(), stop.discards()) {
             (false, _) => None,

@@ -75,7 +75,31 @@ impl Worker {
         Ok(moved)
     }
 
+    /// The adapter a continuing job starts from.
+    async fn init_adapter(&self, job: &JobRow) -> anyhow::Result<Option<std::path::PathBuf>> {
+        let Some(id) = &job.hyperparameters.0.init_model else {
+            return Ok(None);
+        };
+        let from = self.store.get_model(&job.organization_id, id).await?;
+        let from =
+            from.ok_or_else(|| anyhow::anyhow!("the model {id} to continue from is gone"))?;
+        Ok(Some(from.path.into()))
+    }
+
     async fn validate_files(&self, job: &JobRow) -> anyhow::Result<Result<(), JobError>> {
+        if let Some(id) = &job.hyperparameters.0.init_model
+            && self
+                .store
+                .get_model(&job.organization_id, id)
+                .await?
+                .is_none()
+        {
+            return Ok(Err(JobError::new(
+                "invalid_model",
+                format!("The model {id} this job continues from no longer exists"),
+            )
+            .with_param("model")));
+        }
         let files = [
             Some((&job.training_file, "training_file", MIN_EXAMPLES)),
             job.validation_file
@@ -130,6 +154,7 @@ impl Worker {
             hyperparameters: job.hyperparameters.0.clone(),
             seed: job.seed,
             output_dir: output_dir.clone(),
+            init_adapter: self.init_adapter(job).await?,
         };
         let name = model_name(job)?;
         let (tx, mut rx) = mpsc::unbounded_channel();

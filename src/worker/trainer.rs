@@ -34,6 +34,8 @@ pub struct TrainingRequest {
     pub seed: i64,
     /// Where to write checkpoints and the final adapter.
     pub output_dir: PathBuf,
+    /// The adapter directory to start from (a job continuing a fine-tuned model).
+    pub init_adapter: Option<PathBuf>,
 }
 
 /// What a finished training run produced.

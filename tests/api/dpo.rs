@@ -214,3 +214,63 @@ async fn the_wrong_kind_of_file_fails_the_job_and_bad_pairs_fail_the_upload() {
         .await;
     assert_error(res, 400, Some("method.dpo.hyperparameters.pref_loss")).await;
 }
+
+#[tokio::test]
+async fn a_job_continues_from_a_fine_tuned_model_sft_then_dpo() {
+    let app = spawn_app().await;
+    let sft_file = crate::training_jobs::upload_qa(&app, 10).await;
+    let hp = json!({"n_epochs": 2, "batch_size": 2, "learning_rate": 0.01, "lora_rank": 4,
+                    "lora_alpha": 16});
+    let sft = app
+        .create_job(&sft_file, json!({"suffix": "sft", "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}))
+        .await;
+    assert!(app.worker().run_once().await.unwrap());
+    let sft = app.job(sft["id"].as_str().unwrap()).await;
+    let from = sft["fine_tuned_model"].as_str().unwrap().to_owned();
+
+    let pairs = upload(&app, "pairs.jsonl", openai_pairs(10)).await;
+    let res = app
+        .post(
+            "/v1/fine_tuning/jobs",
+            &json!({"model": from, "training_file": pairs["id"], "suffix": "dpo",
+                    "method": {"type": "dpo", "dpo": {"hyperparameters":
+                        {"n_epochs": 1, "batch_size": 2, "learning_rate": 0.01, "logging_steps": 1}}}}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let job: Value = res.json().await.unwrap();
+    assert_eq!(job["model"], "ferrotune-tiny");
+    assert_eq!(job["hyperparameters"]["init_model"], from.as_str());
+    let id = job["id"].as_str().unwrap();
+    assert!(app.worker().run_once().await.unwrap());
+    let job = app.job(id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let messages = app.all_event_messages(id).await;
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("Continuing from an adapter of rank 4 (alpha 16)")),
+        "{messages:?}"
+    );
+    // The policy starts at the SFT adapter, the reference is the base: rewards are not zero at
+    // the first step, as they are for a fresh adapter.
+    let first = &metrics_events(&app, id).await[0];
+    assert!(
+        first["rewards/chosen"].as_f64().unwrap().abs() > 1e-3,
+        "{first}"
+    );
+
+    // Only the caller's own fine-tuned models can be continued.
+    for model in [
+        "ft:ferrotune-tiny:org-local:nope:12345678",
+        "ft:not-a-model",
+    ] {
+        let res = app
+            .post(
+                "/v1/fine_tuning/jobs",
+                &json!({"model": model, "training_file": pairs["id"]}),
+            )
+            .await;
+        assert_error(res, 400, Some("model")).await;
+    }
+}

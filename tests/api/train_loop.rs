@@ -87,6 +87,7 @@ pub fn config(dir: &Path, epochs: u32, lr: f64) -> RunConfig {
         output_dir: dir.join("out"),
         device: Device::Cpu,
         dtype: DType::F32,
+        init_adapter: None,
     }
 }
 

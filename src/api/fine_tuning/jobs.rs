@@ -28,7 +28,22 @@ pub async fn create_fine_tuning_job(
     caller: Caller,
     body: web::Json<CreateFineTuningJobRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let spec = JobSpec::parse(body.into_inner())?;
+    let mut spec = JobSpec::parse(body.into_inner())?;
+    if spec.model.starts_with("ft:") {
+        // Continue from a fine-tuned model (or checkpoint) of the caller's: its adapter is the
+        // starting point, its base the job's model.
+        let Some(from) = state.store.get_model(&caller.0, &spec.model).await? else {
+            return Err(ApiError::invalid(
+                format!(
+                    "Model '{}' does not exist or is not yours to continue from",
+                    spec.model
+                ),
+                Some("model"),
+            )
+            .with_code("model_not_available"));
+        };
+        spec.hyperparameters.init_model = Some(std::mem::replace(&mut spec.model, from.base_model));
+    }
     if !state.base_models.contains(&spec.model) {
         return Err(ApiError::invalid(
             format!(
