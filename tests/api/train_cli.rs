@@ -68,3 +68,76 @@ fn a_held_out_split_is_scored_and_printed_side_by_side() {
         "{stderr}"
     );
 }
+
+/// `stage: dpo` on LLaMA-Factory alpaca pairs, continuing from the adapter an SFT run wrote
+/// (`adapter_name_or_path`); SFT data under `stage: dpo` and unknown stages are clear errors.
+#[test]
+fn stage_dpo_trains_on_pairs_from_an_sft_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let config = dir.path().join("train.yaml");
+    let sft = "model_name_or_path: model\ndataset: train.json\nlora_rank: 4\nlora_alpha: 8\n\
+               learning_rate: 1.0e-2\nnum_train_epochs: 1\nper_device_train_batch_size: 2\n\
+               predict_with_generate: false\noutput_dir: sft\n";
+    std::fs::write(&config, sft).unwrap();
+    let out = train(&config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let pairs: Vec<serde_json::Value> = crate::train_loop::QA
+        .iter()
+        .map(|(q, a)| serde_json::json!({"instruction": q, "chosen": a, "rejected": "I could not say."}))
+        .collect();
+    std::fs::write(
+        dir.path().join("pairs.json"),
+        serde_json::to_vec(&pairs).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        "model_name_or_path: model\ndataset: pairs.json\nstage: dpo\npref_beta: 0.2\n\
+         pref_loss: sigmoid\nadapter_name_or_path: sft/adapter\nlearning_rate: 1.0e-2\n\
+         num_train_epochs: 2\nper_device_train_batch_size: 2\noutput_dir: dpo\n",
+    )
+    .unwrap();
+    let out = train(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let csv = std::fs::read_to_string(dir.path().join("dpo/results/metrics.csv")).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        1 + 10,
+        "10 pairs, batch 2, 2 epochs: {csv}"
+    );
+    assert!(
+        dir.path()
+            .join("dpo/adapter/adapter_model.safetensors")
+            .exists()
+    );
+
+    for (body, needle) in [
+        (
+            "dataset: train.json\nstage: dpo\n",
+            "without a rejected answer",
+        ),
+        ("dataset: pairs.json\n", "train on them with DPO"),
+        (
+            "dataset: pairs.json\nstage: ppo\n",
+            "stage 'ppo' is not supported",
+        ),
+        ("dataset: train.json\npref_beta: 0.1\n", "dpo only"),
+    ] {
+        std::fs::write(
+            &config,
+            format!("model_name_or_path: model\n{body}output_dir: bad\n"),
+        )
+        .unwrap();
+        let out = train(&config);
+        assert!(!out.status.success(), "{body}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{body}: {stderr}");
+    }
+}
