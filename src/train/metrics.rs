@@ -54,49 +54,50 @@ pub struct MetricsRow {
 }
 
 /// A DPO step's rewards under TRL's names: the step's pairs, and the validation pairs when
-/// evaluated at this step (`eval_…`).
+/// evaluated at this step (`eval_…`). In f32 like the losses, so that a resumed run's saved
+/// rows read back exactly.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Rewards {
     /// Mean implicit reward of the chosen answers.
     #[serde(rename = "rewards/chosen")]
-    pub chosen: f64,
+    pub chosen: f32,
     /// Mean implicit reward of the rejected answers.
     #[serde(rename = "rewards/rejected")]
-    pub rejected: f64,
+    pub rejected: f32,
     /// Pairs whose chosen reward is the higher.
     #[serde(rename = "rewards/accuracies")]
-    pub accuracies: f64,
+    pub accuracies: f32,
     /// Mean chosen minus rejected reward.
     #[serde(rename = "rewards/margins")]
-    pub margins: f64,
+    pub margins: f32,
     /// Validation `rewards/chosen`.
     #[serde(
         rename = "eval_rewards/chosen",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub eval_chosen: Option<f64>,
+    pub eval_chosen: Option<f32>,
     /// Validation `rewards/rejected`.
     #[serde(
         rename = "eval_rewards/rejected",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub eval_rejected: Option<f64>,
+    pub eval_rejected: Option<f32>,
     /// Validation `rewards/accuracies`.
     #[serde(
         rename = "eval_rewards/accuracies",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub eval_accuracies: Option<f64>,
+    pub eval_accuracies: Option<f32>,
     /// Validation `rewards/margins`.
     #[serde(
         rename = "eval_rewards/margins",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub eval_margins: Option<f64>,
+    pub eval_margins: Option<f32>,
 }
 
 /// The result file's header (OpenAI's column names).

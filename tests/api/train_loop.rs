@@ -391,9 +391,32 @@ fn the_same_seed_and_data_give_the_same_loss_curve_bit_for_bit() {
 fn pausing_and_resuming_ends_exactly_where_an_uninterrupted_run_does() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path(), TinyArch::Llama);
+    pause_at_7_and_resume(dir.path(), config(dir.path(), 4, 5e-3));
+}
+
+#[test]
+fn a_dpo_run_pauses_and_resumes_exactly_too() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let pairs: Vec<_> = QA
+        .iter()
+        .map(|(q, a)| json!({"instruction": q, "chosen": a, "rejected": "No idea, sorry."}))
+        .collect();
+    std::fs::write(
+        dir.path().join("pairs.json"),
+        serde_json::to_vec(&pairs).unwrap(),
+    )
+    .unwrap();
     let mut cfg = config(dir.path(), 4, 5e-3);
+    cfg.train_file = dir.path().join("pairs.json");
+    cfg.hyperparameters.preference = Some(Default::default());
+    pause_at_7_and_resume(dir.path(), cfg);
+}
+
+/// Run `cfg` (20 steps) whole, then again stopped after step 7 and resumed: the same metrics.
+fn pause_at_7_and_resume(dir: &Path, mut cfg: RunConfig) {
     let reference = finish(&cfg).metrics;
-    cfg.output_dir = dir.path().join("paused");
+    cfg.output_dir = dir.join("paused");
     let polls = Cell::new(0);
     let stop_at_7 = || {
         polls.set(polls.get() + 1);

@@ -89,14 +89,14 @@ impl Rewards {
     /// A step's rewards, with the validation pairs' when they were evaluated.
     pub fn of(train: &PairStats, valid: Option<&PairStats>) -> Self {
         Self {
-            chosen: train.chosen,
-            rejected: train.rejected,
-            accuracies: train.accuracy,
-            margins: train.margin,
-            eval_chosen: valid.map(|v| v.chosen),
-            eval_rejected: valid.map(|v| v.rejected),
-            eval_accuracies: valid.map(|v| v.accuracy),
-            eval_margins: valid.map(|v| v.margin),
+            chosen: train.chosen as f32,
+            rejected: train.rejected as f32,
+            accuracies: train.accuracy as f32,
+            margins: train.margin as f32,
+            eval_chosen: valid.map(|v| v.chosen as f32),
+            eval_rejected: valid.map(|v| v.rejected as f32),
+            eval_accuracies: valid.map(|v| v.accuracy as f32),
+            eval_margins: valid.map(|v| v.margin as f32),
         }
     }
 }
