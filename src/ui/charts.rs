@@ -40,6 +40,20 @@ fn keys_of(metric: &str) -> Option<(&'static [(&'static str, &'static str)], &'s
             "token accuracy",
         ),
         "learning_rate" => (&[("learning_rate", "learning rate")], "learning rate"),
+        "reward_margins" => (
+            &[
+                ("rewards/margins", "train"),
+                ("eval_rewards/margins", "validation"),
+            ],
+            "reward margin",
+        ),
+        "reward_accuracy" => (
+            &[
+                ("rewards/accuracies", "train"),
+                ("eval_rewards/accuracies", "validation"),
+            ],
+            "reward accuracy",
+        ),
         "tokens_per_second" => (&[("tokens_per_second", "tokens/s")], "tokens/s"),
         _ => return None,
     })
@@ -192,7 +206,8 @@ pub async fn chart(
     let (keys, y_label) = keys_of(&metric).ok_or_else(|| {
         ApiError::invalid(
             format!(
-                "Unknown chart '{metric}': use loss, accuracy, learning_rate or tokens_per_second"
+                "Unknown chart '{metric}': use loss, accuracy, learning_rate, tokens_per_second, \
+                 reward_margins or reward_accuracy"
             ),
             Some("metric"),
         )

@@ -108,6 +108,17 @@ async fn a_dpo_job_trains_reports_rewards_and_is_served() {
     assert_eq!(last["eval_rewards/accuracies"], 1.0);
     assert!(last["valid_loss"].as_f64().unwrap() < 0.3, "{last}");
 
+    // The dashboard draws the reward curves.
+    for metric in ["reward_margins", "reward_accuracy"] {
+        let res = app.get(&format!("/ui/charts/{metric}?jobs={id}")).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            res.headers()["x-chart-points"],
+            "48",
+            "{metric}: 24 train + 24 validation"
+        );
+    }
+
     // The preferred answer is served.
     let model = job["fine_tuned_model"].as_str().unwrap();
     let res = app

@@ -346,6 +346,7 @@ PAGES.job = async () => {
   const charts = async () => {
     let points = 0;
     for (const box of $$(".chart")) {
+      if (box.closest("[hidden]")) continue;
       const n = await loadChart(box, box.dataset.metric, [id], log.checked);
       if (box.dataset.metric === "loss") points = n;
     }
@@ -370,6 +371,7 @@ PAGES.job = async () => {
   every(1000, async () => {
     const job = await api(`/v1/fine_tuning/jobs/${id}`);
     lastJob = job;
+    if (job.method?.type === "dpo") $$(".dpo-only").forEach((f) => (f.hidden = false));
     const metrics = await latestMetrics(id);
     const p = progressOf(job, metrics);
     renderFacts($("#job-summary"), [
