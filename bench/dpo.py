@@ -16,9 +16,10 @@ pairs train, 20 are held out as the validation file.
    for the DPO/SFT ratio (a DPO step scores two sequences per pair; the reference was scored once
    before training).
 3. Served answers to the 20 held-out questions, greedy, up to 128 tokens: mean words from the
-   base and from the DPO model.
+   base, the DPO and the SFT model, and of the held-out preferred answers.
 
-Prints a markdown table and writes dpo.json into --out. Environment: EPOCHS (1), LR (2e-4).
+Prints a markdown table and writes dpo.json into --out. Environment: EPOCHS (1), LR (2e-4),
+PREF_FTX (0: weight of LLaMA-Factory's SFT term on the chosen answers).
 """
 import argparse
 import json
@@ -108,6 +109,7 @@ def main():
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     epochs, lr = int(os.environ.get("EPOCHS", "1")), float(os.environ.get("LR", "2e-4"))
+    ftx = float(os.environ.get("PREF_FTX", "0"))
     base_model = call(f"{a.url}/v1/models")["data"][0]["id"]
     train, held, sft, held_pairs = split(out)
     tf, hf, sf = upload(a.url, train), upload(a.url, held), upload(a.url, sft)
@@ -116,7 +118,7 @@ def main():
             "logging_steps": 10, "save_steps": 1000, "predict_with_generate": False}
     dpo_job, dpo_rows, dpo_s = run_job(a.url, {
         "model": base_model, "training_file": tf["id"], "validation_file": hf["id"], "suffix": "concise", "seed": 42,
-        "method": {"type": "dpo", "dpo": {"hyperparameters": {**lora, "beta": 0.1}}}}, "DPO")
+        "method": {"type": "dpo", "dpo": {"hyperparameters": {**lora, "beta": 0.1, "pref_ftx": ftx}}}}, "DPO")
     sft_job, sft_rows, sft_s = run_job(a.url, {
         "model": base_model, "training_file": sf["id"], "suffix": "sft", "seed": 42,
         "method": {"type": "supervised", "supervised": {"hyperparameters": {**lora, "logging_steps": 5}}}}, "SFT")
@@ -126,8 +128,10 @@ def main():
     questions = [p["input"]["messages"][-1]["content"] for p in held_pairs]
     base_words = words(a.url, base_model, questions)
     dpo_words = words(a.url, dpo_job["fine_tuned_model"], questions)
+    sft_words = words(a.url, sft_job["fine_tuned_model"], questions)
+    ref_words = statistics.mean(len(p["preferred_output"][0]["content"].split()) for p in held_pairs)
     result = {
-        "base_model": base_model, "epochs": epochs, "learning_rate": lr, "steps": len(dpo_rows) and last["step"],
+        "base_model": base_model, "epochs": epochs, "learning_rate": lr, "pref_ftx": ftx, "steps": len(dpo_rows) and last["step"],
         "eval_accuracy_first": first_eval["eval_rewards/accuracies"], "eval_margin_first": first_eval["eval_rewards/margins"],
         "eval_accuracy": last.get("eval_rewards/accuracies"), "eval_margin": last.get("eval_rewards/margins"),
         "valid_loss_first": first_eval.get("valid_loss"), "valid_loss": last.get("valid_loss"),
@@ -135,6 +139,7 @@ def main():
         "dpo_tokens_per_s": tps(dpo_rows), "sft_tokens_per_s": tps(sft_rows),
         "dpo_job_s": dpo_s, "sft_job_s": sft_s, "dpo_trained_tokens": dpo_job["trained_tokens"],
         "sft_trained_tokens": sft_job["trained_tokens"], "base_words": base_words, "dpo_words": dpo_words,
+        "sft_words": sft_words, "preferred_words": ref_words,
     }
     (out / "dpo.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
@@ -144,7 +149,7 @@ def main():
 | held-out reward accuracy (step {first_eval['step']} → {last['step']}) | {result['eval_accuracy_first']:.2f} → {result['eval_accuracy']:.2f} |
 | held-out reward margin | {result['eval_margin_first']:.3f} → {result['eval_margin']:.3f} |
 | held-out DPO loss | {result['valid_loss_first']:.4f} → {result['valid_loss']:.4f} |
-| mean words per answer, 20 held-out questions: base → DPO | {base_words:.1f} → {dpo_words:.1f} |
+| mean words per answer, 20 held-out questions: base / DPO / SFT (preferred answers: {ref_words:.1f}) | {base_words:.1f} / {dpo_words:.1f} / {sft_words:.1f} |
 | training tokens/s DPO vs SFT (median step) | {result['dpo_tokens_per_s']:.1f} vs {result['sft_tokens_per_s']:.1f} ({result['dpo_tokens_per_s'] / result['sft_tokens_per_s']:.2f}x) |
 | job wall time DPO / SFT | {dpo_s:.0f} s / {sft_s:.0f} s |""")
 

@@ -169,6 +169,15 @@ async fn ipo_and_simpo_run_and_llama_factory_pairs_are_accepted() {
                 .all(|r| r["train_loss"].as_f64().unwrap().is_finite())
         );
     }
+    // A held-out split takes whole pairs: 2 of 10 for validation, 8 (4 steps) to train.
+    let hp = json!({"validation_split": 0.2, "n_epochs": 1, "batch_size": 2, "logging_steps": 1});
+    let job = app.create_job(file["id"].as_str().unwrap(), dpo(hp)).await;
+    let id = job["id"].as_str().unwrap();
+    assert!(app.worker().run_once().await.unwrap());
+    assert_eq!(app.job(id).await["status"], "succeeded");
+    let rows = metrics_events(&app, id).await;
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| r["eval_rewards/margins"].is_number()));
 }
 
 #[tokio::test]
