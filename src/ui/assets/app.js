@@ -278,10 +278,12 @@ PAGES.jobs = async () => {
       if (form.gradient_checkpointing.checked) hp.gradient_checkpointing = true;
       const split = Number.parseFloat(form.validation_split.value || "0");
       if (split > 0) hp.validation_split = split;
+      const kind = form.method.value;
+      if (kind === "dpo" && form.beta.value) hp.beta = Number.parseFloat(form.beta.value);
       const body = {
         model: form.model.value,
         training_file: training,
-        method: { type: "supervised", supervised: { hyperparameters: hp } },
+        method: { type: kind, [kind]: { hyperparameters: hp } },
       };
       if (form.suffix.value) body.suffix = form.suffix.value;
       if (form.validation_file.value) body.validation_file = form.validation_file.value;
