@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from demo import ROOT, call, upload  # noqa: E402
+from demo import ROOT, call, rouge_l, upload  # noqa: E402
 
 DATA = ROOT / "examples" / "data"
 PAIRS = DATA / "health_pref.jsonl"
@@ -89,12 +89,16 @@ def run_job(base, body, label):
     return job, rows, time.time() - started
 
 
-def words(base, model, questions):
-    out = []
-    for q in questions:
-        body = {"model": model, "temperature": 0, "max_tokens": 128, "messages": [{"role": "user", "content": q}]}
-        out.append(len((call(f"{base}/v1/chat/completions", "POST", body)["choices"][0]["message"]["content"] or "").split()))
-    return statistics.mean(out)
+def answers(base, model, pairs):
+    """Mean words and mean ROUGE-L against the preferred answer, and the first answer."""
+    lengths, scores, texts = [], [], []
+    for p in pairs:
+        body = {"model": model, "temperature": 0, "max_tokens": 128, "messages": p["input"]["messages"]}
+        text = call(f"{base}/v1/chat/completions", "POST", body)["choices"][0]["message"]["content"] or ""
+        lengths.append(len(text.split()))
+        scores.append(rouge_l(text, p["preferred_output"][0]["content"]))
+        texts.append(text)
+    return statistics.mean(lengths), statistics.mean(scores), texts[0]
 
 
 def main():
@@ -125,10 +129,9 @@ def main():
     first_eval = next(r for r in dpo_rows if "eval_rewards/accuracies" in r)
     last = dpo_rows[-1]
     tps = lambda rows: statistics.median(r["tokens_per_second"] for r in rows if "tokens_per_second" in r)
-    questions = [p["input"]["messages"][-1]["content"] for p in held_pairs]
-    base_words = words(a.url, base_model, questions)
-    dpo_words = words(a.url, dpo_job["fine_tuned_model"], questions)
-    sft_words = words(a.url, sft_job["fine_tuned_model"], questions)
+    base_words, base_rouge, base_first = answers(a.url, base_model, held_pairs)
+    dpo_words, dpo_rouge, dpo_first = answers(a.url, dpo_job["fine_tuned_model"], held_pairs)
+    sft_words, sft_rouge, sft_first = answers(a.url, sft_job["fine_tuned_model"], held_pairs)
     ref_words = statistics.mean(len(p["preferred_output"][0]["content"].split()) for p in held_pairs)
     result = {
         "base_model": base_model, "epochs": epochs, "learning_rate": lr, "pref_ftx": ftx, "steps": len(dpo_rows) and last["step"],
@@ -139,7 +142,10 @@ def main():
         "dpo_tokens_per_s": tps(dpo_rows), "sft_tokens_per_s": tps(sft_rows),
         "dpo_job_s": dpo_s, "sft_job_s": sft_s, "dpo_trained_tokens": dpo_job["trained_tokens"],
         "sft_trained_tokens": sft_job["trained_tokens"], "base_words": base_words, "dpo_words": dpo_words,
-        "sft_words": sft_words, "preferred_words": ref_words,
+        "sft_words": sft_words, "preferred_words": ref_words, "base_rouge_l": base_rouge,
+        "dpo_rouge_l": dpo_rouge, "sft_rouge_l": sft_rouge,
+        "first_question": held_pairs[0]["input"]["messages"][-1]["content"],
+        "first_answers": {"base": base_first, "dpo": dpo_first, "sft": sft_first},
     }
     (out / "dpo.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
@@ -150,6 +156,7 @@ def main():
 | held-out reward margin | {result['eval_margin_first']:.3f} → {result['eval_margin']:.3f} |
 | held-out DPO loss | {result['valid_loss_first']:.4f} → {result['valid_loss']:.4f} |
 | mean words per answer, 20 held-out questions: base / DPO / SFT (preferred answers: {ref_words:.1f}) | {base_words:.1f} / {dpo_words:.1f} / {sft_words:.1f} |
+| mean ROUGE-L against the preferred answers: base / DPO / SFT | {base_rouge:.3f} / {dpo_rouge:.3f} / {sft_rouge:.3f} |
 | training tokens/s DPO vs SFT (median step) | {result['dpo_tokens_per_s']:.1f} vs {result['sft_tokens_per_s']:.1f} ({result['dpo_tokens_per_s'] / result['sft_tokens_per_s']:.2f}x) |
 | job wall time DPO / SFT | {dpo_s:.0f} s / {sft_s:.0f} s |""")
 
