@@ -126,8 +126,9 @@ async fn create_rejects_bad_fields_with_their_param() {
             "method.supervised.hyperparameters.lr_scheduler_type",
         ),
         (
-            json!({"model": "ferrotune-tiny", "training_file": file, "method": {"type": "dpo"}}),
-            "method.type",
+            json!({"model": "ferrotune-tiny", "training_file": file, "method": {"type": "dpo",
+            "dpo": {"hyperparameters": {"beta": -1}}}}),
+            "method.dpo.hyperparameters.beta",
         ),
         (
             json!({"model": "ferrotune-tiny", "training_file": file, "method": {"type": "reinforcement"}}),
