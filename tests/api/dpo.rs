@@ -280,6 +280,23 @@ async fn a_job_continues_from_a_fine_tuned_model_sft_then_dpo() {
         "{first}"
     );
 
+    // Plain continued SFT from the same model works the same way.
+    let more = app
+        .post(
+            "/v1/fine_tuning/jobs",
+            &json!({"model": from, "training_file": sft_file,
+                    "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}}}),
+        )
+        .await;
+    assert_eq!(more.status(), 200);
+    let more: Value = more.json().await.unwrap();
+    assert!(app.worker().run_once().await.unwrap());
+    let more = app.job(more["id"].as_str().unwrap()).await;
+    assert_eq!(more["status"], "succeeded", "{more}");
+    // The job shows the adapter's shape, which is what trains.
+    assert_eq!(more["hyperparameters"]["lora_rank"], 4);
+    assert_eq!(more["hyperparameters"]["lora_alpha"], 16.0);
+
     // Only the caller's own fine-tuned models can be continued.
     for model in [
         "ft:ferrotune-tiny:org-local:nope:12345678",

@@ -42,7 +42,21 @@ pub async fn create_fine_tuning_job(
             )
             .with_code("model_not_available"));
         };
-        spec.hyperparameters.init_model = Some(std::mem::replace(&mut spec.model, from.base_model));
+        // The adapter's shape is what trains: show it on the job.
+        let lora = crate::train::lora::LoraSpec::read_peft(
+            std::path::Path::new(&from.path),
+            spec.hyperparameters.lora_dropout,
+        )
+        .map_err(|e| {
+            ApiError::invalid(
+                format!("The adapter of '{}' cannot be read: {e}", spec.model),
+                Some("model"),
+            )
+        })?;
+        let hp = &mut spec.hyperparameters;
+        (hp.lora_rank, hp.lora_alpha, hp.lora_target) =
+            (lora.rank as u32, lora.alpha, lora.targets);
+        hp.init_model = Some(std::mem::replace(&mut spec.model, from.base_model));
     }
     if !state.base_models.contains(&spec.model) {
         return Err(ApiError::invalid(
