@@ -167,11 +167,7 @@ impl GenerationMetrics {
         let open = self.choices.saturating_sub(self.reasons_seen);
         if self.started && !self.finished && open > 0 {
             let per_choice = self.streamed / self.choices + 1;
-            let reason = if self.max_tokens.is_some_and(|m| per_choice >= m) {
-                "length"
-            } else {
-                "stop"
-            };
+            let reason = crate::serve::unreported_finish_reason(per_choice, self.max_tokens);
             self.finish(std::iter::repeat_n(reason, open));
         }
         self.end(Instant::now());

@@ -471,11 +471,19 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
         let bounded = data::bound_turns(e, max_turn_bytes);
         data::encode(&bounded, &template, &tokenizer, limits)
     };
-    // A preference pair is kept only when both its answers keep tokens.
-    let encode_unit = |e: &Example| -> Result<Option<Vec<Sample>>, TrainError> {
+    // An example's samples (a preference pair's chosen and rejected conversations) and the
+    // example its prompt and reference come from (the chosen one); a pair is kept only when
+    // both its answers keep tokens.
+    let encode_unit = |e: Example| -> Result<Option<(Vec<Sample>, Example)>, TrainError> {
         let parts = match (unit, e.preference_pair()) {
-            (1, Some(_)) => return Err(TrainError::Invalid("the data holds preference pairs (chosen/rejected); train on them with DPO (method type dpo, or stage: dpo)".into())),
-            (1, None) => vec![e.clone()],
+            (1, None) => vec![e],
+            (1, Some(_)) => {
+                return Err(TrainError::Invalid(
+                    "the data holds preference pairs (chosen/rejected); train on them with DPO \
+                     (method type dpo, or stage: dpo)"
+                        .into(),
+                ));
+            }
             (_, Some((chosen, rejected))) => vec![chosen, rejected],
             (_, None) => {
                 return Err(TrainError::Invalid(
@@ -490,7 +498,7 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
                 None => return Ok(None),
             }
         }
-        Ok(Some(out))
+        Ok(parts.into_iter().next().map(|first| (out, first)))
     };
     let encode_all = |path: &Path| -> Result<(Vec<Sample>, Vec<Example>, usize), TrainError> {
         let examples = data::read_examples(path)?;
@@ -498,9 +506,9 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
         let mut out = Vec::with_capacity(total * unit);
         let mut kept = Vec::with_capacity(total);
         for e in examples {
-            if let Some(samples) = encode_unit(&e)? {
+            if let Some((samples, example)) = encode_unit(e)? {
                 out.extend(samples);
-                kept.push(e.preference_pair().map_or(e, |(chosen, _)| chosen));
+                kept.push(example);
             }
         }
         Ok((out, kept, total))

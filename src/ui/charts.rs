@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
-use crate::domain::ids::JobId;
+use crate::api::fine_tuning::owned_job;
 
 /// Most jobs on one chart.
 const MAX_JOBS: usize = 8;
@@ -226,9 +226,7 @@ pub async fn chart(
     }
     let mut series = Vec::new();
     for raw in &ids {
-        let id = JobId::parse(raw).ok_or_else(|| ApiError::not_found("fine-tuning job", raw))?;
-        let job = state.store.get_job(&caller.0, &id).await?;
-        let job = job.ok_or_else(|| ApiError::not_found("fine-tuning job", raw))?;
+        let job = owned_job(&state.store, &caller.0, raw).await?;
         let events = state.store.metrics_series(&job.id).await?;
         let prefix = (ids.len() > 1).then(|| {
             job.suffix

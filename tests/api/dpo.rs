@@ -36,24 +36,6 @@ fn dpo(hp: Value) -> Value {
     json!({"method": {"type": "dpo", "dpo": {"hyperparameters": hp}}})
 }
 
-async fn metrics_events(app: &TestApp, id: &str) -> Vec<Value> {
-    let events: Value = app
-        .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=100"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let mut rows: Vec<Value> = events["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "metrics")
-        .map(|e| e["data"].clone())
-        .collect();
-    rows.reverse();
-    rows
-}
-
 #[tokio::test]
 async fn a_dpo_job_trains_reports_rewards_and_is_served() {
     let app = spawn_app().await;
@@ -74,7 +56,7 @@ async fn a_dpo_job_trains_reports_rewards_and_is_served() {
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["hyperparameters"]["pref_loss"], "sigmoid");
 
-    let rows = metrics_events(&app, id).await;
+    let rows = app.metrics_events(id).await;
     assert_eq!(
         rows.len(),
         24,
@@ -162,7 +144,7 @@ async fn ipo_and_simpo_run_and_llama_factory_pairs_are_accepted() {
         assert!(app.worker().run_once().await.unwrap());
         let job = app.job(id).await;
         assert_eq!(job["status"], "succeeded", "{pref_loss}: {job}");
-        let rows = metrics_events(&app, id).await;
+        let rows = app.metrics_events(id).await;
         assert_eq!(rows.len(), 5, "{pref_loss}");
         assert!(
             rows.iter()
@@ -175,7 +157,7 @@ async fn ipo_and_simpo_run_and_llama_factory_pairs_are_accepted() {
     let id = job["id"].as_str().unwrap();
     assert!(app.worker().run_once().await.unwrap());
     assert_eq!(app.job(id).await["status"], "succeeded");
-    let rows = metrics_events(&app, id).await;
+    let rows = app.metrics_events(id).await;
     assert_eq!(rows.len(), 4);
     assert!(rows.iter().all(|r| r["eval_rewards/margins"].is_number()));
 }
@@ -189,29 +171,12 @@ async fn the_wrong_kind_of_file_fails_the_job_and_bad_pairs_fail_the_upload() {
     let job = app
         .create_job(pairs["id"].as_str().unwrap(), json!({}))
         .await;
-    app.worker().run_once().await.unwrap();
-    let job = app.job(job["id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "failed");
-    assert_eq!(job["error"]["code"], "invalid_file_format");
-    assert!(
-        job["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("method type dpo"),
-        "{job}"
-    );
+    app.run_to_failure(&job, "invalid_file_format", "method type dpo")
+        .await;
 
     let job = app.create_job(&sft, dpo(json!({}))).await;
-    app.worker().run_once().await.unwrap();
-    let job = app.job(job["id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "failed");
-    assert!(
-        job["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("preference pairs"),
-        "{job}"
-    );
+    app.run_to_failure(&job, "invalid_file_format", "preference pairs")
+        .await;
 
     let bad = b"{\"instruction\": \"Q\", \"chosen\": \"a\", \"rejected\": \"a\"}\n".to_vec();
     let err = assert_error(
@@ -274,7 +239,7 @@ async fn a_job_continues_from_a_fine_tuned_model_sft_then_dpo() {
     );
     // The policy starts at the SFT adapter, the reference is the base: rewards are not zero at
     // the first step, as they are for a fresh adapter.
-    let first = &metrics_events(&app, id).await[0];
+    let first = &app.metrics_events(id).await[0];
     assert!(
         first["rewards/chosen"].as_f64().unwrap().abs() > 1e-3,
         "{first}"

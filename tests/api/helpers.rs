@@ -310,22 +310,48 @@ impl TestApp {
         .unwrap()
     }
 
-    /// A job's event messages, oldest first.
-    pub async fn event_messages(&self, id: &str) -> Vec<String> {
+    /// Run the worker once on `job` (a created job's object) and check that it failed with
+    /// `code` and a message holding `needle`; the failed job.
+    pub async fn run_to_failure(&self, job: &Value, code: &str, needle: &str) -> Value {
+        self.worker().run_once().await.unwrap();
+        let job = self.job(job["id"].as_str().unwrap()).await;
+        assert_eq!(job["status"], "failed", "{job}");
+        assert_eq!(job["error"]["code"], code, "{job}");
+        let message = job["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{job}");
+        job
+    }
+
+    /// A job's last 100 events through the API, oldest first.
+    pub async fn events(&self, id: &str) -> Vec<Value> {
         let list: Value = self
             .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=100"))
             .await
             .json()
             .await
             .unwrap();
-        let mut out: Vec<String> = list["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["message"].as_str().unwrap().to_owned())
-            .collect();
+        let mut out = list["data"].as_array().unwrap().clone();
         out.reverse();
         out
+    }
+
+    /// A job's event messages, oldest first.
+    pub async fn event_messages(&self, id: &str) -> Vec<String> {
+        let events = self.events(id).await;
+        events
+            .iter()
+            .map(|e| e["message"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The `data` of a job's metrics events, oldest first.
+    pub async fn metrics_events(&self, id: &str) -> Vec<Value> {
+        let events = self.events(id).await;
+        events
+            .into_iter()
+            .filter(|e| e["type"] == "metrics")
+            .map(|e| e["data"].clone())
+            .collect()
     }
 
     /// A worker on this app's database with `trainer`, polling fast and leasing `lease_seconds`.

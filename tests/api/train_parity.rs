@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use ferrotune::train::data::IGNORE;
-use ferrotune::train::lora::LoraSpec;
+use ferrotune::train::lora::{LoraSet, LoraSpec};
 use ferrotune::train::loss::causal_lm_loss;
 use ferrotune::train::model::{CausalLm, ForwardCtx};
 use ferrotune::train::quant::{self, Quantization, Storage};
@@ -115,22 +115,33 @@ fn check(arch: &str) {
     );
 
     let grads = out.loss.backward().unwrap();
-    let mut checked = 0;
-    let mut worst = 0f32;
-    for (name, var) in lora.named_tensors() {
-        let g = grads
-            .get(&var)
-            .unwrap_or_else(|| panic!("{arch}: no gradient for {name}"));
-        let err = rel_err(g, &expected[&format!("grad.{name}")]);
-        assert!(
-            err <= 1e-4,
-            "{arch}: gradient of {name} relative error {err}"
-        );
-        worst = worst.max(err);
-        checked += 1;
-    }
+    let (worst, checked) =
+        check_lora_grads(arch, &lora, |_, var| grads.get(var).cloned(), &expected, "");
     eprintln!("{arch}: loss {loss} vs {want}; worst gradient relative error {worst:.2e}");
     assert_eq!(checked, 28);
+}
+
+/// Every LoRA gradient (`grad(i, tensor)` for the i-th of [`LoraSet::named_tensors`]) against
+/// `expected["{prefix}grad.{name}"]` to 1e-4 relative: the worst error and how many were checked.
+fn check_lora_grads(
+    label: &str,
+    lora: &LoraSet,
+    grad: impl Fn(usize, &Tensor) -> Option<Tensor>,
+    expected: &HashMap<String, Tensor>,
+    prefix: &str,
+) -> (f32, usize) {
+    let mut worst = 0f32;
+    let named = lora.named_tensors();
+    for (i, (name, var)) in named.iter().enumerate() {
+        let g = grad(i, var).unwrap_or_else(|| panic!("{label}: no gradient for {name}"));
+        let err = rel_err(&g, &expected[&format!("{prefix}grad.{name}")]);
+        assert!(
+            err <= 1e-4,
+            "{label}: gradient of {name} relative error {err}"
+        );
+        worst = worst.max(err);
+    }
+    (worst, named.len())
 }
 
 /// Write an adapter with our PEFT writer, and our logits with it applied, for
@@ -316,18 +327,10 @@ fn preference_losses_and_gradients_match_the_pytorch_reference() {
                 ((loss - want) / want).abs() <= 1e-4,
                 "{name}: loss {loss} vs {want}"
             );
-            let mut worst = 0f32;
-            for ((tensor, _), g) in lora.named_tensors().iter().zip(&grads) {
-                let g = g
-                    .as_ref()
-                    .unwrap_or_else(|| panic!("{name}: no gradient for {tensor}"));
-                let err = rel_err(g, &expected[&format!("{name}.grad.{tensor}")]);
-                assert!(
-                    err <= 1e-4,
-                    "{name}: gradient of {tensor} relative error {err}"
-                );
-                worst = worst.max(err);
-            }
+            let prefix = format!("{name}.");
+            let (worst, checked) =
+                check_lora_grads(name, &lora, |i, _| grads[i].clone(), &expected, &prefix);
+            assert_eq!(checked, 28);
             eprintln!(
                 "{name} (checkpointing {checkpointing}): loss {loss} vs {want}; worst gradient relative error {worst:.2e}"
             );

@@ -192,27 +192,11 @@ async fn a_job_trains_to_succeeded_with_events_checkpoints_results_and_a_model()
     );
 }
 
-/// The newest metrics event of job `id` (among its last 100 events).
-pub async fn last_metrics(app: &TestApp, id: &str) -> Value {
-    let events: Value = app
-        .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=100"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    events["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["type"] == "metrics")
-        .expect("a metrics event")
-        .clone()
-}
-
 async fn final_loss(app: &TestApp, id: &str) -> f64 {
-    let last = last_metrics(app, id).await;
-    assert_eq!(last["data"]["step"], last["data"]["total_steps"]);
-    last["data"]["train_loss"].as_f64().unwrap()
+    let rows = app.metrics_events(id).await;
+    let last = rows.last().expect("a metrics event");
+    assert_eq!(last["step"], last["total_steps"]);
+    last["train_loss"].as_f64().unwrap()
 }
 
 #[tokio::test]
@@ -312,15 +296,6 @@ async fn data_that_cannot_be_trained_on_fails_the_job_with_a_clear_error() {
             json!({"method": supervised(json!({"max_length": 16}))}),
         )
         .await;
-    app.worker().run_once().await.unwrap();
-    let job = app.job(job["id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "failed");
-    assert_eq!(job["error"]["code"], "invalid_training_data");
-    assert!(
-        job["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("truncation to 16 tokens"),
-        "{job}"
-    );
+    app.run_to_failure(&job, "invalid_training_data", "truncation to 16 tokens")
+        .await;
 }

@@ -77,8 +77,11 @@ def test_counters_move_with_traffic(server, client):
     assert value(after, "process_resident_memory_bytes") > 0
 
 
-def test_training_figures_come_from_the_database(server, fine_tuned):
+def test_training_figures_come_from_the_database_and_model_loads_are_timed(server, client, fine_tuned):
+    # Serving the fine-tuned model loads it (if the job's preload has not already).
+    client.chat.completions.create(model=fine_tuned.fine_tuned_model, max_tokens=2,
+                                   messages=[{"role": "user", "content": "hi"}])
     _, samples = scrape(server)
     assert value(samples, "ferrotune:fine_tuning_jobs", status="succeeded") >= 1
-    # Each fine-tuned model loaded into the engine is timed.
-    assert fine_tuned.status == "succeeded"
+    assert value(samples, "ferrotune:adapter_load_seconds_count", outcome="loaded") >= 1
+    assert value(samples, "ferrotune:models_resident") >= 1

@@ -91,8 +91,11 @@ def test_dashboard_end_to_end(server, page, tmp_path, fine_tuned):
     form.locator("select[name=training_file]").select_option(file_id)
     form.locator("select[name=model]").select_option("ferrotune-tiny")
     form.locator("input[name=suffix]").fill("ui")
+    form.locator("input[name=seed]").fill("7")
     form.locator("input[name=validation_split]").fill("0.2")
-    for name, value in {"n_epochs": "40", "batch_size": "2", "gradient_accumulation_steps": "1",
+    # 400 steps (16 examples, batch 2, 50 epochs): long enough that the page, redrawn every
+    # second, shows the chart part-way on a fast machine too.
+    for name, value in {"n_epochs": "50", "batch_size": "2", "gradient_accumulation_steps": "1",
                         "learning_rate": "0.01", "lora_dropout": "0", "logging_steps": "2"}.items():
         form.locator(f"input[name={name}]").fill(value)
     form.locator("button[type=submit]").click()

@@ -269,11 +269,7 @@ impl StreamState {
             }
             // The swallowed last token counts too.
             completion += seen + 1;
-            let reason = if self.max_tokens.is_some_and(|m| seen + 1 >= m) {
-                "length"
-            } else {
-                "stop"
-            };
+            let reason = crate::serve::unreported_finish_reason(seen + 1, self.max_tokens);
             let choice = ChunkChoice::new(i, ChunkDelta::default(), Some(reason));
             self.event(vec![choice], None);
         }

@@ -4,7 +4,7 @@ use actix_web::get;
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 
-use super::job_id;
+use super::owned_job;
 use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorResponse};
@@ -32,10 +32,7 @@ async fn job_page(
     query: PageQuery,
     default_limit: i64,
 ) -> Result<(JobId, PageRequest), ApiError> {
-    let id = job_id(raw)?;
-    if state.store.get_job(org, &id).await?.is_none() {
-        return Err(ApiError::not_found("fine-tuning job", raw));
-    }
+    let id = owned_job(&state.store, org, raw).await?.id;
     let page = PageRequest::parse(query.limit, query.after, None, default_limit, 100)?;
     Ok((id, page))
 }

@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web::{get, post};
 use serde_json::Value;
 
-use super::job_id;
+use super::owned_job;
 use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorResponse};
@@ -185,11 +185,6 @@ pub async fn retrieve_fine_tuning_job(
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = job_id(&path.into_inner())?;
-    let job = state
-        .store
-        .get_job(&caller.0, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("fine-tuning job", id.as_str()))?;
+    let job = owned_job(&state.store, &caller.0, &path.into_inner()).await?;
     Ok(HttpResponse::Ok().json(FineTuningJob::from(job)))
 }

@@ -185,14 +185,7 @@ mod tests {
             .get(h.as_tensor())
             .unwrap()
             .clone();
-        let diff = (want - got)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::train::ops::testing::diff(&want, &got);
         assert!(diff < 1e-5, "gradients differ by {diff}");
     }
 }

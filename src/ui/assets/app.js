@@ -286,6 +286,7 @@ PAGES.jobs = async () => {
         method: { type: kind, [kind]: { hyperparameters: hp } },
       };
       if (form.suffix.value) body.suffix = form.suffix.value;
+      if (form.seed.value) body.seed = Number.parseInt(form.seed.value, 10);
       if (form.validation_file.value) body.validation_file = form.validation_file.value;
       const job = await api("/v1/fine_tuning/jobs", { method: "POST", json: body });
       location.href = `/ui/job?id=${job.id}`;
@@ -344,7 +345,6 @@ PAGES.job = async () => {
   if (!id) throw new Error("no job id in the address (?id=ftjob-…)");
   $("#page-title").textContent = `Job ${id}`;
   const log = $("#log-scale");
-  let lastJob = null;
   const charts = async () => {
     let points = 0;
     for (const box of $$(".chart")) {
@@ -372,7 +372,6 @@ PAGES.job = async () => {
   let shownResults = false;
   every(1000, async () => {
     const job = await api(`/v1/fine_tuning/jobs/${id}`);
-    lastJob = job;
     if (job.method?.type === "dpo") $$(".dpo-only").forEach((f) => (f.hidden = false));
     const metrics = await latestMetrics(id);
     const p = progressOf(job, metrics);
@@ -457,7 +456,6 @@ PAGES.job = async () => {
     }
     return !TERMINAL.has(job.status);
   });
-  return lastJob;
 };
 
 PAGES.compare = async () => {
@@ -496,10 +494,7 @@ PAGES.compare = async () => {
   );
   $("#compare-metric").addEventListener("change", () => draw().catch(showError));
   $("#log-scale").addEventListener("change", () => draw().catch(showError));
-  every(3000, async () => {
-    await draw();
-    return true;
-  });
+  every(3000, draw);
 };
 
 function previewLine(obj) {
@@ -573,7 +568,7 @@ PAGES.files = async () => {
 
 PAGES.models = async () => {
   const [models, ensembles] = await Promise.all([api("/v1/models"), api("/v1/ensembles").catch(() => ({ data: [] }))]);
-  const ensembleIds = new Set(ensembles.data.map((e) => e.id || e.name));
+  const ensembleIds = new Set(ensembles.data.map((e) => e.id));
   const kind = (m) => (ensembleIds.has(m.id) ? "ensemble" : m.id.startsWith("ft:") ? (m.id.includes(":ckpt-step-") ? "checkpoint" : "fine-tuned") : m.owned_by === "ferrotune" ? "base" : "adapter");
   $("#models-table tbody").replaceChildren(
     ...models.data.map((m) =>
