@@ -18,6 +18,7 @@ use crate::embedded_postgres::EmbeddedPostgres;
 use crate::serve::{Engine, EngineOptions};
 use crate::store::Store;
 use crate::store::blobs::BlobStore;
+use crate::store::remote::Remote;
 use crate::worker::candle_trainer::CandleTrainer;
 use crate::worker::{Trainer, Worker, WorkerSettings};
 
@@ -135,9 +136,28 @@ pub fn prepare_data_dir(storage: &StorageSettings) -> anyhow::Result<PathBuf> {
     Ok(std::path::absolute(&storage.data_dir)?)
 }
 
-/// A worker on `store`, writing job outputs under `data_dir/jobs`.
+/// The file store: `<data dir>/files`, and the object store when one is configured (reached
+/// once here, so that a wrong URL or endpoint fails at start-up).
+pub async fn open_blobs(storage: &StorageSettings) -> anyhow::Result<BlobStore> {
+    let remote = storage
+        .object_store
+        .as_deref()
+        .map(Remote::open)
+        .transpose()?;
+    if let Some(remote) = &remote {
+        remote
+            .check()
+            .await
+            .with_context(|| format!("reaching the object store {}", remote.url()))?;
+    }
+    Ok(BlobStore::open(&storage.data_dir)?.with_remote(remote))
+}
+
+/// A worker on `store` reading and writing files through `blobs`, writing job outputs under
+/// `data_dir/jobs`.
 pub fn build_worker(
     store: Store,
+    blobs: BlobStore,
     data_dir: &std::path::Path,
     options: &WorkerOptions,
     trainer: Arc<dyn Trainer>,
@@ -148,12 +168,7 @@ pub fn build_worker(
         max_lost_leases: options.max_lost_leases,
         jobs_dir: data_dir.join("jobs"),
     };
-    Ok(Worker::new(
-        store,
-        BlobStore::open(data_dir)?,
-        trainer,
-        settings,
-    ))
+    Ok(Worker::new(store, blobs, trainer, settings))
 }
 
 /// The base model's name and directory, made ready once at start-up: a named directory as it
@@ -183,12 +198,54 @@ pub fn prepare_base_model(
     Ok((source.name().to_owned(), dir))
 }
 
-/// The base model's name and the trainer for it.
-pub fn build_trainer(
+/// [`prepare_base_model`] on a node with an object store: a `--base-model` naming nothing here
+/// (not the tiny model, the catalogue or a path) is fetched from the bucket's `models/<name>/`
+/// (shared by the node that prepared it); a base model prepared here is shared there, once.
+pub async fn prepare_shared_base_model(
     model: &ModelSettings,
-    data_dir: &std::path::Path,
+    blobs: &BlobStore,
+) -> anyhow::Result<(String, PathBuf)> {
+    let mut model = model.clone();
+    if let (Some(remote), Some(given)) = (blobs.remote(), model.base_model.clone())
+        && !given.exists()
+        && model.base_model_source(blobs.data_dir()).is_err()
+    {
+        let name = given
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir = blobs.data_dir().join("models").join(&name);
+        let prefix = format!("models/{name}");
+        let shared = remote
+            .exists(&format!("{prefix}/{}", crate::model_dir::CONFIG))
+            .await?;
+        let here = dir.join(crate::model_dir::CONFIG).exists();
+        let fetched = !here && shared && remote.download_dir(&prefix, &dir).await?;
+        if !(here || fetched) {
+            anyhow::bail!(
+                "--base-model {}: no such model here, in the catalogue, or in the object store \
+                 (models/{name}/)",
+                given.display()
+            );
+        }
+        model.base_model_name.get_or_insert(name);
+        model.base_model = Some(dir);
+    }
+    let data_dir = blobs.data_dir().to_path_buf();
+    let (name, dir) =
+        tokio::task::spawn_blocking(move || prepare_base_model(&model, &data_dir)).await??;
+    if let Some(remote) = blobs.remote() {
+        remote.share_model(&format!("models/{name}"), &dir).await?;
+    }
+    Ok((name, dir))
+}
+
+/// The base model's name and the trainer for it.
+pub async fn build_trainer(
+    model: &ModelSettings,
+    blobs: &BlobStore,
 ) -> anyhow::Result<(String, Arc<dyn Trainer>)> {
-    let (name, dir) = prepare_base_model(model, data_dir)?;
+    let (name, dir) = prepare_shared_base_model(model, blobs).await?;
     let device = model.device()?;
     Ok((name.clone(), trainer_for(model, &device, name, dir)?))
 }
@@ -246,8 +303,9 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let mut storage = settings.storage.clone();
         storage.data_dir = prepare_data_dir(&storage)?;
+        let blobs = open_blobs(&storage).await?;
         // The model first: a pull that cannot work stops start-up before a database is started.
-        let (base_model, base_dir) = prepare_base_model(&settings.model, &storage.data_dir)?;
+        let (base_model, base_dir) = prepare_shared_base_model(&settings.model, &blobs).await?;
         let database = Database::open(&storage).await?;
         let store = database.store.clone();
         let keys = settings
@@ -281,11 +339,11 @@ impl Application {
         })
         .await?;
         let request_timeout = Duration::from_secs(settings.http.request_timeout_seconds.max(1));
-        let blobs = BlobStore::open(&storage.data_dir)?;
         let swept = blobs.sweep_temp(request_timeout)?;
         if swept > 0 {
             tracing::info!(swept, "removed uploads left half-written by an earlier run");
         }
+        let state_blobs = blobs.clone();
         let state = web::Data::new(ApiState {
             store: store.clone(),
             blobs,
@@ -317,6 +375,7 @@ impl Application {
         let worker = if settings.run_worker {
             let worker = build_worker(
                 store.clone(),
+                state_blobs.clone(),
                 &storage.data_dir,
                 &settings.worker,
                 trainer.clone(),

@@ -230,6 +230,15 @@ impl From<StoreError> for ApiError {
                 None,
             ),
             e if e.is_storage_full() => Self::storage_full(),
+            e @ StoreError::Remote { .. } => {
+                tracing::error!(error = %e, "object store unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "The server's object store is unavailable; nothing was stored. Try again later",
+                )
+                .with_code("storage_unavailable")
+            }
             other => Self::internal(other),
         }
     }

@@ -92,5 +92,7 @@ async fn lookup(storage: &StorageSettings, name: &str) -> anyhow::Result<PathBuf
     let row = db.store.get_model(&org, name).await;
     db.close().await;
     let row = row?.with_context(|| format!("no fine-tuned model or checkpoint '{name}'"))?;
-    Ok(PathBuf::from(row.path))
+    // Fetched from the object store when the model was trained on another node.
+    let blobs = crate::startup::open_blobs(storage).await?;
+    Ok(blobs.local_dir(&row.path).await?)
 }

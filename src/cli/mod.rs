@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{
     HttpSettings, LogFormat, ModelSettings, Settings, StorageSettings, WorkerOptions,
 };
-use crate::startup::{Application, Database, build_trainer, build_worker, prepare_data_dir};
+use crate::startup::{
+    Application, Database, build_trainer, build_worker, open_blobs, prepare_data_dir,
+};
 use crate::train::tiny::{TinyArch, TinySize, init_sized};
 
 /// ferrotune: an OpenAI-compatible fine-tune-and-serve service.
@@ -233,8 +235,15 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         } => {
             storage.data_dir = prepare_data_dir(&storage)?;
             let database = Database::open(&storage).await?;
-            let (_, trainer) = build_trainer(&model, &storage.data_dir)?;
-            let w = build_worker(database.store.clone(), &storage.data_dir, &worker, trainer)?;
+            let blobs = open_blobs(&storage).await?;
+            let (_, trainer) = build_trainer(&model, &blobs).await?;
+            let w = build_worker(
+                database.store.clone(),
+                blobs,
+                &storage.data_dir,
+                &worker,
+                trainer,
+            )?;
             let shutdown = CancellationToken::new();
             let stopper = shutdown.clone();
             tokio::spawn(async move {

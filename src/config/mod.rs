@@ -19,6 +19,11 @@ pub struct StorageSettings {
     /// PostgreSQL URL. Without it, a private cluster is started under <data dir>/postgres.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Keep uploaded and result files in an S3-compatible bucket (`s3://bucket/prefix`) shared
+    /// by every node, the data directory holding a cache. Endpoint and credentials from
+    /// `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and `AWS_REGION`).
+    #[arg(long, env = "FERROTUNE_OBJECT_STORE")]
+    pub object_store: Option<String>,
 }
 
 /// The HTTP server.
@@ -284,6 +289,7 @@ impl Settings {
             storage: StorageSettings {
                 data_dir,
                 database_url: None,
+                object_store: None,
             },
             http: HttpSettings {
                 host: "127.0.0.1".into(),

@@ -138,9 +138,33 @@ pub struct Hyperparameters {
     /// created with `model: "ft:…"` (the job's `model` is then that model's base).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_model: Option<String>,
+    /// The kind of device a worker needs to run this job (`cpu` or `cuda`); unset, any worker
+    /// takes it. A job asking for `cuda` waits for a GPU worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<WorkerDevice>,
     /// Preference tuning (`method.type = "dpo"`): `None` for supervised jobs.
     #[serde(default, skip_serializing_if = "Option::is_none", flatten)]
     pub preference: Option<super::preference::PreferenceSettings>,
+}
+
+/// The kind of device a worker trains on, which it advertises when it claims jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerDevice {
+    /// The CPU.
+    Cpu,
+    /// An NVIDIA GPU.
+    Cuda,
+}
+
+impl WorkerDevice {
+    /// `cpu` or `cuda`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        }
+    }
 }
 
 /// How QLoRA stores frozen weights: NF4 or a ggml block format.
@@ -225,6 +249,7 @@ impl Default for Hyperparameters {
             ensemble_size: 1,
             ensemble_bootstrap: false,
             init_model: None,
+            device: None,
             preference: None,
         }
     }
@@ -285,6 +310,11 @@ impl Hyperparameters {
                         f.int(key, 1, crate::domain::ensemble::MAX_MEMBERS as u32)?
                 }
                 "ensemble_bootstrap" => self.ensemble_bootstrap = f.boolean(key)?,
+                "device" => {
+                    let device = serde_json::from_value(map[key].clone())
+                        .map_err(|_| f.err(key, "device must be cpu or cuda".into()))?;
+                    self.device = Some(device);
+                }
                 "beta" | "pref_beta" | "pref_loss" | "pref_ftx" | "simpo_gamma" => {
                     let Some(p) = self.preference.as_mut() else {
                         return Err(f.err(key, format!("{key} applies to method type dpo only")));
@@ -545,6 +575,8 @@ mod tests {
                 json!({"quantization_method": "gptq"}),
                 "h.quantization_method",
             ),
+            (json!({"device": "tpu"}), "h.device"),
+            (json!({"device": 1}), "h.device"),
             (
                 json!({"quantization_bit": 4, "quantization_method": "q8_0"}),
                 "h.quantization_method",

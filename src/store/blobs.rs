@@ -1,15 +1,21 @@
-//! File bytes on disk: `<data dir>/files/<id>`, written through a temporary file that is removed
-//! unless the upload is committed, so a rejected upload never leaves a half-written file.
+//! File bytes: `<data dir>/files/<id>` on disk, written through a temporary file that is removed
+//! unless the upload is committed, so a rejected upload never leaves a half-written file. With an
+//! object store ([`Remote`]) the committed bytes go to its `files/<id>` first (a commit that
+//! cannot upload fails, and the caller registers nothing), and the disk holds a cache that any
+//! node fills on first use.
 
 use std::path::{Path, PathBuf};
 
+use super::remote::Remote;
 use super::{Context, StoreError};
 use crate::domain::ids::FileId;
 
 /// Where file contents live.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
+    data_dir: PathBuf,
     root: PathBuf,
+    remote: Option<Remote>,
 }
 
 /// A file being written; deleted on drop unless [`BlobStore::commit`] took it.
@@ -39,7 +45,27 @@ impl BlobStore {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let root = data_dir.join("files");
         std::fs::create_dir_all(root.join(".tmp")).ctx("creating the files directory")?;
-        Ok(Self { root })
+        Ok(Self {
+            data_dir: data_dir.to_path_buf(),
+            root,
+            remote: None,
+        })
+    }
+
+    /// The data directory the files folder is in.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Keep committed files in `remote` too, the local folder being a cache.
+    pub fn with_remote(mut self, remote: Option<Remote>) -> Self {
+        self.remote = remote;
+        self
+    }
+
+    /// The object store, when files live in one.
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_ref()
     }
 
     /// Remove staged uploads untouched for `idle` or longer: left by a crash (an upload in
@@ -70,13 +96,38 @@ impl BlobStore {
         }
     }
 
-    /// Where a stored file's bytes are.
-    pub fn path_of(&self, id: &FileId) -> PathBuf {
+    /// Where a stored file's bytes are on this node's disk (or will be, once [`Self::local`]
+    /// fetched them).
+    fn path_of(&self, id: &FileId) -> PathBuf {
         self.root.join(id.as_str())
     }
 
-    /// Move a finished upload to its final place.
+    /// A local path holding the stored file `id`: fetched from the object store into the cache
+    /// on first use. A file missing everywhere is an I/O `NotFound`.
+    pub async fn local(&self, id: &FileId) -> Result<PathBuf, StoreError> {
+        let path = self.path_of(id);
+        let Some(remote) = &self.remote else {
+            return Ok(path);
+        };
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Ok(path);
+        }
+        if remote.download(&key(id), &path).await? {
+            return Ok(path);
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{id} is not in the object store"),
+        ))
+        .ctx("fetching a file")
+    }
+
+    /// Move a finished upload to its final place: uploaded to the object store first when
+    /// there is one (an upload that fails leaves nothing behind).
     pub async fn commit(&self, mut temp: TempBlob, id: &FileId) -> Result<PathBuf, StoreError> {
+        if let Some(remote) = &self.remote {
+            remote.upload(&key(id), &temp.path).await?;
+        }
         let dest = self.path_of(id);
         tokio::fs::rename(&temp.path, &dest)
             .await
@@ -85,8 +136,11 @@ impl BlobStore {
         Ok(dest)
     }
 
-    /// Remove a file's bytes (missing is fine).
+    /// Remove a file's bytes (missing is fine), from the object store too.
     pub async fn remove(&self, id: &FileId) -> Result<(), StoreError> {
+        if let Some(remote) = &self.remote {
+            remote.delete(&key(id)).await?;
+        }
         match tokio::fs::remove_file(self.path_of(id)).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(e).ctx("removing a file's bytes")
@@ -94,6 +148,11 @@ impl BlobStore {
             _ => Ok(()),
         }
     }
+}
+
+/// The object key of file `id`.
+fn key(id: &FileId) -> String {
+    format!("files/{id}")
 }
 
 impl BlobStore {

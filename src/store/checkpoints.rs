@@ -110,15 +110,19 @@ impl Store {
     }
 
     /// Forget a pruned checkpoint.
-    pub async fn delete_checkpoint(&self, job_id: &JobId, step: i32) -> Result<(), StoreError> {
-        sqlx::query(
-            "delete from fine_tuning_job_checkpoint where job_id = $1 and step_number = $2",
+    pub async fn delete_checkpoint(
+        &self,
+        job_id: &JobId,
+        step: i32,
+    ) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar(
+            "delete from fine_tuning_job_checkpoint where job_id = $1 and step_number = $2 \
+             returning path",
         )
         .bind(job_id)
         .bind(step)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
-        .ctx("deleting a checkpoint")?;
-        Ok(())
+        .ctx("deleting a checkpoint")
     }
 }

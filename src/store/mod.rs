@@ -8,11 +8,13 @@ pub mod checkpoints;
 pub mod ensembles;
 pub mod events;
 pub mod files;
+pub mod job_dirs;
 pub mod jobs;
 pub mod models;
 pub mod notify;
 mod paging;
 pub mod queue;
+pub mod remote;
 pub mod stats;
 
 use std::time::Duration;
@@ -56,6 +58,18 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The object store (`--object-store`) failed or could not be reached.
+    #[error("object store error while {context}: {source}")]
+    Remote {
+        /// What the store was doing.
+        context: &'static str,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A storage setting is unusable.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl StoreError {

@@ -3,6 +3,7 @@
 //!
 //! Claiming commits at once; no transaction stays open while a job runs.
 
+use crate::domain::hyperparameters::WorkerDevice;
 use std::time::Duration;
 
 use sqlx::types::Json;
@@ -37,12 +38,14 @@ impl Store {
     pub async fn claim_job(
         &self,
         worker_id: &str,
+        device: WorkerDevice,
         lease: Duration,
     ) -> Result<Option<ClaimedJob>, StoreError> {
         let row: Option<ClaimRow> = sqlx::query_as(&format!(
             "with next as ( \
                 select id, locked_until is not null as reclaimed from fine_tuning_job \
                 where status = any($3) and (locked_until is null or locked_until < now()) \
+                and coalesce(hyperparameters->>'device', $4) = $4 \
                 order by seq limit 1 for update skip locked) \
              update fine_tuning_job j set attempt = j.attempt + 1, \
                 lost_leases = j.lost_leases + (case when j.locked_until is null then 0 else 1 end), \
@@ -57,6 +60,7 @@ impl Store {
         .bind(worker_id)
         .bind(lease.as_secs_f64())
         .bind(&JobStatus::ACTIVE[..])
+        .bind(device.as_str())
         .fetch_optional(&self.pool)
         .await
         .ctx("claiming a job")?;

@@ -103,6 +103,8 @@ pub enum Update {
     },
     /// An old checkpoint was deleted.
     Pruned(usize),
+    /// The state to resume from was written to this directory.
+    StateSaved(PathBuf),
 }
 
 /// Files of a finished run.
@@ -422,6 +424,7 @@ pub fn train_until(
             // With every checkpoint, the state to resume from: a worker killed later resumes
             // here (optimizer moments included) instead of from step 0.
             checkpoint::save_state(&state_dir, &lora, &opt, &st)?;
+            on(Update::StateSaved(state_dir.clone()));
         }
         let stop_now = if st.step < total { stop() } else { None };
         if stop_now == Some(Stop::Discard) {
@@ -429,6 +432,7 @@ pub fn train_until(
         }
         if stop_now == Some(Stop::Pause) {
             checkpoint::save_state(&state_dir, &lora, &opt, &st)?;
+            on(Update::StateSaved(state_dir.clone()));
             on(Update::Message(format!(
                 "Saved training state at step {}/{total}",
                 st.step

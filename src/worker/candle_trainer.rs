@@ -2,6 +2,7 @@
 //! [`crate::train::run`], forwards the run's updates unchanged, and turns its errors into the
 //! job's error codes.
 
+use crate::domain::hyperparameters::WorkerDevice;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -54,6 +55,14 @@ fn job_error(e: &TrainError) -> JobError {
 }
 
 impl Trainer for CandleTrainer {
+    fn device(&self) -> WorkerDevice {
+        if self.device.is_cuda() {
+            WorkerDevice::Cuda
+        } else {
+            WorkerDevice::Cpu
+        }
+    }
+
     fn train(
         &self,
         request: TrainingRequest,

@@ -7,7 +7,6 @@ use super::lease::Lease;
 use super::members::train_members;
 use super::trainer::{Progress, TrainingFailure, TrainingRequest};
 use super::validate::{MIN_EXAMPLES, validate_dataset};
-use crate::domain::ids::FileId;
 use crate::domain::job::{JobError, JobStatus};
 use crate::domain::model_name::{FineTunedModelName, Suffix};
 use crate::store::{JobRow, NewEvent};
@@ -83,7 +82,7 @@ impl Worker {
         let from = self.store.get_model(&job.organization_id, id).await?;
         let from =
             from.ok_or_else(|| anyhow::anyhow!("the model {id} to continue from is gone"))?;
-        Ok(Some(from.path.into()))
+        Ok(Some(self.blobs.local_dir(&from.path).await?))
     }
 
     async fn validate_files(&self, job: &JobRow) -> anyhow::Result<Result<(), JobError>> {
@@ -130,7 +129,7 @@ impl Worker {
                 )
                 .with_param(param)));
             }
-            let path = self.blobs.path_of(id);
+            let path = self.blobs.local(id).await?;
             let dpo = job.hyperparameters.0.preference.is_some();
             let checked =
                 tokio::task::spawn_blocking(move || validate_dataset(&path, param, min, dpo))
@@ -144,13 +143,17 @@ impl Worker {
 
     async fn train(&self, lease: &Lease) -> anyhow::Result<()> {
         let (claim, job) = (lease.claim(), lease.job());
-        let path_of = |id: &FileId| self.blobs.path_of(id);
         let output_dir = self.settings.jobs_dir.join(job.id.as_str());
+        self.fetch_states(job, &output_dir).await?;
+        let validation_file = match &job.validation_file {
+            Some(id) => Some(self.blobs.local(id).await?),
+            None => None,
+        };
         let request = TrainingRequest {
             job_id: job.id.clone(),
             model: job.model.clone(),
-            training_file: path_of(&job.training_file),
-            validation_file: job.validation_file.as_ref().map(path_of),
+            training_file: self.blobs.local(&job.training_file).await?,
+            validation_file,
             hyperparameters: job.hyperparameters.0.clone(),
             seed: job.seed,
             output_dir: output_dir.clone(),
@@ -200,6 +203,24 @@ impl Worker {
         Ok(())
     }
 
+    /// With an object store, the training states shared by the last worker to run the job
+    /// (perhaps another one) replace local ones, so the run resumes where the job got to.
+    async fn fetch_states(&self, job: &JobRow, output_dir: &std::path::Path) -> anyhow::Result<()> {
+        let members = job.hyperparameters.0.ensemble_size.max(1);
+        let mut dirs = vec![output_dir.join("state")];
+        if members > 1 {
+            dirs.extend(
+                (1..=members).map(|i| output_dir.join(format!("member-{i}")).join("state")),
+            );
+        }
+        for dir in dirs {
+            if self.blobs.fetch_state(&dir).await? {
+                tracing::info!(dir = %dir.display(), "fetched the shared training state");
+            }
+        }
+        Ok(())
+    }
+
     /// The trainer saved its state and stopped: requeue the job when this worker is shutting
     /// down, otherwise leave it as the client set it (and free a cancelled job's disk).
     async fn after_stop(
@@ -227,6 +248,7 @@ impl Worker {
             // A cancelled job never resumes: free its disk, and forget checkpoints a step
             // recorded while the cancel was on its way.
             let _ = tokio::fs::remove_dir_all(output_dir).await;
+            self.blobs.unshare_dir(output_dir).await?;
             self.store.delete_checkpoints(&claim.job.id).await?;
         }
         Ok(())

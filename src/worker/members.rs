@@ -128,6 +128,7 @@ impl Numbering {
             }
             Update::Pruned(step) => Update::Pruned(self.step(step)),
             resolved @ Update::Resolved(_) => resolved,
+            saved @ Update::StateSaved(_) => saved,
         }
     }
 }

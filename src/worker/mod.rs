@@ -62,7 +62,13 @@ impl Worker {
         trainer: Arc<dyn Trainer>,
         settings: WorkerSettings,
     ) -> Self {
-        let id = format!("worker-{}-{}", std::process::id(), JobId::generate().body());
+        // The id advertises the device: leases (and `ferrotune:worker_leases`) show it.
+        let id = format!(
+            "worker-{}-{}-{}",
+            trainer.device().as_str(),
+            std::process::id(),
+            JobId::generate().body()
+        );
         Self {
             store,
             blobs,
@@ -117,7 +123,9 @@ impl Worker {
 
     /// Claim one job and drive it as far as it goes. False when there was nothing to claim.
     pub async fn run_once(&self) -> anyhow::Result<bool> {
-        let Some(claim) = self.store.claim_job(&self.id, self.settings.lease).await? else {
+        let device = self.trainer.device();
+        let claimed = self.store.claim_job(&self.id, device, self.settings.lease);
+        let Some(claim) = claimed.await? else {
             return Ok(false);
         };
         let lease = Lease::hold(

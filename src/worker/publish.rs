@@ -42,7 +42,8 @@ impl Worker {
             Update::Estimate(secs) => self.store.set_estimated_finish(claim, secs).await?,
             Update::Step { .. } => {}
             Update::Checkpoint { step, dir, metrics } => {
-                let path = dir.to_string_lossy();
+                self.blobs.share_dir(&dir).await?;
+                let path = self.blobs.stored_path(&dir);
                 self.store
                     .insert_checkpoint(
                         claim,
@@ -54,10 +55,17 @@ impl Worker {
                     .await?;
             }
             Update::Pruned(step) => {
-                self.store
+                let path = self
+                    .store
                     .delete_checkpoint(job_id, i32::try_from(step)?)
                     .await?;
+                if let Some(path) = path {
+                    self.blobs
+                        .unshare_dir(&self.blobs.data_dir().join(path))
+                        .await?;
+                }
             }
+            Update::StateSaved(dir) => self.blobs.share_state(&dir).await?,
         }
         Ok(())
     }
@@ -84,7 +92,10 @@ impl Worker {
                 expires_after_seconds: None,
             });
         }
-        let path = |p: &std::path::PathBuf| p.to_string_lossy().into_owned();
+        for dir in std::iter::once(&outcome.adapter_dir).chain(&outcome.members) {
+            self.blobs.share_dir(dir).await?;
+        }
+        let path = |p: &std::path::PathBuf| self.blobs.stored_path(p);
         let results = JobResults {
             model: name,
             trained_tokens: outcome.trained_tokens,
@@ -95,7 +106,7 @@ impl Worker {
         if self.store.succeed_job(claim, &results).await? {
             if let Some(hook) = &self.on_model_ready {
                 for (id, dir) in results.published() {
-                    hook(id, dir.into());
+                    hook(id, self.blobs.data_dir().join(dir));
                 }
             }
         } else {

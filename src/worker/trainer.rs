@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::hyperparameters::Hyperparameters;
+use crate::domain::hyperparameters::{Hyperparameters, WorkerDevice};
 use crate::domain::ids::JobId;
 use crate::domain::job::JobError;
 pub use crate::train::run::Update;
@@ -104,13 +104,14 @@ impl Progress {
     /// Report an update (dropped if the job is no longer being watched). A checkpoint waits
     /// until the worker has recorded it and every update before it: the trainer writes the state
     /// a lost worker resumes from only after that, so a resumed run never starts past metrics
-    /// that were still on their way to the database.
+    /// that were still on their way to the database. A saved state waits too, until the worker
+    /// has shared it (with an object store): training goes on only from a state others can see.
     pub fn send(&self, update: Update) {
         let update = match &self.rewrite {
             Some(r) => r(update),
             None => update,
         };
-        if matches!(update, Update::Checkpoint { .. }) {
+        if matches!(update, Update::Checkpoint { .. } | Update::StateSaved(_)) {
             let (applied, done) = std::sync::mpsc::channel();
             if self.tx.send((update, Some(applied))).is_ok() {
                 // An error means the worker dropped it unrecorded (it is stopping): go on.
@@ -169,6 +170,11 @@ pub trait Trainer: Send + Sync + 'static {
         progress: &Progress,
         stop: &StopSignal,
     ) -> Result<TrainingOutcome, TrainingFailure>;
+
+    /// The kind of device it trains on: the worker claims only jobs that accept it.
+    fn device(&self) -> WorkerDevice {
+        WorkerDevice::Cpu
+    }
 }
 
 /// The trainer of a server built without a training engine: every job fails with a clear error.

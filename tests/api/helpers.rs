@@ -6,6 +6,7 @@ use ferrotune::config::{Settings, WorkerOptions};
 use ferrotune::embedded_postgres::EmbeddedPostgres;
 use ferrotune::startup::{Application, build_worker, ensure_database};
 use ferrotune::store::Store;
+use ferrotune::store::blobs::BlobStore;
 use ferrotune::worker::{Trainer, Worker};
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
@@ -361,7 +362,15 @@ impl TestApp {
             lease_seconds,
             max_lost_leases: 3,
         };
-        build_worker(self.store.clone(), self.data_dir.path(), &options, trainer).unwrap()
+        let blobs = BlobStore::open(self.data_dir.path()).unwrap();
+        build_worker(
+            self.store.clone(),
+            blobs,
+            self.data_dir.path(),
+            &options,
+            trainer,
+        )
+        .unwrap()
     }
 
     /// A worker like the server's own: its trainer, and preloading what it publishes.

@@ -2,11 +2,14 @@
 
 use std::time::Duration;
 
+use ferrotune::domain::hyperparameters::WorkerDevice;
 use ferrotune::domain::job::{JobError, JobStatus};
 use ferrotune::store::NewEvent;
 use serde_json::json;
 
 use crate::helpers::spawn_app;
+
+const CPU: WorkerDevice = WorkerDevice::Cpu;
 
 #[tokio::test]
 async fn concurrent_claims_hand_a_job_to_exactly_one_worker() {
@@ -16,10 +19,38 @@ async fn concurrent_claims_hand_a_job_to_exactly_one_worker() {
     let lease = Duration::from_secs(30);
     let claims = futures_util::future::join_all((0..8).map(|i| {
         let store = app.store.clone();
-        async move { store.claim_job(&format!("w{i}"), lease).await.unwrap() }
+        async move { store.claim_job(&format!("w{i}"), CPU, lease).await.unwrap() }
     }))
     .await;
     assert_eq!(claims.iter().filter(|c| c.is_some()).count(), 1);
+}
+
+#[tokio::test]
+async fn a_job_that_asks_for_a_gpu_waits_for_a_gpu_worker() {
+    let app = spawn_app().await;
+    let file = app.training_file(10).await;
+    let gpu_job = app
+        .create_job(&file, json!({"hyperparameters": {"device": "cuda"}}))
+        .await;
+    assert_eq!(gpu_job["hyperparameters"]["device"], "cuda");
+    let lease = Duration::from_secs(30);
+    let cpu = app.store.claim_job("cpu-worker", CPU, lease).await.unwrap();
+    assert!(cpu.is_none(), "a CPU worker took a job that asked for cuda");
+    let any_job = app.create_job(&file, json!({})).await;
+    let cpu = app.store.claim_job("cpu-worker", CPU, lease).await.unwrap();
+    assert_eq!(
+        cpu.unwrap().job.id.as_str(),
+        any_job["id"].as_str().unwrap()
+    );
+    let gpu = app
+        .store
+        .claim_job("gpu-worker", WorkerDevice::Cuda, lease)
+        .await
+        .unwrap();
+    assert_eq!(
+        gpu.unwrap().job.id.as_str(),
+        gpu_job["id"].as_str().unwrap()
+    );
 }
 
 #[tokio::test]
@@ -32,13 +63,13 @@ async fn an_expired_lease_is_reclaimed_and_the_stale_worker_is_fenced_off() {
         .to_owned();
     let stale = app
         .store
-        .claim_job("dead", Duration::from_millis(300))
+        .claim_job("dead", CPU, Duration::from_millis(300))
         .await
         .unwrap()
         .unwrap();
     assert!(
         app.store
-            .claim_job("other", Duration::from_secs(30))
+            .claim_job("other", CPU, Duration::from_secs(30))
             .await
             .unwrap()
             .is_none()
@@ -46,7 +77,7 @@ async fn an_expired_lease_is_reclaimed_and_the_stale_worker_is_fenced_off() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let fresh = app
         .store
-        .claim_job("other", Duration::from_secs(30))
+        .claim_job("other", CPU, Duration::from_secs(30))
         .await
         .unwrap()
         .unwrap();
@@ -97,7 +128,7 @@ async fn a_job_abandoned_too_often_fails_instead_of_looping() {
         .to_owned();
     for _ in 0..4 {
         app.store
-            .claim_job("dies", Duration::from_millis(100))
+            .claim_job("dies", CPU, Duration::from_millis(100))
             .await
             .unwrap()
             .unwrap();

@@ -4,8 +4,6 @@
 //! winner with usage summed over every answer generated, plus an `ensemble` extension field; a
 //! stream sends the winner once it is chosen.
 
-use std::path::Path;
-
 use actix_web::HttpResponse;
 use actix_web::web::Bytes;
 use mistralrs::core::{ChatCompletionResponse, Response};
@@ -100,7 +98,7 @@ async fn resident(
         })?;
     Ok(state
         .engine
-        .ensure_loaded(model, Path::new(&row.path))
+        .ensure_loaded(model, &state.blobs.local_dir(&row.path).await?)
         .await?)
 }
 

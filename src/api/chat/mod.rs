@@ -2,8 +2,6 @@
 //! fine-tuned one on demand), generate, render OpenAI's response or its SSE stream.
 //! See <https://platform.openai.com/docs/api-reference/chat/create>.
 
-use std::path::Path;
-
 use actix_web::post;
 use actix_web::{HttpResponse, web};
 use mistralrs::core::Response;
@@ -40,7 +38,7 @@ pub async fn make_resident(state: &ApiState, caller: &Caller, model: &str) -> Re
         .ok_or_else(|| model_not_found(model))?;
     Ok(state
         .engine
-        .ensure_loaded(model, Path::new(&row.path))
+        .ensure_loaded(model, &state.blobs.local_dir(&row.path).await?)
         .await?)
 }
 

@@ -127,7 +127,7 @@ pub async fn download_file(
     let Some(row) = state.store.get_file(&caller.0, &id).await? else {
         return Err(ApiError::not_found("File", id.as_str()));
     };
-    let file = tokio::fs::File::open(state.blobs.path_of(&id))
+    let file = tokio::fs::File::open(state.blobs.local(&id).await?)
         .await
         .map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok()

@@ -44,7 +44,7 @@ pub async fn create_fine_tuning_job(
         };
         // The adapter's shape is what trains: show it on the job.
         let lora = crate::train::lora::LoraSpec::read_peft(
-            std::path::Path::new(&from.path),
+            &state.blobs.local_dir(&from.path).await?,
             spec.hyperparameters.lora_dropout,
         )
         .map_err(|e| {

@@ -61,7 +61,7 @@ pub async fn export_model(
             .get_model(&caller.0, &id)
             .await?
             .ok_or_else(|| ApiError::not_found_model(&id))?;
-        Some(std::path::PathBuf::from(m.path))
+        Some(state.blobs.local_dir(&m.path).await?)
     };
     let request = ExportRequest {
         base_dir: state.engine.base_dir().to_path_buf(),
