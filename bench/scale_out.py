@@ -33,6 +33,10 @@ EXAMPLES = json.dumps([{"instruction": f"Question {i}?", "input": "", "output": 
                        for i in range(20)]).encode()
 
 
+# Long enough that a job is still queued or running when its cancel arrives.
+LONG = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50}}}
+
+
 def env(name, default):
     return int(os.environ.get(name, default))
 
@@ -111,7 +115,7 @@ class Load:
         start = time.time()
         try:
             r = await http.post(f"{url}/v1/fine_tuning/jobs", headers=HEADERS,
-                                json={"model": "ferrotune-tiny", "training_file": file_id})
+                                json={"model": "ferrotune-tiny", "training_file": file_id, "method": LONG})
             if r.status_code != 200:
                 self.fail("create", r.status_code)
                 return

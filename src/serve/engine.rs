@@ -392,6 +392,36 @@ impl Engine {
         .await
     }
 
+    /// Send `request` to `name`'s engine. mistral.rs reboots an engine whose thread died (a
+    /// panic inside it, seen under heavy concurrent batching on the CPU) when a sender is asked
+    /// for, so a send that finds the channel closed is tried again with a fresh sender.
+    async fn send(&self, name: &str, mut request: Request) -> Result<(), ServeError> {
+        for attempt in 0..3u32 {
+            let sender =
+                self.model
+                    .inner()
+                    .get_sender(Some(name))
+                    .map_err(|e| ServeError::Load {
+                        model: name.to_owned(),
+                        reason: e.to_string(),
+                    })?;
+            match sender.send(request).await {
+                Ok(()) => return Ok(()),
+                Err(returned) => request = returned.0,
+            }
+            tracing::warn!(
+                model = name,
+                attempt,
+                "the engine's channel closed: sending again"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+        }
+        Err(ServeError::Load {
+            model: name.to_owned(),
+            reason: "its engine stopped and did not restart; try again".to_owned(),
+        })
+    }
+
     /// Send the request `build` makes — one per choice when `n > 1`, merged by [`fan_in`] so
     /// each choice's tokens are counted.
     async fn submit(
@@ -400,23 +430,12 @@ impl Engine {
         params: ChatParams,
         build: impl Fn(ChatParams, mpsc::Sender<Response>) -> mistralrs::core::NormalRequest,
     ) -> Result<Generation, ServeError> {
-        let sender = self
-            .model
-            .inner()
-            .get_sender(Some(name))
-            .map_err(|e| ServeError::Load {
-                model: name.to_owned(),
-                reason: e.to_string(),
-            })?;
         let n = params.n.max(1);
         let metrics = GenerationMetrics::submitted(name, n, params.max_tokens);
         let (tx, rx) = mpsc::channel(64);
         if n == 1 {
             let request = build(params, tx);
-            sender
-                .send(Request::Normal(Box::new(request)))
-                .await
-                .map_err(engine_err)?;
+            self.send(name, Request::Normal(Box::new(request))).await?;
         } else {
             let mut subs = Vec::with_capacity(n);
             for _ in 0..n {
@@ -425,10 +444,8 @@ impl Engine {
                     n: 1,
                     ..params.clone()
                 };
-                sender
-                    .send(Request::Normal(Box::new(build(one, sub_tx))))
-                    .await
-                    .map_err(engine_err)?;
+                self.send(name, Request::Normal(Box::new(build(one, sub_tx))))
+                    .await?;
                 subs.push(sub_rx);
             }
             self.handle.spawn(fan_in(subs, tx));
