@@ -281,3 +281,34 @@ fn files_under(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_s3_urls_with_a_bucket_open() {
+        let err = |url: &str| Remote::open(url).unwrap_err().to_string();
+        assert!(err("http://bucket/prefix").contains("must be an s3://bucket[/prefix] URL"));
+        assert!(err("s3://").contains("names no bucket"));
+        assert!(err("s3:///prefix").contains("names no bucket"));
+        // Opening contacts nothing: the start-up check does.
+        let remote = Remote::open("s3://bucket/some/prefix/").unwrap();
+        assert_eq!(remote.url(), "s3://bucket/some/prefix/");
+    }
+
+    #[test]
+    fn files_under_lists_nested_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("top.json"), "{}").unwrap();
+        std::fs::write(dir.path().join("a/b/deep.bin"), [1, 2]).unwrap();
+        let mut found: Vec<_> = files_under(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|p| p.strip_prefix(dir.path()).unwrap().to_path_buf())
+            .collect();
+        found.sort();
+        assert_eq!(found, [Path::new("a/b/deep.bin"), Path::new("top.json")]);
+    }
+}

@@ -158,7 +158,9 @@ impl Worker {
             }
         }
         for id in self.store.cancelled_jobs(&ids).await? {
-            let _ = tokio::fs::remove_dir_all(self.settings.jobs_dir.join(id.as_str())).await;
+            let dir = self.settings.jobs_dir.join(id.as_str());
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            self.blobs.unshare_dir(&dir).await?;
         }
         Ok(())
     }
