@@ -31,9 +31,28 @@ pub struct CreateEnsembleRequest {
     #[serde(default)]
     pub fallback: Option<String>,
     /// `layered` only: the lowest mean token log-probability (−100 to 0) at which the member's
-    /// answer is still returned.
+    /// answer is still returned, or `"auto"`: calibrated on the validation file of the job that
+    /// trained the member, as the highest value that keeps ≥ 95 % of its answers there.
     #[serde(default)]
-    pub threshold: Option<f64>,
+    pub threshold: Option<ThresholdSpec>,
+}
+
+/// A `layered` ensemble's threshold as given.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ThresholdSpec {
+    /// A mean token log-probability, −100 to 0.
+    Value(f64),
+    /// Calibrated on the member's validation set.
+    Auto(Auto),
+}
+
+/// The word `auto`.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Auto {
+    /// Calibrate.
+    Auto,
 }
 
 /// An ensemble (`object: "ensemble"`).
@@ -114,12 +133,18 @@ pub async fn create_ensemble(
     body: web::Json<CreateEnsembleRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let req = body.into_inner();
-    let spec = EnsembleSpec::parse(
+    let auto = matches!(req.threshold, Some(ThresholdSpec::Auto(_)));
+    let threshold = req.threshold.map(|t| match t {
+        ThresholdSpec::Value(v) => v,
+        // Stands in (a valid value) until the members are checked and it is calibrated.
+        ThresholdSpec::Auto(_) => 0.0,
+    });
+    let mut spec = EnsembleSpec::parse(
         req.name,
         req.members,
         req.strategy,
         req.fallback,
-        req.threshold,
+        threshold,
         state.engine.base_name(),
     )?;
     let mut named: Vec<(String, &str)> = spec
@@ -142,6 +167,10 @@ pub async fn create_ensemble(
                 Some(&param),
             ));
         }
+    }
+    if auto {
+        let member = spec.members[0].clone();
+        spec.threshold = Some(crate::api::threshold::calibrate(&state, &caller, &member).await?);
     }
     let row = state
         .store

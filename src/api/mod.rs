@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod request_span;
 pub mod routes;
 pub mod sampling;
+pub mod threshold;
 
 use actix_web::middleware::ErrorHandlers;
 

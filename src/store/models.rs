@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
 use super::{Context, Store, StoreError};
+use crate::domain::ids::JobId;
 use crate::domain::organization::OrganizationId;
 
 /// A model a caller may chat with.
@@ -30,6 +31,30 @@ const SERVABLE: &str = "select id, organization_id, base_model, path, created_at
        (select 1 from model m where m.job_id = j.id and m.deleted_at is not null)";
 
 impl Store {
+    /// The fine-tuning job that produced `model` of `org` (a fine-tuned model, an ensemble
+    /// member or a checkpoint); `None` for anything else.
+    pub async fn job_of_model(
+        &self,
+        org: &OrganizationId,
+        model: &str,
+    ) -> Result<Option<JobId>, StoreError> {
+        let id: Option<String> = sqlx::query_scalar(
+            "select job_id from model \
+             where organization_id = $1 and id = $2 and deleted_at is null and job_id is not null \
+             union all \
+             select c.job_id from fine_tuning_job_checkpoint c \
+             join fine_tuning_job j on j.id = c.job_id \
+             where j.organization_id = $1 and c.fine_tuned_model_checkpoint = $2 \
+             limit 1",
+        )
+        .bind(org)
+        .bind(model)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("finding a model's job")?;
+        Ok(id.as_deref().and_then(JobId::parse))
+    }
+
     /// Every fine-tuned model and checkpoint of `org`, newest first.
     pub async fn list_models(&self, org: &OrganizationId) -> Result<Vec<ModelRow>, StoreError> {
         sqlx::query_as(&format!(

@@ -16,7 +16,12 @@ pub async fn fine_tune(app: &TestApp, suffix: &str) -> (String, String) {
 
 /// Like [`fine_tune`], with `extra` hyperparameters on top.
 pub async fn fine_tune_with(app: &TestApp, suffix: &str, extra: Value) -> (String, String) {
-    train_with(app, suffix, app.worker(), extra).await
+    train_with(app, suffix, app.worker(), extra, false).await
+}
+
+/// Like [`fine_tune_with`], the job given the same examples as its `validation_file`.
+pub async fn fine_tune_validated(app: &TestApp, suffix: &str, extra: Value) -> (String, String) {
+    train_with(app, suffix, app.worker(), extra, true).await
 }
 
 /// Like [`fine_tune`], but nothing is preloaded: the model loads on its first request.
@@ -26,6 +31,7 @@ pub async fn fine_tune_lazily(app: &TestApp, suffix: &str) -> (String, String) {
         suffix,
         app.worker_with(app.trainer.clone(), 30),
         json!({}),
+        false,
     )
     .await
 }
@@ -35,6 +41,7 @@ async fn train_with(
     suffix: &str,
     worker: ferrotune::worker::Worker,
     extra: Value,
+    validated: bool,
 ) -> (String, String) {
     let records: Vec<Value> = QA
         .iter()
@@ -55,9 +62,11 @@ async fn train_with(
         hp[k] = v.clone();
     }
     // A fixed seed: the tiny model's learning run is then the same every time.
-    let job = app
-        .create_job(file["id"].as_str().unwrap(), json!({"suffix": suffix, "seed": 7, "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}))
-        .await;
+    let mut body = json!({"suffix": suffix, "seed": 7, "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}});
+    if validated {
+        body["validation_file"] = file["id"].clone();
+    }
+    let job = app.create_job(file["id"].as_str().unwrap(), body).await;
     let id = job["id"].as_str().unwrap().to_owned();
     assert!(worker.run_once().await.unwrap());
     let job = app.job(&id).await;

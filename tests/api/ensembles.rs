@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::chat::{ask, fine_tune, fine_tune_with};
+use crate::chat::{ask, fine_tune, fine_tune_validated, fine_tune_with};
 use crate::helpers::{AppOptions, TestApp, assert_error, spawn_app, spawn_app_with};
 use crate::train_loop::QA;
 
@@ -313,6 +313,22 @@ async fn grouped_models_vote_by_logprob_and_layer_onto_a_fallback() {
             400,
             "fallback",
         ),
+        // "auto" needs the member's job to have had a validation file; the base had no job.
+        (
+            json!({"name": "x", "members": [tuned], "strategy": "layered", "fallback": base, "threshold": "auto"}),
+            400,
+            "threshold",
+        ),
+        (
+            json!({"name": "x", "members": [base], "strategy": "layered", "fallback": tuned, "threshold": "auto"}),
+            400,
+            "threshold",
+        ),
+        (
+            json!({"name": "x", "members": [tuned, base], "threshold": "auto"}),
+            400,
+            "threshold",
+        ),
     ] {
         let res = define(&app, body.clone()).await;
         assert_error(res, status, Some(param)).await;
@@ -343,6 +359,44 @@ async fn grouped_models_vote_by_logprob_and_layer_onto_a_fallback() {
         Some("model"),
     )
     .await;
+}
+
+#[tokio::test]
+async fn an_auto_threshold_keeps_the_domain_model_on_95_percent_of_its_validation_answers() {
+    let app = spawn_app().await;
+    // Calibrated as chat requests are answered here: 40 tokens at most.
+    let (_, tuned) = fine_tune_validated(&app, "health", json!({"eval_max_new_tokens": 40})).await;
+    let base = "ferrotune-tiny";
+    let res = define(
+        &app,
+        json!({"name": "auto", "members": [tuned], "strategy": "layered", "fallback": base,
+               "threshold": "auto"}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let created: Value = res.json().await.unwrap();
+    let threshold = created["threshold"].as_f64().unwrap();
+    assert!((-100.0..=0.0).contains(&threshold), "{created}");
+    let mut kept = 0;
+    for (question, _) in QA {
+        let body = ask(&app, "auto", question).await;
+        let report = &body["ensemble"];
+        assert_eq!(report["threshold"], threshold);
+        if report["layer"] == "member" {
+            kept += 1;
+            assert_eq!(report["winner"], tuned.as_str());
+        }
+    }
+    // Ten validation answers: at least 95 % of them, so all ten, stay with the domain model.
+    assert_eq!(kept, QA.len());
+    // A word other than "auto" is not a threshold.
+    let res = define(
+        &app,
+        json!({"name": "soon", "members": [tuned], "strategy": "layered", "fallback": base,
+               "threshold": "soon"}),
+    )
+    .await;
+    assert_eq!(res.status(), 400);
 }
 
 #[tokio::test]

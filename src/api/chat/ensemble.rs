@@ -129,6 +129,36 @@ async fn answer_all(
     Ok(out)
 }
 
+/// The mean token log-probability of `model`'s answer to each of `prompts` (which must ask for
+/// log-probabilities), all generated concurrently; `None` for an empty answer.
+pub async fn mean_logprobs(
+    state: &ApiState,
+    caller: &Caller,
+    model: &str,
+    prompts: Vec<ChatParams>,
+) -> Result<Vec<Option<f64>>, ApiError> {
+    super::make_resident(state, caller, model).await?;
+    let mut running = Vec::with_capacity(prompts.len());
+    for params in prompts {
+        running.push(state.engine.chat(model, params, false).await?);
+    }
+    let mut out = Vec::with_capacity(running.len());
+    for generation in &mut running {
+        match generation.recv().await {
+            Some(Response::Done(done)) => out.push(
+                Answered {
+                    model: model.to_owned(),
+                    done,
+                }
+                .answer()
+                .mean_logprob,
+            ),
+            other => return Err(engine_failure(other)),
+        }
+    }
+    Ok(out)
+}
+
 /// Answer a chat request to `ensemble`; `params` are validated and budgeted.
 pub async fn answer(
     state: &ApiState,

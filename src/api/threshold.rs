@@ -1,0 +1,132 @@
+//! `threshold: "auto"` for a `layered` ensemble: the domain model answers every prompt of the
+//! validation file of the job that trained it (greedily, up to the job's `eval_max_new_tokens`,
+//! through the serving engine as chat requests are), and the threshold is the highest value that
+//! still keeps at least 95 % of those in-domain answers with the domain model.
+
+use crate::api::ApiState;
+use crate::api::auth::Caller;
+use crate::api::chat::ensemble::mean_logprobs;
+use crate::api::error::ApiError;
+use crate::domain::dataset::{Example, Role};
+use crate::serve::{ChatParams, ChatTurn};
+
+/// The share of in-domain answers a calibrated threshold keeps with the domain model.
+pub const KEEP: f64 = 0.95;
+
+/// Confidence given to an empty answer (the lowest threshold there is).
+const FLOOR: f64 = -100.0;
+
+/// Calibrate the threshold of `member` (the domain model) on its job's validation file.
+pub async fn calibrate(state: &ApiState, caller: &Caller, member: &str) -> Result<f64, ApiError> {
+    let refuse = |why: String| {
+        ApiError::invalid(
+            format!("threshold \"auto\" calibrates on {why}"),
+            Some("threshold"),
+        )
+    };
+    let job = match state.store.job_of_model(&caller.0, member).await? {
+        Some(id) => state.store.get_job(&caller.0, &id).await?,
+        None => None,
+    };
+    let Some(job) = job else {
+        return Err(refuse(format!(
+            "the validation file of the job that trained the member; '{member}' was not trained \
+             by a fine-tuning job"
+        )));
+    };
+    let Some(file) = job.validation_file.clone() else {
+        return Err(refuse(format!(
+            "the validation file of the job that trained the member; job {} has none",
+            job.id
+        )));
+    };
+    let path = state.blobs.local(&file).await?;
+    let examples = tokio::task::spawn_blocking(move || crate::train::data::read_examples(&path))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let max_tokens = job.hyperparameters.0.eval_max_new_tokens as usize;
+    let prompts: Vec<ChatParams> = examples
+        .iter()
+        .filter_map(prompt_of)
+        .map(|messages| ChatParams {
+            messages,
+            temperature: Some(0.0),
+            max_tokens: Some(max_tokens),
+            logprobs: true,
+            n: 1,
+            ..Default::default()
+        })
+        .collect();
+    if prompts.is_empty() {
+        return Err(refuse(format!(
+            "the prompts of job {}'s validation file, and it has none with an answer",
+            job.id
+        )));
+    }
+    let confidences = mean_logprobs(state, caller, member, prompts).await?;
+    Ok(keeping(
+        confidences
+            .into_iter()
+            .map(|c| c.unwrap_or(FLOOR))
+            .collect(),
+        KEEP,
+    ))
+}
+
+/// The conversation before the example's last assistant turn (what the model is asked).
+fn prompt_of(example: &Example) -> Option<Vec<ChatTurn>> {
+    let last = example
+        .turns
+        .iter()
+        .rposition(|t| t.role == Role::Assistant)?;
+    let turns = &example.turns[..last];
+    if turns.is_empty() {
+        return None;
+    }
+    let role = |r: Role| match r {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    };
+    Some(
+        turns
+            .iter()
+            .map(|t| ChatTurn::new(role(t.role), &t.content))
+            .collect(),
+    )
+}
+
+/// The highest threshold under which at least `keep` of `confidences` stay at or above it,
+/// within the API's range (−100 to 0).
+fn keeping(mut confidences: Vec<f64>, keep: f64) -> f64 {
+    confidences.sort_by(f64::total_cmp);
+    let dropped = ((1.0 - keep) * confidences.len() as f64).floor() as usize;
+    confidences
+        .get(dropped.min(confidences.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(FLOOR)
+        .clamp(FLOOR, 0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_threshold_keeps_at_least_the_share_asked_for() {
+        let c: Vec<f64> = (1..=40).map(|i| -f64::from(i) / 10.0).collect();
+        let t = keeping(c.clone(), 0.95);
+        let kept = c.iter().filter(|x| **x >= t).count();
+        assert_eq!(kept, 38, "threshold {t}");
+        assert_eq!(t, -3.8);
+        // Twenty answers: one may fall below; nineteen stay.
+        let t = keeping(c[..20].to_vec(), 0.95);
+        assert_eq!(c[..20].iter().filter(|x| **x >= t).count(), 19);
+        // Few answers keep them all; the range is the API's.
+        assert_eq!(keeping(vec![-0.5, -0.2], 0.95), -0.5);
+        assert_eq!(keeping(vec![-250.0], 0.95), -100.0);
+        assert_eq!(keeping(Vec::new(), 0.95), -100.0);
+    }
+}
