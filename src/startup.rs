@@ -154,11 +154,10 @@ pub async fn open_blobs(storage: &StorageSettings) -> anyhow::Result<BlobStore> 
 }
 
 /// A worker on `store` reading and writing files through `blobs`, writing job outputs under
-/// `data_dir/jobs`.
+/// `jobs/` of their data dir.
 pub fn build_worker(
     store: Store,
     blobs: BlobStore,
-    data_dir: &std::path::Path,
     options: &WorkerOptions,
     trainer: Arc<dyn Trainer>,
 ) -> anyhow::Result<Worker> {
@@ -166,7 +165,7 @@ pub fn build_worker(
         poll_interval: options.poll_interval(),
         lease: options.lease(),
         max_lost_leases: options.max_lost_leases,
-        jobs_dir: data_dir.join("jobs"),
+        jobs_dir: blobs.data_dir().join("jobs"),
     };
     Ok(Worker::new(store, blobs, trainer, settings))
 }
@@ -216,11 +215,13 @@ pub async fn prepare_shared_base_model(
             .unwrap_or_default();
         let dir = blobs.data_dir().join("models").join(&name);
         let prefix = format!("models/{name}");
-        let shared = remote
-            .exists(&format!("{prefix}/{}", crate::model_dir::CONFIG))
-            .await?;
         let here = dir.join(crate::model_dir::CONFIG).exists();
-        let fetched = !here && shared && remote.download_dir(&prefix, &dir).await?;
+        // Only a whole model is fetched: `config.json` is shared last.
+        let fetched = !here
+            && remote
+                .exists(&format!("{prefix}/{}", crate::model_dir::CONFIG))
+                .await?
+            && remote.download_dir(&prefix, &dir).await?;
         if !(here || fetched) {
             anyhow::bail!(
                 "--base-model {}: no such model here, in the catalogue, or in the object store \
@@ -343,10 +344,9 @@ impl Application {
         if swept > 0 {
             tracing::info!(swept, "removed uploads left half-written by an earlier run");
         }
-        let state_blobs = blobs.clone();
         let state = web::Data::new(ApiState {
             store: store.clone(),
-            blobs,
+            blobs: blobs.clone(),
             auth: Auth::from_keys(&keys),
             max_upload_bytes: settings.http.max_upload_bytes,
             base_models: vec![base_model],
@@ -373,14 +373,8 @@ impl Application {
         .run();
         let shutdown = CancellationToken::new();
         let worker = if settings.run_worker {
-            let worker = build_worker(
-                store.clone(),
-                state_blobs.clone(),
-                &storage.data_dir,
-                &settings.worker,
-                trainer.clone(),
-            )?
-            .with_model_ready(preload_hook(engine.clone()));
+            let worker = build_worker(store.clone(), blobs, &settings.worker, trainer.clone())?
+                .with_model_ready(preload_hook(engine.clone()));
             Some(tokio::spawn(worker.run_until_stopped(shutdown.clone())))
         } else {
             None

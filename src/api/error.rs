@@ -235,7 +235,7 @@ impl From<StoreError> for ApiError {
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "server_error",
-                    "The server's object store is unavailable; nothing was stored. Try again later",
+                    "The server's object store is unavailable; try again later",
                 )
                 .with_code("storage_unavailable")
             }

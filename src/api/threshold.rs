@@ -7,8 +7,8 @@ use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::chat::ensemble::mean_logprobs;
 use crate::api::error::ApiError;
-use crate::domain::dataset::{Example, Role};
 use crate::serve::{ChatParams, ChatTurn};
+use crate::train::eval::EvalPrompt;
 
 /// The share of in-domain answers a calibrated threshold keeps with the domain model.
 pub const KEEP: f64 = 0.95;
@@ -48,9 +48,14 @@ pub async fn calibrate(state: &ApiState, caller: &Caller, member: &str) -> Resul
     let max_tokens = job.hyperparameters.0.eval_max_new_tokens as usize;
     let prompts: Vec<ChatParams> = examples
         .iter()
-        .filter_map(prompt_of)
-        .map(|messages| ChatParams {
-            messages,
+        .filter_map(EvalPrompt::of)
+        .filter(|p| !p.turns.is_empty())
+        .map(|p| ChatParams {
+            messages: p
+                .turns
+                .iter()
+                .map(|t| ChatTurn::new(t.role.as_str(), &t.content))
+                .collect(),
             temperature: Some(0.0),
             max_tokens: Some(max_tokens),
             logprobs: true,
@@ -72,30 +77,6 @@ pub async fn calibrate(state: &ApiState, caller: &Caller, member: &str) -> Resul
             .collect(),
         KEEP,
     ))
-}
-
-/// The conversation before the example's last assistant turn (what the model is asked).
-fn prompt_of(example: &Example) -> Option<Vec<ChatTurn>> {
-    let last = example
-        .turns
-        .iter()
-        .rposition(|t| t.role == Role::Assistant)?;
-    let turns = &example.turns[..last];
-    if turns.is_empty() {
-        return None;
-    }
-    let role = |r: Role| match r {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
-    };
-    Some(
-        turns
-            .iter()
-            .map(|t| ChatTurn::new(role(t.role), &t.content))
-            .collect(),
-    )
 }
 
 /// The highest threshold under which at least `keep` of `confidences` stay at or above it,

@@ -237,13 +237,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let database = Database::open(&storage).await?;
             let blobs = open_blobs(&storage).await?;
             let (_, trainer) = build_trainer(&model, &blobs).await?;
-            let w = build_worker(
-                database.store.clone(),
-                blobs,
-                &storage.data_dir,
-                &worker,
-                trainer,
-            )?;
+            let w = build_worker(database.store.clone(), blobs, &worker, trainer)?;
             let shutdown = CancellationToken::new();
             let stopper = shutdown.clone();
             tokio::spawn(async move {

@@ -3,14 +3,15 @@
 //! worker resumes a job another one started.
 //!
 //! With an object store, directories are recorded in the database relative to the data
-//! directory (`jobs/<id>/adapter`) and kept under the same key in the bucket; each node resolves them under its own data directory,
-//! fetching what it lacks. A training state is written whole under a fresh name
+//! directory (`jobs/<id>/adapter`) and kept under the same key in the bucket; each node
+//! resolves them under its own data directory, fetching what it lacks. A training state is written whole under a fresh name
 //! (`…/state-v<n>/`) and then published by one atomic put of a pointer (`…/state.pointer`), so a
 //! worker killed mid-upload never leaves a half-written state for the next one.
 
 use std::path::{Path, PathBuf};
 
 use super::blobs::BlobStore;
+use super::remote::Remote;
 use super::{Context, StoreError};
 
 /// Suffix of the object naming the current copy of a state directory.
@@ -42,35 +43,33 @@ impl BlobStore {
         Ok(path)
     }
 
-    /// The object key of `dir` (under the data dir), or `None` when there is no object store
-    /// or `dir` lies elsewhere.
-    fn key_of(&self, dir: &Path) -> Option<String> {
-        self.remote()?;
-        dir.strip_prefix(self.data_dir())
-            .ok()
-            .map(|rel| rel.to_string_lossy().into_owned())
+    /// The object store and the key of `dir` (under the data dir) in it; `None` without an
+    /// object store or for a `dir` elsewhere.
+    fn shared(&self, dir: &Path) -> Option<(&Remote, String)> {
+        let rel = dir.strip_prefix(self.data_dir()).ok()?;
+        Some((self.remote()?, rel.to_string_lossy().into_owned()))
     }
 
     /// Upload `dir` (under the data dir) for the other nodes; nothing without an object store.
     pub async fn share_dir(&self, dir: &Path) -> Result<(), StoreError> {
-        match (self.remote(), self.key_of(dir)) {
-            (Some(remote), Some(key)) => remote.upload_dir(&key, dir).await,
-            _ => Ok(()),
+        match self.shared(dir) {
+            Some((remote, key)) => remote.upload_dir(&key, dir).await,
+            None => Ok(()),
         }
     }
 
     /// Remove a shared directory from the object store (a pruned checkpoint, a cancelled job).
     pub async fn unshare_dir(&self, dir: &Path) -> Result<(), StoreError> {
-        match (self.remote(), self.key_of(dir)) {
-            (Some(remote), Some(key)) => remote.delete_dir(&key).await,
-            _ => Ok(()),
+        match self.shared(dir) {
+            Some((remote, key)) => remote.delete_dir(&key).await,
+            None => Ok(()),
         }
     }
 
     /// Upload the training state in `state_dir` under a fresh name, point at it, then drop the
     /// copy it replaces.
     pub async fn share_state(&self, state_dir: &Path) -> Result<(), StoreError> {
-        let (Some(remote), Some(key)) = (self.remote(), self.key_of(state_dir)) else {
+        let Some((remote, key)) = self.shared(state_dir) else {
             return Ok(());
         };
         let pointer = format!("{key}{POINTER}");
@@ -90,7 +89,7 @@ impl BlobStore {
     /// Replace the local `state_dir` with the shared one, if a state was shared. `Ok(false)`
     /// when none was (or there is no object store): the local one, if any, stays.
     pub async fn fetch_state(&self, state_dir: &Path) -> Result<bool, StoreError> {
-        let (Some(remote), Some(key)) = (self.remote(), self.key_of(state_dir)) else {
+        let Some((remote, key)) = self.shared(state_dir) else {
             return Ok(false);
         };
         let Some(name) = remote.read_text(&format!("{key}{POINTER}")).await? else {

@@ -3,7 +3,6 @@
 //!
 //! Claiming commits at once; no transaction stays open while a job runs.
 
-use crate::domain::hyperparameters::WorkerDevice;
 use std::time::Duration;
 
 use sqlx::types::Json;
@@ -11,6 +10,7 @@ use sqlx::types::Json;
 use super::jobs::JOB_COLUMNS;
 use super::{Context, JobRow, NewEvent, Store, StoreError};
 use crate::domain::hyperparameters::Hyperparameters;
+use crate::domain::hyperparameters::WorkerDevice;
 use crate::domain::ids::FileId;
 use crate::domain::job::{JobError, JobStatus};
 

@@ -155,7 +155,7 @@ impl ChatTemplate {
         let view: Vec<TemplateTurn<'_>> = turns
             .iter()
             .map(|t| TemplateTurn {
-                role: role_name(t.role),
+                role: t.role.as_str(),
                 content: &t.content,
                 tool_calls: &t.tool_calls,
                 tool_call_id: t.tool_call_id.as_deref(),
@@ -211,15 +211,6 @@ impl ChatTemplate {
             done = full;
         }
         Ok(out)
-    }
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
     }
 }
 

@@ -2,7 +2,6 @@
 //! [`crate::train::run`], forwards the run's updates unchanged, and turns its errors into the
 //! job's error codes.
 
-use crate::domain::hyperparameters::WorkerDevice;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -11,6 +10,7 @@ use candle_core::{DType, Device};
 use super::trainer::{
     Progress, StopSignal, Trainer, TrainingFailure, TrainingOutcome, TrainingRequest,
 };
+use crate::domain::hyperparameters::WorkerDevice;
 use crate::domain::job::JobError;
 use crate::train::TrainError;
 use crate::train::run::{self, RunConfig, RunEnd, Stop};

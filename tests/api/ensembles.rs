@@ -396,7 +396,7 @@ async fn an_auto_threshold_keeps_the_domain_model_on_95_percent_of_its_validatio
                "threshold": "soon"}),
     )
     .await;
-    assert_eq!(res.status(), 400);
+    assert_error(res, 400, None).await;
 }
 
 #[tokio::test]

@@ -363,14 +363,7 @@ impl TestApp {
             max_lost_leases: 3,
         };
         let blobs = BlobStore::open(self.data_dir.path()).unwrap();
-        build_worker(
-            self.store.clone(),
-            blobs,
-            self.data_dir.path(),
-            &options,
-            trainer,
-        )
-        .unwrap()
+        build_worker(self.store.clone(), blobs, &options, trainer).unwrap()
     }
 
     /// A worker like the server's own: its trainer, and preloading what it publishes.

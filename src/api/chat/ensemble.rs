@@ -19,7 +19,7 @@ use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::domain::ensemble::Strategy;
 use crate::domain::ensemble::choose::{Answer, choose, confident};
-use crate::serve::ChatParams;
+use crate::serve::{ChatParams, Generation};
 use crate::store::ensembles::EnsembleRow;
 
 /// One answer an ensemble generated.
@@ -61,18 +61,23 @@ struct Answered {
 
 impl Answered {
     fn answer(&self) -> Answer {
-        let choice = self.done.choices.first();
-        let text = choice
-            .and_then(|c| c.message.content.clone())
-            .unwrap_or_default();
-        let lps: Vec<f64> = choice
-            .and_then(|c| c.logprobs.as_ref())
-            .and_then(|l| l.content.as_ref())
-            .map(|c| c.iter().map(|t| f64::from(t.logprob)).collect())
-            .unwrap_or_default();
-        let mean_logprob = (!lps.is_empty()).then(|| lps.iter().sum::<f64>() / lps.len() as f64);
-        Answer { text, mean_logprob }
+        answer_of(&self.done)
     }
+}
+
+/// The text and mean token log-probability of a response's first choice.
+fn answer_of(done: &ChatCompletionResponse) -> Answer {
+    let choice = done.choices.first();
+    let text = choice
+        .and_then(|c| c.message.content.clone())
+        .unwrap_or_default();
+    let lps: Vec<f64> = choice
+        .and_then(|c| c.logprobs.as_ref())
+        .and_then(|l| l.content.as_ref())
+        .map(|c| c.iter().map(|t| f64::from(t.logprob)).collect())
+        .unwrap_or_default();
+    let mean_logprob = (!lps.is_empty()).then(|| lps.iter().sum::<f64>() / lps.len() as f64);
+    Answer { text, mean_logprob }
 }
 
 /// Make `model` resident for an ensemble, with a 400 naming the ensemble when the member is gone.
@@ -118,15 +123,20 @@ async fn answer_all(
     }
     let mut out = Vec::with_capacity(models.len());
     for (model, generation) in models.iter().zip(running.iter_mut()) {
-        match generation.recv().await {
-            Some(Response::Done(done)) => out.push(Answered {
-                model: model.clone(),
-                done,
-            }),
-            other => return Err(engine_failure(other)),
-        }
+        out.push(Answered {
+            model: model.clone(),
+            done: finished(generation).await?,
+        });
     }
     Ok(out)
+}
+
+/// The final response of `generation`, or the error for what came instead.
+async fn finished(generation: &mut Generation) -> Result<ChatCompletionResponse, ApiError> {
+    match generation.recv().await {
+        Some(Response::Done(done)) => Ok(done),
+        other => Err(engine_failure(other)),
+    }
 }
 
 /// The mean token log-probability of `model`'s answer to each of `prompts` (which must ask for
@@ -144,17 +154,7 @@ pub async fn mean_logprobs(
     }
     let mut out = Vec::with_capacity(running.len());
     for generation in &mut running {
-        match generation.recv().await {
-            Some(Response::Done(done)) => out.push(
-                Answered {
-                    model: model.to_owned(),
-                    done,
-                }
-                .answer()
-                .mean_logprob,
-            ),
-            other => return Err(engine_failure(other)),
-        }
+        out.push(answer_of(&finished(generation).await?).mean_logprob);
     }
     Ok(out)
 }
