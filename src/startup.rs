@@ -165,7 +165,8 @@ pub fn build_worker(
         poll_interval: options.poll_interval(),
         lease: options.lease(),
         max_lost_leases: options.max_lost_leases,
-        jobs_dir: blobs.data_dir().join("jobs"),
+        jobs_dir: blobs.data_dir().join(crate::store::job_dirs::JOBS),
+        sweep_interval: options.sweep_interval(),
     };
     Ok(Worker::new(store, blobs, trainer, settings))
 }

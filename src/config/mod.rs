@@ -258,6 +258,10 @@ pub struct WorkerOptions {
     /// Times a job may be abandoned by dying workers before it fails.
     #[arg(long, env = "FERROTUNE_MAX_LOST_LEASES", default_value_t = 3)]
     pub max_lost_leases: i32,
+    /// Seconds between sweeps for stored bytes no row owns (a deleted file's bytes the object
+    /// store kept, a cancelled job's shared outputs).
+    #[arg(long, env = "FERROTUNE_SWEEP_INTERVAL_SECONDS", default_value_t = 600)]
+    pub sweep_interval_seconds: u64,
 }
 
 impl WorkerOptions {
@@ -269,6 +273,11 @@ impl WorkerOptions {
     /// Lease length.
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_seconds.max(1))
+    }
+
+    /// Time between orphan sweeps.
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_secs(self.sweep_interval_seconds.max(1))
     }
 }
 
@@ -314,6 +323,7 @@ impl Settings {
                 poll_interval_ms: 50,
                 lease_seconds: 30,
                 max_lost_leases: 3,
+                sweep_interval_seconds: 600,
             },
             run_worker: true,
         }

@@ -43,7 +43,7 @@ impl Drop for TempBlob {
 impl BlobStore {
     /// Use `<data_dir>/files`, creating it (and its `.tmp` staging folder).
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let root = data_dir.join("files");
+        let root = data_dir.join(FILES);
         std::fs::create_dir_all(root.join(".tmp")).ctx("creating the files directory")?;
         Ok(Self {
             data_dir: data_dir.to_path_buf(),
@@ -96,6 +96,11 @@ impl BlobStore {
         }
     }
 
+    /// The folder holding this node's copies of stored files.
+    pub(super) fn files_dir(&self) -> &Path {
+        &self.root
+    }
+
     /// Where a stored file's bytes are on this node's disk (or will be, once [`Self::local`]
     /// fetched them).
     fn path_of(&self, id: &FileId) -> PathBuf {
@@ -136,23 +141,27 @@ impl BlobStore {
         Ok(dest)
     }
 
-    /// Remove a file's bytes (missing is fine), from the object store too.
+    /// Remove a file's bytes (missing is fine): this node's copy, then the object store's.
     pub async fn remove(&self, id: &FileId) -> Result<(), StoreError> {
-        if let Some(remote) = &self.remote {
-            remote.delete(&key(id)).await?;
-        }
         match tokio::fs::remove_file(self.path_of(id)).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).ctx("removing a file's bytes")
+                return Err(e).ctx("removing a file's bytes");
             }
-            _ => Ok(()),
+            _ => {}
+        }
+        match &self.remote {
+            Some(remote) => remote.delete(&key(id)).await,
+            None => Ok(()),
         }
     }
 }
 
+/// The folder of stored files, in the data dir and in the object store.
+pub(super) const FILES: &str = "files";
+
 /// The object key of file `id`.
-fn key(id: &FileId) -> String {
-    format!("files/{id}")
+pub(super) fn key(id: &FileId) -> String {
+    format!("{FILES}/{id}")
 }
 
 impl BlobStore {

@@ -14,6 +14,9 @@ use super::blobs::BlobStore;
 use super::remote::Remote;
 use super::{Context, StoreError};
 
+/// The folder of job outputs, in the data dir and in the object store.
+pub const JOBS: &str = "jobs";
+
 /// Suffix of the object naming the current copy of a state directory.
 const POINTER: &str = ".pointer";
 

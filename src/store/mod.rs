@@ -12,6 +12,7 @@ pub mod job_dirs;
 pub mod jobs;
 pub mod models;
 pub mod notify;
+pub mod orphans;
 mod paging;
 pub mod queue;
 pub mod remote;

@@ -98,7 +98,9 @@ impl Remote {
 
     /// Fail fast when the bucket cannot be reached (a listing of one key).
     pub async fn check(&self) -> Result<(), StoreError> {
-        let mut listing = self.store.list(Some(&ObjectPath::from("files")));
+        let mut listing = self
+            .store
+            .list(Some(&ObjectPath::from(super::blobs::FILES)));
         match listing.next().await {
             Some(Err(e)) => remote_ctx(Err(e), "reaching the object store"),
             _ => Ok(()),
@@ -241,6 +243,42 @@ impl Remote {
             self.delete(meta.location.as_ref()).await?;
         }
         Ok(())
+    }
+
+    /// The names of the objects directly under `prefix/` written `age` or longer ago.
+    pub async fn names_older_than(
+        &self,
+        prefix: &str,
+        age: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let age = chrono::TimeDelta::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
+        let cutoff = chrono::Utc::now() - age;
+        let listing = self.listing(prefix).await?;
+        Ok(listing
+            .objects
+            .into_iter()
+            .filter(|meta| meta.last_modified <= cutoff)
+            .filter_map(|meta| meta.location.filename().map(str::to_owned))
+            .collect())
+    }
+
+    /// The names of the folders directly under `prefix/`.
+    pub async fn folders(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let listing = self.listing(prefix).await?;
+        Ok(listing
+            .common_prefixes
+            .into_iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect())
+    }
+
+    /// One level of `prefix/`: its objects and its folders.
+    async fn listing(&self, prefix: &str) -> Result<object_store::ListResult, StoreError> {
+        let base = ObjectPath::from(prefix);
+        remote_ctx(
+            self.store.list_with_delimiter(Some(&base)).await,
+            "listing the object store",
+        )
     }
 
     /// The small text object `key`, or `None`.

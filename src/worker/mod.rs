@@ -37,7 +37,13 @@ pub struct WorkerSettings {
     pub max_lost_leases: i32,
     /// Where job outputs go (`<data dir>/jobs/<id>`).
     pub jobs_dir: std::path::PathBuf,
+    /// Time between sweeps for bytes no row owns ([`Worker::sweep_orphans`]).
+    pub sweep_interval: Duration,
 }
+
+/// File bytes with no row are removed once they are this old: an upload stores its bytes before
+/// it registers the file, and may take a while between the two.
+pub const ORPHAN_AGE: Duration = Duration::from_secs(3600);
 
 /// Called with `(model name, adapter dir)` when a job's model is published.
 pub type ModelReadyHook = Arc<dyn Fn(String, std::path::PathBuf) + Send + Sync>;
@@ -99,7 +105,16 @@ impl Worker {
                 None
             }
         };
+        let mut next_sweep = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
+            if tokio::time::Instant::now() >= next_sweep {
+                next_sweep = tokio::time::Instant::now() + self.settings.sweep_interval;
+                match self.sweep_orphans(ORPHAN_AGE).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "swept stored bytes no row owns"),
+                    Err(e) => tracing::warn!(error = ?e, "sweeping orphaned bytes failed"),
+                }
+            }
             let worked = match self.run_once().await {
                 Ok(worked) => worked,
                 Err(e) => {
@@ -138,11 +153,34 @@ impl Worker {
         Ok(true)
     }
 
+    /// Delete expired files; bytes that cannot be removed now are left to [`Self::sweep_orphans`].
     async fn sweep_expired_files(&self) -> anyhow::Result<()> {
         for id in self.store.delete_expired_files().await? {
-            self.blobs.remove(&id).await?;
+            if let Err(e) = self.blobs.remove(&id).await {
+                tracing::warn!(file_id = %id, error = ?e, "an expired file's bytes stay for now");
+            }
         }
         self.sweep_cancelled_outputs().await
+    }
+
+    /// Remove what no row owns: the bytes of files without a row written `age` or longer ago
+    /// (their removal failed when the row went), and the shared outputs of cancelled jobs (one
+    /// cancelled while paused, its worker gone, left them in the object store). Returns how many
+    /// files and job folders went.
+    pub async fn sweep_orphans(&self, age: Duration) -> anyhow::Result<usize> {
+        let mut removed = 0;
+        let files = self.blobs.files_older_than(age).await?;
+        for id in self.store.unknown_files(&files).await? {
+            self.blobs.remove(&id).await?;
+            removed += 1;
+        }
+        let shared = self.blobs.shared_jobs().await?;
+        for id in self.store.cancelled_jobs(&shared).await? {
+            let dir = self.settings.jobs_dir.join(id.as_str());
+            self.blobs.unshare_dir(&dir).await?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// Remove the output directories of cancelled jobs no worker held when they were cancelled

@@ -361,6 +361,7 @@ impl TestApp {
             poll_interval_ms: 50,
             lease_seconds,
             max_lost_leases: 3,
+            sweep_interval_seconds: 600,
         };
         let blobs = BlobStore::open(self.data_dir.path()).unwrap();
         build_worker(self.store.clone(), blobs, &options, trainer).unwrap()

@@ -39,6 +39,7 @@ class Cluster:
         self.logs = {}
         self.urls = {}
         self.data = {}
+        self.s3 = None  # the S3 endpoint, once SeaweedFS runs
 
     def start(self, name, args, env):
         log = self.root / f"{name}.log"
@@ -105,7 +106,7 @@ def start_cluster(binary, root, key, api_nodes=2, workers=2, lease_seconds=3):
     c = Cluster(root)
     os.chmod(root, 0o755)  # the embedded cluster may run as an unprivileged user
     try:
-        s3 = start_weed(c)
+        s3 = c.s3 = start_weed(c)
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         env.update({"AWS_ENDPOINT_URL": s3, "AWS_ACCESS_KEY_ID": "ferrotune",
                     "AWS_SECRET_ACCESS_KEY": "ferrotune", "AWS_REGION": "us-east-1"})
@@ -130,7 +131,7 @@ def start_cluster(binary, root, key, api_nodes=2, workers=2, lease_seconds=3):
             c.data[name] = c.root / name
             c.data[name].mkdir()
             c.start(name, [binary, "worker", "--data-dir", c.data[name], "--poll-interval-ms", "100",
-                           "--lease-seconds", lease_seconds, *common, *tiny], env)
+                           "--lease-seconds", lease_seconds, "--sweep-interval-seconds", "1", *common, *tiny], env)
     except BaseException:
         c.stop()
         raise

@@ -4,8 +4,9 @@ each with its own data directory, on one PostgreSQL (node A's embedded cluster) 
 
 A file uploaded through A is trained on by whichever worker claims the job; that worker is killed
 (`kill -9`) mid-job and the other resumes from the last state it shared; the model is served
-through B, which has never seen the job's files. Last, the object store goes away during an
-upload: a clear 503, and no file registered."""
+through B, which has never seen the job's files. A cancelled job's outputs left in the bucket are
+swept by a worker. Last, the object store goes away: an upload is a clear 503 and registers
+nothing; a delete still deletes."""
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from cluster import start_cluster
+from cluster import BUCKET, start_cluster
 from conftest import QA, ROOT, qa_file_bytes
 
 KEY = "sk-ferrotune-scale"
@@ -97,8 +98,40 @@ def test_a_job_moves_between_workers_and_its_model_is_served_by_another_api_node
     assert len(result) > 0
 
 
-def test_an_object_store_outage_during_upload_is_a_clear_error_and_registers_nothing(cluster):
+def bucket_keys(cluster, prefix):
+    """The keys under `prefix` in the bucket (S3 ListObjectsV2, anonymous like the bucket's creation)."""
+    res = httpx.get(f"{cluster.s3}/{BUCKET}", params={"list-type": "2", "prefix": prefix})
+    res.raise_for_status()
+    return re.findall(r"<Key>([^<]+)</Key>", res.text)
+
+
+def test_a_cancelled_jobs_outputs_left_in_the_bucket_are_swept_by_a_worker(cluster):
+    """A job cancelled while paused, its worker gone, leaves its shared state in the bucket (no
+    worker has its folder on disk); a worker's orphan sweep (every second here) removes it and
+    keeps a finished job's outputs."""
     a = client(cluster, "api-0")
+    finished = next(j for j in a.fine_tuning.jobs.list().data if j.status == "succeeded")
+    uploaded = a.files.create(file=("health.json", qa_file_bytes()), purpose="fine-tune")
+    job = a.fine_tuning.jobs.create(model="ferrotune-tiny", training_file=uploaded.id)
+    a.fine_tuning.jobs.cancel(job.id)
+    deadline = time.time() + 60
+    while a.fine_tuning.jobs.retrieve(job.id).status != "cancelled":
+        assert time.time() < deadline, "the job never reached cancelled"
+        time.sleep(0.2)
+    left = f"ci/jobs/{job.id}/state-v1/adapter_model.safetensors"
+    httpx.put(f"{cluster.s3}/{BUCKET}/{left}", content=b"left by a worker that died").raise_for_status()
+    assert bucket_keys(cluster, f"ci/jobs/{job.id}/") == [left]
+    deadline = time.time() + 30
+    while bucket_keys(cluster, f"ci/jobs/{job.id}/"):
+        assert time.time() < deadline, "the cancelled job's outputs were never swept"
+        time.sleep(0.5)
+    kept = bucket_keys(cluster, f"ci/jobs/{finished.id}/adapter/")
+    assert f"ci/jobs/{finished.id}/adapter/adapter_model.safetensors" in kept
+
+
+def test_an_object_store_outage_is_a_clear_error_on_upload_and_a_delete_still_deletes(cluster):
+    a = client(cluster, "api-0")
+    doomed = a.files.create(file=("doomed.json", qa_file_bytes()), purpose="fine-tune")
     before = {f.id for f in a.files.list().data}
     weed = cluster.procs["weed"]
     weed.send_signal(signal.SIGKILL)
@@ -115,3 +148,7 @@ def test_an_object_store_outage_during_upload_is_a_clear_error_and_registers_not
     files = cluster.data["api-0"] / "files"
     assert not list((files / ".tmp").iterdir()), "the staged upload was left behind"
     assert {p.name for p in files.glob("file-*")} <= before, "bytes of an unregistered file were kept"
+    # A delete with the bucket down deletes the file; the bytes the bucket keeps are swept later.
+    assert a.files.delete(doomed.id).deleted
+    assert {f.id for f in a.files.list().data} == before - {doomed.id}
+    assert not (files / doomed.id).exists()
