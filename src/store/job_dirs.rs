@@ -61,6 +61,35 @@ impl BlobStore {
         }
     }
 
+    /// Upload the file `path` (under the data dir) for the other nodes; nothing without an
+    /// object store.
+    pub async fn share_file(&self, path: &Path) -> Result<(), StoreError> {
+        match self.shared(path) {
+            Some((remote, key)) => remote.upload(&key, path).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The shared copy of the small text file `path` (under the data dir), if there is one.
+    pub async fn read_shared(&self, path: &Path) -> Result<Option<String>, StoreError> {
+        match self.shared(path) {
+            Some((remote, key)) => remote.read_text(&key).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Fetch the shared copy of the file `path` (under the data dir) unless it is here already;
+    /// `Ok(false)` when it is in neither place.
+    pub async fn fetch_file(&self, path: &Path) -> Result<bool, StoreError> {
+        if tokio::fs::try_exists(path).await.unwrap_or(false) {
+            return Ok(true);
+        }
+        match self.shared(path) {
+            Some((remote, key)) => remote.download(&key, path).await,
+            None => Ok(false),
+        }
+    }
+
     /// Remove a shared directory from the object store (a pruned checkpoint, a cancelled job).
     pub async fn unshare_dir(&self, dir: &Path) -> Result<(), StoreError> {
         match self.shared(dir) {

@@ -105,6 +105,9 @@ pub enum Update {
     Pruned(usize),
     /// The state to resume from was written to this directory.
     StateSaved(PathBuf),
+    /// An ensemble member finished; its directory holds its record (`outcome.json`), adapter
+    /// and result files.
+    MemberFinished(PathBuf),
 }
 
 /// Files of a finished run.

@@ -4,7 +4,7 @@ use tokio::sync::mpsc;
 
 use super::Worker;
 use super::lease::Lease;
-use super::members::train_members;
+use super::members::{fetch_members, train_members};
 use super::trainer::{Progress, TrainingFailure, TrainingRequest};
 use super::validate::{MIN_EXAMPLES, validate_dataset};
 use crate::domain::job::{JobError, JobStatus};
@@ -205,12 +205,16 @@ impl Worker {
 
     /// With an object store, the training states shared by the last worker to run the job
     /// (perhaps another one) replace local ones, so the run resumes where the job got to.
+    /// An ensemble's members finished elsewhere are fetched whole instead (and skipped).
     async fn fetch_states(&self, job: &JobRow, output_dir: &std::path::Path) -> anyhow::Result<()> {
         let members = job.hyperparameters.0.ensemble_size.max(1);
         let mut dirs = vec![output_dir.join("state")];
         if members > 1 {
+            let finished = fetch_members(&self.blobs, output_dir, members).await?;
             dirs.extend(
-                (1..=members).map(|i| output_dir.join(format!("member-{i}")).join("state")),
+                (1..=members)
+                    .filter(|i| !finished.contains(i))
+                    .map(|i| output_dir.join(format!("member-{i}")).join("state")),
             );
         }
         for dir in dirs {

@@ -2,7 +2,9 @@
 //! `{output}/member-k` with seed `seed + k - 1` (so member 1 trains exactly as a single job
 //! would), optionally on a bootstrap sample of the training file. The members' steps are numbered
 //! one after another, so the job's events, loss curve and checkpoints read as one run of
-//! K × steps. A finished member leaves `outcome.json`; a resumed job skips it.
+//! K × steps. A finished member leaves `outcome.json`; a resumed job skips it. With an object
+//! store the worker shares a finished member (adapter, result files, then the record) before the
+//! next one starts, so a job resumed on another worker skips it too.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -15,15 +17,104 @@ use super::trainer::{
     Progress, StopSignal, Trainer, TrainingFailure, TrainingOutcome, TrainingRequest, Update,
 };
 use crate::domain::job::JobError;
+use crate::store::blobs::BlobStore;
+use crate::store::{Context, StoreError};
 use crate::train::rng;
 
-/// What a finished member left, as `outcome.json` records it.
-#[derive(Debug, Serialize, Deserialize)]
+/// The record a finished member leaves in its directory.
+const RECORD: &str = "outcome.json";
+
+/// What a finished member left, as its record says: paths relative to the member's directory
+/// (records written before that hold absolute ones, which resolve to themselves).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct MemberOutcome {
     steps: usize,
     trained_tokens: i64,
     adapter_dir: PathBuf,
     result_files: Vec<(PathBuf, String)>,
+}
+
+impl MemberOutcome {
+    /// Rewrite every path with `f`.
+    fn map_paths(mut self, f: impl Fn(&Path) -> PathBuf) -> Self {
+        self.adapter_dir = f(&self.adapter_dir);
+        for (path, _) in &mut self.result_files {
+            *path = f(path);
+        }
+        self
+    }
+
+    /// The record read from `dir`, paths resolved under it; `None` when there is none.
+    fn read(dir: &Path) -> Option<Self> {
+        let bytes = std::fs::read(dir.join(RECORD)).ok()?;
+        Self::parse(&bytes, dir)
+    }
+
+    /// A record's bytes, paths resolved under `dir`.
+    fn parse(bytes: &[u8], dir: &Path) -> Option<Self> {
+        let m: Self = serde_json::from_slice(bytes).ok()?;
+        Some(m.map_paths(|p| dir.join(p)))
+    }
+
+    /// Write the record into `dir`, paths relative to it.
+    fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let relative = self
+            .clone()
+            .map_paths(|p| p.strip_prefix(dir).unwrap_or(p).into());
+        std::fs::write(dir.join(RECORD), serde_json::to_vec(&relative)?)
+    }
+}
+
+/// Share the finished member in `dir` for the worker that may resume the job: its adapter and
+/// result files, then its record (so a worker that finds the record finds the rest). Nothing
+/// without an object store.
+pub(super) async fn share_member(blobs: &BlobStore, dir: &Path) -> Result<(), StoreError> {
+    if blobs.remote().is_none() {
+        return Ok(());
+    }
+    let Some(m) = MemberOutcome::read(dir) else {
+        return Ok(());
+    };
+    blobs.share_dir(&m.adapter_dir).await?;
+    for (path, _) in &m.result_files {
+        blobs.share_file(path).await?;
+    }
+    blobs.share_file(&dir.join(RECORD)).await
+}
+
+/// Fetch the members of the ensemble in `output_dir` that another worker finished and shared,
+/// so that this run skips them. Returns which members (1-based) are finished here now.
+pub(super) async fn fetch_members(
+    blobs: &BlobStore,
+    output_dir: &Path,
+    count: u32,
+) -> Result<Vec<u32>, StoreError> {
+    let mut finished = Vec::new();
+    for k in 1..=count {
+        let dir = output_dir.join(format!("member-{k}"));
+        if MemberOutcome::read(&dir).is_none() {
+            let Some(text) = blobs.read_shared(&dir.join(RECORD)).await? else {
+                continue;
+            };
+            let Some(m) = MemberOutcome::parse(text.as_bytes(), &dir) else {
+                continue;
+            };
+            let adapter = blobs.local_dir(&blobs.stored_path(&m.adapter_dir)).await?;
+            let mut whole = tokio::fs::try_exists(&adapter).await.unwrap_or(false);
+            for (path, _) in &m.result_files {
+                whole &= blobs.fetch_file(path).await?;
+            }
+            if !whole {
+                continue; // shared in part (not by this code): the member trains again
+            }
+            // The record last: a fetch cut short leaves the member to train again.
+            tokio::fs::write(dir.join(RECORD), text)
+                .await
+                .ctx("recording a fetched ensemble member")?;
+        }
+        finished.push(k);
+    }
+    Ok(finished)
 }
 
 fn io_failure(what: &str, e: impl std::fmt::Display) -> TrainingFailure {
@@ -129,6 +220,7 @@ impl Numbering {
             Update::Pruned(step) => Update::Pruned(self.step(step)),
             resolved @ Update::Resolved(_) => resolved,
             saved @ Update::StateSaved(_) => saved,
+            member @ Update::MemberFinished(_) => member,
         }
     }
 }
@@ -145,11 +237,7 @@ pub fn train_members(
     let mut steps_before = 0;
     for index in 0..count {
         let dir = request.output_dir.join(format!("member-{}", index + 1));
-        let record = dir.join("outcome.json");
-        let finished = std::fs::read(&record)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<MemberOutcome>(&b).ok());
-        let member = match finished {
+        let member = match MemberOutcome::read(&dir) {
             Some(m) => m,
             None => {
                 if stop.is_cancelled() {
@@ -190,9 +278,9 @@ pub fn train_members(
                     adapter_dir: done.adapter_dir,
                     result_files: done.result_files,
                 };
-                let json =
-                    serde_json::to_vec(&m).map_err(|e| io_failure("recording a member", e))?;
-                std::fs::write(&record, json).map_err(|e| io_failure("recording a member", e))?;
+                m.write(&dir)
+                    .map_err(|e| io_failure("recording a member", e))?;
+                progress.send(Update::MemberFinished(dir.clone()));
                 m
             }
         };
@@ -242,6 +330,31 @@ mod tests {
             "the same seed and member draw the same"
         );
         assert_ne!(read(&a), read(&b), "members draw differently");
+    }
+
+    #[test]
+    fn a_members_record_holds_paths_relative_to_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = MemberOutcome {
+            steps: 25,
+            trained_tokens: 1000,
+            adapter_dir: dir.path().join("adapter"),
+            result_files: vec![(dir.path().join("metrics.csv"), "metrics.csv".into())],
+        };
+        m.write(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(RECORD)).unwrap();
+        assert!(text.contains(r#""adapter_dir":"adapter""#), "{text}");
+        // Read back in another worker's data dir: the paths are that directory's.
+        let elsewhere = Path::new("/data/other/jobs/ftjob-x/member-1");
+        let read = MemberOutcome::parse(text.as_bytes(), elsewhere).unwrap();
+        assert_eq!(read.adapter_dir, elsewhere.join("adapter"));
+        assert_eq!(read.result_files[0].0, elsewhere.join("metrics.csv"));
+        assert_eq!(read.steps, 25);
+        // A record from before (absolute paths) still reads as written.
+        let old =
+            r#"{"steps":1,"trained_tokens":2,"adapter_dir":"/old/adapter","result_files":[]}"#;
+        let read = MemberOutcome::parse(old.as_bytes(), elsewhere).unwrap();
+        assert_eq!(read.adapter_dir, Path::new("/old/adapter"));
     }
 
     #[test]

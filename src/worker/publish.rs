@@ -66,6 +66,7 @@ impl Worker {
                 }
             }
             Update::StateSaved(dir) => self.blobs.share_state(&dir).await?,
+            Update::MemberFinished(dir) => super::members::share_member(&self.blobs, &dir).await?,
         }
         Ok(())
     }

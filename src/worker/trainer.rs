@@ -104,14 +104,18 @@ impl Progress {
     /// Report an update (dropped if the job is no longer being watched). A checkpoint waits
     /// until the worker has recorded it and every update before it: the trainer writes the state
     /// a lost worker resumes from only after that, so a resumed run never starts past metrics
-    /// that were still on their way to the database. A saved state waits too, until the worker
-    /// has shared it (with an object store): training goes on only from a state others can see.
+    /// that were still on their way to the database. A saved state (and a finished ensemble
+    /// member) waits too, until the worker has shared it (with an object store): training goes
+    /// on only from what others can see.
     pub fn send(&self, update: Update) {
         let update = match &self.rewrite {
             Some(r) => r(update),
             None => update,
         };
-        if matches!(update, Update::Checkpoint { .. } | Update::StateSaved(_)) {
+        if matches!(
+            update,
+            Update::Checkpoint { .. } | Update::StateSaved(_) | Update::MemberFinished(_)
+        ) {
             let (applied, done) = std::sync::mpsc::channel();
             if self.tx.send((update, Some(applied))).is_ok() {
                 // An error means the worker dropped it unrecorded (it is stopping): go on.

@@ -36,17 +36,24 @@ class Cluster:
     def __init__(self, root):
         self.root = Path(root)
         self.procs = {}
+        self.commands = {}
         self.logs = {}
         self.urls = {}
         self.data = {}
         self.s3 = None  # the S3 endpoint, once SeaweedFS runs
 
-    def start(self, name, args, env):
+    def start(self, name, args, env, mode="w"):
         log = self.root / f"{name}.log"
         self.logs[name] = log
+        self.commands[name] = (args, env)
         self.procs[name] = subprocess.Popen(
-            [str(a) for a in args], stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+            [str(a) for a in args], stdout=open(log, mode), stderr=subprocess.STDOUT, env=env)
         return self.procs[name]
+
+    def restart(self, name):
+        """Start `name` again as it was started (after it died), its log appended to."""
+        args, env = self.commands[name]
+        return self.start(name, args, env, mode="a")
 
     def tail(self, name, chars=3000):
         return self.logs[name].read_text()[-chars:]
