@@ -70,7 +70,13 @@ pub struct Generation {
     model: String,
     active: Active,
     metrics: GenerationMetrics,
+    /// The engine channel the request went down: closed once that engine's thread died.
+    engine: mpsc::Sender<Request>,
 }
+
+/// How long a generation that ended without its final response waits to see whether its engine
+/// died (the engine's thread drops its channel while it unwinds).
+const ENGINE_DEATH_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Generation {
     /// The engine's next response (`None` once the generation has ended).
@@ -81,6 +87,15 @@ impl Generation {
         };
         self.metrics.observe(&response);
         Some(response)
+    }
+
+    /// Whether the engine that ran this generation died (mistral.rs panicked; it restarts on the
+    /// next request): asked when the generation ended without its final response, which is
+    /// otherwise the engine swallowing a last incomplete UTF-8 token.
+    pub async fn engine_died(&self) -> bool {
+        tokio::time::timeout(ENGINE_DEATH_GRACE, self.engine.closed())
+            .await
+            .is_ok()
     }
 
     /// The prompt's token count, for the metrics of a stream that ends without usage (streamed
@@ -395,7 +410,12 @@ impl Engine {
     /// Send `request` to `name`'s engine. mistral.rs reboots an engine whose thread died (a
     /// panic inside it, seen under heavy concurrent batching on the CPU) when a sender is asked
     /// for, so a send that finds the channel closed is tried again with a fresh sender.
-    async fn send(&self, name: &str, mut request: Request) -> Result<(), ServeError> {
+    /// Returns the sender that took it.
+    async fn send(
+        &self,
+        name: &str,
+        mut request: Request,
+    ) -> Result<mpsc::Sender<Request>, ServeError> {
         for attempt in 0..3u32 {
             let sender =
                 self.model
@@ -406,7 +426,7 @@ impl Engine {
                         reason: e.to_string(),
                     })?;
             match sender.send(request).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(sender),
                 Err(returned) => request = returned.0,
             }
             tracing::warn!(
@@ -433,23 +453,25 @@ impl Engine {
         let n = params.n.max(1);
         let metrics = GenerationMetrics::submitted(name, n, params.max_tokens);
         let (tx, rx) = mpsc::channel(64);
-        if n == 1 {
+        let engine = if n == 1 {
             let request = build(params, tx);
-            self.send(name, Request::Normal(Box::new(request))).await?;
+            self.send(name, Request::Normal(Box::new(request))).await?
         } else {
             let mut subs = Vec::with_capacity(n);
+            let mut engine = None;
             for _ in 0..n {
                 let (sub_tx, sub_rx) = mpsc::channel(64);
                 let one = ChatParams {
                     n: 1,
                     ..params.clone()
                 };
-                self.send(name, Request::Normal(Box::new(build(one, sub_tx))))
-                    .await?;
+                let request = Request::Normal(Box::new(build(one, sub_tx)));
+                engine = Some(self.send(name, request).await?);
                 subs.push(sub_rx);
             }
             self.handle.spawn(fan_in(subs, tx));
-        }
+            engine.expect("n > 1 requests were sent")
+        };
         *self
             .active
             .lock()
@@ -461,7 +483,17 @@ impl Engine {
             model: name.to_owned(),
             active: self.active.clone(),
             metrics,
+            engine,
         })
+    }
+
+    /// Fault injection for tests: stop `name`'s engine thread as a panic inside mistral.rs does,
+    /// dropping its generations in flight; mistral.rs starts it again on the next request.
+    #[doc(hidden)]
+    pub async fn stop_engine_thread(&self, name: &str) -> Result<(), ServeError> {
+        let sender = self.model.inner().get_sender(Some(name));
+        let sender = sender.map_err(engine_err)?;
+        sender.send(Request::Terminate).await.map_err(engine_err)
     }
 
     /// Prompt tokens of a request on model `name` (the engine's own template and tokenizer, the

@@ -480,6 +480,52 @@ async fn a_client_that_disconnects_mid_stream_cancels_its_generation() {
     panic!("the generation is still running after the client left");
 }
 
+/// Stream `body` to `path`, stop the engine's thread after the first chunk (as a mistral.rs
+/// panic does) and return everything the client received.
+async fn stream_cut_by_engine_death(app: &TestApp, path: &str, body: Value) -> String {
+    let mut res = app.post(path, &body).await;
+    assert_eq!(res.status(), 200);
+    let mut text = String::from_utf8(res.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+    app.engine
+        .stop_engine_thread("ferrotune-tiny")
+        .await
+        .unwrap();
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_stream_whose_engine_dies_ends_with_an_error_event_and_the_next_request_is_served() {
+    let app = spawn_app().await;
+    let chat = json!({"model": "ferrotune-tiny", "stream": true, "temperature": 1.0,
+        "messages": [{"role": "user", "content": "Tell me everything."}]});
+    let legacy = json!({"model": "ferrotune-tiny", "stream": true, "temperature": 1.0,
+        "max_tokens": 1500, "prompt": "Tell me everything."});
+    for (path, body) in [("/v1/chat/completions", chat), ("/v1/completions", legacy)] {
+        let text = stream_cut_by_engine_death(&app, path, body).await;
+        let last = text.trim_end().rsplit("\n\n").next().unwrap();
+        let last: Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(last["error"]["type"], "server_error", "{path}: {text}");
+        let message = last["error"]["message"].as_str().unwrap();
+        assert!(message.contains("try again"), "{path}: {text}");
+        assert!(
+            !text.contains("\"finish_reason\":\"stop\"") && !text.contains("[DONE]"),
+            "{path}: a cut-off answer must not read as a finished one: {text}"
+        );
+        // mistral.rs restarts the engine for the next request.
+        let again = app
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "ferrotune-tiny", "max_tokens": 5,
+                "messages": [{"role": "user", "content": "Hi"}]}),
+            )
+            .await;
+        assert_eq!(again.status(), 200, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn a_model_that_cannot_be_loaded_is_a_clear_503() {
     let app = spawn_app().await;

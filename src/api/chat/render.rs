@@ -187,19 +187,9 @@ impl StreamState {
         self.done = true;
     }
 
-    /// End the stream with one error event: the cause is logged, the client sees a fixed
-    /// sentence (never engine internals or a backtrace).
+    /// End the stream with one error event.
     fn error(&mut self, cause: String) {
-        tracing::error!(model = %self.model, %cause, "generation failed mid-stream");
-        let e = ErrorResponse {
-            error: ErrorObject {
-                message: "The model failed while generating this answer; try again".to_owned(),
-                kind: "server_error".to_owned(),
-                param: None,
-                code: None,
-            },
-        };
-        self.pending.push_back(sse_data(&e));
+        self.pending.push_back(failure_event(&self.model, &cause));
         self.done = true;
     }
 
@@ -301,6 +291,24 @@ pub struct StreamShape {
     pub prompt_tokens: Option<usize>,
 }
 
+/// The error event that ends a stream whose generation failed: the cause is logged, the client
+/// sees a fixed sentence (never engine internals or a backtrace).
+pub fn failure_event(model: &str, cause: &str) -> Bytes {
+    tracing::error!(%model, %cause, "generation failed mid-stream");
+    sse_data(&ErrorResponse {
+        error: ErrorObject {
+            message: "The model failed while generating this answer; try again".to_owned(),
+            kind: "server_error".to_owned(),
+            param: None,
+            code: None,
+        },
+    })
+}
+
+/// The cause logged for a generation whose engine died under it.
+pub const ENGINE_DIED: &str =
+    "the engine stopped mid-generation (mistral.rs panicked; it restarts)";
+
 /// The SSE body of a streaming completion.
 pub fn sse_stream(
     generation: Generation,
@@ -331,7 +339,11 @@ pub fn sse_stream(
                 return None;
             }
             let next = s.generation.recv().await;
-            s.on_response(next);
+            if next.is_none() && s.generation.engine_died().await {
+                s.error(ENGINE_DIED.to_owned());
+            } else {
+                s.on_response(next);
+            }
         }
     })
 }

@@ -8,9 +8,10 @@ use mistralrs::core::{CompletionResponse, Logprobs, Response, ResponseLogprob};
 use serde_json::{Map, Value};
 
 use super::types::{CompletionChoice, CompletionLogprobs, CreateCompletionResponse};
-use crate::api::chat::render::{finish_reason, now, random_id, sse_data, usage};
+use crate::api::chat::render::{
+    ENGINE_DIED, failure_event, finish_reason, now, random_id, sse_data, usage,
+};
 use crate::api::chat::types::CompletionUsage;
-use crate::api::error::{ErrorObject, ErrorResponse};
 use crate::serve::Generation;
 
 /// What rendering needs to know about the request.
@@ -123,22 +124,21 @@ impl StreamState {
     }
 
     /// The events for one engine answer of prompt `prompt`; `true` ends the stream (an error).
-    fn on_response(&mut self, prompt: usize, response: Response, out: &mut Vec<Bytes>) -> bool {
-        let Response::CompletionChunk(chunk) = response else {
+    /// `None`: the generation's engine died under it.
+    fn on_response(
+        &mut self,
+        prompt: usize,
+        response: Option<Response>,
+        out: &mut Vec<Bytes>,
+    ) -> bool {
+        let Some(Response::CompletionChunk(chunk)) = response else {
             let cause = match response {
-                Response::CompletionModelError(m, _) | Response::ModelError(m, _) => m,
-                Response::ValidationError(e) | Response::InternalError(e) => e.to_string(),
-                _ => "unexpected engine response".to_owned(),
+                Some(Response::CompletionModelError(m, _) | Response::ModelError(m, _)) => m,
+                Some(Response::ValidationError(e) | Response::InternalError(e)) => e.to_string(),
+                Some(_) => "unexpected engine response".to_owned(),
+                None => ENGINE_DIED.to_owned(),
             };
-            tracing::error!(model = %self.shape.model, %cause, "completion failed mid-stream");
-            out.push(sse_data(&ErrorResponse {
-                error: ErrorObject {
-                    message: "The model failed while generating this answer; try again".into(),
-                    kind: "server_error".into(),
-                    param: None,
-                    code: None,
-                },
-            }));
+            out.push(failure_event(&self.shape.model, &cause));
             return true;
         };
         for c in chunk.choices {
@@ -226,9 +226,14 @@ pub fn completion_stream(
     let choices = generations.len() * shape.n.max(1);
     let merged =
         futures_util::stream::select_all(generations.into_iter().enumerate().map(|(i, g)| {
-            futures_util::stream::unfold(g, move |mut g| async move {
-                let r = g.recv().await?;
-                Some(((i, r), g))
+            // Each generation's responses, then `None` once if its engine died under it.
+            futures_util::stream::unfold(Some(g), move |g| async move {
+                let mut g = g?;
+                match g.recv().await {
+                    Some(r) => Some(((i, Some(r)), Some(g))),
+                    None if g.engine_died().await => Some(((i, None), None)),
+                    None => None,
+                }
             })
             .boxed()
         }));
