@@ -333,6 +333,7 @@ impl Application {
             max_num_seqs: 16,
             dtype: crate::config::serving_dtype(settings.model.dtype(&device)),
             force_cpu: device.is_cpu(),
+            prefix_cache: !device.is_cpu(),
             isq: settings.model.serve_quant.isq(),
             paged_kv_tokens: settings
                 .model

@@ -239,6 +239,7 @@ pub async fn engine_check(args: &EngineCheckArgs) -> anyhow::Result<()> {
         max_num_seqs: 16,
         dtype: serving_dtype(dtype),
         force_cpu: device.is_cpu(),
+        prefix_cache: !device.is_cpu(),
         isq: args.serve_quant.isq(),
         paged_kv_tokens,
     })

@@ -39,6 +39,11 @@ pub struct EngineOptions {
     pub isq: Option<mistralrs::IsqType>,
     /// Paged attention with this many KV-cache tokens per resident model (`None`: off).
     pub paged_kv_tokens: Option<usize>,
+    /// Keep mistral.rs's prefix cache (finished sequences' KV caches, reused by a prompt that
+    /// extends one; 16 per model). Only on a GPU: mistral.rs 0.8.1 evicts only caches held on a
+    /// GPU, so on the CPU it keeps every finished sequence's KV cache and memory grows with
+    /// every request (BENCHMARKS.md, "Prefix cache on the CPU").
+    pub prefix_cache: bool,
 }
 
 /// The serving engine.
@@ -161,6 +166,7 @@ impl Engine {
         let handle = runtime.handle().clone();
         let dir = options.base_dir.display().to_string();
         let (max_seqs, dtype, force_cpu) = (options.max_num_seqs, options.dtype, options.force_cpu);
+        let prefix_cache = options.prefix_cache;
         let isq = options.isq;
         // On failure the runtime must not be dropped in this async context (tokio panics).
         let fail = |runtime: tokio::runtime::Runtime, e: ServeError| {
@@ -175,6 +181,9 @@ impl Engine {
                     .with_max_num_seqs(max_seqs);
                 if force_cpu {
                     builder = builder.with_force_cpu();
+                }
+                if !prefix_cache {
+                    builder = builder.with_prefix_cache_n(None);
                 }
                 if let Some(isq) = isq {
                     builder = builder.with_isq(isq);
@@ -339,16 +348,15 @@ impl Engine {
         let model = self.model.clone();
         let id = name.to_owned();
         let seqs = self.options.max_num_seqs;
+        let config = EngineConfig {
+            no_prefix_cache: !self.options.prefix_cache,
+            ..EngineConfig::default()
+        };
         self.handle
             .spawn(async move {
                 let scheduler = super::paged::scheduler(&pipeline, seqs).await;
                 model
-                    .add_model(
-                        id,
-                        pipeline,
-                        scheduler,
-                        AddModelConfig::new(EngineConfig::default()),
-                    )
+                    .add_model(id, pipeline, scheduler, AddModelConfig::new(config))
                     .await
             })
             .await

@@ -8,7 +8,7 @@ use mistralrs::core::Response;
 use super::{ChatParams, Engine};
 
 /// Completion tokens of one non-streamed generation (`None` when it fails).
-async fn completion_tokens(engine: &Engine, model: &str, params: ChatParams) -> Option<usize> {
+pub async fn completion_tokens(engine: &Engine, model: &str, params: ChatParams) -> Option<usize> {
     let mut g = engine.chat(model, params, false).await.ok()?;
     match g.recv().await {
         Some(Response::Done(d)) => Some(d.usage.completion_tokens),
