@@ -379,7 +379,12 @@ impl Application {
                 .with_model_ready(preload_hook(engine.clone()));
             Some(tokio::spawn(worker.run_until_stopped(shutdown.clone())))
         } else {
-            None
+            Some(tokio::spawn(crate::worker::sweep_files_until_stopped(
+                store.clone(),
+                blobs,
+                settings.worker.sweep_interval(),
+                shutdown.clone(),
+            )))
         };
         tracing::info!(port, data_dir = %storage.data_dir.display(), "ferrotune listening");
         Ok(Self {

@@ -40,6 +40,22 @@ impl BlobStore {
     }
 }
 
+/// Remove the bytes of files without a row written `age` or longer ago, here and in the object
+/// store (their removal failed when the row went, or another node deleted the file). Returns
+/// how many files' bytes went.
+pub async fn sweep_orphan_files(
+    store: &Store,
+    blobs: &BlobStore,
+    age: Duration,
+) -> Result<usize, StoreError> {
+    let files = blobs.files_older_than(age).await?;
+    let gone = store.unknown_files(&files).await?;
+    for id in &gone {
+        blobs.remove(id).await?;
+    }
+    Ok(gone.len())
+}
+
 impl Store {
     /// The ids among `ids` that no file has (in any organization).
     pub async fn unknown_files(&self, ids: &[FileId]) -> Result<Vec<FileId>, StoreError> {

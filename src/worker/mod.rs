@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::ids::JobId;
 use crate::store::Store;
 use crate::store::blobs::BlobStore;
+use crate::store::orphans::sweep_orphan_files;
 pub use lease::Lease;
 pub use trainer::{Trainer, Unavailable};
 
@@ -39,6 +40,27 @@ pub struct WorkerSettings {
     pub jobs_dir: std::path::PathBuf,
     /// Time between sweeps for bytes no row owns ([`Worker::sweep_orphans`]).
     pub sweep_interval: Duration,
+}
+
+/// What an API node without a worker runs: every `interval` until `shutdown`, remove the bytes
+/// of files without a row (its cached copies of files deleted through another node).
+pub async fn sweep_files_until_stopped(
+    store: Store,
+    blobs: BlobStore,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match sweep_orphan_files(&store, &blobs, ORPHAN_AGE).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "swept file bytes no row owns"),
+            Err(e) => tracing::warn!(error = ?e, "sweeping orphaned file bytes failed"),
+        }
+    }
 }
 
 /// File bytes with no row are removed once they are this old: an upload stores its bytes before
@@ -168,12 +190,7 @@ impl Worker {
     /// cancelled while paused, its worker gone, left them in the object store). Returns how many
     /// files and job folders went.
     pub async fn sweep_orphans(&self, age: Duration) -> anyhow::Result<usize> {
-        let mut removed = 0;
-        let files = self.blobs.files_older_than(age).await?;
-        for id in self.store.unknown_files(&files).await? {
-            self.blobs.remove(&id).await?;
-            removed += 1;
-        }
+        let mut removed = sweep_orphan_files(&self.store, &self.blobs, age).await?;
         let shared = self.blobs.shared_jobs().await?;
         for id in self.store.cancelled_jobs(&shared).await? {
             let dir = self.settings.jobs_dir.join(id.as_str());

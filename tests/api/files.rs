@@ -408,3 +408,32 @@ async fn the_orphan_sweep_removes_old_bytes_that_no_file_owns_and_keeps_the_rest
     let content = app.get(&format!("/v1/files/{kept}/content")).await;
     assert_eq!(content.status(), 200);
 }
+
+#[tokio::test]
+async fn a_server_without_a_worker_sweeps_bytes_of_files_deleted_elsewhere() {
+    let app = spawn_app_with(AppOptions {
+        sweep_interval_seconds: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let kept = app.training_file(10).await;
+    // A cached copy of a file another node deleted, and a live file, both two hours old.
+    let files = app.data_dir.path().join("files");
+    let stray = files.join("file-deletedThroughAnotherNode");
+    std::fs::write(&stray, b"{}").unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for path in [&stray, &files.join(&kept)] {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(two_hours_ago).unwrap();
+    }
+    for _ in 0..100 {
+        if !stray.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!stray.exists(), "the server never swept the stray bytes");
+    assert_eq!(app.stored_blobs(), vec![kept.clone()]);
+    let content = app.get(&format!("/v1/files/{kept}/content")).await;
+    assert_eq!(content.status(), 200);
+}

@@ -45,6 +45,8 @@ pub struct AppOptions {
     pub serve_quant: Option<ferrotune::config::ServeQuant>,
     /// `--base-model` (default: the generated tiny model).
     pub base_model: Option<std::path::PathBuf>,
+    /// `--sweep-interval-seconds` (default 600).
+    pub sweep_interval_seconds: Option<u64>,
 }
 
 /// A running server and what tests need to talk to it.
@@ -134,6 +136,9 @@ async fn start(
     }
     if let Some(secs) = options.request_timeout_seconds {
         settings.http.request_timeout_seconds = secs;
+    }
+    if let Some(secs) = options.sweep_interval_seconds {
+        settings.worker.sweep_interval_seconds = secs;
     }
     // Tests drive workers explicitly.
     settings.run_worker = false;
