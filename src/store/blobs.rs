@@ -160,7 +160,7 @@ impl BlobStore {
 pub(super) const FILES: &str = "files";
 
 /// The object key of file `id`.
-pub(super) fn key(id: &FileId) -> String {
+fn key(id: &FileId) -> String {
     format!("{FILES}/{id}")
 }
 

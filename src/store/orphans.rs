@@ -1,7 +1,8 @@
-//! Stored bytes that no row owns any more, for a worker to sweep now and then
-//! ([`crate::worker::Worker::sweep_orphans`]): a file's bytes whose removal failed when its row
-//! went (the object store was down then), and the shared outputs of a job cancelled while no
-//! worker had it on its disk (paused, its worker gone).
+//! Stored bytes that no row owns any more, swept now and then by workers
+//! ([`crate::worker::Worker::sweep_orphans`]) and by API nodes without one (file bytes only): a
+//! file's bytes whose removal failed when its row went (the object store was down then) or that
+//! another node deleted, and the shared outputs of a job cancelled while no worker had it on its
+//! disk (paused, its worker gone).
 
 use std::collections::BTreeSet;
 use std::time::Duration;

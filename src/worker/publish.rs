@@ -93,8 +93,9 @@ impl Worker {
                 expires_after_seconds: None,
             });
         }
-        for dir in std::iter::once(&outcome.adapter_dir).chain(&outcome.members) {
-            self.blobs.share_dir(dir).await?;
+        // An ensemble's members (the first is its adapter) were shared as each finished.
+        if outcome.members.is_empty() {
+            self.blobs.share_dir(&outcome.adapter_dir).await?;
         }
         let path = |p: &std::path::PathBuf| self.blobs.stored_path(p);
         let results = JobResults {

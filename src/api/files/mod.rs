@@ -91,7 +91,7 @@ pub async fn retrieve_file(
 }
 
 /// Delete a file and its bytes. Bytes the object store cannot remove now (it is down) are swept
-/// by a worker later; the file is gone either way.
+/// later; the file is gone either way.
 #[utoipa::path(operation_id = "delete_file", tag = "Files",
     params(("file_id" = String, Path, description = "The file id")),
     responses((status = 200, body = DeletedObject), (status = 404, body = crate::api::error::ErrorResponse)))]
