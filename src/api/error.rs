@@ -1,15 +1,13 @@
 //! The one HTTP error type: every failure leaves the server as OpenAI's error envelope
 //! `{"error": {"message", "type", "param", "code"}}`, including actix's own rejections.
 
-use actix_web::body::EitherBody;
-use actix_web::dev::ServiceResponse;
 use actix_web::http::StatusCode;
-use actix_web::http::header::CONTENT_TYPE;
-use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::answers::AnswerError;
 use crate::domain::DomainError;
+use crate::serve::ServeError;
 use crate::store::StoreError;
 
 /// An error as the client sees it.
@@ -20,6 +18,8 @@ pub struct ApiError {
     kind: &'static str,
     param: Option<String>,
     code: Option<String>,
+    /// Seconds the client should wait before retrying (`Retry-After`).
+    retry_after: Option<u64>,
 }
 
 /// The envelope's inner object.
@@ -51,6 +51,7 @@ impl ApiError {
             kind,
             param: None,
             code: None,
+            retry_after: None,
         }
     }
 
@@ -111,6 +112,16 @@ impl ApiError {
             message,
         )
         .with_code("request_timeout")
+    }
+
+    /// 429 `rate_limit_exceeded` (OpenAI's `requests` type) with `Retry-After`: the server is
+    /// doing as much of this as it allows at once.
+    pub fn busy(message: impl Into<String>, retry_after_seconds: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_seconds),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "requests", message)
+                .with_code("rate_limit_exceeded")
+        }
     }
 
     /// 409 for a state conflict.
@@ -199,7 +210,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(ErrorResponse {
+        let mut response = HttpResponse::build(self.status);
+        if let Some(seconds) = self.retry_after {
+            response.insert_header(("Retry-After", seconds.to_string()));
+        }
+        response.json(ErrorResponse {
             error: ErrorObject {
                 message: self.message.clone(),
                 kind: self.kind.to_owned(),
@@ -244,62 +259,28 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// Middleware hook: replace any non-JSON error body (actix's defaults) with the envelope.
-pub fn envelope_plain_errors<B>(
-    res: ServiceResponse<B>,
-) -> actix_web::Result<ErrorHandlerResponse<B>> {
-    let is_json = res
-        .response()
-        .headers()
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json {
-        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+impl From<ServeError> for ApiError {
+    fn from(e: ServeError) -> Self {
+        match e {
+            ServeError::Invalid(m) => ApiError::invalid(m, None),
+            ServeError::Load { .. } => ApiError::unavailable(e.to_string()),
+            ServeError::Engine(_) => ApiError::internal(e),
+            ServeError::Stopped => ApiError::unavailable(e.to_string()),
+        }
     }
-    let status = res.status();
-    let (req, _) = res.into_parts();
-    let response = ApiError::for_status(status, &req).error_response();
-    let res: ServiceResponse<EitherBody<B>> =
-        ServiceResponse::new(req, response).map_into_right_body();
-    Ok(ErrorHandlerResponse::Response(res))
 }
 
-/// Render a JSON body rejection (malformed JSON, wrong types, missing fields, too large).
-pub fn json_rejection(
-    err: actix_web::error::JsonPayloadError,
-    _: &HttpRequest,
-) -> actix_web::Error {
-    use actix_web::error::JsonPayloadError as E;
-    let api = match &err {
-        E::Overflow { .. } | E::OverflowKnownLength { .. } => {
-            ApiError::too_large("The JSON body is too large")
+impl From<AnswerError> for ApiError {
+    fn from(e: AnswerError) -> Self {
+        match e {
+            AnswerError::ModelNotFound(model) => Self::not_found_model(&model),
+            AnswerError::MemberGone { .. } => {
+                Self::invalid(e.to_string(), Some("model")).with_code("model_not_found")
+            }
+            AnswerError::Invalid { message, param } => Self::invalid(message, Some(param)),
+            AnswerError::Store(e) => e.into(),
+            AnswerError::Serve(e) => e.into(),
+            AnswerError::Internal(m) => Self::internal(m),
         }
-        E::ContentType => ApiError::invalid(
-            "The request body must be JSON with Content-Type: application/json",
-            None,
-        ),
-        E::Deserialize(e) => {
-            let text = e.to_string();
-            let param = text
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.split('`').next());
-            ApiError::invalid(format!("Invalid JSON body: {text}"), param)
-        }
-        E::Payload(p) if super::body_timeout::is_timeout(p) => super::body_timeout::error(),
-        other => ApiError::invalid(format!("Invalid JSON body: {other}"), None),
-    };
-    api.into()
-}
-
-/// Render a query-string rejection.
-pub fn query_rejection(
-    err: actix_web::error::QueryPayloadError,
-    _: &HttpRequest,
-) -> actix_web::Error {
-    ApiError::invalid(format!("Invalid query parameters: {err}"), None).into()
-}
-
-/// Render a path rejection.
-pub fn path_rejection(err: actix_web::error::PathError, _: &HttpRequest) -> actix_web::Error {
-    ApiError::invalid(format!("Invalid path: {err}"), None).into()
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod body_timeout;
+pub mod charts;
 pub mod chat;
 pub mod completions;
 pub mod ensembles;
@@ -17,10 +18,10 @@ pub mod metrics;
 pub mod models;
 pub mod objects;
 pub mod openapi;
+pub mod rejections;
 pub mod request_span;
 pub mod routes;
 pub mod sampling;
-pub mod threshold;
 
 use actix_web::middleware::ErrorHandlers;
 
@@ -48,9 +49,22 @@ pub struct ApiState {
     pub started_at: i64,
     /// Where runtime adapters may be loaded from (`None`: the endpoints are disabled).
     pub adapter_root: Option<std::path::PathBuf>,
+    /// Model exports built and kept on this node.
+    pub exports: std::sync::Arc<crate::export::cache::ExportCache>,
+}
+
+impl ApiState {
+    /// The store, blobs and engine, as the use cases in [`crate::answers`] take them.
+    pub fn models(&self) -> crate::answers::Models<'_> {
+        crate::answers::Models {
+            store: &self.store,
+            blobs: &self.blobs,
+            engine: &self.engine,
+        }
+    }
 }
 
 /// Middleware that turns actix's plain-text error responses into the OpenAI envelope.
 pub fn error_envelopes<B: 'static>() -> ErrorHandlers<B> {
-    ErrorHandlers::new().default_handler(error::envelope_plain_errors)
+    ErrorHandlers::new().default_handler(rejections::envelope_plain_errors)
 }

@@ -11,14 +11,15 @@ use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::error::{self, ApiError};
+use super::error::ApiError;
+use super::rejections;
 use super::{chat, completions, ensembles, files, fine_tuning, health, metrics, models, openapi};
 
 /// Register every documented route and the error envelopes for actix's own rejections.
 pub fn configure(cfg: &mut ServiceConfig) {
-    cfg.app_data(web::JsonConfig::default().error_handler(error::json_rejection))
-        .app_data(web::QueryConfig::default().error_handler(error::query_rejection))
-        .app_data(web::PathConfig::default().error_handler(error::path_rejection))
+    cfg.app_data(web::JsonConfig::default().error_handler(rejections::json_rejection))
+        .app_data(web::QueryConfig::default().error_handler(rejections::query_rejection))
+        .app_data(web::PathConfig::default().error_handler(rejections::path_rejection))
         .service(health::health)
         .service(metrics::metrics)
         .service(files::list_files)
@@ -64,6 +65,7 @@ pub fn app() -> actix_web::App<
         .configure(configure)
         .into_app()
         .route("/openapi.json", web::get().to(openapi::serve_openapi))
+        .route("/ui/charts/{metric}", web::get().to(super::charts::chart))
         .configure(crate::ui::configure)
         .default_service(web::to(unmatched))
 }

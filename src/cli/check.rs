@@ -12,6 +12,7 @@ use clap::Args;
 
 use crate::config::{DeviceChoice, DtypeChoice, PagedAttention, ServeQuant, serving_dtype};
 use crate::domain::hyperparameters::LORA_MODULES;
+use crate::model_dir::template::ChatTemplate;
 use crate::serve::measure::{self, median};
 use crate::serve::{ChatParams, ChatTurn, Engine, EngineOptions};
 use crate::train::data::{self, Batch, Limits};
@@ -19,7 +20,6 @@ use crate::train::lora::LoraSpec;
 use crate::train::model::{CausalLm, ForwardCtx};
 use crate::train::rng::{self, purpose};
 use crate::train::step::loss_and_grads;
-use crate::train::template::ChatTemplate;
 
 /// `ferrotune model grad-step`.
 #[derive(Debug, Clone, Args)]

@@ -252,10 +252,10 @@ mod tests {
         assert_eq!(cfg.train_file, dir.path().join("d.json"));
         assert_eq!(cfg.template.as_deref(), Some("qwen"));
         assert_eq!(
-            (hp.lora_rank, hp.lora_alpha, hp.lora_dropout),
+            (hp.lora.rank, hp.lora.alpha, hp.lora.dropout),
             (8, 32.0, 0.05)
         );
-        assert_eq!(hp.lora_target, vec!["q_proj", "v_proj"]);
+        assert_eq!(hp.lora.target, vec!["q_proj", "v_proj"]);
         assert_eq!(hp.learning_rate, Some(1e-4));
         assert_eq!(
             (hp.n_epochs, hp.batch_size),
@@ -264,7 +264,7 @@ mod tests {
         assert_eq!((hp.gradient_accumulation_steps, hp.max_length), (4, 512));
         assert_eq!(hp.lr_scheduler_type, LrScheduler::Cosine);
         assert_eq!(
-            (cfg.seed, cfg.hyperparameters.validation_split),
+            (cfg.seed, cfg.hyperparameters.evaluation.validation_split),
             (3, Some(0.1))
         );
         assert_eq!(hp.gradient_checkpointing, Some(true));

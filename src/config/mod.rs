@@ -49,6 +49,11 @@ pub struct HttpSettings {
     /// it (request headers have actix's own 5-second limit).
     #[arg(long, env = "FERROTUNE_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
     pub request_timeout_seconds: u64,
+    /// Model exports (`/v1/models/{model}/export`) built at once; a request that would start
+    /// another is answered 429 with `Retry-After`. Each build holds about one weight tensor in
+    /// memory; finished exports are kept and shared.
+    #[arg(long, env = "FERROTUNE_MAX_CONCURRENT_EXPORTS", default_value_t = 1)]
+    pub max_concurrent_exports: usize,
 }
 
 impl HttpSettings {
@@ -307,6 +312,7 @@ impl Settings {
                 api_keys: vec![],
                 api_key_file: None,
                 request_timeout_seconds: 30,
+                max_concurrent_exports: 1,
             },
             model: ModelSettings {
                 base_model: Some(TINY_MODEL_NAME.into()),

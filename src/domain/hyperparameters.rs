@@ -61,7 +61,81 @@ pub const LORA_MODULES: [&str; 7] = [
     "down_proj",
 ];
 
-/// Everything a supervised LoRA job is trained with.
+/// The adapter's shape (flat on the wire: `lora_rank`, `lora_alpha`, …).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraSettings {
+    /// LoRA rank `r`.
+    #[serde(rename = "lora_rank")]
+    pub rank: u32,
+    /// LoRA `alpha`; the update is scaled by `alpha / r`.
+    #[serde(rename = "lora_alpha")]
+    pub alpha: f64,
+    /// Dropout on the LoRA input.
+    #[serde(rename = "lora_dropout")]
+    pub dropout: f64,
+    /// Modules that get adapters.
+    #[serde(rename = "lora_target")]
+    pub target: Vec<String>,
+}
+
+/// Validation and the end-of-run evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvaluationSettings {
+    /// Without a validation file: hold out this fraction (< 1) or this many (≥ 1) of the
+    /// training examples for validation (LLaMA-Factory's `val_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_split: Option<f64>,
+    /// At the end, answer every validation prompt with the base and the fine-tuned model and
+    /// score the answers (ROUGE, BLEU) against the references.
+    #[serde(default = "yes")]
+    pub predict_with_generate: bool,
+    /// New tokens per answer in that evaluation.
+    #[serde(default = "default_eval_tokens")]
+    pub eval_max_new_tokens: u32,
+}
+
+/// QLoRA: how the frozen projections are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct QuantizationSettings {
+    /// Store the frozen projections in 4 or 8 bits (LLaMA-Factory's `quantization_bit`).
+    #[serde(
+        rename = "quantization_bit",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bit: Option<u32>,
+    /// The format of that storage (default: `nf4` for 4 bits, `q8_0` for 8).
+    #[serde(
+        rename = "quantization_method",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub method: Option<QuantizationMethod>,
+    /// With `nf4`: store the block scales in 8 bits too (QLoRA's double quantization; default
+    /// on, as in LLaMA-Factory).
+    #[serde(
+        rename = "double_quantization",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub double: Option<bool>,
+}
+
+/// Several adapters trained as one ensemble.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EnsembleSettings {
+    /// Train this many adapters (1–8), differing by seed, and serve them as one `vote` ensemble
+    /// under the job's model name; each is also served as `{model}:member-N`.
+    #[serde(rename = "ensemble_size", default = "one")]
+    pub size: u32,
+    /// With `ensemble_size` > 1: train each member on a bootstrap sample of the training
+    /// examples (as many, drawn with replacement) instead of all of them.
+    #[serde(rename = "ensemble_bootstrap", default)]
+    pub bootstrap: bool,
+}
+
+/// Everything a supervised LoRA job is trained with: flat on the wire (and in the database),
+/// grouped here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hyperparameters {
     /// Passes over the training set.
@@ -72,14 +146,9 @@ pub struct Hyperparameters {
     pub learning_rate_multiplier: AutoOr<f64>,
     /// Absolute learning rate; wins over the multiplier when set.
     pub learning_rate: Option<f64>,
-    /// LoRA rank `r`.
-    pub lora_rank: u32,
-    /// LoRA `alpha`; the update is scaled by `alpha / r`.
-    pub lora_alpha: f64,
-    /// Dropout on the LoRA input.
-    pub lora_dropout: f64,
-    /// Modules that get adapters.
-    pub lora_target: Vec<String>,
+    /// The adapter: rank, alpha, dropout, target modules.
+    #[serde(flatten)]
+    pub lora: LoraSettings,
     /// Schedule after warm-up.
     pub lr_scheduler_type: LrScheduler,
     /// Fraction of steps spent warming up.
@@ -105,35 +174,15 @@ pub struct Hyperparameters {
     /// LLaMA-Factory does), off on the CPU.
     #[serde(default)]
     pub gradient_checkpointing: Option<bool>,
-    /// Without a validation file: hold out this fraction (< 1) or this many (≥ 1) of the
-    /// training examples for validation (LLaMA-Factory's `val_size`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub validation_split: Option<f64>,
-    /// At the end, answer every validation prompt with the base and the fine-tuned model and
-    /// score the answers (ROUGE, BLEU) against the references.
-    #[serde(default = "yes")]
-    pub predict_with_generate: bool,
-    /// New tokens per answer in that evaluation.
-    #[serde(default = "default_eval_tokens")]
-    pub eval_max_new_tokens: u32,
-    /// QLoRA: store the frozen projections in 4 or 8 bits (LLaMA-Factory's `quantization_bit`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quantization_bit: Option<u32>,
-    /// The format of that storage (default: `nf4` for 4 bits, `q8_0` for 8).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quantization_method: Option<QuantizationMethod>,
-    /// With `nf4`: store the block scales in 8 bits too (QLoRA's double quantization; default
-    /// on, as in LLaMA-Factory).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub double_quantization: Option<bool>,
-    /// Train this many adapters (1–8), differing by seed, and serve them as one `vote` ensemble
-    /// under the job's model name; each is also served as `{model}:member-N`.
-    #[serde(default = "one")]
-    pub ensemble_size: u32,
-    /// With `ensemble_size` > 1: train each member on a bootstrap sample of the training
-    /// examples (as many, drawn with replacement) instead of all of them.
-    #[serde(default)]
-    pub ensemble_bootstrap: bool,
+    /// Validation: the held-out split and the end-of-run generation evaluation.
+    #[serde(flatten)]
+    pub evaluation: EvaluationSettings,
+    /// QLoRA storage of the frozen weights.
+    #[serde(flatten)]
+    pub quantization: QuantizationSettings,
+    /// Several adapters trained as one ensemble.
+    #[serde(flatten)]
+    pub ensemble: EnsembleSettings,
     /// The fine-tuned model (`ft:…`) whose adapter this job continues from: set when a job is
     /// created with `model: "ft:…"` (the job's `model` is then that model's base).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,7 +246,7 @@ impl QuantizationMethod {
 impl Hyperparameters {
     /// The QLoRA storage asked for, if any: the method, or the default of the bit width.
     pub fn quantization(&self) -> Option<QuantizationMethod> {
-        match (self.quantization_bit, self.quantization_method) {
+        match (self.quantization.bit, self.quantization.method) {
             (_, Some(m)) => Some(m),
             (Some(8), None) => Some(QuantizationMethod::Q8_0),
             (Some(_), None) => Some(QuantizationMethod::Nf4),
@@ -225,10 +274,12 @@ impl Default for Hyperparameters {
             batch_size: AutoOr::Auto,
             learning_rate_multiplier: AutoOr::Auto,
             learning_rate: None,
-            lora_rank: 8,
-            lora_alpha: 32.0,
-            lora_dropout: 0.05,
-            lora_target: LORA_MODULES.iter().map(|m| (*m).to_owned()).collect(),
+            lora: LoraSettings {
+                rank: 8,
+                alpha: 32.0,
+                dropout: 0.05,
+                target: LORA_MODULES.iter().map(|m| (*m).to_owned()).collect(),
+            },
             lr_scheduler_type: LrScheduler::Cosine,
             warmup_ratio: 0.0,
             gradient_accumulation_steps: 1,
@@ -240,14 +291,16 @@ impl Default for Hyperparameters {
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             gradient_checkpointing: None,
-            validation_split: None,
-            predict_with_generate: true,
-            eval_max_new_tokens: default_eval_tokens(),
-            quantization_bit: None,
-            quantization_method: None,
-            double_quantization: None,
-            ensemble_size: 1,
-            ensemble_bootstrap: false,
+            evaluation: EvaluationSettings {
+                validation_split: None,
+                predict_with_generate: true,
+                eval_max_new_tokens: default_eval_tokens(),
+            },
+            quantization: QuantizationSettings::default(),
+            ensemble: EnsembleSettings {
+                size: 1,
+                bootstrap: false,
+            },
             init_model: None,
             device: None,
             preference: None,
@@ -276,10 +329,10 @@ impl Hyperparameters {
                     }
                 }
                 "learning_rate" => self.learning_rate = Some(f.float(key, 0.0, 1.0, false)?),
-                "lora_rank" => self.lora_rank = f.int(key, 1, 1024)?,
-                "lora_alpha" => self.lora_alpha = f.float(key, 0.0, 4096.0, false)?,
-                "lora_dropout" => self.lora_dropout = f.float(key, 0.0, 1.0, true)?,
-                "lora_target" => self.lora_target = f.modules(key)?,
+                "lora_rank" => self.lora.rank = f.int(key, 1, 1024)?,
+                "lora_alpha" => self.lora.alpha = f.float(key, 0.0, 4096.0, false)?,
+                "lora_dropout" => self.lora.dropout = f.float(key, 0.0, 1.0, true)?,
+                "lora_target" => self.lora.target = f.modules(key)?,
                 "lr_scheduler_type" => self.lr_scheduler_type = f.scheduler(key)?,
                 "warmup_ratio" => self.warmup_ratio = f.float(key, 0.0, 1.0, true)?,
                 "gradient_accumulation_steps" => {
@@ -293,23 +346,27 @@ impl Hyperparameters {
                 "weight_decay" => self.weight_decay = f.float(key, 0.0, 1.0, true)?,
                 "max_grad_norm" => self.max_grad_norm = f.float(key, 0.0, 1.0e6, true)?,
                 "gradient_checkpointing" => self.gradient_checkpointing = Some(f.boolean(key)?),
-                "validation_split" => self.validation_split = Some(f.split(key)?),
-                "predict_with_generate" => self.predict_with_generate = f.boolean(key)?,
-                "eval_max_new_tokens" => self.eval_max_new_tokens = f.int(key, 1, 4096)?,
+                "validation_split" => self.evaluation.validation_split = Some(f.split(key)?),
+                "predict_with_generate" => {
+                    self.evaluation.predict_with_generate = f.boolean(key)?
+                }
+                "eval_max_new_tokens" => {
+                    self.evaluation.eval_max_new_tokens = f.int(key, 1, 4096)?
+                }
                 "quantization_bit" => {
                     let bits = f.int(key, 4, 8)?;
                     if bits != 4 && bits != 8 {
                         return Err(f.err(key, "quantization_bit must be 4 or 8".into()));
                     }
-                    self.quantization_bit = Some(bits);
+                    self.quantization.bit = Some(bits);
                 }
-                "quantization_method" => self.quantization_method = Some(f.method(key)?),
-                "double_quantization" => self.double_quantization = Some(f.boolean(key)?),
+                "quantization_method" => self.quantization.method = Some(f.method(key)?),
+                "double_quantization" => self.quantization.double = Some(f.boolean(key)?),
                 "ensemble_size" => {
-                    self.ensemble_size =
+                    self.ensemble.size =
                         f.int(key, 1, crate::domain::ensemble::MAX_MEMBERS as u32)?
                 }
-                "ensemble_bootstrap" => self.ensemble_bootstrap = f.boolean(key)?,
+                "ensemble_bootstrap" => self.ensemble.bootstrap = f.boolean(key)?,
                 "device" => {
                     let device = serde_json::from_value(map[key].clone())
                         .map_err(|_| f.err(key, "device must be cpu or cuda".into()))?;
@@ -319,8 +376,7 @@ impl Hyperparameters {
                     let Some(p) = self.preference.as_mut() else {
                         return Err(f.err(key, format!("{key} applies to method type dpo only")));
                     };
-                    p.apply(key, &map[key])
-                        .map_err(|message| f.err(key, message))?;
+                    p.apply(key, &map[key]).map_err(|e| f.err(key, e.message))?;
                 }
                 other => {
                     return Err(DomainError::invalid(
@@ -330,7 +386,7 @@ impl Hyperparameters {
                 }
             }
         }
-        if self.double_quantization.is_some()
+        if self.quantization.double.is_some()
             && self
                 .quantization()
                 .is_some_and(|m| m != QuantizationMethod::Nf4)
@@ -340,13 +396,13 @@ impl Hyperparameters {
                 "double_quantization applies to quantization_method nf4 only".to_owned(),
             ));
         }
-        if self.ensemble_bootstrap && self.ensemble_size < 2 {
+        if self.ensemble.bootstrap && self.ensemble.size < 2 {
             return Err(DomainError::invalid(
                 format!("{prefix}.ensemble_bootstrap"),
                 "ensemble_bootstrap applies with ensemble_size 2 or more".to_owned(),
             ));
         }
-        if let (Some(bits), Some(m)) = (self.quantization_bit, self.quantization_method)
+        if let (Some(bits), Some(m)) = (self.quantization.bit, self.quantization.method)
             && bits != m.bits()
         {
             return Err(DomainError::invalid(
@@ -506,10 +562,10 @@ mod tests {
     fn defaults_match_the_seed_recipe() {
         let hp = Hyperparameters::default();
         assert_eq!(
-            (hp.lora_rank, hp.lora_alpha, hp.lora_dropout),
+            (hp.lora.rank, hp.lora.alpha, hp.lora.dropout),
             (8, 32.0, 0.05)
         );
-        assert_eq!(hp.lora_target.len(), 7);
+        assert_eq!(hp.lora.target.len(), 7);
         assert_eq!(hp.to_json()["n_epochs"], json!("auto"));
     }
 
@@ -523,7 +579,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(hp.n_epochs, AutoOr::Value(3));
-        assert_eq!(hp.lora_target, vec!["q_proj", "v_proj"]);
+        assert_eq!(hp.lora.target, vec!["q_proj", "v_proj"]);
         let back: Hyperparameters = serde_json::from_value(hp.to_json()).unwrap();
         assert_eq!(back, hp);
     }
@@ -598,17 +654,23 @@ mod tests {
             Some(QuantizationMethod::Q8_0)
         );
         let plain = hp(json!({"quantization_bit": 4, "double_quantization": false}));
-        assert_eq!(plain.double_quantization, Some(false));
+        assert_eq!(plain.quantization.double, Some(false));
         assert_eq!(Hyperparameters::default().quantization(), None);
     }
 
     #[test]
     fn validation_splits_are_fractions_or_counts() {
         let hp = |v| Hyperparameters::default().apply(&json!({"validation_split": v}), "h");
-        assert_eq!(hp(json!(0.2)).unwrap().validation_split, Some(0.2));
-        assert_eq!(hp(json!(12)).unwrap().validation_split, Some(12.0));
+        assert_eq!(
+            hp(json!(0.2)).unwrap().evaluation.validation_split,
+            Some(0.2)
+        );
+        assert_eq!(
+            hp(json!(12)).unwrap().evaluation.validation_split,
+            Some(12.0)
+        );
         let plain = Hyperparameters::default();
-        assert!(plain.predict_with_generate);
+        assert!(plain.evaluation.predict_with_generate);
         assert!(plain.to_json().get("validation_split").is_none());
         // Jobs stored before these fields existed still load, with the defaults.
         let mut old = plain.to_json();

@@ -112,9 +112,9 @@ impl JobSpec {
         if let Some(method) = req.method.as_ref().filter(|m| !m.is_null()) {
             hyperparameters = apply_method(method, hyperparameters)?;
         }
-        if validation_file.is_some() && hyperparameters.validation_split.is_some() {
+        if validation_file.is_some() && hyperparameters.evaluation.validation_split.is_some() {
             return Err(DomainError::invalid(
-                "hyperparameters.validation_split",
+                "hyperparameters.evaluation.validation_split",
                 "validation_split holds out training examples for validation; it cannot be \
                  combined with a validation_file",
             ));
@@ -256,7 +256,7 @@ mod tests {
         })))
         .unwrap();
         assert_eq!(spec.hyperparameters.n_epochs, AutoOr::Value(4));
-        assert_eq!(spec.hyperparameters.lora_rank, 16);
+        assert_eq!(spec.hyperparameters.lora.rank, 16);
         assert!((0..=2_147_483_647).contains(&spec.seed));
     }
 
@@ -308,7 +308,7 @@ mod tests {
             (json!({"integrations": "wandb"}), "integrations"),
             (
                 json!({"validation_file": "file-abc", "hyperparameters": {"validation_split": 0.1}}),
-                "hyperparameters.validation_split",
+                "hyperparameters.evaluation.validation_split",
             ),
         ];
         for (extra, param) in cases {

@@ -5,6 +5,7 @@
 
 pub mod dataset;
 pub mod ensemble;
+pub mod finish;
 pub mod hyperparameters;
 pub mod ids;
 pub mod job;
@@ -13,6 +14,7 @@ pub mod model_name;
 pub mod organization;
 pub mod pagination;
 pub mod preference;
+pub mod scores;
 pub mod text;
 pub mod tools;
 

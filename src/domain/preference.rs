@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::DomainError;
+
 /// How a pair's log-probabilities become a loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -41,13 +43,14 @@ impl Default for PreferenceSettings {
 }
 
 impl PreferenceSettings {
-    /// Set `key` from `value`; the error says what is allowed.
-    pub fn apply(&mut self, key: &str, value: &Value) -> Result<(), String> {
+    /// Set `key` from `value`; the error (for parameter `key`) says what is allowed.
+    pub fn apply(&mut self, key: &str, value: &Value) -> Result<(), DomainError> {
+        let bad = |message: &str| DomainError::invalid(key, message);
         let number = |lo: f64, hi: f64| {
             value
                 .as_f64()
                 .filter(|v| v.is_finite() && *v > lo && *v <= hi)
-                .ok_or_else(|| format!("{key} must be a number in ({lo}, {hi}]"))
+                .ok_or_else(|| bad(&format!("{key} must be a number in ({lo}, {hi}]")))
         };
         match key {
             "beta" | "pref_beta" => self.beta = number(0.0, 100.0)?,
@@ -55,19 +58,19 @@ impl PreferenceSettings {
                 self.pref_ftx = value
                     .as_f64()
                     .filter(|v| v.is_finite() && (0.0..=100.0).contains(v))
-                    .ok_or("pref_ftx must be a number in [0, 100]")?
+                    .ok_or_else(|| bad("pref_ftx must be a number in [0, 100]"))?
             }
             "simpo_gamma" => {
                 self.simpo_gamma = value
                     .as_f64()
                     .filter(|v| v.is_finite() && (0.0..=100.0).contains(v))
-                    .ok_or("simpo_gamma must be a number in [0, 100]")?
+                    .ok_or_else(|| bad("simpo_gamma must be a number in [0, 100]"))?
             }
             "pref_loss" => {
                 self.pref_loss = serde_json::from_value(value.clone())
-                    .map_err(|_| "pref_loss must be one of sigmoid, ipo, simpo".to_owned())?
+                    .map_err(|_| bad("pref_loss must be one of sigmoid, ipo, simpo"))?
             }
-            other => return Err(format!("unknown preference setting {other}")),
+            other => return Err(bad(&format!("unknown preference setting {other}"))),
         }
         Ok(())
     }

@@ -1,25 +1,26 @@
-//! GGUF out: a Hugging Face llama-family model (weights in memory, tokenizer and config from its
-//! directory) written as one GGUF file that llama.cpp-family tools and our own importer read —
+//! GGUF out: a Hugging Face llama-family model (weights merged one tensor at a time, tokenizer and
+//! config from its directory) written as one GGUF file that llama.cpp-family tools and our own importer read —
 //! the `llama.*`/`qwen2.*` metadata, the byte-level BPE tokenizer as `tokenizer.ggml.*` with its
 //! chat template, and every tensor under llama.cpp's name, q/k rows permuted as its converter
-//! does, quantized as asked.
+//! does, quantized as asked. The header is written first (tensor sizes follow from their shapes and
+//! formats), then each tensor is merged, quantized and written in turn.
 
 use std::collections::HashMap;
+use std::io::{Seek, Write};
 use std::path::Path;
 
-use candle_core::Tensor;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use serde_json::Value as Json;
 
+use super::merge::MergedModel;
 use super::{ExportError, Quant};
 use crate::model_dir::gguf::{gguf_name, permute, pre_tokenizer_name};
 use crate::model_dir::{Arch, Config};
 
 /// The ggml type a tensor is stored as: 1-D tensors (norms, biases) stay f32; matrices take
 /// `quant`, falling back (as llama.cpp does) when their rows do not split into its blocks.
-fn ggml_type(t: &Tensor, quant: Quant) -> GgmlDType {
-    let dims = t.dims();
+fn ggml_type(dims: &[usize], quant: Quant) -> GgmlDType {
     if dims.len() < 2 {
         return GgmlDType::F32;
     }
@@ -44,10 +45,49 @@ fn file_type(quant: Quant) -> u32 {
     }
 }
 
-/// Write `weights` (f32, Hugging Face names) of the model in `dir` to the GGUF file `out`.
+/// GGUF's id of a tensor format (ggml's `enum ggml_type`).
+fn type_id(kind: GgmlDType) -> u32 {
+    match kind {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q5_0 => 6,
+        GgmlDType::Q5_1 => 7,
+        GgmlDType::Q8_0 => 8,
+        GgmlDType::Q8_1 => 9,
+        GgmlDType::Q2K => 10,
+        GgmlDType::Q3K => 11,
+        GgmlDType::Q4K => 12,
+        GgmlDType::Q5K => 13,
+        GgmlDType::Q6K => 14,
+        GgmlDType::Q8K => 15,
+        GgmlDType::BF16 => 30,
+    }
+}
+
+/// GGUF aligns the tensor data, and each tensor in it, to this many bytes.
+const ALIGNMENT: u64 = 32;
+
+/// One tensor of the output: its GGUF name, Hugging Face name, shape and format.
+struct Planned {
+    gguf: String,
+    hf: String,
+    dims: Vec<usize>,
+    kind: GgmlDType,
+}
+
+impl Planned {
+    fn bytes(&self) -> u64 {
+        let elems: usize = self.dims.iter().product();
+        (elems / self.kind.block_size() * self.kind.type_size()) as u64
+    }
+}
+
+/// Write `model` (whose config and tokenizer are in `dir`) to the GGUF file `out`.
 pub fn write(
     dir: &Path,
-    weights: &HashMap<String, Tensor>,
+    model: &MergedModel,
     quant: Quant,
     out: &Path,
     name: &str,
@@ -64,37 +104,115 @@ pub fn write(
     }
     let mut meta = model_metadata(&cfg, arch, name, quant);
     meta.extend(tokenizer_metadata(dir)?);
-    let mut tensors = Vec::new();
-    let mut names: Vec<&String> = weights.keys().collect();
-    names.sort_by_key(|n| order_key(n));
-    for hf in names {
+    let mut plan = Vec::new();
+    for (hf, dims) in model.shapes() {
+        if hf == "lm_head.weight" && cfg.tie_word_embeddings {
+            continue;
+        }
         let Some(gguf) = gguf_name(hf) else {
             return Err(ExportError::Unsupported(format!(
                 "tensor {hf} has no GGUF name"
             )));
         };
-        let mut t = weights[hf].clone();
-        if hf == "lm_head.weight" && cfg.tie_word_embeddings {
-            continue;
-        }
-        let fail = |e: candle_core::Error| ExportError::Input(format!("tensor {hf}: {e}"));
-        if arch == "llama" && hf.ends_with("q_proj.weight") {
+        plan.push(Planned {
+            gguf,
+            hf: hf.to_owned(),
+            dims: dims.to_vec(),
+            kind: ggml_type(dims, quant),
+        });
+    }
+    plan.sort_by_key(|p| order_key(&p.hf));
+    let tensor = |p: &Planned| -> Result<QTensor, ExportError> {
+        let fail = |e: candle_core::Error| ExportError::Input(format!("tensor {}: {e}", p.hf));
+        let mut t = model.tensor(&p.hf)?;
+        if arch == "llama" && p.hf.ends_with("q_proj.weight") {
             t = permute(&t, cfg.num_attention_heads).map_err(fail)?;
-        } else if arch == "llama" && hf.ends_with("k_proj.weight") {
+        } else if arch == "llama" && p.hf.ends_with("k_proj.weight") {
             t = permute(&t, cfg.kv_heads()).map_err(fail)?;
         }
         let t = t.contiguous().map_err(fail)?;
-        let q = QTensor::quantize(&t, ggml_type(&t, quant)).map_err(fail)?;
-        tensors.push((gguf, q));
-    }
+        QTensor::quantize(&t, p.kind).map_err(fail)
+    };
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut failure = None;
     super::write_atomically(out, |file| {
         let mut w = std::io::BufWriter::new(file);
-        candle_core::quantized::gguf_file::write(&mut w, &meta_refs, &tensor_refs)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        std::io::Write::flush(&mut w)
+        write_header(&mut w, &meta_refs, &plan)?;
+        for p in &plan {
+            let q = tensor(p).map_err(|e| {
+                let text = e.to_string();
+                failure = Some(e);
+                std::io::Error::other(text)
+            })?;
+            let data = q.data().map_err(|e| std::io::Error::other(e.to_string()))?;
+            if data.len() as u64 != p.bytes() {
+                return Err(std::io::Error::other(format!(
+                    "tensor {} has {} bytes, {} were planned",
+                    p.hf,
+                    data.len(),
+                    p.bytes()
+                )));
+            }
+            w.write_all(&data)?;
+            pad(&mut w)?;
+        }
+        w.flush()
     })
+    .map_err(|e| failure.take().unwrap_or(e))
+}
+
+/// The bytes a metadata value takes in the file (GGUF v2+: 64-bit lengths).
+fn value_size(v: &Value) -> usize {
+    match v {
+        Value::U8(_) | Value::I8(_) | Value::Bool(_) => 1,
+        Value::U16(_) | Value::I16(_) => 2,
+        Value::U32(_) | Value::I32(_) | Value::F32(_) => 4,
+        Value::U64(_) | Value::I64(_) | Value::F64(_) => 8,
+        Value::String(s) => 8 + s.len(),
+        Value::Array(items) => 4 + 8 + items.iter().map(value_size).sum::<usize>(),
+    }
+}
+
+/// Zeros up to the next multiple of [`ALIGNMENT`].
+fn pad<W: Write + Seek>(w: &mut W) -> std::io::Result<()> {
+    let pos = w.stream_position()?;
+    let padding = (ALIGNMENT - pos % ALIGNMENT) % ALIGNMENT;
+    w.write_all(&vec![0u8; padding as usize])
+}
+
+/// The header: magic, version, counts and metadata (candle's writer, with no tensors), then
+/// every tensor's name, shape, format and offset, padded to the data.
+fn write_header<W: Write + Seek>(
+    w: &mut W,
+    meta: &[(&str, &Value)],
+    plan: &[Planned],
+) -> std::io::Result<()> {
+    let mut head = std::io::Cursor::new(Vec::new());
+    candle_core::quantized::gguf_file::write(&mut head, meta, &[])
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut head = head.into_inner();
+    // Bytes 8..16 count the tensors; the alignment padding candle wrote after the metadata
+    // comes after the tensor infos instead.
+    head[8..16].copy_from_slice(&(plan.len() as u64).to_le_bytes());
+    let kvs: usize = meta
+        .iter()
+        .map(|(k, v)| 8 + k.len() + 4 + value_size(v))
+        .sum();
+    head.truncate(24 + kvs);
+    w.write_all(&head)?;
+    let mut offset = 0u64;
+    for p in plan {
+        w.write_all(&(p.gguf.len() as u64).to_le_bytes())?;
+        w.write_all(p.gguf.as_bytes())?;
+        w.write_all(&(p.dims.len() as u32).to_le_bytes())?;
+        for d in p.dims.iter().rev() {
+            w.write_all(&(*d as u64).to_le_bytes())?;
+        }
+        w.write_all(&type_id(p.kind).to_le_bytes())?;
+        w.write_all(&offset.to_le_bytes())?;
+        offset += p.bytes().div_ceil(ALIGNMENT) * ALIGNMENT;
+    }
+    pad(w)
 }
 
 /// Embeddings, then the layers in number order, then the final norm and head.

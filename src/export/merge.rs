@@ -1,125 +1,129 @@
 //! Folding a PEFT LoRA adapter into its base weights: `W' = W + s · B · A` for every adapted
-//! module, with `s = lora_alpha / r` (or `lora_alpha / √r` for rsLoRA), computed in f32.
+//! module, with `s = lora_alpha / r` (or `lora_alpha / √r` for rsLoRA), computed in f32 — one
+//! tensor at a time, as the writer asks for it, so an export holds one weight in memory and not
+//! the model.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use serde_json::Value;
 
 use super::ExportError;
+use crate::model_dir::adapter::{AdapterConfig, WEIGHTS_FILE};
+use crate::model_dir::quant::Quantization;
+use crate::model_dir::tensor_files::TensorFiles;
 
-/// The base model's weights (f32, by Hugging Face name) with `adapter` merged in when given.
-pub fn merged_weights(
-    base: &Path,
-    adapter: Option<&Path>,
-) -> Result<HashMap<String, Tensor>, ExportError> {
-    // An adapter trained on a quantized base (QLoRA) merges into the weights it saw.
-    let stored = match adapter {
-        Some(dir) => crate::train::quant::record::read(dir).map_err(ExportError::Input)?,
-        None => None,
-    };
-    let mut weights = HashMap::new();
-    for file in
-        crate::model_dir::weight_files(base).map_err(|e| ExportError::Input(e.to_string()))?
-    {
-        let tensors = candle_core::safetensors::load(&file, &Device::Cpu)
-            .map_err(|e| ExportError::Input(format!("{}: {e}", file.display())))?;
-        for (name, t) in tensors {
-            let t = match stored {
-                Some(how) => crate::train::quant::round_trip(&name, &t, how),
-                None => t.to_dtype(DType::F32),
-            }
-            .map_err(tensor_err(&name))?;
-            weights.insert(name, t);
-        }
-    }
-    if let Some(dir) = adapter {
-        merge(&mut weights, dir)?;
-    }
-    Ok(weights)
+/// One adapted module's pair (f32, on the CPU).
+struct LoraPair {
+    a: Tensor,
+    b: Tensor,
+}
+
+/// A base model's weights with an adapter merged in, read tensor by tensor.
+pub struct MergedModel {
+    base: TensorFiles,
+    /// The quantization whose round trip the adapter trained on (QLoRA), if any.
+    stored: Option<Quantization>,
+    scale: f64,
+    pairs: HashMap<String, LoraPair>,
 }
 
 fn tensor_err(name: &str) -> impl Fn(candle_core::Error) -> ExportError + '_ {
     move |e| ExportError::Input(format!("tensor {name}: {e}"))
 }
 
-/// The scale of an adapter's update, from its `adapter_config.json`.
-fn scale(dir: &Path) -> Result<f64, ExportError> {
-    let path = dir.join("adapter_config.json");
-    let bad = |why: String| ExportError::Input(format!("{}: {why}", path.display()));
-    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
-    let config: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    if config
-        .get("peft_type")
-        .and_then(Value::as_str)
-        .is_some_and(|t| t != "LORA")
-    {
-        return Err(bad(
-            "only LoRA adapters (peft_type LORA) can be merged".into()
-        ));
-    }
-    if config.get("use_dora").and_then(Value::as_bool) == Some(true) {
-        return Err(bad("DoRA adapters cannot be merged".into()));
-    }
-    let r = config
-        .get("r")
-        .and_then(Value::as_f64)
-        .filter(|r| *r >= 1.0)
-        .ok_or_else(|| bad("needs a rank r >= 1".into()))?;
-    let alpha = config
-        .get("lora_alpha")
-        .and_then(Value::as_f64)
-        .unwrap_or(r);
-    let rslora = config.get("use_rslora").and_then(Value::as_bool) == Some(true);
-    Ok(if rslora { alpha / r.sqrt() } else { alpha / r })
-}
-
-fn merge(weights: &mut HashMap<String, Tensor>, dir: &Path) -> Result<(), ExportError> {
-    let s = scale(dir)?;
-    let file = dir.join("adapter_model.safetensors");
-    let tensors = candle_core::safetensors::load(&file, &Device::Cpu)
-        .map_err(|e| ExportError::Input(format!("{}: {e}", file.display())))?;
-    let mut merged = 0;
-    for (name, a) in &tensors {
-        let Some(module) = name.strip_suffix(".lora_A.weight") else {
-            continue;
+impl MergedModel {
+    /// The base model in `base` with the adapter in `adapter` (when given), checked to fit: every
+    /// `lora_A` has its `lora_B`, adapts a weight the base has, and `B · A` has its shape.
+    pub fn open(base: &Path, adapter: Option<&Path>) -> Result<Self, ExportError> {
+        let files =
+            crate::model_dir::weight_files(base).map_err(|e| ExportError::Input(e.to_string()))?;
+        let base = TensorFiles::open(&files).map_err(|e| ExportError::Input(e.to_string()))?;
+        let Some(dir) = adapter else {
+            return Ok(Self {
+                base,
+                stored: None,
+                scale: 0.0,
+                pairs: HashMap::new(),
+            });
         };
-        let b_name = format!("{module}.lora_B.weight");
-        let b = tensors
-            .get(&b_name)
-            .ok_or_else(|| ExportError::Input(format!("the adapter has {name} but no {b_name}")))?;
-        let base_name = format!(
-            "{}.weight",
-            module.strip_prefix("base_model.model.").unwrap_or(module)
-        );
-        let w = weights.get(&base_name).ok_or_else(|| {
-            ExportError::Input(format!(
-                "the adapter adapts {base_name}, which the base model does not have"
-            ))
-        })?;
-        let delta = b
-            .to_dtype(DType::F32)
-            .and_then(|b| b.matmul(&a.to_dtype(DType::F32)?))
-            .and_then(|d| d * s)
-            .map_err(tensor_err(name))?;
-        if delta.dims() != w.dims() {
+        // An adapter trained on a quantized base (QLoRA) merges into the weights it saw.
+        let stored = crate::model_dir::quant::record::read(dir)
+            .map_err(|e| ExportError::Input(e.to_string()))?;
+        let scale = AdapterConfig::read(dir)
+            .map(|config| config.scale())
+            .map_err(|e| ExportError::Input(format!("{}: {e}", dir.display())))?;
+        let file = dir.join(WEIGHTS_FILE);
+        let tensors = candle_core::safetensors::load(&file, &Device::Cpu)
+            .map_err(|e| ExportError::Input(format!("{}: {e}", file.display())))?;
+        let mut pairs = HashMap::new();
+        for (name, a) in &tensors {
+            let Some(module) = name.strip_suffix(".lora_A.weight") else {
+                continue;
+            };
+            let b_name = format!("{module}.lora_B.weight");
+            let b = tensors.get(&b_name).ok_or_else(|| {
+                ExportError::Input(format!("the adapter has {name} but no {b_name}"))
+            })?;
+            let base_name = format!(
+                "{}.weight",
+                module.strip_prefix("base_model.model.").unwrap_or(module)
+            );
+            let shape = base.shape(&base_name).ok_or_else(|| {
+                ExportError::Input(format!(
+                    "the adapter adapts {base_name}, which the base model does not have"
+                ))
+            })?;
+            let (a, b) = (
+                a.to_dtype(DType::F32).map_err(tensor_err(name))?,
+                b.to_dtype(DType::F32).map_err(tensor_err(&b_name))?,
+            );
+            let update = [b.dims()[0], a.dims().last().copied().unwrap_or(0)];
+            if b.dims().len() != 2 || a.dims().len() != 2 || update[..] != *shape {
+                return Err(ExportError::Input(format!(
+                    "the adapter's update of {base_name} has shape {update:?}, the weight \
+                     {shape:?}: it was trained for another base model"
+                )));
+            }
+            pairs.insert(base_name, LoraPair { a, b });
+        }
+        if pairs.is_empty() {
             return Err(ExportError::Input(format!(
-                "the adapter's update of {base_name} has shape {:?}, the weight {:?}: it was \
-                 trained for another base model",
-                delta.dims(),
-                w.dims()
+                "{} holds no LoRA weights",
+                file.display()
             )));
         }
-        let sum = (w + delta).map_err(tensor_err(name))?;
-        weights.insert(base_name, sum);
-        merged += 1;
+        Ok(Self {
+            base,
+            stored,
+            scale,
+            pairs,
+        })
     }
-    if merged == 0 {
-        return Err(ExportError::Input(format!(
-            "{} holds no LoRA weights",
-            file.display()
-        )));
+
+    /// Every weight's name and shape, by name.
+    pub fn shapes(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.base.shapes()
     }
-    Ok(())
+
+    /// Weight `name` in f32 with its update added.
+    pub fn tensor(&self, name: &str) -> Result<Tensor, ExportError> {
+        let t = self
+            .base
+            .read(name)
+            .map_err(|e| ExportError::Input(e.to_string()))?;
+        let t = match self.stored {
+            Some(how) => crate::model_dir::quant::round_trip(name, &t, how),
+            None => t.to_dtype(DType::F32),
+        }
+        .map_err(tensor_err(name))?;
+        let Some(pair) = self.pairs.get(name) else {
+            return Ok(t);
+        };
+        pair.b
+            .matmul(&pair.a)
+            .and_then(|d| d * self.scale)
+            .and_then(|d| t + d)
+            .map_err(tensor_err(name))
+    }
 }

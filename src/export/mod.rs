@@ -3,18 +3,25 @@
 //! llama.cpp-family tools.
 //!
 //! - [`merge`]: `W + s · B · A` for every adapted module.
+//! - [`cache`]: exports as shared artifacts, built once per model, format and quantization.
+//! - [`archive`]: a directory as a `.tar.gz` (the `hf` download, a job's adapter archive).
 //! - [`gguf_out`]: the GGUF writer (metadata, tokenizer, quantized tensors).
 //!
 //! Outputs are written beside their destination and renamed into place: a failed export leaves
 //! nothing behind.
 
+pub mod archive;
+pub mod cache;
 pub mod gguf_out;
 pub mod merge;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
+use candle_core::DType;
+use candle_core::quantized::{GgmlDType, QTensor};
+use safetensors::tensor::Dtype;
+
+use crate::model_dir::tensor_files::{stored_dtype, write_streamed};
 
 /// The files an export writes.
 #[derive(
@@ -124,10 +131,10 @@ pub fn export(req: &ExportRequest, out: &Path) -> Result<u64, ExportError> {
         }
         _ => {}
     }
-    let weights = merge::merged_weights(&req.base_dir, req.adapter_dir.as_deref())?;
+    let model = merge::MergedModel::open(&req.base_dir, req.adapter_dir.as_deref())?;
     match req.format {
-        ExportFormat::Hf => write_hf(&req.base_dir, &weights, req.quant, out)?,
-        ExportFormat::Gguf => gguf_out::write(&req.base_dir, &weights, req.quant, out, &req.name)?,
+        ExportFormat::Hf => write_hf(&req.base_dir, &model, req.quant, out)?,
+        ExportFormat::Gguf => gguf_out::write(&req.base_dir, &model, req.quant, out, &req.name)?,
     }
     Ok(size_of(out))
 }
@@ -153,16 +160,18 @@ const CARRIED: [&str; 4] = [
     "chat_template.jinja",
 ];
 
+/// The directory: `config.json` with its `torch_dtype`, the carried files, and
+/// `model.safetensors` written one merged tensor at a time.
 fn write_hf(
     base: &Path,
-    weights: &HashMap<String, Tensor>,
+    model: &merge::MergedModel,
     quant: Quant,
     out: &Path,
 ) -> Result<(), ExportError> {
-    let dtype = match quant {
-        Quant::F16 => DType::F16,
-        Quant::Bf16 => DType::BF16,
-        _ => DType::F32,
+    let (dtype, kind) = match quant {
+        Quant::F16 => (DType::F16, GgmlDType::F16),
+        Quant::Bf16 => (DType::BF16, GgmlDType::BF16),
+        _ => (DType::F32, GgmlDType::F32),
     };
     let config_path = base.join(crate::model_dir::CONFIG);
     let mut config: serde_json::Value = std::fs::read_to_string(&config_path)
@@ -174,13 +183,24 @@ fn write_hf(
         DType::BF16 => "bfloat16",
         _ => "float32",
     });
-    let mut stored = HashMap::with_capacity(weights.len());
-    for (name, t) in weights {
-        let t = t
-            .to_dtype(dtype)
-            .map_err(|e| ExportError::Input(format!("tensor {name}: {e}")))?;
-        stored.insert(name.clone(), t);
-    }
+    let stored = stored_dtype(dtype).unwrap_or(Dtype::F32);
+    let layout: Vec<(String, Dtype, Vec<usize>)> = model
+        .shapes()
+        .map(|(name, dims)| (name.to_owned(), stored, dims.to_vec()))
+        .collect();
+    let mut failure = None;
+    let mut bytes = |name: &str| -> std::io::Result<Vec<u8>> {
+        let fail = |e: candle_core::Error| ExportError::Input(format!("tensor {name}: {e}"));
+        let q = model
+            .tensor(name)
+            .and_then(|t| QTensor::quantize(&t, kind).map_err(fail))
+            .and_then(|q| Ok(q.data().map_err(fail)?.into_owned()));
+        q.map_err(|e| {
+            let text = e.to_string();
+            failure = Some(e);
+            std::io::Error::other(text)
+        })
+    };
     let staging = staging_path(out);
     let _ = std::fs::remove_dir_all(&staging);
     let written = (|| -> std::io::Result<()> {
@@ -195,16 +215,18 @@ fn write_hf(
                 std::fs::copy(&from, staging.join(file))?;
             }
         }
-        candle_core::safetensors::save(&stored, staging.join(crate::model_dir::SINGLE_WEIGHTS))
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let file = std::fs::File::create(staging.join(crate::model_dir::SINGLE_WEIGHTS))?;
+        let mut w = std::io::BufWriter::new(file);
+        write_streamed(&mut w, &layout, &mut bytes)?;
+        std::io::Write::flush(&mut w)?;
         std::fs::rename(&staging, out)
     })();
     written.map_err(|source| {
         let _ = std::fs::remove_dir_all(&staging);
-        ExportError::Write {
+        failure.take().unwrap_or(ExportError::Write {
             path: out.display().to_string(),
             source,
-        }
+        })
     })
 }
 

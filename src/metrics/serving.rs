@@ -167,7 +167,8 @@ impl GenerationMetrics {
         let open = self.choices.saturating_sub(self.reasons_seen);
         if self.started && !self.finished && open > 0 {
             let per_choice = self.streamed / self.choices + 1;
-            let reason = crate::serve::unreported_finish_reason(per_choice, self.max_tokens);
+            let reason =
+                crate::domain::finish::unreported_finish_reason(per_choice, self.max_tokens);
             self.finish(std::iter::repeat_n(reason, open));
         }
         self.end(Instant::now());

@@ -166,7 +166,7 @@ pub fn import(gguf: &Path, out: &Path, dtype: DType) -> Result<Imported, GgufErr
         let Some(hf) = hf_name(name) else {
             continue; // e.g. rope_freqs: recomputed from the config
         };
-        if stored_blocks::is_blocks(q.dtype()) && crate::train::quant::is_projection(&hf) {
+        if stored_blocks::is_blocks(q.dtype()) && crate::model_dir::quant::is_projection(&hf) {
             blocks.push((hf.clone(), q));
         }
         parameters += t.elem_count();

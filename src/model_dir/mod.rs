@@ -2,9 +2,13 @@
 //! (one `model.safetensors` or the shards of `model.safetensors.index.json`) and the tokenizer
 //! files. Shared by the trainer and the serving engine; reads files, holds no tensors.
 
+pub mod adapter;
 pub mod gguf;
+pub mod quant;
 mod spm;
 pub mod stored_blocks;
+pub mod template;
+pub mod tensor_files;
 
 use std::path::{Path, PathBuf};
 
@@ -48,6 +52,15 @@ pub enum ModelDirError {
     /// The directory holds something we cannot train or serve.
     #[error("{0}")]
     Unsupported(String),
+    /// Tensor math on the weights failed (reading, quantizing, writing).
+    #[error("tensor error while {context}: {source}")]
+    Tensor {
+        /// What was being done.
+        context: &'static str,
+        /// candle's error.
+        #[source]
+        source: candle_core::Error,
+    },
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ModelDirError> {
@@ -221,6 +234,17 @@ pub fn read_tokenizer_config(dir: &Path) -> Result<Value, ModelDirError> {
         return Ok(Value::Object(Default::default()));
     }
     read_json(&path)
+}
+
+/// `SIZE:MTIME_NANOS` of `file`: what changes when the file is replaced or rewritten.
+pub fn file_stamp(file: &Path) -> std::io::Result<String> {
+    let meta = std::fs::metadata(file)?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(format!("{}:{modified}", meta.len()))
 }
 
 #[cfg(test)]

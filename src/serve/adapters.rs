@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
+use super::ServeError;
 use crate::domain::hyperparameters::LORA_MODULES;
 use crate::model_dir::Config;
+use crate::model_dir::adapter::{AdapterConfig, CONFIG_FILE, WEIGHTS_FILE};
 
 /// A directory that passed every check.
 #[derive(Debug, Clone)]
@@ -16,16 +16,16 @@ pub struct CheckedAdapter {
 }
 
 /// Check `path` (inside `root`) as an adapter for the base model `base_dir` named `base_name`.
-/// The error is the reason, for a 400.
+/// The error ([`ServeError::Invalid`]) is the reason, for a 400.
 pub fn check_adapter(
     root: &Path,
     path: &str,
     base_dir: &Path,
     base_name: &str,
-) -> Result<CheckedAdapter, String> {
+) -> Result<CheckedAdapter, ServeError> {
     let root = root
         .canonicalize()
-        .map_err(|e| format!("the adapter root is not usable: {e}"))?;
+        .map_err(|e| ServeError::Invalid(format!("the adapter root is not usable: {e}")))?;
     let candidate = if Path::new(path).is_absolute() {
         PathBuf::from(path)
     } else {
@@ -33,69 +33,37 @@ pub fn check_adapter(
     };
     let dir = candidate
         .canonicalize()
-        .map_err(|_| format!("lora_path '{path}' does not exist"))?;
+        .map_err(|_| ServeError::Invalid(format!("lora_path '{path}' does not exist")))?;
     if !dir.starts_with(&root) {
-        return Err(format!("lora_path '{path}' is outside the adapter root"));
+        return Err(ServeError::Invalid(format!(
+            "lora_path '{path}' is outside the adapter root"
+        )));
     }
     if !dir.is_dir() {
-        return Err(format!("lora_path '{path}' is not a directory"));
+        return Err(ServeError::Invalid(format!(
+            "lora_path '{path}' is not a directory"
+        )));
     }
-    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+    for file in [CONFIG_FILE, WEIGHTS_FILE] {
         // A file may itself be a symlink: what it resolves to must stay inside the root too.
         if let Ok(real) = dir.join(file).canonicalize()
             && !real.starts_with(&root)
         {
-            return Err(format!(
+            return Err(ServeError::Invalid(format!(
                 "{file} in lora_path '{path}' links outside the adapter root"
-            ));
+            )));
         }
     }
-    let config_path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&config_path)
-        .map_err(|_| "adapter_config.json is missing".to_owned())?;
-    let config: Value = serde_json::from_str(&text)
-        .map_err(|e| format!("adapter_config.json is not valid JSON: {e}"))?;
-    if config
-        .get("peft_type")
-        .and_then(Value::as_str)
-        .is_some_and(|t| t != "LORA")
-    {
-        return Err("only LoRA adapters (peft_type LORA) can be served".to_owned());
-    }
-    if config.get("use_dora").and_then(Value::as_bool) == Some(true) {
-        return Err("DoRA adapters cannot be served".to_owned());
-    }
-    let rank = config
-        .get("r")
-        .and_then(Value::as_u64)
-        .filter(|r| *r >= 1)
-        .ok_or("adapter_config.json needs a rank r >= 1")? as usize;
-    let modules: Vec<String> = config
-        .get("target_modules")
-        .and_then(Value::as_array)
-        .ok_or("target_modules must be a list")?
-        .iter()
-        .map(|m| {
-            m.as_str()
-                .map(str::to_owned)
-                .ok_or("target_modules must be strings")
-        })
-        .collect::<Result<_, _>>()?;
-    let unknown: Vec<&String> = modules
-        .iter()
-        .filter(|m| !LORA_MODULES.contains(&m.as_str()))
-        .collect();
-    if modules.is_empty() || !unknown.is_empty() {
-        return Err(format!(
+    let config = AdapterConfig::read(&dir).map_err(|e| ServeError::Invalid(e.to_string()))?;
+    let unknown = config.unknown_targets();
+    if config.targets.is_empty() || !unknown.is_empty() {
+        return Err(ServeError::Invalid(format!(
             "target modules we cannot serve: {unknown:?}; supported: {}",
             LORA_MODULES.join(", ")
-        ));
+        )));
     }
-    if let Some(base) = config
-        .get("base_model_name_or_path")
-        .and_then(Value::as_str)
-        .filter(|b| !b.is_empty())
-    {
+    let (rank, modules) = (config.rank, &config.targets);
+    if let Some(base) = &config.base_model {
         let dir_name = base_dir
             .file_name()
             .and_then(|n| n.to_str())
@@ -104,12 +72,12 @@ pub fn check_adapter(
             || Path::new(base) == base_dir
             || Path::new(base).file_name().and_then(|n| n.to_str()) == Some(dir_name);
         if !matches {
-            return Err(format!(
+            return Err(ServeError::Invalid(format!(
                 "the adapter was trained for '{base}', but this server serves '{base_name}'"
-            ));
+            )));
         }
     }
-    check_shapes(&dir, rank, &modules, base_dir)?;
+    check_shapes(&dir, rank, modules, base_dir)?;
     Ok(CheckedAdapter { dir })
 }
 
@@ -118,11 +86,13 @@ fn check_shapes(
     rank: usize,
     modules: &[String],
     base_dir: &Path,
-) -> Result<(), String> {
-    let file = dir.join("adapter_model.safetensors");
-    let tensors = candle_core::safetensors::load(&file, &candle_core::Device::Cpu)
-        .map_err(|_| "adapter_model.safetensors is missing or unreadable".to_owned())?;
-    let cfg = Config::load(base_dir).map_err(|e| e.to_string())?;
+) -> Result<(), ServeError> {
+    let file = dir.join(WEIGHTS_FILE);
+    let tensors =
+        candle_core::safetensors::load(&file, &candle_core::Device::Cpu).map_err(|_| {
+            ServeError::Invalid("adapter_model.safetensors is missing or unreadable".to_owned())
+        })?;
+    let cfg = Config::load(base_dir).map_err(|e| ServeError::Invalid(e.to_string()))?;
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     let (q, kv) = (
         cfg.num_attention_heads * cfg.head_dim(),
@@ -133,9 +103,9 @@ fn check_shapes(
             .iter()
             .find(|m| name.contains(&format!(".{m}.lora_")))
         else {
-            return Err(format!(
+            return Err(ServeError::Invalid(format!(
                 "tensor '{name}' does not belong to a target module"
-            ));
+            )));
         };
         let (out_dim, in_dim) = match module.as_str() {
             "q_proj" => (q, h),
@@ -150,14 +120,16 @@ fn check_shapes(
             [out_dim, rank]
         };
         if t.dims() != want {
-            return Err(format!(
+            return Err(ServeError::Invalid(format!(
                 "tensor '{name}' has shape {:?}, but rank {rank} on this base needs {want:?}",
                 t.dims()
-            ));
+            )));
         }
     }
     if tensors.is_empty() {
-        return Err("adapter_model.safetensors holds no tensors".to_owned());
+        return Err(ServeError::Invalid(
+            "adapter_model.safetensors holds no tensors".to_owned(),
+        ));
     }
     Ok(())
 }

@@ -143,7 +143,7 @@ impl Engine {
             .max_position_embeddings;
         // Fine-tunes share the base's template, so one answer serves every model.
         let template_tools =
-            crate::train::template::ChatTemplate::from_model_dir(&options.base_dir)
+            crate::model_dir::template::ChatTemplate::from_model_dir(&options.base_dir)
                 .is_ok_and(|t| t.handles_tools());
         let paged = options
             .paged_kv_tokens

@@ -2,7 +2,7 @@
 //! PEFT adapter merged in. mistral.rs 0.8.1 keeps applied LoRAs in a thread-local list that it
 //! never clears, so every adapter load clears it before and after, on the loading thread.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mistralrs::Device;
@@ -11,8 +11,11 @@ use mistralrs::core::{
     ModelPaths, NormalLoaderBuilder, NormalSpecificConfig, Pipeline,
 };
 
+use mistralrs_quant::LoraConfig;
+
 use super::ServeError;
-use crate::model_dir;
+use crate::model_dir::adapter::{AdapterConfig, AdapterConfigError, WEIGHTS_FILE};
+use crate::model_dir::{self, ModelDirError};
 
 /// A loaded pipeline, ready for `add_model`.
 pub type LoadedPipeline = Arc<tokio::sync::Mutex<dyn Pipeline + Send + Sync>>;
@@ -43,31 +46,53 @@ pub fn load_with_adapter(
     mistralrs_quant::clear_applied_loras();
     result.map_err(|reason| ServeError::Load {
         model: name.to_owned(),
-        reason,
+        reason: reason.to_string(),
     })
 }
 
 /// The weight files to merge the adapter into: the base's own, or — for an adapter trained on a
 /// quantized base (QLoRA) — the base as that quantization left it, so the served model is the
 /// one that was trained.
-fn base_weights(base_dir: &Path, adapter_dir: &Path) -> Result<Vec<std::path::PathBuf>, String> {
-    match crate::train::quant::record::read(adapter_dir)? {
-        Some(how) => crate::train::quant::derived::dequantized_base(base_dir, how)
-            .map(|file| vec![file])
-            .map_err(|e| e.to_string()),
-        None => model_dir::weight_files(base_dir).map_err(|e| e.to_string()),
+fn base_weights(base_dir: &Path, adapter_dir: &Path) -> Result<Vec<PathBuf>, ModelDirError> {
+    match crate::model_dir::quant::record::read(adapter_dir)? {
+        Some(how) => {
+            let models = crate::model_cache::models_dir();
+            crate::model_dir::quant::derived::dequantized_base(base_dir, how, &models)
+                .map(|file| vec![file])
+        }
+        None => model_dir::weight_files(base_dir),
     }
+}
+
+/// Why a model with an adapter could not be loaded.
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    /// The base model's files.
+    #[error(transparent)]
+    ModelDir(#[from] ModelDirError),
+    /// The adapter's config.
+    #[error(transparent)]
+    Adapter(#[from] AdapterConfigError),
+    /// mistral.rs refused (its message, with its causes).
+    #[error("{0}")]
+    Engine(String),
+}
+
+fn engine(e: impl std::fmt::Display) -> LoadError {
+    LoadError::Engine(format!("{e:#}"))
 }
 
 fn load_inner(
     base_dir: &Path,
     adapter_dir: &Path,
     how: LoadOptions,
-) -> Result<LoadedPipeline, String> {
-    let config_text = std::fs::read_to_string(adapter_dir.join("adapter_config.json"))
-        .map_err(|e| format!("reading adapter_config.json: {e}"))?;
-    let lora_config =
-        serde_json::from_str(&config_text).map_err(|e| format!("adapter_config.json: {e}"))?;
+) -> Result<LoadedPipeline, LoadError> {
+    let adapter = AdapterConfig::read(adapter_dir)?;
+    let lora_config = LoraConfig {
+        rank: adapter.rank,
+        alpha: adapter.alpha(),
+        target_modules: adapter.targets.into_iter().collect(),
+    };
     let loader: Box<dyn Loader> = NormalLoaderBuilder::new(
         NormalSpecificConfig::default(),
         None,
@@ -78,7 +103,7 @@ fn load_inner(
     )
     .with_lora(vec![])
     .build(None)
-    .map_err(|e| e.to_string())?;
+    .map_err(engine)?;
     let opt = |name: &str| Some(base_dir.join(name)).filter(|p| p.exists());
     let paths: Box<dyn ModelPaths> = Box::new(LocalModelPaths::new(
         base_dir.join(model_dir::TOKENIZER),
@@ -87,7 +112,7 @@ fn load_inner(
         base_weights(base_dir, adapter_dir)?,
         AdapterPaths::Lora(vec![LoraAdapterPaths {
             lora_config,
-            adapter_path: adapter_dir.join("adapter_model.safetensors"),
+            adapter_path: adapter_dir.join(WEIGHTS_FILE),
         }]),
         opt(model_dir::GENERATION_CONFIG),
         None,
@@ -97,13 +122,13 @@ fn load_inner(
     let device = if how.force_cpu {
         Device::Cpu
     } else {
-        Device::cuda_if_available(0).map_err(|e| e.to_string())?
+        Device::cuda_if_available(0).map_err(engine)?
     };
     let paged = how
         .paged_kv_tokens
         .map(super::paged::config)
         .transpose()
-        .map_err(|e| e.to_string())?;
+        .map_err(engine)?;
     loader
         .load_model_from_path(
             &paths,
@@ -114,5 +139,5 @@ fn load_inner(
             how.isq,
             paged,
         )
-        .map_err(|e| format!("{e:#}"))
+        .map_err(engine)
 }

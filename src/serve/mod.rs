@@ -5,6 +5,7 @@
 pub mod adapters;
 mod engine;
 mod fan_in;
+mod finish;
 mod loader;
 pub mod measure;
 pub mod paged;
@@ -12,17 +13,6 @@ mod request;
 
 pub use engine::{Engine, EngineOptions, Generation};
 pub use request::{ChatParams, ChatTurn, ToolUse};
-
-/// The finish reason of a choice the engine ended without one (mistral.rs closes a stream whose
-/// last token is an incomplete UTF-8 sequence without a final chunk): `tokens` generated
-/// counting that swallowed last one, against the request's `max_tokens`.
-pub fn unreported_finish_reason(tokens: usize, max_tokens: Option<usize>) -> &'static str {
-    if max_tokens.is_some_and(|m| tokens >= m) {
-        "length"
-    } else {
-        "stop"
-    }
-}
 
 /// A serving failure.
 #[derive(Debug, thiserror::Error)]
@@ -41,4 +31,7 @@ pub enum ServeError {
     /// Generation failed inside the engine.
     #[error("the engine failed: {0}")]
     Engine(String),
+    /// The generation ended without its answer (the engine stopped or restarted).
+    #[error("the model stopped before answering; try again")]
+    Stopped,
 }

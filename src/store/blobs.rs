@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::remote::Remote;
-use super::{Context, StoreError};
+use super::{Context, FILES, StoreError};
 use crate::domain::ids::FileId;
 
 /// Where file contents live.
@@ -155,9 +155,6 @@ impl BlobStore {
         }
     }
 }
-
-/// The folder of stored files, in the data dir and in the object store.
-pub(super) const FILES: &str = "files";
 
 /// The object key of file `id`.
 fn key(id: &FileId) -> String {

@@ -28,6 +28,7 @@ pub struct CheckpointRow {
 
 impl Store {
     /// A page of a job's checkpoints, newest first.
+    #[tracing::instrument(skip_all, fields(job_id = %job_id))]
     pub async fn list_checkpoints(
         &self,
         job_id: &JobId,
@@ -60,6 +61,7 @@ impl Store {
 impl Store {
     /// Record a checkpoint of a held job (fenced by the claim's attempt); replaces one of the
     /// same step left by an earlier attempt.
+    #[tracing::instrument(skip_all)]
     pub async fn insert_checkpoint(
         &self,
         claim: &super::ClaimedJob,
@@ -91,6 +93,7 @@ impl Store {
     }
 
     /// Forget every checkpoint of a job (cancelled: its files are gone).
+    #[tracing::instrument(skip_all, fields(job_id = %job_id))]
     pub async fn delete_checkpoints(&self, job_id: &JobId) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.ctx("acquiring a connection")?;
         Self::delete_checkpoints_in(&mut conn, job_id).await
@@ -110,6 +113,7 @@ impl Store {
     }
 
     /// Forget a pruned checkpoint.
+    #[tracing::instrument(skip_all, fields(job_id = %job_id))]
     pub async fn delete_checkpoint(
         &self,
         job_id: &JobId,

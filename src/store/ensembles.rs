@@ -35,6 +35,7 @@ const COLUMNS: &str =
 impl Store {
     /// Define an ensemble for `org`; `None` when the name is taken (by an ensemble or a model of
     /// any organization).
+    #[tracing::instrument(skip_all)]
     pub async fn insert_ensemble(
         &self,
         org: &OrganizationId,
@@ -57,6 +58,7 @@ impl Store {
     }
 
     /// The ensembles of `org`, oldest first.
+    #[tracing::instrument(skip_all)]
     pub async fn list_ensembles(
         &self,
         org: &OrganizationId,
@@ -71,6 +73,7 @@ impl Store {
     }
 
     /// One ensemble of `org`.
+    #[tracing::instrument(skip_all, fields(ensemble = %id))]
     pub async fn get_ensemble(
         &self,
         org: &OrganizationId,
@@ -88,6 +91,7 @@ impl Store {
 
     /// Remove an ensemble of `org`, and the member models its job trained (they were never
     /// published alone); the removed row, if it existed.
+    #[tracing::instrument(skip_all, fields(ensemble = %id))]
     pub async fn delete_ensemble(
         &self,
         org: &OrganizationId,

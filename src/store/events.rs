@@ -70,6 +70,7 @@ impl NewEvent {
 
 impl Store {
     /// Append an event to a job.
+    #[tracing::instrument(skip_all, fields(job_id = %job_id))]
     pub async fn insert_event(&self, job_id: &JobId, event: &NewEvent) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.ctx("acquiring a connection")?;
         Self::insert_event_in(&mut conn, job_id, event).await
@@ -99,6 +100,7 @@ impl Store {
     }
 
     /// A page of a job's events, newest first.
+    #[tracing::instrument(skip_all, fields(job_id = %job_id))]
     pub async fn list_events(
         &self,
         job_id: &JobId,
@@ -124,6 +126,7 @@ impl Store {
 
 impl Store {
     /// The `data` of every metrics event of a job, step order (what the dashboard's charts draw).
+    #[tracing::instrument(skip_all, fields(job_id = %job_id))]
     pub async fn metrics_series(&self, job_id: &JobId) -> Result<Vec<Value>, StoreError> {
         let rows: Vec<(Value,)> = sqlx::query_as(
             "select data from fine_tuning_job_event \

@@ -64,6 +64,7 @@ const VISIBLE: &str = "(expires_at is null or expires_at > now())";
 
 impl Store {
     /// Record a file whose bytes are already in place.
+    #[tracing::instrument(skip_all)]
     pub async fn insert_file(&self, file: &NewFile) -> Result<FileRow, StoreError> {
         let mut conn = self.pool.acquire().await.ctx("acquiring a connection")?;
         Self::insert_file_in(&mut conn, file).await
@@ -93,6 +94,7 @@ impl Store {
     }
 
     /// One file of `org`, unless missing or expired.
+    #[tracing::instrument(skip_all, fields(file_id = %id))]
     pub async fn get_file(
         &self,
         org: &OrganizationId,
@@ -109,6 +111,7 @@ impl Store {
     }
 
     /// A page of `org`'s files, optionally of one purpose.
+    #[tracing::instrument(skip_all)]
     pub async fn list_files(
         &self,
         org: &OrganizationId,
@@ -135,6 +138,7 @@ impl Store {
     }
 
     /// Delete a file's row; true when it existed.
+    #[tracing::instrument(skip_all, fields(file_id = %id))]
     pub async fn delete_file(&self, org: &OrganizationId, id: &FileId) -> Result<bool, StoreError> {
         let done = sqlx::query("delete from file where id = $1 and organization_id = $2")
             .bind(id)
@@ -146,6 +150,7 @@ impl Store {
     }
 
     /// Delete expired files' rows, returning their ids so their bytes can be removed.
+    #[tracing::instrument(skip_all)]
     pub async fn delete_expired_files(&self) -> Result<Vec<FileId>, StoreError> {
         sqlx::query_scalar("delete from file where expires_at <= now() returning id")
             .fetch_all(&self.pool)

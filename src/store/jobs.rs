@@ -118,6 +118,7 @@ impl Store {
     }
 
     /// One job of `org`.
+    #[tracing::instrument(skip_all, fields(job_id = %id))]
     pub async fn get_job(
         &self,
         org: &OrganizationId,
@@ -134,6 +135,7 @@ impl Store {
     }
 
     /// Which of `ids` name cancelled jobs.
+    #[tracing::instrument(skip_all)]
     pub async fn cancelled_jobs(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -147,6 +149,7 @@ impl Store {
     }
 
     /// A page of `org`'s jobs, newest first, whose metadata contains `metadata` (if given).
+    #[tracing::instrument(skip_all)]
     pub async fn list_jobs(
         &self,
         org: &OrganizationId,

@@ -23,6 +23,9 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+/// The folder of stored files, in the data dir and in the object store.
+const FILES: &str = "files";
+
 pub use checkpoints::CheckpointRow;
 pub use events::{EventRow, NewEvent};
 pub use files::{FileRow, NewFile};

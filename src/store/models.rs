@@ -33,6 +33,7 @@ const SERVABLE: &str = "select id, organization_id, base_model, path, created_at
 impl Store {
     /// The fine-tuning job that produced `model` of `org` (a fine-tuned model, an ensemble
     /// member or a checkpoint); `None` for anything else.
+    #[tracing::instrument(skip_all, fields(model = %model))]
     pub async fn job_of_model(
         &self,
         org: &OrganizationId,
@@ -56,6 +57,7 @@ impl Store {
     }
 
     /// Every fine-tuned model and checkpoint of `org`, newest first.
+    #[tracing::instrument(skip_all)]
     pub async fn list_models(&self, org: &OrganizationId) -> Result<Vec<ModelRow>, StoreError> {
         sqlx::query_as(&format!(
             "select * from ({SERVABLE}) s order by created_at desc, id"
@@ -67,6 +69,7 @@ impl Store {
     }
 
     /// One servable model of `org`.
+    #[tracing::instrument(skip_all, fields(model = %id))]
     pub async fn get_model(
         &self,
         org: &OrganizationId,
@@ -81,6 +84,7 @@ impl Store {
     }
 
     /// Mark a fine-tuned model deleted (its checkpoints go with it); true when it existed.
+    #[tracing::instrument(skip_all, fields(model = %id))]
     pub async fn delete_model(&self, org: &OrganizationId, id: &str) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "update model set deleted_at = now() where id = $1 and organization_id = $2 \
@@ -106,6 +110,7 @@ pub enum AdapterInsert {
 
 impl Store {
     /// Register an externally trained adapter under `name` for `org`.
+    #[tracing::instrument(skip_all, fields(model = %name))]
     pub async fn insert_adapter(
         &self,
         org: &OrganizationId,
@@ -134,6 +139,7 @@ impl Store {
     }
 
     /// Forget a runtime adapter of `org`; true when it existed.
+    #[tracing::instrument(skip_all, fields(model = %name))]
     pub async fn delete_adapter(
         &self,
         org: &OrganizationId,

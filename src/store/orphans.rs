@@ -7,7 +7,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::blobs::{BlobStore, FILES};
+use super::FILES;
+use super::blobs::BlobStore;
 use super::job_dirs::JOBS;
 use super::{Context, Store, StoreError};
 use crate::domain::ids::{FileId, JobId};

@@ -73,6 +73,7 @@ impl Store {
 
     /// Renew the lease. `None`: another worker has taken the job (stop at once); otherwise the
     /// job's current status, so the caller sees a cancel or pause.
+    #[tracing::instrument(skip_all, fields(job_id = %claim.job.id))]
     pub async fn heartbeat(
         &self,
         claim: &ClaimedJob,
@@ -91,7 +92,35 @@ impl Store {
         Ok(status)
     }
 
+    /// The workers holding an unexpired lease.
+    #[tracing::instrument(skip_all)]
+    pub async fn live_lease_holders(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "select distinct locked_by from fine_tuning_job \
+             where locked_by is not null and locked_until > now()",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .ctx("listing lease holders")
+    }
+
+    /// Let the leases held by `holders` (workers known to be dead) expire now: their jobs are
+    /// claimed next as reclaimed ones, resuming from their saved state. Returns how many.
+    #[tracing::instrument(skip_all)]
+    pub async fn expire_leases_of(&self, holders: &[&str]) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "update fine_tuning_job set locked_until = now() \
+             where locked_by = any($1) and locked_until > now()",
+        )
+        .bind(holders)
+        .execute(&self.pool)
+        .await
+        .ctx("releasing dead workers' leases")?;
+        Ok(done.rows_affected())
+    }
+
     /// Give the lease back without changing the status (after a pause or cancel).
+    #[tracing::instrument(skip_all, fields(job_id = %claim.job.id))]
     pub async fn release_job(&self, claim: &ClaimedJob) -> Result<(), StoreError> {
         sqlx::query(
             "update fine_tuning_job set locked_by = null, locked_until = null \
@@ -108,6 +137,7 @@ impl Store {
     /// Put a held running job back in the queue (its worker is shutting down after saving the
     /// training state), releasing the lease, with `event`. False when fenced off or no longer
     /// running.
+    #[tracing::instrument(skip_all, fields(job_id = %claim.job.id))]
     pub async fn requeue_job(
         &self,
         claim: &ClaimedJob,
@@ -136,6 +166,7 @@ impl Store {
 
     /// Move a held job from one of `from` to `to`, with an event. False when fenced off or the
     /// status changed under us (a cancel or pause won the race).
+    #[tracing::instrument(skip_all, fields(job_id = %claim.job.id))]
     pub async fn advance_job(
         &self,
         claim: &ClaimedJob,
@@ -165,6 +196,7 @@ impl Store {
 
     /// End a held job as `failed` with `error`, releasing the lease; the error's message becomes
     /// the job's last event.
+    #[tracing::instrument(skip_all, fields(job_id = %claim.job.id))]
     pub async fn fail_job(&self, claim: &ClaimedJob, error: &JobError) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.ctx("starting a transaction")?;
         let done = sqlx::query(
@@ -222,6 +254,7 @@ impl JobResults {
 
 impl Store {
     /// Update a held job's hyperparameters (and its `method` echo) once `auto` is resolved.
+    #[tracing::instrument(skip_all, fields(job_id = %claim.job.id))]
     pub async fn set_job_hyperparameters(
         &self,
         claim: &ClaimedJob,
@@ -242,6 +275,7 @@ impl Store {
     }
 
     /// Update a held job's estimated finish time.
+    #[tracing::instrument(skip_all, fields(job_id = %claim.job.id))]
     pub async fn set_estimated_finish(
         &self,
         claim: &ClaimedJob,
@@ -263,6 +297,7 @@ impl Store {
 
     /// End a held running job as `succeeded`: result files, the model row and the job's final
     /// fields in one transaction. False when fenced off or no longer running.
+    #[tracing::instrument(skip_all, fields(job_id = %claim.job.id))]
     pub async fn succeed_job(
         &self,
         claim: &ClaimedJob,

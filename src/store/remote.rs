@@ -98,9 +98,7 @@ impl Remote {
 
     /// Fail fast when the bucket cannot be reached (a listing of one key).
     pub async fn check(&self) -> Result<(), StoreError> {
-        let mut listing = self
-            .store
-            .list(Some(&ObjectPath::from(super::blobs::FILES)));
+        let mut listing = self.store.list(Some(&ObjectPath::from(super::FILES)));
         match listing.next().await {
             Some(Err(e)) => remote_ctx(Err(e), "reaching the object store"),
             _ => Ok(()),

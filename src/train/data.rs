@@ -8,9 +8,9 @@ use rand::seq::SliceRandom;
 use tokenizers::Tokenizer;
 
 use super::rng::{self, purpose};
-use super::template::ChatTemplate;
 use super::{TensorContext, TrainError};
-use crate::domain::dataset::{Example, ScanError, scan};
+use crate::domain::dataset::Example;
+use crate::model_dir::template::ChatTemplate;
 
 /// Label value the loss ignores.
 pub const IGNORE: i64 = -100;
@@ -45,13 +45,8 @@ pub struct Limits {
 /// Read every example of a dataset file.
 pub fn read_examples(path: &Path) -> Result<Vec<Example>, TrainError> {
     let file = std::fs::File::open(path).map_err(super::io_err(path))?;
-    let mut out = Vec::new();
-    scan(std::io::BufReader::new(file), |_, e| out.push(e)).map_err(|e| match e {
-        ScanError::Invalid { .. } | ScanError::Io(_) => {
-            TrainError::Invalid(format!("{}: {e}", path.display()))
-        }
-    })?;
-    Ok(out)
+    crate::domain::dataset::read_examples(std::io::BufReader::new(file))
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
 }
 
 /// Load `tokenizer.json` from a model directory.

@@ -10,48 +10,12 @@ use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::generate::Prompter;
 use super::model::CausalLm;
-use super::scores::Scores;
 use super::{TrainError, io_err};
-use crate::domain::dataset::{Example, Role, Turn};
-
-/// A validation conversation cut before its last assistant turn, which is the reference.
-#[derive(Debug, Clone)]
-pub struct EvalPrompt {
-    /// The turns before the reference answer.
-    pub turns: Vec<Turn>,
-    /// Tool definitions of the example.
-    pub tools: Option<Value>,
-    /// The reference answer.
-    pub reference: String,
-}
-
-impl EvalPrompt {
-    /// The prompt of `example`: `None` without an assistant turn.
-    pub fn of(example: &Example) -> Option<Self> {
-        let last = example
-            .turns
-            .iter()
-            .rposition(|t| t.role == Role::Assistant)?;
-        Some(Self {
-            turns: example.turns[..last].to_vec(),
-            tools: example.tools.clone(),
-            reference: example.turns[last].content.clone(),
-        })
-    }
-
-    /// The last user turn (what the answer responds to), for reports.
-    pub fn question(&self) -> &str {
-        self.turns
-            .iter()
-            .rev()
-            .find(|t| t.role == Role::User)
-            .map_or("", |t| t.content.as_str())
-    }
-}
+use crate::domain::dataset::EvalPrompt;
+use crate::domain::scores::Scores;
 
 /// How answers are generated.
 #[derive(Clone, Copy)]
@@ -193,6 +157,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::dataset::{Example, Role, Turn};
 
     fn turn(role: Role, content: &str) -> Turn {
         Turn::new(role, content)

@@ -9,9 +9,9 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use super::model::{CausalLm, KvCache};
-use super::template::ChatTemplate;
 use super::{TensorContext, TrainError};
 use crate::domain::dataset::Turn;
+use crate::model_dir::template::ChatTemplate;
 
 /// What turns a conversation into prompt tokens and decides where an answer ends.
 pub struct Prompter<'a> {

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
-use serde_json::json;
 
 use super::rng::{self, purpose};
 use super::{TensorContext, TrainError, io_err};
+use crate::model_dir::adapter::{AdapterConfig, CONFIG_FILE, WEIGHTS_FILE};
 
 /// What to adapt and how.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,36 +33,15 @@ impl LoraSpec {
     /// The rank, alpha and target modules of the PEFT adapter in `dir` (its
     /// `adapter_config.json`), with `dropout` for further training.
     pub fn read_peft(dir: &Path, dropout: f64) -> Result<Self, TrainError> {
-        let path = dir.join("adapter_config.json");
-        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        let cfg: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        let path = dir.join(CONFIG_FILE);
         let bad = |what: &str| TrainError::Invalid(format!("{}: {what}", path.display()));
-        let rank = cfg["r"]
-            .as_u64()
-            .filter(|r| *r > 0)
-            .ok_or_else(|| bad("no rank r"))?;
-        let alpha = cfg["lora_alpha"]
-            .as_f64()
-            .ok_or_else(|| bad("no lora_alpha"))?;
-        let mut targets: Vec<String> = match &cfg["target_modules"] {
-            serde_json::Value::Array(items) => items
-                .iter()
-                .filter_map(|t| t.as_str().map(str::to_owned))
-                .collect(),
-            serde_json::Value::String(one) => vec![one.clone()],
-            _ => return Err(bad("no target_modules")),
-        };
-        targets.sort_by_key(|t| {
-            crate::domain::hyperparameters::LORA_MODULES
-                .iter()
-                .position(|m| m == t)
-        });
+        let cfg = AdapterConfig::read(dir).map_err(|e| bad(&e.to_string()))?;
+        let alpha = cfg.lora_alpha.ok_or_else(|| bad("no lora_alpha"))?;
         Ok(Self {
-            rank: rank as usize,
+            rank: cfg.rank,
             alpha,
             dropout,
-            targets,
+            targets: cfg.targets_in_module_order(),
         })
     }
 }
@@ -154,36 +133,22 @@ impl LoraSet {
         base_model: &str,
     ) -> Result<(), TrainError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let config = json!({
-            "peft_type": "LORA",
-            "task_type": "CAUSAL_LM",
-            "r": spec.rank,
-            "lora_alpha": spec.alpha,
-            "lora_dropout": spec.dropout,
-            "target_modules": spec.targets,
-            "base_model_name_or_path": base_model,
-            "bias": "none",
-            "fan_in_fan_out": false,
-            "inference_mode": true,
-            "init_lora_weights": true,
-            "modules_to_save": null,
-            "use_dora": false,
-            "use_rslora": false,
-            "revision": null,
-        });
-        let path = dir.join("adapter_config.json");
-        std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&config).unwrap_or_default(),
-        )
-        .map_err(io_err(&path))?;
+        let config = AdapterConfig {
+            rank: spec.rank,
+            lora_alpha: Some(spec.alpha),
+            dropout: spec.dropout,
+            targets: spec.targets.clone(),
+            base_model: Some(base_model.to_owned()),
+            use_rslora: false,
+        };
+        config.write(dir).map_err(io_err(&dir.join(CONFIG_FILE)))?;
         let tensors: HashMap<String, Tensor> = self
             .named_tensors()
             .into_iter()
             .map(|(n, t)| t.to_dtype(DType::F32).map(|t| (n, t)))
             .collect::<candle_core::Result<_>>()
             .ctx("collecting adapter tensors")?;
-        super::tensor_file::write_safetensors(&dir.join("adapter_model.safetensors"), &tensors)
+        super::tensor_file::write_safetensors(&dir.join(WEIGHTS_FILE), &tensors)
     }
 
     /// Overwrite the adapter values from a PEFT `adapter_model.safetensors`.

@@ -5,18 +5,17 @@
 //!   differentiable ops only (candle's fused rms_norm/softmax/rope have no backward).
 //! - [`lora`]: the adapter layer and the set of trainable tensors, saved in PEFT format.
 //! - [`tiny`]: `model init-tiny`, a deterministic tiny model in Hugging Face layout.
-//! - [`template`] + [`data`]: chat templates, label masks, truncation, batches.
+//! - [`data`]: label masks, truncation, batches (chat templates are [`crate::model_dir::template`]).
 //! - [`ops`]: softmax and log-softmax that keep only their output for the backward pass.
-//! - [`quant`]: QLoRA storage of the frozen projections (ggml blocks, NF4), dequantized per use.
 //! - [`optim`]: AdamW, gradient clipping, learning-rate schedules.
 //! - [`step`]: one micro-batch's forward and backward, optionally with gradient checkpointing.
 //! - [`run`]: the training loop, metrics, checkpoints, pause/resume state.
 //! - [`metrics`]: one step's metrics and their wire forms (event JSON, result CSV).
 //! - [`tensor_file`]: safetensors files written atomically with PEFT's metadata.
-//! - [`report`]: loss-curve SVG and adapter archive.
+//! - [`report`]: the loss-curve SVG.
 //! - [`generate`]: greedy decoding with a KV cache.
-//! - [`eval`] + [`scores`]: base vs fine-tuned answers to the validation prompts, ROUGE and
-//!   BLEU, `eval.jsonl`.
+//! - [`eval`]: base vs fine-tuned answers to the validation prompts, scored with
+//!   [`crate::domain::scores`], `eval.jsonl`.
 
 pub mod auto;
 pub mod checkpoint;
@@ -32,13 +31,10 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod preference;
-pub mod quant;
 pub mod report;
 pub mod rng;
 pub mod run;
-pub mod scores;
 pub mod step;
-pub mod template;
 pub mod tensor_file;
 pub mod tiny;
 

@@ -13,7 +13,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Storage, Tensor};
 
-use super::quant::QuantizedWeight;
+use crate::model_dir::quant::QuantizedWeight;
 
 /// `softmax(x)` over the last dimension (f32 accumulation, output in `x`'s dtype).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+use super::TrainError;
 use super::metrics::MetricsRow;
-use super::{TrainError, io_err};
 
 /// The training (and validation) loss against the step.
 pub fn write_loss_svg(path: &Path, rows: &[MetricsRow]) -> Result<(), TrainError> {
@@ -52,16 +52,4 @@ pub fn write_loss_svg(path: &Path, rows: &[MetricsRow]) -> Result<(), TrainError
         Ok(())
     };
     draw().map_err(|e| TrainError::Invalid(format!("plotting the loss curve: {e}")))
-}
-
-/// `dir` as a gzip'd tarball whose entries sit under `top/`.
-pub fn write_archive(path: &Path, dir: &Path, top: &str) -> Result<(), TrainError> {
-    let file = std::fs::File::create(path).map_err(io_err(path))?;
-    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
-    let mut tar = tar::Builder::new(gz);
-    tar.append_dir_all(top, dir).map_err(io_err(dir))?;
-    tar.into_inner()
-        .and_then(|gz| gz.finish())
-        .map(|_| ())
-        .map_err(io_err(path))
 }

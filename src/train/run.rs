@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use super::auto::{self, Resolved};
 use super::checkpoint::{self, ResumeState};
 use super::data::{self, Batch, Limits, Sample};
-use super::eval::{self, AnswerLimits, EvalPrompt, EvalRecord, GenerationMetrics};
+use super::eval::{self, AnswerLimits, EvalRecord, GenerationMetrics};
 use super::generate::Prompter;
 use super::gpu_memory;
 use super::lora::{LoraSet, LoraSpec};
@@ -22,12 +22,14 @@ use super::model::{CausalLm, Config, ForwardCtx, Weights};
 use super::optim::{AdamW, clip_grad_norm, learning_rate};
 use super::preference::PreferenceRun;
 use super::preference::loss::PairStats;
-use super::quant::{self, Storage};
 use super::step::{Pass, loss_and_grads};
-use super::template::{ChatTemplate, read_tokenizer_config};
 use super::{TensorContext, TrainError, io_err};
+use crate::domain::dataset::EvalPrompt;
 use crate::domain::dataset::Example;
 use crate::domain::hyperparameters::Hyperparameters;
+use crate::model_dir::quant::{self, Storage};
+use crate::model_dir::read_tokenizer_config;
+use crate::model_dir::template::ChatTemplate;
 use tokenizers::Tokenizer;
 
 /// What to train.
@@ -39,7 +41,7 @@ pub struct RunConfig {
     pub base_model_name: String,
     /// Training data (any accepted format).
     pub train_file: PathBuf,
-    /// Validation data; without it, `hyperparameters.validation_split` may hold some out.
+    /// Validation data; without it, `hyperparameters.evaluation.validation_split` may hold some out.
     pub valid_file: Option<PathBuf>,
     /// A built-in template name; `None` uses the model's own.
     pub template: Option<String>,
@@ -196,7 +198,7 @@ pub fn train_until(
     let p = prepare(cfg, on)?;
     let spec = match &cfg.init_adapter {
         Some(dir) => {
-            let spec = LoraSpec::read_peft(dir, hp.lora_dropout)?;
+            let spec = LoraSpec::read_peft(dir, hp.lora.dropout)?;
             on(Update::Message(format!(
                 "Continuing from an adapter of rank {} (alpha {}) on {}",
                 spec.rank,
@@ -206,10 +208,10 @@ pub fn train_until(
             spec
         }
         None => LoraSpec {
-            rank: hp.lora_rank as usize,
-            alpha: hp.lora_alpha,
-            dropout: hp.lora_dropout,
-            targets: hp.lora_target.clone(),
+            rank: hp.lora.rank as usize,
+            alpha: hp.lora.alpha,
+            dropout: hp.lora.dropout,
+            targets: hp.lora.target.clone(),
         },
     };
     let storage = Storage::for_run(&cfg.model_dir, hp);
@@ -533,7 +535,7 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
             total - train.len() / unit
         )));
     }
-    let (valid, valid_examples) = match (&cfg.valid_file, hp.validation_split) {
+    let (valid, valid_examples) = match (&cfg.valid_file, hp.evaluation.validation_split) {
         (Some(f), _) => {
             let (samples, examples, _) = encode_all(f)?;
             (samples, examples)
@@ -550,7 +552,7 @@ fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, Trai
         }
         (None, _) => (Vec::new(), Vec::new()),
     };
-    let eval_prompts = if hp.predict_with_generate {
+    let eval_prompts = if hp.evaluation.predict_with_generate {
         valid_examples.iter().filter_map(EvalPrompt::of).collect()
     } else {
         Vec::new()
@@ -615,7 +617,7 @@ fn answer_all(cfg: &RunConfig, p: &Prepared, model: &CausalLm) -> Result<Vec<Str
     let prompter = Prompter::new(&p.tokenizer, &p.template).with_generation_config(&cfg.model_dir);
     let limits = AnswerLimits {
         max_prompt: cfg.hyperparameters.max_length as usize,
-        max_new: cfg.hyperparameters.eval_max_new_tokens as usize,
+        max_new: cfg.hyperparameters.evaluation.eval_max_new_tokens as usize,
     };
     eval::answers(model, &prompter, &p.eval_prompts, limits, &mut |_| {})
 }
@@ -729,7 +731,8 @@ fn finish(
     let loss_svg = results.join("loss.svg");
     super::report::write_loss_svg(&loss_svg, &st.metrics)?;
     let adapter_archive = results.join("adapter.tar.gz");
-    super::report::write_archive(&adapter_archive, &adapter_dir, "adapter")?;
+    crate::export::archive::write_archive(&adapter_archive, &adapter_dir, "adapter")
+        .map_err(io_err(&adapter_archive))?;
     let evaluation = match evaluation {
         Some((records, metrics)) => {
             let jsonl = results.join("eval.jsonl");

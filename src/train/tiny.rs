@@ -13,8 +13,8 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
 use super::rng::{self, purpose};
-use super::template::CHATML_TEMPLATE;
 use super::{TensorContext, TrainError, io_err};
+use crate::model_dir::template::CHATML_TEMPLATE;
 
 /// Which family the tiny model imitates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

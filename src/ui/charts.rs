@@ -1,20 +1,10 @@
-//! The dashboard's charts, drawn on the server as SVG with `plotters`: one metric of one or more
-//! jobs against the step, on a linear or log y axis. `GET /ui/charts/{metric}?jobs=a,b&log=true`
-//! answers with the SVG and `X-Chart-Points` (the points drawn), behind the same key as `/v1`.
+//! The dashboard's charts, drawn as SVG with `plotters`: one metric of one or more jobs against
+//! the step, on a linear or log y axis. The route that serves them, behind the same key as `/v1`,
+//! is `crate::api::charts`.
 
-use actix_web::{HttpResponse, web};
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
-use serde::Deserialize;
 use serde_json::Value;
-
-use crate::api::ApiState;
-use crate::api::auth::Caller;
-use crate::api::error::ApiError;
-use crate::api::fine_tuning::owned_job;
-
-/// Most jobs on one chart.
-const MAX_JOBS: usize = 8;
 
 /// One line: a label and its `(step, value)` points.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,7 +16,7 @@ pub struct Series {
 }
 
 /// The metrics a chart can show, each as the keys of metrics events it draws.
-fn keys_of(metric: &str) -> Option<(&'static [(&'static str, &'static str)], &'static str)> {
+pub fn keys_of(metric: &str) -> Option<(&'static [(&'static str, &'static str)], &'static str)> {
     Some(match metric {
         "loss" => (
             &[("train_loss", "train"), ("valid_loss", "validation")],
@@ -89,8 +79,17 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(23, 190, 207),
 ];
 
+/// `plotters` failed to draw a chart (its message).
+#[derive(Debug, thiserror::Error)]
+#[error("drawing the chart: {0}")]
+pub struct ChartError(String);
+
+fn chart_err(e: impl std::fmt::Display) -> ChartError {
+    ChartError(e.to_string())
+}
+
 /// Draw `series` as an SVG document; `log` puts the y axis on a log scale (values ≤ 0 dropped).
-pub fn render_svg(series: &[Series], y_label: &str, log: bool) -> Result<String, String> {
+pub fn render_svg(series: &[Series], y_label: &str, log: bool) -> Result<String, ChartError> {
     let points = || series.iter().flat_map(|s| s.points.iter());
     let max_step = points().map(|p| p.0).fold(1.0, f64::max).max(2.0);
     let values: Vec<f64> = points().map(|p| p.1).filter(|v| !log || *v > 0.0).collect();
@@ -99,10 +98,10 @@ pub fn render_svg(series: &[Series], y_label: &str, log: bool) -> Result<String,
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (720, 360)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        root.fill(&WHITE).map_err(chart_err)?;
         if values.is_empty() {
             root.titled("no points yet", ("sans-serif", 18))
-                .map_err(|e| e.to_string())?;
+                .map_err(chart_err)?;
         } else if log {
             let range = (lo * 0.9)..(hi * 1.1);
             draw(&root, series, y_label, max_step, range.log_scale(), true)?;
@@ -111,7 +110,7 @@ pub fn render_svg(series: &[Series], y_label: &str, log: bool) -> Result<String,
             let range = (lo.min(0.0) - if lo < 0.0 { pad } else { 0.0 })..(hi + pad);
             draw(&root, series, y_label, max_step, range, false)?;
         }
-        root.present().map_err(|e| e.to_string())?;
+        root.present().map_err(chart_err)?;
     }
     Ok(svg)
 }
@@ -123,18 +122,17 @@ fn draw<Y>(
     max_step: f64,
     y: Y,
     log: bool,
-) -> Result<(), String>
+) -> Result<(), ChartError>
 where
     Y: AsRangedCoord<Value = f64>,
     Y::CoordDescType: ValueFormatter<f64>,
 {
-    let err = |e: &dyn std::fmt::Display| e.to_string();
     let mut chart = ChartBuilder::on(root)
         .margin(16)
         .x_label_area_size(36)
         .y_label_area_size(64)
         .build_cartesian_2d(1f64..max_step, y)
-        .map_err(|e| err(&e))?;
+        .map_err(chart_err)?;
     chart
         .configure_mesh()
         .x_label_formatter(&|v| format!("{v:.0}"))
@@ -146,7 +144,7 @@ where
             y_label.to_owned()
         })
         .draw()
-        .map_err(|e| err(&e))?;
+        .map_err(chart_err)?;
     for (i, s) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         let pts: Vec<(f64, f64)> = s
@@ -157,19 +155,19 @@ where
             .collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(|e| err(&e))?
+            .map_err(chart_err)?
             .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         chart
             .draw_series(pts.into_iter().map(|p| Circle::new(p, 2, color.filled())))
-            .map_err(|e| err(&e))?;
+            .map_err(chart_err)?;
     }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| err(&e))
+        .map_err(chart_err)
 }
 
 /// A y-axis label: three significant figures, scientific notation far from 1.
@@ -183,66 +181,6 @@ fn tick(v: f64) -> String {
         let s = format!("{v:.3}");
         s.trim_end_matches('0').trim_end_matches('.').to_owned()
     }
-}
-
-/// Query of a chart request.
-#[derive(Debug, Deserialize)]
-pub struct ChartQuery {
-    /// Comma-separated job ids.
-    jobs: String,
-    /// Log-scale y axis.
-    #[serde(default)]
-    log: bool,
-}
-
-/// `GET /ui/charts/{metric}`.
-pub async fn chart(
-    state: web::Data<ApiState>,
-    caller: Caller,
-    metric: web::Path<String>,
-    query: web::Query<ChartQuery>,
-) -> Result<HttpResponse, ApiError> {
-    let metric = metric.into_inner();
-    let (keys, y_label) = keys_of(&metric).ok_or_else(|| {
-        ApiError::invalid(
-            format!(
-                "Unknown chart '{metric}': use loss, accuracy, learning_rate, tokens_per_second, \
-                 reward_margins or reward_accuracy"
-            ),
-            Some("metric"),
-        )
-    })?;
-    let ids: Vec<&str> = query
-        .jobs
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if ids.is_empty() || ids.len() > MAX_JOBS {
-        return Err(ApiError::invalid(
-            format!("jobs must name 1 to {MAX_JOBS} fine-tuning jobs, comma-separated"),
-            Some("jobs"),
-        ));
-    }
-    let mut series = Vec::new();
-    for raw in &ids {
-        let job = owned_job(&state.store, &caller.0, raw).await?;
-        let events = state.store.metrics_series(&job.id).await?;
-        let prefix = (ids.len() > 1).then(|| {
-            job.suffix
-                .clone()
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| job.id.as_str().to_owned())
-        });
-        series.extend(series_of(&events, keys, prefix.as_deref()));
-    }
-    let svg = render_svg(&series, y_label, query.log).map_err(|e| ApiError::internal(&e))?;
-    let points: usize = series.iter().map(|s| s.points.len()).sum();
-    Ok(HttpResponse::Ok()
-        .content_type("image/svg+xml")
-        .insert_header(("X-Chart-Points", points.to_string()))
-        .insert_header(("Cache-Control", "no-store"))
-        .body(svg))
 }
 
 #[cfg(test)]

@@ -100,7 +100,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/ui", web::get().to(index))
         .route("/ui/", web::get().to(index))
         .route("/ui/static/{name}", web::get().to(asset))
-        .route("/ui/charts/{metric}", web::get().to(charts::chart))
         .route("/ui/{page}", web::get().to(page));
 }
 

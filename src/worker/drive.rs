@@ -165,7 +165,7 @@ impl Worker {
         let trainer_stop = lease.stop().clone();
         let mut handle = tokio::task::spawn_blocking(move || {
             let progress = Progress::new(tx);
-            if request.hyperparameters.ensemble_size > 1 {
+            if request.hyperparameters.ensemble.size > 1 {
                 train_members(&*trainer, &request, &progress, &trainer_stop)
             } else {
                 trainer.train(request, &progress, &trainer_stop)
@@ -207,7 +207,7 @@ impl Worker {
     /// (perhaps another one) replace local ones, so the run resumes where the job got to.
     /// An ensemble's members finished elsewhere are fetched whole instead (and skipped).
     async fn fetch_states(&self, job: &JobRow, output_dir: &std::path::Path) -> anyhow::Result<()> {
-        let members = job.hyperparameters.0.ensemble_size.max(1);
+        let members = job.hyperparameters.0.ensemble.size.max(1);
         let mut dirs = vec![output_dir.join("state")];
         if members > 1 {
             let finished = fetch_members(&self.blobs, output_dir, members).await?;

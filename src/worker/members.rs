@@ -232,7 +232,7 @@ pub fn train_members(
     progress: &Progress,
     stop: &StopSignal,
 ) -> Result<TrainingOutcome, TrainingFailure> {
-    let count = request.hyperparameters.ensemble_size.max(1) as usize;
+    let count = request.hyperparameters.ensemble.size.max(1) as usize;
     let mut outcome = TrainingOutcome::default();
     let mut steps_before = 0;
     for index in 0..count {
@@ -248,7 +248,7 @@ pub fn train_members(
                 let mut one = request.clone();
                 one.output_dir = dir.clone();
                 one.seed = request.seed.wrapping_add(index as i64);
-                if request.hyperparameters.ensemble_bootstrap {
+                if request.hyperparameters.ensemble.bootstrap {
                     let sample = dir.join("bootstrap.jsonl");
                     if !sample.exists() {
                         bootstrap(&request.training_file, &sample, request.seed as u64, index)

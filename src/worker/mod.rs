@@ -8,6 +8,7 @@
 
 pub mod candle_trainer;
 mod drive;
+pub mod identity;
 pub mod lease;
 mod members;
 mod publish;
@@ -90,13 +91,7 @@ impl Worker {
         trainer: Arc<dyn Trainer>,
         settings: WorkerSettings,
     ) -> Self {
-        // The id advertises the device: leases (and `ferrotune:worker_leases`) show it.
-        let id = format!(
-            "worker-{}-{}-{}",
-            trainer.device().as_str(),
-            std::process::id(),
-            JobId::generate().body()
-        );
+        let id = identity::new_worker_id(trainer.device());
         Self {
             store,
             blobs,
@@ -120,6 +115,11 @@ impl Worker {
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) {
         self.shutdown = shutdown.clone();
         tracing::info!(worker_id = %self.id, "worker started");
+        match self.release_dead_leases().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "released the leases of this node's dead workers"),
+            Err(e) => tracing::warn!(error = ?e, "releasing dead workers' leases failed"),
+        }
         let mut listener = match self.store.job_listener().await {
             Ok(l) => Some(l),
             Err(e) => {
@@ -156,6 +156,18 @@ impl Worker {
             }
         }
         tracing::info!(worker_id = %self.id, "worker stopped");
+    }
+
+    /// Expire the leases held by workers of this node whose processes are gone (a `kill -9` or
+    /// a crash before this start), so their jobs resume now rather than when the leases run out.
+    /// Returns how many jobs were released.
+    pub async fn release_dead_leases(&self) -> anyhow::Result<u64> {
+        let holders = self.store.live_lease_holders().await?;
+        let dead = identity::dead_on_this_node(&holders, identity::process_alive);
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        Ok(self.store.expire_leases_of(&dead).await?)
     }
 
     /// Claim one job and drive it as far as it goes. False when there was nothing to claim.

@@ -19,6 +19,11 @@ pub fn free_port() -> u16 {
 pub struct Server(Option<Child>);
 
 impl Server {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
     /// SIGKILL, as a crash would, and wait for it.
     pub fn kill_hard(&mut self) {
         if let Some(mut child) = self.0.take() {

@@ -5,11 +5,11 @@
 use std::cell::Cell;
 
 use candle_core::{DType, Device, Tensor};
+use ferrotune::model_dir::template::ChatTemplate;
 use ferrotune::train::data;
 use ferrotune::train::generate::Prompter;
 use ferrotune::train::model::{CausalLm, ForwardCtx, KvCache};
 use ferrotune::train::run::{self, RunEnd, Update};
-use ferrotune::train::template::ChatTemplate;
 use ferrotune::train::tiny::TinyArch;
 
 use crate::tensors::rel_err;
@@ -111,7 +111,7 @@ fn a_learned_validation_set_scores_far_above_the_base_model() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path(), TinyArch::Llama);
     let mut cfg = config(dir.path(), 20, 1e-2);
-    cfg.hyperparameters.lora_dropout = 0.0;
+    cfg.hyperparameters.lora.dropout = 0.0;
     // Validating on the training set: the fine-tuned model recites, the random base cannot.
     cfg.valid_file = Some(dir.path().join("train.json"));
     let out = finish(&cfg);
@@ -146,8 +146,8 @@ fn a_held_out_split_is_answered_and_a_resumed_run_reuses_the_base_answers() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path(), TinyArch::Llama);
     let mut cfg = config(dir.path(), 3, 5e-3);
-    cfg.hyperparameters.validation_split = Some(3.0);
-    cfg.hyperparameters.eval_max_new_tokens = 8;
+    cfg.hyperparameters.evaluation.validation_split = Some(3.0);
+    cfg.hyperparameters.evaluation.eval_max_new_tokens = 8;
     let mut messages = Vec::new();
     let reference = match run::train(&cfg, &|| false, &mut |u| {
         if let Update::Message(m) = u {
@@ -201,7 +201,7 @@ fn a_held_out_split_is_answered_and_a_resumed_run_reuses_the_base_answers() {
 
     // Without generation, no evaluation and no result files for it.
     cfg.output_dir = dir.path().join("quiet");
-    cfg.hyperparameters.predict_with_generate = false;
+    cfg.hyperparameters.evaluation.predict_with_generate = false;
     assert!(finish(&cfg).evaluation.is_none());
 }
 
@@ -210,7 +210,7 @@ fn a_split_that_leaves_nothing_to_train_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path(), TinyArch::Llama);
     let mut cfg = config(dir.path(), 1, 5e-3);
-    cfg.hyperparameters.validation_split = Some(10.0);
+    cfg.hyperparameters.evaluation.validation_split = Some(10.0);
     let err = run::train(&cfg, &|| false, &mut |_| {}).err().unwrap();
     assert!(err.to_string().contains("leaves no training"), "{err}");
 }

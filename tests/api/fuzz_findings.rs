@@ -367,11 +367,9 @@ fn fill(dir: &std::path::Path, leave: u64) {
 }
 
 #[tokio::test]
-async fn a_full_disk_is_a_507_for_uploads_and_storage_full_for_jobs() {
-    let Some(disk) = small_disk("4m") else {
-        println!("cannot mount a tmpfs here (not root?): the full-disk paths stay untested");
-        return;
-    };
+#[ignore = "needs root (mounts a small tmpfs to fill); scripts/test.sh runs it as root"]
+async fn as_root_a_full_disk_is_a_507_for_uploads_and_storage_full_for_jobs() {
+    let disk = small_disk("4m").expect("mounting a 4 MB tmpfs (run as root)");
     let root = disk.path().to_owned();
     let data = tempfile::Builder::new().tempdir_in(&root).unwrap();
     let app = spawn_app_with(AppOptions {

@@ -8,7 +8,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use ferrotune::model_dir::gguf::{self as gguf, GgufError, gguf_name, hf_name, permute};
-use ferrotune::train::quant::Storage;
+use ferrotune::model_dir::quant::Storage;
 use ferrotune::train::tiny::{TinyArch, init_tiny};
 
 /// Write the tiny model in `dir` as a GGUF file with `arch`, without the metadata `drop_key`.
@@ -288,7 +288,7 @@ fn a_quantized_gguf_trains_on_its_stored_blocks() {
         .unwrap_or_else(|| panic!("{messages:?}"));
     assert!(said.contains("12 projections in q8_0"), "{said}");
     // Asking for a quantization requantizes instead.
-    let nf4 = Some(ferrotune::train::quant::Quantization::Nf4 { double: true });
+    let nf4 = Some(ferrotune::model_dir::quant::Quantization::Nf4 { double: true });
     assert!(matches!(
         Storage::for_model(&dir, nf4),
         Storage::Quantize(_)

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
+use ferrotune::model_dir::quant::{self, Quantization, Storage};
 use ferrotune::train::lora::LoraSet;
 use ferrotune::train::model::{CausalLm, Config, ForwardCtx, Weights};
-use ferrotune::train::quant::{self, Quantization, Storage};
 use ferrotune::train::step::loss_and_grads;
 use ferrotune::train::tiny::TinyArch;
 use serde_json::{Value, json};
@@ -147,7 +147,7 @@ async fn a_4_bit_job_succeeds_and_is_served_as_the_trainer_predicts() {
     let storage = Storage::Quantize(Quantization::Nf4 { double: true });
     let model = trained_model(&base_dir, &adapter, storage);
     let tok = ferrotune::train::data::load_tokenizer(&base_dir).unwrap();
-    let template = ferrotune::train::template::ChatTemplate::from_model_dir(&base_dir).unwrap();
+    let template = ferrotune::model_dir::template::ChatTemplate::from_model_dir(&base_dir).unwrap();
     for (question, _) in &QA[..3] {
         let turns = [user(question)];
         let ours = ferrotune::train::generate::greedy(&model, &tok, &template, &turns, 40).unwrap();

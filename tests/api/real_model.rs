@@ -108,7 +108,7 @@ fn the_imported_tokenizer_and_chat_template_match_transformers() {
         let got = tok.encode(text.as_str(), false).unwrap().get_ids().to_vec();
         assert_eq!(got, want, "{text:?}");
     }
-    let template = ferrotune::train::template::ChatTemplate::from_model_dir(&dir).unwrap();
+    let template = ferrotune::model_dir::template::ChatTemplate::from_model_dir(&dir).unwrap();
     let prompter = ferrotune::train::generate::Prompter::new(&tok, &template);
     let questions: Vec<String> = serde_json::from_value(r["questions"].clone()).unwrap();
     for (q, want) in questions.iter().zip(id_lists(&r["prompt_ids"])) {

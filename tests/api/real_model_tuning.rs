@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use candle_core::DType;
+use ferrotune::model_dir::quant::Storage;
+use ferrotune::model_dir::template::ChatTemplate;
 use ferrotune::train::generate::Prompter;
-use ferrotune::train::quant::Storage;
-use ferrotune::train::template::ChatTemplate;
 use serde_json::{Value, json};
 
 use crate::binary::{free_port, serve, terminate, wait_healthy};

@@ -7,7 +7,7 @@
 //! `trim_blocks` and `lstrip_blocks`.
 
 use ferrotune::domain::dataset::Turn;
-use ferrotune::train::template::ChatTemplate;
+use ferrotune::model_dir::template::ChatTemplate;
 use serde_json::{Value, json};
 
 use crate::helpers::{AppOptions, TestApp, spawn_app_with};

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use ferrotune::domain::dataset::{Role, Turn};
-use ferrotune::domain::hyperparameters::{AutoOr, Hyperparameters};
+use ferrotune::domain::hyperparameters::{AutoOr, Hyperparameters, LoraSettings};
+use ferrotune::model_dir::template::ChatTemplate;
 use ferrotune::train::data::{self, Batch, Limits};
 use ferrotune::train::generate::greedy;
 use ferrotune::train::lora::LoraSpec;
@@ -14,7 +15,6 @@ use ferrotune::train::loss::causal_lm_loss;
 use ferrotune::train::model::{CausalLm, ForwardCtx};
 use ferrotune::train::run::{self, RunConfig, RunEnd, RunOutcome, Update};
 use ferrotune::train::step::loss_and_grads;
-use ferrotune::train::template::ChatTemplate;
 use ferrotune::train::tiny::{TinyArch, init_tiny};
 use serde_json::json;
 
@@ -78,7 +78,10 @@ pub fn config(dir: &Path, epochs: u32, lr: f64) -> RunConfig {
             n_epochs: AutoOr::Value(epochs),
             batch_size: AutoOr::Value(2),
             learning_rate: Some(lr),
-            lora_dropout: 0.05,
+            lora: LoraSettings {
+                dropout: 0.05,
+                ..Hyperparameters::default().lora
+            },
             logging_steps: 5,
             save_steps: 1000,
             ..Default::default()
@@ -505,7 +508,7 @@ fn ten_examples_are_learned_well_enough_to_recite_an_answer() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path(), TinyArch::Llama);
     let mut cfg = config(dir.path(), 20, 1e-2);
-    cfg.hyperparameters.lora_dropout = 0.0;
+    cfg.hyperparameters.lora.dropout = 0.0;
     let out = finish(&cfg);
     let first = out.metrics.first().unwrap().train_loss;
     let last = out.metrics.last().unwrap().train_loss;

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
+use ferrotune::model_dir::quant::{self, Quantization, Storage};
 use ferrotune::train::data::IGNORE;
 use ferrotune::train::lora::{LoraSet, LoraSpec};
 use ferrotune::train::loss::causal_lm_loss;
 use ferrotune::train::model::{CausalLm, ForwardCtx};
-use ferrotune::train::quant::{self, Quantization, Storage};
 
 use crate::tensors::rel_err;
 

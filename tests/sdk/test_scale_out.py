@@ -42,7 +42,7 @@ def leaseholder_pid(cluster):
     """The pid of the worker holding a lease, from the `ferrotune:worker_leases` gauge."""
     text = httpx.get(f"{cluster.urls['api-1']}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     for line in text.splitlines():
-        m = re.match(r'ferrotune:worker_leases\{worker="worker-cpu-(\d+)-[^"]+"\} (\d+)', line)
+        m = re.match(r'ferrotune:worker_leases\{worker="worker-cpu-.+-(\d+)-[^"-]+"\} (\d+)', line)
         if m and int(m.group(2)) > 0:
             return int(m.group(1))
     return None

@@ -4,7 +4,6 @@
 
 use actix_web::post;
 use actix_web::{HttpResponse, web};
-use mistralrs::core::Response;
 
 pub mod ensemble;
 pub mod render;
@@ -15,44 +14,14 @@ pub mod validate;
 use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorResponse};
-use crate::serve::ServeError;
 use render::{StreamShape, completion_from, sse_response, sse_stream};
 use types::CreateChatCompletionRequest;
 use validate::validate;
 
-/// 404 `model_not_found`, worded as OpenAI does.
-pub fn model_not_found(model: &str) -> ApiError {
-    ApiError::not_found_model(model)
-}
-
 /// Make `model` (the base, or a fine-tuned model of the caller's organization) resident in the
 /// engine, loading it on first use.
 pub async fn make_resident(state: &ApiState, caller: &Caller, model: &str) -> Result<(), ApiError> {
-    if model == state.engine.base_name() {
-        return Ok(());
-    }
-    let row = state
-        .store
-        .get_model(&caller.0, model)
-        .await?
-        .ok_or_else(|| model_not_found(model))?;
-    Ok(state
-        .engine
-        .ensure_loaded(model, &state.blobs.local_dir(&row.path).await?)
-        .await?)
-}
-
-/// The error for an engine answer that is not the expected result.
-pub fn engine_failure(response: Option<Response>) -> ApiError {
-    match response {
-        Some(Response::ValidationError(e)) => ApiError::invalid(e.to_string(), None),
-        Some(Response::ModelError(msg, _)) | Some(Response::CompletionModelError(msg, _)) => {
-            ApiError::internal(format!("model error: {msg}"))
-        }
-        Some(Response::InternalError(e)) => ApiError::internal(e),
-        Some(_) => ApiError::internal("unexpected engine response"),
-        None => ApiError::unavailable("the model stopped before answering; try again".to_owned()),
-    }
+    Ok(state.models().make_resident(&caller.0, model).await?)
 }
 
 /// A prompt's place in the context window.
@@ -107,16 +76,6 @@ impl ContextBudget {
     }
 }
 
-impl From<ServeError> for ApiError {
-    fn from(e: ServeError) -> Self {
-        match e {
-            ServeError::Invalid(m) => ApiError::invalid(m, None),
-            ServeError::Load { .. } => ApiError::unavailable(e.to_string()),
-            ServeError::Engine(_) => ApiError::internal(e),
-        }
-    }
-}
-
 /// Count the prompt's tokens on `model` and fit the completion's limit into the context left
 /// (a 400 when it does not fit); the prompt tokens, when the engine could count them.
 async fn fit_completion(
@@ -151,6 +110,7 @@ async fn fit_completion(
               (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
               (status = 503, body = ErrorResponse)))]
 #[post("/v1/chat/completions")]
+#[tracing::instrument(skip_all, fields(model = %body.model))]
 pub async fn create_chat_completion(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -187,10 +147,6 @@ pub async fn create_chat_completion(
             },
         )));
     }
-    match generation.recv().await {
-        Some(Response::Done(done)) => {
-            Ok(HttpResponse::Ok().json(completion_from(done, &req.model)))
-        }
-        other => Err(engine_failure(other)),
-    }
+    let done = generation.finish_chat().await?;
+    Ok(HttpResponse::Ok().json(completion_from(done, &req.model)))
 }

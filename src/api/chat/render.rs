@@ -259,7 +259,7 @@ impl StreamState {
             }
             // The swallowed last token counts too.
             completion += seen + 1;
-            let reason = crate::serve::unreported_finish_reason(seen + 1, self.max_tokens);
+            let reason = crate::domain::finish::unreported_finish_reason(seen + 1, self.max_tokens);
             let choice = ChunkChoice::new(i, ChunkDelta::default(), Some(reason));
             self.event(vec![choice], None);
         }

@@ -162,7 +162,7 @@ pub struct CreateChatCompletionResponse {
     /// A ferrotune extension, on answers of an ensemble: every member's answer and how the
     /// winner was chosen (the SDK keeps it as an extra field).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ensemble: Option<super::ensemble::EnsembleReport>,
+    pub ensemble: Option<EnsembleReport>,
 }
 
 /// One alternative at a position of `logprobs.content`.
@@ -302,7 +302,7 @@ pub struct ChatCompletionChunk {
     pub usage: Option<Option<CompletionUsage>>,
     /// On an ensemble's finish chunk: the members' answers (see the non-streamed response).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ensemble: Option<super::ensemble::EnsembleReport>,
+    pub ensemble: Option<EnsembleReport>,
 }
 
 #[cfg(test)]
@@ -380,4 +380,35 @@ mod tests {
         .concat();
         assert_eq!(serde_json::to_string(&choice).unwrap(), want);
     }
+}
+
+/// One answer an ensemble generated.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MemberAnswer {
+    /// The model that gave it.
+    pub model: String,
+    /// Its text.
+    pub content: String,
+    /// Mean log-probability of its tokens (null for an empty answer).
+    pub mean_logprob: Option<f64>,
+    /// Its score under the strategy: votes (`vote`), mean log-probability (`best_logprob`),
+    /// mean ROUGE-L F1 to the other answers (`consensus`); null for `layered`.
+    pub score: Option<f64>,
+}
+
+/// How an ensemble's answer was chosen.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EnsembleReport {
+    /// The strategy.
+    pub strategy: String,
+    /// The model whose answer was returned.
+    pub winner: String,
+    /// `layered`: `member` (the domain model was sure enough) or `fallback`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<&'static str>,
+    /// `layered`: the threshold the member's mean log-probability was held to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Every answer generated, in member order (then the fallback's).
+    pub answers: Vec<MemberAnswer>,
 }

@@ -3,7 +3,6 @@
 //! See <https://platform.openai.com/docs/api-reference/completions/create>.
 
 use actix_web::{HttpResponse, post, web};
-use mistralrs::core::Response;
 use serde_json::Value;
 
 pub mod render;
@@ -12,7 +11,7 @@ pub mod types;
 use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::chat::render::sse_response;
-use crate::api::chat::{ContextBudget, engine_failure, make_resident};
+use crate::api::chat::{ContextBudget, make_resident};
 use crate::api::error::{ApiError, ErrorResponse};
 use crate::api::sampling::{bad, in_range};
 use crate::serve::ChatParams;
@@ -83,6 +82,7 @@ fn validate(req: &CreateCompletionRequest) -> Result<(Vec<String>, ChatParams), 
               (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
               (status = 503, body = ErrorResponse)))]
 #[post("/v1/completions")]
+#[tracing::instrument(skip_all, fields(model = %body.model))]
 pub async fn create_completion(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -154,10 +154,7 @@ pub async fn create_completion(
     }
     let mut done = Vec::with_capacity(generations.len());
     for g in &mut generations {
-        match g.recv().await {
-            Some(Response::CompletionDone(d)) => done.push(d),
-            other => return Err(engine_failure(other)),
-        }
+        done.push(g.finish_completion().await?);
     }
     Ok(HttpResponse::Ok().json(completion_response(done, &shape)))
 }

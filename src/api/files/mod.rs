@@ -53,6 +53,7 @@ pub struct ListFilesQuery {
     params(ListFilesQuery),
     responses((status = 200, body = ListResponse<OpenAIFile>), (status = 400, body = crate::api::error::ErrorResponse)))]
 #[get("/v1/files")]
+#[tracing::instrument(skip_all)]
 pub async fn list_files(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -76,6 +77,7 @@ pub async fn list_files(
     params(("file_id" = String, Path, description = "The file id")),
     responses((status = 200, body = OpenAIFile), (status = 404, body = crate::api::error::ErrorResponse)))]
 #[get("/v1/files/{file_id}")]
+#[tracing::instrument(skip_all, fields(file_id = %path.as_str()))]
 pub async fn retrieve_file(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -96,6 +98,7 @@ pub async fn retrieve_file(
     params(("file_id" = String, Path, description = "The file id")),
     responses((status = 200, body = DeletedObject), (status = 404, body = crate::api::error::ErrorResponse)))]
 #[delete("/v1/files/{file_id}")]
+#[tracing::instrument(skip_all, fields(file_id = %path.as_str()))]
 pub async fn delete_file(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -121,6 +124,7 @@ pub async fn delete_file(
     responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream"),
               (status = 404, body = crate::api::error::ErrorResponse)))]
 #[get("/v1/files/{file_id}/content")]
+#[tracing::instrument(skip_all, fields(file_id = %path.as_str()))]
 pub async fn download_file(
     state: web::Data<ApiState>,
     caller: Caller,

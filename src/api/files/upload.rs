@@ -92,6 +92,7 @@ struct Upload {
               (status = 413, body = crate::api::error::ErrorResponse),
               (status = 507, body = crate::api::error::ErrorResponse)))]
 #[post("/v1/files")]
+#[tracing::instrument(skip_all)]
 pub async fn create_file(
     state: web::Data<ApiState>,
     caller: Caller,

@@ -34,6 +34,7 @@ async fn apply(
     responses((status = 200, body = FineTuningJob), (status = 404, body = ErrorResponse),
               (status = 409, body = ErrorResponse)))]
 #[post("/v1/fine_tuning/jobs/{job_id}/cancel")]
+#[tracing::instrument(skip_all, fields(job_id = %path.as_str()))]
 pub async fn cancel_fine_tuning_job(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -48,6 +49,7 @@ pub async fn cancel_fine_tuning_job(
     responses((status = 200, body = FineTuningJob), (status = 404, body = ErrorResponse),
               (status = 409, body = ErrorResponse)))]
 #[post("/v1/fine_tuning/jobs/{job_id}/pause")]
+#[tracing::instrument(skip_all, fields(job_id = %path.as_str()))]
 pub async fn pause_fine_tuning_job(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -62,6 +64,7 @@ pub async fn pause_fine_tuning_job(
     responses((status = 200, body = FineTuningJob), (status = 404, body = ErrorResponse),
               (status = 409, body = ErrorResponse)))]
 #[post("/v1/fine_tuning/jobs/{job_id}/resume")]
+#[tracing::instrument(skip_all, fields(job_id = %path.as_str()))]
 pub async fn resume_fine_tuning_job(
     state: web::Data<ApiState>,
     caller: Caller,

@@ -43,6 +43,7 @@ async fn job_page(
     responses((status = 200, body = ListResponse<FineTuningJobEvent>), (status = 400, body = ErrorResponse),
               (status = 404, body = ErrorResponse)))]
 #[get("/v1/fine_tuning/jobs/{job_id}/events")]
+#[tracing::instrument(skip_all, fields(job_id = %path.as_str()))]
 pub async fn list_fine_tuning_events(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -60,6 +61,7 @@ pub async fn list_fine_tuning_events(
     responses((status = 200, body = ListResponse<FineTuningJobCheckpoint>), (status = 400, body = ErrorResponse),
               (status = 404, body = ErrorResponse)))]
 #[get("/v1/fine_tuning/jobs/{job_id}/checkpoints")]
+#[tracing::instrument(skip_all, fields(job_id = %path.as_str()))]
 pub async fn list_fine_tuning_job_checkpoints(
     state: web::Data<ApiState>,
     caller: Caller,

@@ -15,6 +15,7 @@ use crate::domain::ids::{FileId, JobId};
 use crate::domain::job_request::{CreateFineTuningJobRequest, JobSpec};
 use crate::domain::organization::OrganizationId;
 use crate::domain::pagination::PageRequest;
+use crate::model_dir::adapter::AdapterConfig;
 use crate::store::FileRow;
 
 /// Create a fine-tuning job. Files are validated after creation; failures land on the job.
@@ -23,6 +24,7 @@ use crate::store::FileRow;
     responses((status = 200, body = FineTuningJob), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse)))]
 #[post("/v1/fine_tuning/jobs")]
+#[tracing::instrument(skip_all)]
 pub async fn create_fine_tuning_job(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -43,19 +45,19 @@ pub async fn create_fine_tuning_job(
             .with_code("model_not_available"));
         };
         // The adapter's shape is what trains: show it on the job.
-        let lora = crate::train::lora::LoraSpec::read_peft(
-            &state.blobs.local_dir(&from.path).await?,
-            spec.hyperparameters.lora_dropout,
-        )
-        .map_err(|e| {
+        let dir = state.blobs.local_dir(&from.path).await?;
+        let lora = AdapterConfig::read(&dir).map_err(|e| {
             ApiError::invalid(
                 format!("The adapter of '{}' cannot be read: {e}", spec.model),
                 Some("model"),
             )
         })?;
         let hp = &mut spec.hyperparameters;
-        (hp.lora_rank, hp.lora_alpha, hp.lora_target) =
-            (lora.rank as u32, lora.alpha, lora.targets);
+        (hp.lora.rank, hp.lora.alpha, hp.lora.target) = (
+            lora.rank as u32,
+            lora.alpha(),
+            lora.targets_in_module_order(),
+        );
         hp.init_model = Some(std::mem::replace(&mut spec.model, from.base_model));
     }
     if !state.base_models.contains(&spec.model) {
@@ -82,7 +84,7 @@ pub async fn create_fine_tuning_job(
 
 /// A held-out split must leave examples on both sides.
 fn check_split(hp: &Hyperparameters, examples: Option<i64>) -> Result<(), ApiError> {
-    let (Some(split), Some(n)) = (hp.validation_split, examples) else {
+    let (Some(split), Some(n)) = (hp.evaluation.validation_split, examples) else {
         return Ok(());
     };
     let held = if split < 1.0 {
@@ -135,6 +137,7 @@ async fn check_file(
             description = "metadata[key]=value filters")),
     responses((status = 200, body = ListResponse<FineTuningJob>), (status = 400, body = ErrorResponse)))]
 #[get("/v1/fine_tuning/jobs")]
+#[tracing::instrument(skip_all)]
 pub async fn list_paginated_fine_tuning_jobs(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -180,6 +183,7 @@ struct ListJobsQuery {
     tag = "Fine-tuning", params(("job_id" = String, Path, description = "The job id")),
     responses((status = 200, body = FineTuningJob), (status = 404, body = ErrorResponse)))]
 #[get("/v1/fine_tuning/jobs/{job_id}")]
+#[tracing::instrument(skip_all, fields(job_id = %path.as_str()))]
 pub async fn retrieve_fine_tuning_job(
     state: web::Data<ApiState>,
     caller: Caller,

@@ -74,6 +74,7 @@ fn adapter_root(state: &ApiState) -> Result<std::path::PathBuf, ApiError> {
     responses((status = 200, body = LoraAdapterStatus), (status = 400, body = ErrorResponse),
               (status = 409, body = ErrorResponse)))]
 #[post("/v1/load_lora_adapter")]
+#[tracing::instrument(skip_all)]
 pub async fn load_lora_adapter(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -92,7 +93,7 @@ pub async fn load_lora_adapter(
         tokio::task::spawn_blocking(move || check_adapter(&root, &path, &base_dir, &base_name))
             .await
             .map_err(ApiError::internal)?
-            .map_err(|reason| ApiError::invalid(reason, Some("lora_path")))?;
+            .map_err(|reason| ApiError::invalid(reason.to_string(), Some("lora_path")))?;
     if state
         .store
         .get_model(&caller.0, &req.lora_name)
@@ -134,6 +135,7 @@ pub async fn load_lora_adapter(
     responses((status = 200, body = LoraAdapterStatus), (status = 400, body = ErrorResponse),
               (status = 404, body = ErrorResponse)))]
 #[post("/v1/unload_lora_adapter")]
+#[tracing::instrument(skip_all)]
 pub async fn unload_lora_adapter(
     state: web::Data<ApiState>,
     caller: Caller,

@@ -9,7 +9,11 @@ use super::model_id;
 use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorResponse};
+use crate::export::cache::CacheError;
 use crate::export::{ExportError, ExportFormat, ExportRequest, Quant};
+
+/// The delay a client is asked to wait when the export builds are all busy.
+const EXPORT_RETRY_SECONDS: u64 = 10;
 
 /// A query value as the enum it names, or a 400 naming the parameter and the choices.
 fn choice<T: clap::ValueEnum>(raw: Option<&str>, param: &str) -> Result<Option<T>, ApiError> {
@@ -30,7 +34,9 @@ fn choice<T: clap::ValueEnum>(raw: Option<&str>, param: &str) -> Result<Option<T
 
 /// Export a model with its adapter merged in: `format=gguf` (default; `quant` f16 (default),
 /// q8_0, q4_k or f32) streams one `.gguf` file, `format=hf` (`quant` bf16 (default), f16 or f32)
-/// a `.tar.gz` of a Hugging Face directory. An extension of the OpenAI API.
+/// a `.tar.gz` of a Hugging Face directory. An extension of the OpenAI API. Each export is built
+/// once and kept (until the model is deleted); concurrent requests for it share the build, and
+/// a request that would start a build beyond `--max-concurrent-exports` gets a 429.
 #[utoipa::path(operation_id = "export_model", tag = "Models",
     params(("model" = String, Path, description = "The model id"),
            ("format" = inline(Option<ExportFormat>), Query, description = "gguf (default) or hf"),
@@ -38,8 +44,11 @@ fn choice<T: clap::ValueEnum>(raw: Option<&str>, param: &str) -> Result<Option<T
             description = "gguf: f16 (default), q8_0, q4_k, f32; hf: bf16 (default), f16, f32")),
     responses((status = 200, description = "The GGUF file or the directory's .tar.gz",
                content_type = "application/octet-stream"),
-              (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+              (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+              (status = 429, body = ErrorResponse,
+               description = "Other exports are being built; retry after `Retry-After` seconds")))]
 #[get("/v1/models/{model:.*}/export")]
+#[tracing::instrument(skip_all, fields(model = %path.as_str()))]
 pub async fn export_model(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -70,24 +79,26 @@ pub async fn export_model(
         quant,
         name: id.clone(),
     };
-    let temp = state.blobs.temp();
-    let out = temp.path().to_path_buf();
-    let written = tokio::task::spawn_blocking(move || write(&request, &out))
-        .await
-        .map_err(ApiError::internal)?;
-    written.map_err(|e| match e {
-        ExportError::Unsupported(m) => ApiError::invalid(m, Some("quant")),
-        ExportError::Write { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+    let path = state.exports.get(request).await.map_err(|e| match e {
+        CacheError::Busy(_) => ApiError::busy(
+            format!(
+                "The server is building other exports ({e}); retry after the Retry-After delay"
+            ),
+            EXPORT_RETRY_SECONDS,
+        ),
+        CacheError::Export(ExportError::Unsupported(m)) => ApiError::invalid(m, Some("quant")),
+        CacheError::Export(ExportError::Write { source, .. })
+            if source.kind() == std::io::ErrorKind::StorageFull =>
+        {
             ApiError::storage_full()
         }
-        other => ApiError::internal(other),
+        CacheError::Export(other) => ApiError::internal(other),
     })?;
-    let file = tokio::fs::File::open(temp.path())
+    // A model deleted while its export streams: the open file streams on.
+    let file = tokio::fs::File::open(&path)
         .await
         .map_err(ApiError::internal)?;
     let bytes = file.metadata().await.map_err(ApiError::internal)?.len();
-    // The open file streams on after the temporary path is removed.
-    drop(temp);
     let stem: String = id
         .chars()
         .map(|c| {
@@ -110,26 +121,4 @@ pub async fn export_model(
         ))
         .no_chunking(bytes)
         .streaming(ReaderStream::new(file)))
-}
-
-/// The export at `out`: the GGUF file itself, or the directory packed as a `.tar.gz`.
-fn write(request: &ExportRequest, out: &std::path::Path) -> Result<(), ExportError> {
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| ExportError::Write {
-            path: dir.display().to_string(),
-            source,
-        })?;
-    }
-    if request.format == ExportFormat::Gguf {
-        return crate::export::export(request, out).map(|_| ());
-    }
-    let dir = out.with_extension("dir");
-    let packed = crate::export::export(request, &dir).and_then(|_| {
-        crate::train::report::write_archive(out, &dir, "model").map_err(|e| ExportError::Write {
-            path: out.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-    packed
 }

@@ -80,6 +80,7 @@ fn base(state: &ApiState) -> OpenAIModel {
 #[utoipa::path(operation_id = "list_models", tag = "Models",
     responses((status = 200, body = ListModelsResponse)))]
 #[get("/v1/models")]
+#[tracing::instrument(skip_all)]
 pub async fn list_models(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -112,6 +113,7 @@ pub async fn list_models(
     params(("model" = String, Path, description = "The model id")),
     responses((status = 200, body = OpenAIModel), (status = 404, body = ErrorResponse)))]
 #[get("/v1/models/{model:.*}")]
+#[tracing::instrument(skip_all, fields(model = %path.as_str()))]
 pub async fn retrieve_model(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -139,6 +141,7 @@ pub async fn retrieve_model(
     responses((status = 200, body = DeletedObject), (status = 400, body = ErrorResponse),
               (status = 404, body = ErrorResponse)))]
 #[delete("/v1/models/{model:.*}")]
+#[tracing::instrument(skip_all, fields(model = %path.as_str()))]
 pub async fn delete_model(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -176,8 +179,10 @@ pub async fn delete_model(
         };
     }
     state.engine.remove(&id).await;
+    state.exports.remove_model(&id);
     for c in checkpoints {
         state.engine.remove(&c).await;
+        state.exports.remove_model(&c);
     }
     Ok(HttpResponse::Ok().json(DeletedObject {
         id,

@@ -7,16 +7,49 @@
 //! alpaca and ShareGPT ones (`chosen`/`rejected`); they become an [`Example`] whose last turn is
 //! the chosen answer, with the rejected one beside it ([`Example::rejected`]).
 
+/// A [`RecordError`] from `format!` arguments.
+macro_rules! bad {
+    ($($arg:tt)*) => {
+        $crate::domain::dataset::RecordError::from(format!($($arg)*))
+    };
+}
+
 mod preference;
+mod prompt;
 mod records;
 mod scan;
 
-pub use records::parse_record;
-pub use scan::{DatasetSummary, ScanError, scan};
+pub use prompt::EvalPrompt;
+pub use scan::{DatasetSummary, ScanError, read_examples, scan};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::domain::tools::ToolCall;
+
+/// Why one record of a dataset is not an example: the reason, shown to the user with the
+/// record's line number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RecordError(String);
+
+impl From<String> for RecordError {
+    fn from(reason: String) -> Self {
+        Self(reason)
+    }
+}
+
+impl From<&str> for RecordError {
+    fn from(reason: &str) -> Self {
+        Self(reason.to_owned())
+    }
+}
+
+impl From<RecordError> for String {
+    fn from(e: RecordError) -> Self {
+        e.0
+    }
+}
 
 /// The format of a dataset file, detected from its records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +106,34 @@ impl DatasetFormat {
         ]
         .into_iter()
         .find(|f| f.as_str() == name)
+    }
+}
+
+/// Detect the record's format and convert it; the error says what is wrong with the record.
+pub fn parse_record(value: &Value) -> Result<(DatasetFormat, Example), RecordError> {
+    let Value::Object(obj) = value else {
+        return Err(bad!(
+            "expected a JSON object, found {}",
+            records::kind(value)
+        ));
+    };
+    if let Some(pair) = preference::parse(obj) {
+        return pair;
+    }
+    if obj.contains_key("messages") {
+        records::chat(obj).map(|e| (DatasetFormat::Chat, e))
+    } else if obj.contains_key("prompt") && obj.contains_key("completion") {
+        records::completion(obj).map(|e| (DatasetFormat::Completion, e))
+    } else if obj.contains_key("instruction") && obj.contains_key("output") {
+        records::alpaca(obj).map(|e| (DatasetFormat::Alpaca, e))
+    } else if obj.contains_key("conversations") {
+        records::sharegpt(obj).map(|e| (DatasetFormat::Sharegpt, e))
+    } else {
+        Err(
+            "unrecognised example format: expected `messages` (chat), `prompt`/`completion`, \
+             `instruction`/`input`/`output` (alpaca) or `conversations` (ShareGPT)"
+                .into(),
+        )
     }
 }
 

@@ -7,9 +7,9 @@
 use serde_json::{Map, Value};
 
 use super::records::{alpaca, chat, chat_message, kind, sharegpt};
-use super::{DatasetFormat, Example, Role, Turn};
+use super::{DatasetFormat, Example, RecordError, Role, Turn};
 
-type Parsed = Result<(DatasetFormat, Example), String>;
+type Parsed = Result<(DatasetFormat, Example), RecordError>;
 
 /// The record as a preference pair, or `None` when it is not one (then it is read as SFT data).
 pub fn parse(obj: &Map<String, Value>) -> Option<Parsed> {
@@ -26,16 +26,16 @@ pub fn parse(obj: &Map<String, Value>) -> Option<Parsed> {
         return Some(llama_factory_sharegpt(obj).map(|e| (DatasetFormat::SharegptPreference, e)));
     }
     Some(Err(
-        "`chosen`/`rejected` need `instruction` (alpaca) or `conversations` (ShareGPT)".to_owned(),
+        "`chosen`/`rejected` need `instruction` (alpaca) or `conversations` (ShareGPT)".into(),
     ))
 }
 
 /// The prompt `turns` (none trained) followed by `chosen`, with `rejected` beside them.
-fn pair(mut turns: Vec<Turn>, chosen: Turn, rejected: Turn) -> Result<Vec<Turn>, String> {
+fn pair(mut turns: Vec<Turn>, chosen: Turn, rejected: Turn) -> Result<Vec<Turn>, RecordError> {
     match turns.last() {
         Some(t) if t.role == Role::User || t.role == Role::Tool => {}
-        Some(_) => return Err("the prompt must end with a user (or tool) message".to_owned()),
-        None => return Err("the prompt has no messages".to_owned()),
+        Some(_) => return Err("the prompt must end with a user (or tool) message".into()),
+        None => return Err("the prompt has no messages".into()),
     }
     for t in &mut turns {
         t.train = false;
@@ -44,7 +44,7 @@ fn pair(mut turns: Vec<Turn>, chosen: Turn, rejected: Turn) -> Result<Vec<Turn>,
         return Err("the preferred and non-preferred outputs must be assistant messages".into());
     }
     if chosen.content == rejected.content && chosen.tool_calls == rejected.tool_calls {
-        return Err("the preferred and non-preferred outputs are identical".to_owned());
+        return Err("the preferred and non-preferred outputs are identical".into());
     }
     turns.push(chosen);
     turns.push(rejected);
@@ -52,7 +52,7 @@ fn pair(mut turns: Vec<Turn>, chosen: Turn, rejected: Turn) -> Result<Vec<Turn>,
 }
 
 /// Split the turns [`pair`] built into the example and its rejected answer.
-fn example(mut turns: Vec<Turn>, template: Example) -> Result<Example, String> {
+fn example(mut turns: Vec<Turn>, template: Example) -> Result<Example, RecordError> {
     let rejected = turns.pop().ok_or("no rejected answer")?;
     Ok(Example {
         turns,
@@ -65,23 +65,23 @@ fn example(mut turns: Vec<Turn>, template: Example) -> Result<Example, String> {
 }
 
 /// The one assistant message of `preferred_output` / `non_preferred_output`.
-fn single_output(obj: &Map<String, Value>, key: &str) -> Result<Turn, String> {
+fn single_output(obj: &Map<String, Value>, key: &str) -> Result<Turn, RecordError> {
     match obj.get(key) {
         Some(Value::Array(items)) if items.len() == 1 => {
-            chat_message(&items[0]).map_err(|e| format!("{key}[0]: {e}"))
+            chat_message(&items[0]).map_err(|e| bad!("{key}[0]: {e}"))
         }
-        Some(Value::Array(items)) => Err(format!(
+        Some(Value::Array(items)) => Err(bad!(
             "`{key}` must hold exactly one assistant message, found {}",
             items.len()
         )),
-        Some(other) => Err(format!("`{key}` must be a list, found {}", kind(other))),
-        None => Err(format!("missing `{key}`")),
+        Some(other) => Err(bad!("`{key}` must be a list, found {}", kind(other))),
+        None => Err(bad!("missing `{key}`")),
     }
 }
 
-fn openai(obj: &Map<String, Value>) -> Result<Example, String> {
+fn openai(obj: &Map<String, Value>) -> Result<Example, RecordError> {
     let Some(Value::Object(input)) = obj.get("input") else {
-        return Err("`input` must be an object with `messages`".to_owned());
+        return Err("`input` must be an object with `messages`".into());
     };
     let chosen = single_output(obj, "preferred_output")?;
     let rejected = single_output(obj, "non_preferred_output")?;
@@ -89,7 +89,7 @@ fn openai(obj: &Map<String, Value>) -> Result<Example, String> {
     let mut both = input.clone();
     let mut messages = match input.get("messages") {
         Some(Value::Array(m)) => m.clone(),
-        _ => return Err("input: `messages` must be a list".to_owned()),
+        _ => return Err("input: `messages` must be a list".into()),
     };
     for key in ["preferred_output", "non_preferred_output"] {
         if let Some(Value::Array(items)) = obj.get(key) {
@@ -97,17 +97,17 @@ fn openai(obj: &Map<String, Value>) -> Result<Example, String> {
         }
     }
     both.insert("messages".into(), Value::Array(messages));
-    let checked = chat(&both).map_err(|e| format!("input: {e}"))?;
+    let checked = chat(&both).map_err(|e| bad!("input: {e}"))?;
     let prompt = checked.turns[..checked.turns.len() - 2].to_vec();
     let turns = pair(prompt, chosen, rejected)?;
     example(turns, checked)
 }
 
-fn llama_factory_alpaca(obj: &Map<String, Value>) -> Result<Example, String> {
+fn llama_factory_alpaca(obj: &Map<String, Value>) -> Result<Example, RecordError> {
     let answer = |key: &str| match obj.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err(format!("`{key}` must be a string, found {}", kind(other))),
-        None => Err(format!("missing `{key}`")),
+        Some(other) => Err(bad!("`{key}` must be a string, found {}", kind(other))),
+        None => Err(bad!("missing `{key}`")),
     };
     let (chosen, rejected) = (answer("chosen")?, answer("rejected")?);
     let mut prompt_only = obj.clone();
@@ -122,12 +122,12 @@ fn llama_factory_alpaca(obj: &Map<String, Value>) -> Result<Example, String> {
     example(turns, parsed)
 }
 
-fn llama_factory_sharegpt(obj: &Map<String, Value>) -> Result<Example, String> {
-    let answer = |key: &str| -> Result<Turn, String> {
+fn llama_factory_sharegpt(obj: &Map<String, Value>) -> Result<Example, RecordError> {
+    let answer = |key: &str| -> Result<Turn, RecordError> {
         let wrapped = Value::Array(vec![obj.get(key).cloned().unwrap_or(Value::Null)]);
         let mut one = Map::new();
         one.insert("conversations".into(), wrapped);
-        let t = sharegpt(&one).map_err(|e| format!("`{key}`: {e}"))?;
+        let t = sharegpt(&one).map_err(|e| bad!("`{key}`: {e}"))?;
         Ok(t.turns
             .into_iter()
             .next()
@@ -249,7 +249,7 @@ mod tests {
         ];
         for (record, needle) in cases {
             let err = parse_record(&record).unwrap_err();
-            assert!(err.contains(needle), "{record}: {err}");
+            assert!(err.to_string().contains(needle), "{record}: {err}");
         }
     }
 }

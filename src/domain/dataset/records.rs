@@ -1,34 +1,10 @@
-//! Parsing one JSON record of any accepted format into an [`Example`].
+//! Parsing one JSON record of each demonstration format into an [`Example`] (the dispatcher,
+//! [`super::parse_record`], picks the format).
 
 use serde_json::{Map, Value};
 
-use super::{DatasetFormat, Example, Role, Turn};
+use super::{Example, RecordError, Role, Turn};
 use crate::domain::tools::{parse_tool_calls, parse_tools};
-
-/// Detect the record's format and convert it; the error says what is wrong with the record.
-pub fn parse_record(value: &Value) -> Result<(DatasetFormat, Example), String> {
-    let Value::Object(obj) = value else {
-        return Err(format!("expected a JSON object, found {}", kind(value)));
-    };
-    if let Some(pair) = super::preference::parse(obj) {
-        return pair;
-    }
-    if obj.contains_key("messages") {
-        chat(obj).map(|e| (DatasetFormat::Chat, e))
-    } else if obj.contains_key("prompt") && obj.contains_key("completion") {
-        completion(obj).map(|e| (DatasetFormat::Completion, e))
-    } else if obj.contains_key("instruction") && obj.contains_key("output") {
-        alpaca(obj).map(|e| (DatasetFormat::Alpaca, e))
-    } else if obj.contains_key("conversations") {
-        sharegpt(obj).map(|e| (DatasetFormat::Sharegpt, e))
-    } else {
-        Err(
-            "unrecognised example format: expected `messages` (chat), `prompt`/`completion`, \
-             `instruction`/`input`/`output` (alpaca) or `conversations` (ShareGPT)"
-                .to_owned(),
-        )
-    }
-}
 
 pub(super) fn kind(value: &Value) -> &'static str {
     match value {
@@ -45,12 +21,12 @@ pub(super) fn string_field(
     obj: &Map<String, Value>,
     key: &str,
     required: bool,
-) -> Result<String, String> {
+) -> Result<String, RecordError> {
     match obj.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
         None | Some(Value::Null) if !required => Ok(String::new()),
-        Some(other) => Err(format!("`{key}` must be a string, found {}", kind(other))),
-        None => Err(format!("missing `{key}`")),
+        Some(other) => Err(bad!("`{key}` must be a string, found {}", kind(other))),
+        None => Err(bad!("missing `{key}`")),
     }
 }
 
@@ -58,17 +34,17 @@ fn turn(role: Role, content: String) -> Turn {
     Turn::new(role, content)
 }
 
-pub(super) fn chat(obj: &Map<String, Value>) -> Result<Example, String> {
+pub(super) fn chat(obj: &Map<String, Value>) -> Result<Example, RecordError> {
     let Some(Value::Array(messages)) = obj.get("messages") else {
-        return Err("`messages` must be a list".to_owned());
+        return Err("`messages` must be a list".into());
     };
     if messages.is_empty() {
-        return Err("`messages` must not be empty".to_owned());
+        return Err("`messages` must not be empty".into());
     }
     let turns = messages
         .iter()
         .enumerate()
-        .map(|(i, m)| chat_message(m).map_err(|e| format!("messages[{i}]: {e}")))
+        .map(|(i, m)| chat_message(m).map_err(|e| bad!("messages[{i}]: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     let tools = obj.get("tools").filter(|t| !t.is_null()).cloned();
     let offered = match &tools {
@@ -81,7 +57,7 @@ pub(super) fn chat(obj: &Map<String, Value>) -> Result<Example, String> {
             .iter()
             .find(|c| !offered.iter().any(|f| f.name == c.name))
         {
-            return Err(format!(
+            return Err(bad!(
                 "messages[{i}]: calls function '{}', which is not in this example's `tools`",
                 call.name
             ));
@@ -91,7 +67,7 @@ pub(super) fn chat(obj: &Map<String, Value>) -> Result<Example, String> {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
         Some(other) => {
-            return Err(format!(
+            return Err(bad!(
                 "`parallel_tool_calls` must be a boolean, found {}",
                 kind(other)
             ));
@@ -116,32 +92,32 @@ fn at_param(e: &crate::domain::DomainError) -> String {
     }
 }
 
-pub(super) fn chat_message(m: &Value) -> Result<Turn, String> {
+pub(super) fn chat_message(m: &Value) -> Result<Turn, RecordError> {
     let Value::Object(m) = m else {
-        return Err(format!("expected an object, found {}", kind(m)));
+        return Err(bad!("expected an object, found {}", kind(m)));
     };
     let role = match m.get("role").and_then(Value::as_str) {
         Some("system" | "developer") => Role::System,
         Some("user") => Role::User,
         Some("assistant") => Role::Assistant,
         Some("tool" | "function") => Role::Tool,
-        Some(other) => return Err(format!("unknown role '{other}'")),
-        None => return Err("missing `role`".to_owned()),
+        Some(other) => return Err(bad!("unknown role '{other}'")),
+        None => return Err("missing `role`".into()),
     };
     let tool_calls = match (m.get("tool_calls"), role) {
         (None | Some(Value::Null), _) => Vec::new(),
         (Some(calls), Role::Assistant) => {
             parse_tool_calls(calls, "tool_calls").map_err(|e| at_param(&e))?
         }
-        (Some(_), _) => return Err("only assistant messages carry `tool_calls`".to_owned()),
+        (Some(_), _) => return Err("only assistant messages carry `tool_calls`".into()),
     };
     let content = match m.get("content") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(parts)) => text_parts(parts)?,
         None | Some(Value::Null) if !tool_calls.is_empty() => String::new(),
-        None | Some(Value::Null) => return Err("missing `content`".to_owned()),
+        None | Some(Value::Null) => return Err("missing `content`".into()),
         Some(other) => {
-            return Err(format!(
+            return Err(bad!(
                 "`content` must be a string or a list, found {}",
                 kind(other)
             ));
@@ -150,14 +126,12 @@ pub(super) fn chat_message(m: &Value) -> Result<Turn, String> {
     let train = match m.get("weight") {
         None | Some(Value::Null) => role == Role::Assistant,
         Some(w) if role != Role::Assistant => {
-            return Err(format!(
-                "`weight` ({w}) is only allowed on assistant messages"
-            ));
+            return Err(bad!("`weight` ({w}) is only allowed on assistant messages"));
         }
         Some(w) => match w.as_u64() {
             Some(0) => false,
             Some(1) => true,
-            _ => return Err(format!("`weight` must be 0 or 1, found {w}")),
+            _ => return Err(bad!("`weight` must be 0 or 1, found {w}")),
         },
     };
     let tool_call_id = match (m.get("tool_call_id"), role) {
@@ -173,23 +147,23 @@ pub(super) fn chat_message(m: &Value) -> Result<Turn, String> {
     })
 }
 
-fn text_parts(parts: &[Value]) -> Result<String, String> {
+fn text_parts(parts: &[Value]) -> Result<String, RecordError> {
     let mut out = String::new();
     for part in parts {
         match (part.get("type").and_then(Value::as_str), part.get("text")) {
             (Some("text"), Some(Value::String(t))) => out.push_str(t),
             (Some(other), _) if other != "text" => {
-                return Err(format!(
+                return Err(bad!(
                     "content part type '{other}' is not supported; only text"
                 ));
             }
-            _ => return Err("content parts must be {\"type\": \"text\", \"text\": …}".to_owned()),
+            _ => return Err("content parts must be {\"type\": \"text\", \"text\": …}".into()),
         }
     }
     Ok(out)
 }
 
-fn completion(obj: &Map<String, Value>) -> Result<Example, String> {
+pub(super) fn completion(obj: &Map<String, Value>) -> Result<Example, RecordError> {
     let prompt = string_field(obj, "prompt", true)?;
     let completion = string_field(obj, "completion", true)?;
     Ok(Example {
@@ -200,7 +174,7 @@ fn completion(obj: &Map<String, Value>) -> Result<Example, String> {
     })
 }
 
-pub(super) fn alpaca(obj: &Map<String, Value>) -> Result<Example, String> {
+pub(super) fn alpaca(obj: &Map<String, Value>) -> Result<Example, RecordError> {
     let instruction = string_field(obj, "instruction", true)?;
     let input = string_field(obj, "input", false)?;
     let output = string_field(obj, "output", true)?;
@@ -217,7 +191,7 @@ pub(super) fn alpaca(obj: &Map<String, Value>) -> Result<Example, String> {
                 let (Some(q), Some(a)) =
                     (p.and_then(|p| p[0].as_str()), p.and_then(|p| p[1].as_str()))
                 else {
-                    return Err(format!(
+                    return Err(bad!(
                         "history[{i}] must be a [question, answer] pair of strings"
                     ));
                 };
@@ -225,7 +199,7 @@ pub(super) fn alpaca(obj: &Map<String, Value>) -> Result<Example, String> {
                 turns.push(turn(Role::Assistant, a.to_owned()));
             }
         }
-        Some(other) => return Err(format!("`history` must be a list, found {}", kind(other))),
+        Some(other) => return Err(bad!("`history` must be a list, found {}", kind(other))),
     }
     // LLaMA-Factory joins instruction and input with a newline.
     let prompt = if input.is_empty() {
@@ -243,9 +217,9 @@ pub(super) fn alpaca(obj: &Map<String, Value>) -> Result<Example, String> {
     })
 }
 
-pub(super) fn sharegpt(obj: &Map<String, Value>) -> Result<Example, String> {
+pub(super) fn sharegpt(obj: &Map<String, Value>) -> Result<Example, RecordError> {
     let Some(Value::Array(conv)) = obj.get("conversations") else {
-        return Err("`conversations` must be a list".to_owned());
+        return Err("`conversations` must be a list".into());
     };
     let mut turns = Vec::new();
     let system = string_field(obj, "system", false)?;
@@ -258,16 +232,16 @@ pub(super) fn sharegpt(obj: &Map<String, Value>) -> Result<Example, String> {
             Some("gpt" | "assistant" | "function_call") => Role::Assistant,
             Some("system") => Role::System,
             Some("observation" | "tool") => Role::Tool,
-            Some(other) => return Err(format!("conversations[{i}]: unknown `from` '{other}'")),
-            None => return Err(format!("conversations[{i}]: missing `from`")),
+            Some(other) => return Err(bad!("conversations[{i}]: unknown `from` '{other}'")),
+            None => return Err(bad!("conversations[{i}]: missing `from`")),
         };
         let Some(value) = c.get("value").and_then(Value::as_str) else {
-            return Err(format!("conversations[{i}]: `value` must be a string"));
+            return Err(bad!("conversations[{i}]: `value` must be a string"));
         };
         turns.push(turn(role, value.to_owned()));
     }
     if turns.is_empty() {
-        return Err("`conversations` must not be empty".to_owned());
+        return Err("`conversations` must not be empty".into());
     }
     // LLaMA-Factory writes ShareGPT `tools` as a JSON string; calls are the assistant's text.
     let tools = match obj.get("tools") {
@@ -285,6 +259,7 @@ pub(super) fn sharegpt(obj: &Map<String, Value>) -> Result<Example, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::dataset::{DatasetFormat, parse_record};
     use serde_json::json;
 
     #[test]
@@ -394,7 +369,7 @@ mod tests {
         ];
         for (input, needle) in cases {
             let err = parse_record(&input).unwrap_err();
-            assert!(err.contains(needle), "{input}: {err}");
+            assert!(err.to_string().contains(needle), "{input}: {err}");
         }
     }
 }

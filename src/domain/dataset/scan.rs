@@ -74,6 +74,13 @@ impl<F: FnMut(usize, Example)> Collector<F> {
     }
 }
 
+/// Every example of a dataset, in order (see [`scan`]).
+pub fn read_examples<R: BufRead>(reader: R) -> Result<Vec<Example>, ScanError> {
+    let mut out = Vec::new();
+    scan(reader, |_, e| out.push(e))?;
+    Ok(out)
+}
+
 /// Scan a dataset, calling `on_example` for each example in order.
 ///
 /// A file whose first non-blank character is `[` is one JSON array (read whole); anything else is

@@ -1,7 +1,7 @@
 //! Choosing one answer among the members' answers.
 
 use super::Strategy;
-use crate::train::scores::Scores;
+use crate::domain::scores::Scores;
 
 /// One member's answer.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::layers::{DropoutMasks, LayerDropout, Linear, RmsNorm};
 use super::{Config, Weights, rope};
+use crate::model_dir::quant::Storage;
 use crate::train::fused::{
     self,
     attention::{Heads, causal_attention},
@@ -15,7 +16,6 @@ use crate::train::fused::{
 use crate::train::lora::{LoraSet, LoraSpec};
 use crate::train::loss::{LossOutput, causal_lm_loss, chunked_lm_loss};
 use crate::train::ops::{frozen_linear, softmax_last_dim};
-use crate::train::quant::Storage;
 use crate::train::{TensorContext, TrainError};
 
 mod decode;

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::quant::{QuantizedWeight, Storage, block_kind};
 use super::{TensorContext, TrainError};
+use crate::model_dir::quant::{QuantizedWeight, Storage, block_kind};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use layers::FrozenWeight;

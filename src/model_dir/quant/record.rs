@@ -10,6 +10,7 @@ use candle_core::quantized::GgmlDType;
 use serde_json::{Value, json};
 
 use super::{Quantization, Storage};
+use crate::model_dir::ModelDirError;
 
 /// The file in an adapter directory.
 pub const FILE: &str = "frozen_base.json";
@@ -31,12 +32,12 @@ pub fn write(dir: &Path, storage: Storage) -> std::io::Result<()> {
 
 /// The quantization whose round trip the adapter in `dir` trained on, if any. An unreadable or
 /// unknown record is an error: merging into the wrong weights would silently change the model.
-pub fn read(dir: &Path) -> Result<Option<Quantization>, String> {
+pub fn read(dir: &Path) -> Result<Option<Quantization>, ModelDirError> {
     let path = dir.join(FILE);
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(None);
     };
-    let bad = |why: &str| format!("{}: {why}", path.display());
+    let bad = |why: &str| ModelDirError::Unsupported(format!("{}: {why}", path.display()));
     let v: Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
     match v["storage"].as_str() {
         Some("stored_blocks") => return Ok(None),
@@ -91,7 +92,7 @@ mod tests {
             r#"{"storage":"quantized","quantization_method":"gptq"}"#,
         )
         .unwrap();
-        assert!(read(dir.path()).unwrap_err().contains("gptq"));
+        assert!(read(dir.path()).unwrap_err().to_string().contains("gptq"));
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(read(empty.path()).unwrap(), None);
     }

@@ -10,7 +10,7 @@ use std::path::Path;
 use minijinja::{Environment, context};
 use serde_json::Value;
 
-use super::{TrainError, io_err};
+use super::ModelDirError;
 use crate::domain::dataset::{Example, Role, Turn};
 use crate::domain::tools::{TemplateTurn, parse_tools, template_messages, template_tools_value};
 
@@ -36,7 +36,7 @@ pub struct ChatTemplate {
 
 impl ChatTemplate {
     /// A built-in template by LLaMA-Factory name.
-    pub fn builtin(name: &str, bos_token: &str, eos_token: &str) -> Result<Self, TrainError> {
+    pub fn builtin(name: &str, bos_token: &str, eos_token: &str) -> Result<Self, ModelDirError> {
         let source = match name {
             "qwen" => QWEN,
             "chatml" => CHATML,
@@ -44,7 +44,7 @@ impl ChatTemplate {
             "mistral" => MISTRAL,
             "alpaca" => ALPACA,
             other => {
-                return Err(TrainError::Invalid(format!(
+                return Err(ModelDirError::Unsupported(format!(
                     "unknown template '{other}'; built-ins: {}",
                     BUILTIN.join(", ")
                 )));
@@ -59,8 +59,8 @@ impl ChatTemplate {
 
     /// The model's template: `chat_template.jinja`, else `tokenizer_config.json`'s
     /// `chat_template` (a string, or a list with a `default` entry).
-    pub fn from_model_dir(dir: &Path) -> Result<Self, TrainError> {
-        let config = read_tokenizer_config(dir)?;
+    pub fn from_model_dir(dir: &Path) -> Result<Self, ModelDirError> {
+        let config = super::read_tokenizer_config(dir)?;
         let token = |key: &str| -> String {
             match config.get(key) {
                 Some(Value::String(s)) => s.clone(),
@@ -74,7 +74,10 @@ impl ChatTemplate {
         };
         let jinja = dir.join("chat_template.jinja");
         let source = if jinja.exists() {
-            std::fs::read_to_string(&jinja).map_err(io_err(&jinja))?
+            std::fs::read_to_string(&jinja).map_err(|source| ModelDirError::Io {
+                path: jinja.display().to_string(),
+                source,
+            })?
         } else {
             match config.get("chat_template") {
                 Some(Value::String(s)) => s.clone(),
@@ -88,7 +91,7 @@ impl ChatTemplate {
             }
         };
         if source.is_empty() {
-            return Err(TrainError::Invalid(format!(
+            return Err(ModelDirError::Unsupported(format!(
                 "{} has no chat template; pass a built-in template ({})",
                 dir.display(),
                 BUILTIN.join(", ")
@@ -117,7 +120,7 @@ impl ChatTemplate {
         turns: &[Turn],
         add_generation_prompt: bool,
         tools: Option<&Value>,
-    ) -> Result<String, TrainError> {
+    ) -> Result<String, ModelDirError> {
         self.render_offering(turns, add_generation_prompt, tools, true)
     }
 
@@ -130,7 +133,7 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         tools: Option<&Value>,
         parallel: bool,
-    ) -> Result<String, TrainError> {
+    ) -> Result<String, ModelDirError> {
         let mut env = Environment::new();
         // As Hugging Face renders chat templates, and so the serving engine: a block tag eats
         // the newline after it and the spaces before it.
@@ -150,8 +153,9 @@ impl ChatTemplate {
         env.add_function("strftime_now", |fmt: String| {
             chrono::Utc::now().format(&fmt).to_string()
         });
-        env.add_template("chat", &self.source)
-            .map_err(|e| TrainError::Invalid(format!("chat template does not parse: {e}")))?;
+        env.add_template("chat", &self.source).map_err(|e| {
+            ModelDirError::Unsupported(format!("chat template does not parse: {e}"))
+        })?;
         let view: Vec<TemplateTurn<'_>> = turns
             .iter()
             .map(|t| TemplateTurn {
@@ -171,7 +175,7 @@ impl ChatTemplate {
         );
         let tmpl = env
             .get_template("chat")
-            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+            .map_err(|e| ModelDirError::Unsupported(e.to_string()))?;
         tmpl.render(context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -180,12 +184,12 @@ impl ChatTemplate {
             // OpenAI-shaped tools in the shape serving hands the template; others as given.
             tools => offered.as_deref().map(template_tools_value).or_else(|| tools.cloned()),
         })
-        .map_err(|e| TrainError::Invalid(format!("rendering the chat template failed: {e}")))
+        .map_err(|e| ModelDirError::Unsupported(format!("rendering the chat template failed: {e}")))
     }
 
     /// `(text, trained)` pieces whose concatenation is the rendered conversation up to its last
     /// assistant turn. Assistant content (with its end-of-turn text) is trained when its turn is.
-    pub fn segments(&self, example: &Example) -> Result<Vec<(String, bool)>, TrainError> {
+    pub fn segments(&self, example: &Example) -> Result<Vec<(String, bool)>, ModelDirError> {
         let tools = example.tools.as_ref();
         let mut out = Vec::new();
         let mut done = String::new();
@@ -200,7 +204,7 @@ impl ChatTemplate {
                 prompt.strip_prefix(done.as_str()),
                 full.strip_prefix(prompt.as_str()),
             ) else {
-                return Err(TrainError::Invalid(
+                return Err(ModelDirError::Unsupported(
                     "the chat template does not render conversations incrementally, so responses \
                      cannot be located; use a built-in template"
                         .to_owned(),
@@ -214,15 +218,17 @@ impl ChatTemplate {
     }
 }
 
-/// `tokenizer_config.json` as JSON (empty when absent).
-pub fn read_tokenizer_config(dir: &Path) -> Result<Value, TrainError> {
-    Ok(crate::model_dir::read_tokenizer_config(dir)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::dataset::parse_record;
+
+    #[test]
+    fn chatml_without_a_tools_variable_is_not_a_tools_template() {
+        assert!(!crate::domain::tools::template_handles_tools(
+            CHATML_TEMPLATE
+        ));
+    }
 
     fn example() -> Example {
         parse_record(&serde_json::json!({"messages": [

@@ -1,7 +1,7 @@
 //! QLoRA storage of frozen weights: the decoder projections kept in 4 or 8 bits on the device —
 //! ggml block formats (candle's `QTensor`) or NF4 ([`nf4`]) — and dequantized into a transient
 //! dense buffer whenever a matmul needs them. Embeddings, norms and `lm_head` stay dense. A
-//! quantized GGUF's own blocks are kept by the import ([`crate::model_dir::stored_blocks`]) so
+//! quantized GGUF's own blocks are kept by the import ([`super::stored_blocks`]) so
 //! such a model trains on what it stores; [`record`] notes beside an adapter how its base was
 //! stored, and [`derived`] rebuilds those weights for serving.
 
@@ -48,7 +48,7 @@ pub enum Storage {
     Dense,
     /// Quantized as they are read.
     Quantize(Quantization),
-    /// The ggml blocks an imported GGUF stored ([`crate::model_dir::stored_blocks`]).
+    /// The ggml blocks an imported GGUF stored ([`super::stored_blocks`]).
     StoredBlocks,
 }
 
@@ -57,7 +57,7 @@ impl Storage {
     pub fn for_run(dir: &std::path::Path, hp: &Hyperparameters) -> Self {
         let asked = hp.quantization().map(|m| match m {
             QuantizationMethod::Nf4 => Quantization::Nf4 {
-                double: hp.double_quantization.unwrap_or(true),
+                double: hp.quantization.double.unwrap_or(true),
             },
             QuantizationMethod::Q4_0 => Quantization::Ggml(GgmlDType::Q4_0),
             QuantizationMethod::Q4K => Quantization::Ggml(GgmlDType::Q4K),
@@ -71,14 +71,14 @@ impl Storage {
     pub fn for_model(dir: &std::path::Path, asked: Option<Quantization>) -> Self {
         match asked {
             Some(q) => Self::Quantize(q),
-            None if dir.join(crate::model_dir::stored_blocks::FILE).exists() => Self::StoredBlocks,
+            None if dir.join(super::stored_blocks::FILE).exists() => Self::StoredBlocks,
             None => Self::Dense,
         }
     }
 }
 
 /// The job event that says how the frozen projections are held (`None` when dense);
-/// `summary` is [`crate::train::model::Weights::quantized_summary`].
+/// `summary` is the trainer's count of the weights held quantized.
 pub fn describe(storage: Storage, summary: &str, dtype: DType) -> Option<String> {
     let rest = format!("dequantized per use; embeddings, norms and lm_head stay {dtype:?}");
     match storage {
@@ -171,7 +171,7 @@ pub fn block_kind(name: &str, row: usize, how: Quantization) -> Option<Quantizat
 }
 
 /// Whether `name` is a decoder projection's weight, the tensors QLoRA stores quantized.
-pub fn is_projection(name: &str) -> bool {
+pub(in crate::model_dir) fn is_projection(name: &str) -> bool {
     name.starts_with("model.layers.") && name.ends_with("_proj.weight")
 }
 
