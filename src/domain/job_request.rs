@@ -114,7 +114,7 @@ impl JobSpec {
         }
         if validation_file.is_some() && hyperparameters.evaluation.validation_split.is_some() {
             return Err(DomainError::invalid(
-                "hyperparameters.evaluation.validation_split",
+                "hyperparameters.validation_split",
                 "validation_split holds out training examples for validation; it cannot be \
                  combined with a validation_file",
             ));
@@ -308,7 +308,7 @@ mod tests {
             (json!({"integrations": "wandb"}), "integrations"),
             (
                 json!({"validation_file": "file-abc", "hyperparameters": {"validation_split": 0.1}}),
-                "hyperparameters.evaluation.validation_split",
+                "hyperparameters.validation_split",
             ),
         ];
         for (extra, param) in cases {

@@ -4,9 +4,9 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::chat::fine_tune_lazily;
+use crate::helpers::fine_tune_lazily;
 use crate::helpers::{AppOptions, TestApp, assert_error, spawn_app, spawn_app_with};
-use crate::train_loop::QA;
+use crate::helpers::fixtures::QA;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

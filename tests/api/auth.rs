@@ -102,7 +102,7 @@ async fn fine_tuned_models_are_private_to_their_key() {
         ..Default::default()
     })
     .await;
-    let (_, model) = crate::chat::fine_tune(&app, "private").await;
+    let (_, model) = crate::helpers::fine_tune(&app, "private").await;
     app.api_key = Some("sk-b".into());
     let chat = app
         .post(

@@ -3,89 +3,8 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    AppOptions, TestApp, assert_error, spawn_app, spawn_app_sharing, spawn_app_with,
-};
-use crate::train_loop::QA;
-
-/// Train a model on the ten health answers and return (job id, fine_tuned_model); the server
-/// preloads it.
-pub async fn fine_tune(app: &TestApp, suffix: &str) -> (String, String) {
-    fine_tune_with(app, suffix, json!({})).await
-}
-
-/// Like [`fine_tune`], with `extra` hyperparameters on top.
-pub async fn fine_tune_with(app: &TestApp, suffix: &str, extra: Value) -> (String, String) {
-    train_with(app, suffix, app.worker(), extra, false).await
-}
-
-/// Like [`fine_tune_with`], the job given the same examples as its `validation_file`.
-pub async fn fine_tune_validated(app: &TestApp, suffix: &str, extra: Value) -> (String, String) {
-    train_with(app, suffix, app.worker(), extra, true).await
-}
-
-/// Like [`fine_tune`], but nothing is preloaded: the model loads on its first request.
-pub async fn fine_tune_lazily(app: &TestApp, suffix: &str) -> (String, String) {
-    train_with(
-        app,
-        suffix,
-        app.worker_with(app.trainer.clone(), 30),
-        json!({}),
-        false,
-    )
-    .await
-}
-
-async fn train_with(
-    app: &TestApp,
-    suffix: &str,
-    worker: ferrotune::worker::Worker,
-    extra: Value,
-    validated: bool,
-) -> (String, String) {
-    let records: Vec<Value> = QA
-        .iter()
-        .map(|(q, a)| json!({"instruction": q, "input": "", "output": a}))
-        .collect();
-    let file: Value = app
-        .upload(
-            "qa.json",
-            serde_json::to_vec(&records).unwrap(),
-            "fine-tune",
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let mut hp = json!({"n_epochs": 20, "batch_size": 2, "learning_rate": 0.01, "lora_dropout": 0.0, "save_steps": 50});
-    for (k, v) in extra.as_object().into_iter().flatten() {
-        hp[k] = v.clone();
-    }
-    // A fixed seed: the tiny model's learning run is then the same every time.
-    let mut body = json!({"suffix": suffix, "seed": 7, "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}});
-    if validated {
-        body["validation_file"] = file["id"].clone();
-    }
-    let job = app.create_job(file["id"].as_str().unwrap(), body).await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    assert!(worker.run_once().await.unwrap());
-    let job = app.job(&id).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    (id, job["fine_tuned_model"].as_str().unwrap().to_owned())
-}
-
-/// A greedy answer of at most 40 tokens from `model` (status 200 asserted).
-pub async fn ask(app: &TestApp, model: &str, question: &str) -> Value {
-    let res = app
-        .post(
-            "/v1/chat/completions",
-            &json!({"model": model, "temperature": 0, "max_tokens": 40,
-            "messages": [{"role": "user", "content": question}]}),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
-    res.json().await.unwrap()
-}
+use crate::helpers::{AppOptions, TestApp, assert_error, spawn_app, spawn_app_sharing, spawn_app_with, ask, fine_tune, fine_tune_lazily};
+use crate::helpers::fixtures::QA;
 
 #[tokio::test]
 async fn the_base_model_answers_in_openai_shape() {
@@ -229,7 +148,7 @@ async fn n_stop_and_max_tokens_are_honoured() {
         .text()
         .await
         .unwrap();
-    let events = crate::tools::sse_events(&streamed);
+    let events = crate::helpers::sse_events(&streamed);
     let last = events.last().unwrap();
     assert_eq!(last["choices"], json!([]));
     assert!(

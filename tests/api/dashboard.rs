@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use crate::helpers::{AppOptions, TestApp, assert_error, spawn_app_with};
-use crate::training_jobs::upload_qa;
+use crate::helpers::upload_qa;
 
 async fn keyed_app() -> TestApp {
     spawn_app_with(AppOptions {

@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, assert_error, spawn_app};
-use crate::train_loop::QA;
+use crate::helpers::fixtures::QA;
 
 /// Rambling answers the model should learn to prefer less.
 const RAMBLE: &str =
@@ -166,7 +166,7 @@ async fn ipo_and_simpo_run_and_llama_factory_pairs_are_accepted() {
 async fn the_wrong_kind_of_file_fails_the_job_and_bad_pairs_fail_the_upload() {
     let app = spawn_app().await;
     let pairs = upload(&app, "pairs.jsonl", openai_pairs(10)).await;
-    let sft = crate::training_jobs::upload_qa(&app, 10).await;
+    let sft = crate::helpers::upload_qa(&app, 10).await;
 
     let job = app
         .create_job(pairs["id"].as_str().unwrap(), json!({}))
@@ -203,7 +203,7 @@ async fn the_wrong_kind_of_file_fails_the_job_and_bad_pairs_fail_the_upload() {
 #[tokio::test]
 async fn a_job_continues_from_a_fine_tuned_model_sft_then_dpo() {
     let app = spawn_app().await;
-    let sft_file = crate::training_jobs::upload_qa(&app, 10).await;
+    let sft_file = crate::helpers::upload_qa(&app, 10).await;
     let hp = json!({"n_epochs": 2, "batch_size": 2, "learning_rate": 0.01, "lora_rank": 4,
                     "lora_alpha": 16});
     let sft = app

@@ -1,61 +1,16 @@
-//! `model export` on the tiny models: a trained adapter merged into a Hugging Face directory or a
-//! GGUF file reproduces base + adapter, the GGUF imports back with the same tokenizer, and bad
-//! requests fail without leaving files behind.
+//! `GET /v1/models/{model}/export` over HTTP: a fine-tuned model downloads as GGUF or a packed
+//! directory that reproduces base + adapter, concurrent requests share one kept build, and the
+//! kept exports go with the model.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use ferrotune::export::{self, ExportFormat, ExportRequest, Quant};
-use ferrotune::train::data;
-use ferrotune::train::lora::LoraSpec;
-use ferrotune::train::model::{CausalLm, ForwardCtx};
-use ferrotune::train::tiny::TinyArch;
+use candle_core::{DType, Tensor};
 
-use crate::tensors::rel_err;
-use crate::train_loop::{config, finish, setup};
+use crate::helpers::fixtures::{model_logits, rel_err};
+use crate::helpers::{TestApp, spawn_app, upload_qa};
 
-/// The tiny model of `arch` in `dir` with an adapter trained for a few steps; its directory.
-fn trained(dir: &Path, arch: TinyArch) -> PathBuf {
-    setup(dir, arch);
-    let cfg = config(dir, 1, 1e-2);
-    finish(&cfg).adapter_dir
-}
-
-/// Ten token ids every tiny vocabulary has.
 fn ids() -> Vec<u32> {
     (0..10).map(|i| (i * 41 + 3) % 250).collect()
-}
-
-/// f32 logits of the model in `model_dir` on `ids`, with the PEFT `adapter` applied (rank 8,
-/// alpha 32, all seven projections) as the trainer computes them.
-pub fn model_logits(model_dir: &Path, adapter: Option<&Path>, ids: &[u32]) -> Tensor {
-    let spec = LoraSpec {
-        rank: 8,
-        alpha: 32.0,
-        dropout: 0.0,
-        targets: ferrotune::domain::hyperparameters::LORA_MODULES
-            .map(String::from)
-            .to_vec(),
-    };
-    let (model, lora) = CausalLm::load(
-        model_dir,
-        adapter.map(|_| &spec),
-        0,
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
-    if let Some(a) = adapter {
-        lora.load_peft(&a.join("adapter_model.safetensors"), &Device::Cpu)
-            .unwrap();
-    }
-    let input = Tensor::new(ids, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    model
-        .forward(&input, &[(0, ids.len())], ForwardCtx::default())
-        .unwrap()
 }
 
 fn adapted_logits(model_dir: &Path, adapter: &Path) -> Tensor {
@@ -66,142 +21,9 @@ fn plain_logits(model_dir: &Path) -> Tensor {
     model_logits(model_dir, None, &ids())
 }
 
-fn request(dir: &Path, adapter: &Path, format: ExportFormat, quant: Quant) -> ExportRequest {
-    ExportRequest {
-        base_dir: dir.join("model"),
-        adapter_dir: Some(adapter.to_path_buf()),
-        format,
-        quant,
-        name: "ft:ferrotune-tiny:org-local:test:abcdefgh".into(),
-    }
-}
-
-#[test]
-fn a_merged_directory_gives_the_logits_of_base_plus_adapter() {
-    for arch in [TinyArch::Llama, TinyArch::Qwen2] {
-        let dir = tempfile::tempdir().unwrap();
-        let adapter = trained(dir.path(), arch);
-        let want = adapted_logits(&dir.path().join("model"), &adapter);
-        let base = plain_logits(&dir.path().join("model"));
-        assert!(
-            rel_err(&base, &want) > 1e-3,
-            "the adapter must change the model"
-        );
-        let out = dir.path().join("merged");
-        export::export(
-            &request(dir.path(), &adapter, ExportFormat::Hf, Quant::F32),
-            &out,
-        )
-        .unwrap();
-        for file in [
-            "config.json",
-            "model.safetensors",
-            "tokenizer.json",
-            "tokenizer_config.json",
-        ] {
-            assert!(out.join(file).exists(), "{arch:?}: {file}");
-        }
-        let err = rel_err(&plain_logits(&out), &want);
-        assert!(err < 1e-5, "{arch:?}: relative error {err}");
-        // bf16 (the default for directories) within bf16's precision.
-        let out16 = dir.path().join("merged-bf16");
-        export::export(
-            &request(dir.path(), &adapter, ExportFormat::Hf, Quant::Bf16),
-            &out16,
-        )
-        .unwrap();
-        let err = rel_err(&plain_logits(&out16), &want);
-        assert!(err < 3e-2, "{arch:?} bf16: relative error {err}");
-    }
-}
-
-#[test]
-fn a_gguf_export_imports_back_to_the_same_model_within_its_quantization() {
-    let dir = tempfile::tempdir().unwrap();
-    let adapter = trained(dir.path(), TinyArch::Llama);
-    let want = adapted_logits(&dir.path().join("model"), &adapter);
-    let corpus = "Drink water 2x a day; café ☕ 東京\n\t  code: fn main() {}";
-    let original = data::load_tokenizer(&dir.path().join("model")).unwrap();
-    for (quant, tolerance) in [(Quant::F32, 1e-5), (Quant::F16, 5e-3), (Quant::Q8_0, 5e-2)] {
-        let file = dir.path().join(format!("model-{quant:?}.gguf"));
-        export::export(
-            &request(dir.path(), &adapter, ExportFormat::Gguf, quant),
-            &file,
-        )
-        .unwrap();
-        let back = dir.path().join(format!("back-{quant:?}"));
-        ferrotune::model_dir::gguf::import(&file, &back, DType::F32).unwrap();
-        let err = rel_err(&plain_logits(&back), &want);
-        assert!(err < tolerance, "{quant:?}: relative error {err}");
-        let imported = data::load_tokenizer(&back).unwrap();
-        for text in [corpus, "<|im_start|>user\nHi<|im_end|>\n"] {
-            assert_eq!(
-                imported.encode(text, false).unwrap().get_ids(),
-                original.encode(text, false).unwrap().get_ids(),
-                "{quant:?}: {text:?}"
-            );
-        }
-        let template = std::fs::read_to_string(back.join("tokenizer_config.json")).unwrap();
-        assert!(
-            template.contains("<|im_start|>"),
-            "the chat template travels"
-        );
-    }
-}
-
-#[test]
-fn bad_exports_fail_clearly_and_write_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let adapter = trained(dir.path(), TinyArch::Llama);
-    let out = dir.path().join("exported");
-    let cases = [
-        (ExportFormat::Hf, Quant::Q8_0, "GGUF only"),
-        (ExportFormat::Gguf, Quant::Bf16, "GGUF export writes"),
-    ];
-    for (format, quant, message) in cases {
-        let err = export::export(&request(dir.path(), &adapter, format, quant), &out).unwrap_err();
-        assert!(err.to_string().contains(message), "{err}");
-    }
-    // An adapter trained for another base: the shapes do not fit.
-    let other = tempfile::tempdir().unwrap();
-    let qwen_adapter = trained(other.path(), TinyArch::Qwen2);
-    let mut req = request(dir.path(), &qwen_adapter, ExportFormat::Hf, Quant::F32);
-    ferrotune::train::tiny::init_sized(
-        &dir.path().join("small"),
-        TinyArch::Llama,
-        ferrotune::train::tiny::TinySize::Small,
-        0,
-    )
-    .unwrap();
-    req.base_dir = dir.path().join("small");
-    let err = export::export(&req, &out).unwrap_err();
-    assert!(err.to_string().contains("another base model"), "{err}");
-    // Not an adapter directory.
-    let mut req = request(dir.path(), dir.path(), ExportFormat::Gguf, Quant::F16);
-    req.adapter_dir = Some(dir.path().join("model"));
-    assert!(export::export(&req, &out).is_err());
-    // An existing output is never overwritten.
-    std::fs::create_dir(&out).unwrap();
-    let err = export::export(
-        &request(dir.path(), &adapter, ExportFormat::Hf, Quant::F32),
-        &out,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("already exists"), "{err}");
-    std::fs::remove_dir(&out).unwrap();
-    let left: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("exported"))
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
-}
-
-#[tokio::test]
-async fn a_fine_tuned_model_downloads_as_gguf_or_a_directory_archive() {
-    let app = crate::helpers::spawn_app().await;
-    let train = crate::training_jobs::upload_qa(&app, 10).await;
+/// A model fine-tuned for one epoch on the QA pairs.
+async fn fine_tuned(app: &TestApp) -> String {
+    let train = upload_qa(app, 10).await;
     let job = app
         .create_job(
             &train,
@@ -211,7 +33,13 @@ async fn a_fine_tuned_model_downloads_as_gguf_or_a_directory_archive() {
         .await;
     assert!(app.worker().run_once().await.unwrap());
     let job = app.job(job["id"].as_str().unwrap()).await;
-    let model = job["fine_tuned_model"].as_str().unwrap().to_owned();
+    job["fine_tuned_model"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_fine_tuned_model_downloads_as_gguf_or_a_directory_archive() {
+    let app = spawn_app().await;
+    let model = fine_tuned(&app).await;
     let adapter = app
         .store
         .get_model(
@@ -315,4 +143,46 @@ async fn a_fine_tuned_model_downloads_as_gguf_or_a_directory_archive() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "left in {}: {left:?}", tmp.display());
+}
+
+/// The files kept under the server's `exports/` folder.
+fn kept_exports(app: &TestApp) -> Vec<std::path::PathBuf> {
+    let root = app.data_dir.path().join("exports");
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        out.extend(std::fs::read_dir(dir.path()).unwrap().flatten().map(|f| f.path()));
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn concurrent_requests_for_an_export_share_one_kept_build_that_goes_with_the_model() {
+    let app = spawn_app().await;
+    let model = fine_tuned(&app).await;
+    let path = format!("/v1/models/{model}/export?format=hf&quant=f32");
+    let (a, b, c) = tokio::join!(app.get(&path), app.get(&path), app.get(&path));
+    let mut bodies = Vec::new();
+    for res in [a, b, c] {
+        assert_eq!(res.status(), 200);
+        bodies.push(res.bytes().await.unwrap());
+    }
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "the same file for every request");
+    let kept = kept_exports(&app);
+    assert_eq!(kept.len(), 1, "one build, kept: {kept:?}");
+    assert!(kept[0].ends_with("f32.tar.gz"), "{kept:?}");
+    let built = std::fs::metadata(&kept[0]).unwrap().modified().unwrap();
+    // A later request streams the kept file: no rebuild.
+    let again = app.get(&path).await;
+    assert_eq!(again.bytes().await.unwrap(), bodies[0]);
+    assert_eq!(std::fs::metadata(&kept[0]).unwrap().modified().unwrap(), built);
+    // Another format is its own file; the base model's exports are kept apart.
+    let gguf = app.get(&format!("/v1/models/{model}/export")).await;
+    assert_eq!(gguf.status(), 200);
+    assert_eq!(kept_exports(&app).len(), 2);
+    // Deleting the model removes its exports.
+    assert_eq!(app.delete(&format!("/v1/models/{model}")).await.status(), 200);
+    assert!(kept_exports(&app).is_empty(), "{:?}", kept_exports(&app));
+    let gone = app.get(&path).await;
+    assert_eq!(gone.status(), 404);
 }

@@ -92,12 +92,12 @@ async fn create_rejects_bad_fields_with_their_param() {
         (
             json!({"model": "ferrotune-tiny", "training_file": file, "validation_file": file,
                    "hyperparameters": {"validation_split": 0.2}}),
-            "hyperparameters.evaluation.validation_split",
+            "hyperparameters.validation_split",
         ),
         (
             json!({"model": "ferrotune-tiny", "training_file": file,
                    "hyperparameters": {"validation_split": 1000}}),
-            "hyperparameters.evaluation.validation_split",
+            "hyperparameters.validation_split",
         ),
         (
             json!({"model": "ferrotune-tiny", "training_file": file, "suffix": "x".repeat(65)}),
@@ -118,7 +118,7 @@ async fn create_rejects_bad_fields_with_their_param() {
         (
             json!({"model": "ferrotune-tiny", "training_file": file, "method": {"type": "supervised",
             "supervised": {"hyperparameters": {"lora_dropout": 1.5}}}}),
-            "method.supervised.hyperparameters.lora.dropout",
+            "method.supervised.hyperparameters.lora_dropout",
         ),
         (
             json!({"model": "ferrotune-tiny", "training_file": file, "method": {"type": "supervised",

@@ -1,25 +1,25 @@
-//! Integration tests: the real server over HTTP, on a real PostgreSQL database per test.
+//! HTTP tests: the real server (or the real binary) over HTTP, on a real PostgreSQL database per
+//! test, with real training and serving on the tiny model. Numerics and parity are in
+//! `tests/model`, the repository's shape in `tests/repo`.
+
+#[allow(dead_code)] // shared with tests/model, which uses other helpers
+#[path = "../helpers/mod.rs"]
+mod helpers;
 
 mod adapters;
 mod auth;
-mod binary;
 mod chat;
 mod completions;
 mod dashboard;
 mod dpo;
 mod ensembles;
 mod errors;
-mod evaluation;
 mod export;
 mod files;
 mod fuzz_findings;
-mod gguf;
-mod gguf_spm;
-mod helpers;
 mod job_actions;
 mod jobs;
 mod openapi;
-mod packaging;
 mod paged_attention;
 mod qlora;
 mod queue;
@@ -28,11 +28,7 @@ mod real_model_tools;
 mod real_model_tuning;
 mod serve_binary;
 mod template_tools;
-mod tensors;
 mod tools;
-mod train_cli;
-mod train_loop;
-mod train_parity;
 mod training_jobs;
 mod worker;
 mod worker_lifecycle;

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::binary::{free_port, serve, terminate, wait_healthy};
+use crate::helpers::binary::{free_port, serve, terminate, wait_healthy};
 
 /// The greedy answer of at most `max_tokens` tokens that the server at `base` gives as `model`.
 pub async fn greedy_chat(
@@ -151,12 +151,12 @@ fn the_trainers_forward_on_the_import_gives_transformers_logits() {
             .squeeze(0)
             .unwrap();
         let last = logits.get(ids.len() - 1).unwrap();
-        let err = crate::tensors::rel_err(&last, &want["last_logits"].get(i).unwrap());
+        let err = crate::helpers::fixtures::rel_err(&last, &want["last_logits"].get(i).unwrap());
         println!("prompt {i}: last-position logits relative error {err:.2e}");
         assert!(err <= 1e-3, "prompt {i}: relative error {err}");
         if i == 0 {
             let all = logits.narrow(1, 0, columns).unwrap();
-            let err = crate::tensors::rel_err(&all, &want["first_prompt_logits"]);
+            let err = crate::helpers::fixtures::rel_err(&all, &want["first_prompt_logits"]);
             println!("prompt 0: all-position logits relative error {err:.2e}");
             assert!(
                 err <= 1e-3,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::binary::{free_port, serve};
+use crate::helpers::binary::{free_port, serve};
 use crate::real_model_tuning::{finished_job, post_json, upload};
 
 fn data_file(name: &str) -> PathBuf {
@@ -38,7 +38,7 @@ async fn a_fine_tuned_real_model_calls_the_right_function_for_held_out_requests(
             "smollm2",
         ],
     );
-    crate::binary::wait_healthy(port).await;
+    crate::helpers::binary::wait_healthy(port).await;
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)

@@ -13,11 +13,11 @@ use ferrotune::model_dir::template::ChatTemplate;
 use ferrotune::train::generate::Prompter;
 use serde_json::{Value, json};
 
-use crate::binary::{free_port, serve, terminate, wait_healthy};
-use crate::export::model_logits;
-use crate::qlora::{find_adapter, trained_model, user};
+use crate::helpers::binary::{free_port, serve, terminate, wait_healthy};
+use crate::helpers::fixtures::model_logits;
+use crate::helpers::fixtures::{find_adapter, trained_model, user};
 use crate::real_model::greedy_chat;
-use crate::tensors::rel_err;
+use crate::helpers::fixtures::rel_err;
 
 fn examples(file: &str, n: usize) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

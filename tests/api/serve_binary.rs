@@ -1,7 +1,7 @@
 //! The README's run command: `ferrotune serve` with no DATABASE_URL starts its own PostgreSQL,
 //! stops it on SIGTERM, and reuses it on the next start.
 
-use crate::binary::{Server, free_port, serve, terminate, wait_healthy};
+use crate::helpers::binary::{Server, free_port, serve, terminate, wait_healthy};
 
 fn start(data_dir: &std::path::Path, port: u16) -> Server {
     serve(data_dir, port, &[])

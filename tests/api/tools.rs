@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, spawn_app};
+use crate::helpers::{TestApp, assert_error, spawn_app, sse_events};
 
 /// Two functions whose arguments are enums, so a forced call is short whatever the weights.
 pub fn tools() -> Value {
@@ -26,16 +26,6 @@ pub async fn chat(app: &TestApp, extra: Value) -> reqwest::Response {
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
     app.post("/v1/chat/completions", &body).await
-}
-
-/// The `data:` events of an SSE body, `[DONE]` left out.
-pub fn sse_events(text: &str) -> Vec<Value> {
-    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    text.split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter(|e| *e != "[DONE]")
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect()
 }
 
 #[tokio::test]

@@ -5,27 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
-use crate::train_loop::QA;
-use crate::worker::wait_for_status;
-
-/// Upload the QA pairs cycled to `n` examples; the file id.
-pub async fn upload_qa(app: &TestApp, n: usize) -> String {
-    let records: Vec<Value> = QA
-        .iter()
-        .cycle()
-        .take(n)
-        .map(|(q, a)| json!({"instruction": q, "input": "", "output": a}))
-        .collect();
-    let body = serde_json::to_vec_pretty(&records).unwrap();
-    let file: Value = app
-        .upload("health.json", body, "fine-tune")
-        .await
-        .json()
-        .await
-        .unwrap();
-    file["id"].as_str().unwrap().to_owned()
-}
+use crate::helpers::{TestApp, spawn_app, upload_qa};
+use crate::helpers::fixtures::QA;
+use crate::helpers::wait_for_status;
 
 fn supervised(hp: Value) -> Value {
     json!({"type": "supervised", "supervised": {"hyperparameters": hp}})

@@ -10,7 +10,7 @@ use ferrotune::worker::trainer::{
 };
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{spawn_app, wait_for_status};
 
 /// Blocks until stopped (or 60 s), like a long training run.
 struct WaitsForStop;
@@ -34,17 +34,6 @@ impl Trainer for WaitsForStop {
             "never stopped",
         )))
     }
-}
-
-pub async fn wait_for_status(app: &TestApp, id: &str, status: &str) -> Value {
-    for _ in 0..200 {
-        let job = app.job(id).await;
-        if job["status"] == status {
-            return job;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("job {id} never reached {status}: {}", app.job(id).await);
 }
 
 #[tokio::test]

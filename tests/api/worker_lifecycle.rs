@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::binary::{Server, free_port, serve, terminate, wait_healthy};
+use crate::helpers::binary::{Server, free_port, serve, terminate, wait_healthy};
 use crate::helpers::{TestApp, spawn_app};
 
 fn worker_args(app: &TestApp, poll_ms: u64) -> Vec<String> {

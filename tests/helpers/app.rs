@@ -1,6 +1,7 @@
 //! `spawn_app()`: a real server on a fresh database of a shared embedded test cluster.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use ferrotune::config::{Settings, WorkerOptions};
 use ferrotune::embedded_postgres::EmbeddedPostgres;
@@ -11,6 +12,9 @@ use ferrotune::worker::{Trainer, Worker};
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 use sqlx::Connection;
+
+use super::fixtures::QA;
+use super::wait::eventually;
 
 static CLUSTER: OnceLock<EmbeddedPostgres> = OnceLock::new();
 
@@ -410,4 +414,121 @@ pub async fn assert_error(res: reqwest::Response, status: u16, param: Option<&st
     assert!(err["type"].is_string(), "{body}");
     assert_eq!(err["param"].as_str(), param, "{body}");
     err
+}
+
+/// Train a model on the ten health answers and return (job id, fine_tuned_model); the server
+/// preloads it.
+pub async fn fine_tune(app: &TestApp, suffix: &str) -> (String, String) {
+    fine_tune_with(app, suffix, json!({})).await
+}
+
+/// Like [`fine_tune`], with `extra` hyperparameters on top.
+pub async fn fine_tune_with(app: &TestApp, suffix: &str, extra: Value) -> (String, String) {
+    train_with(app, suffix, app.worker(), extra, false).await
+}
+
+/// Like [`fine_tune_with`], the job given the same examples as its `validation_file`.
+pub async fn fine_tune_validated(app: &TestApp, suffix: &str, extra: Value) -> (String, String) {
+    train_with(app, suffix, app.worker(), extra, true).await
+}
+
+/// Like [`fine_tune`], but nothing is preloaded: the model loads on its first request.
+pub async fn fine_tune_lazily(app: &TestApp, suffix: &str) -> (String, String) {
+    train_with(
+        app,
+        suffix,
+        app.worker_with(app.trainer.clone(), 30),
+        json!({}),
+        false,
+    )
+    .await
+}
+
+async fn train_with(
+    app: &TestApp,
+    suffix: &str,
+    worker: ferrotune::worker::Worker,
+    extra: Value,
+    validated: bool,
+) -> (String, String) {
+    let records: Vec<Value> = QA
+        .iter()
+        .map(|(q, a)| json!({"instruction": q, "input": "", "output": a}))
+        .collect();
+    let file: Value = app
+        .upload(
+            "qa.json",
+            serde_json::to_vec(&records).unwrap(),
+            "fine-tune",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut hp = json!({"n_epochs": 20, "batch_size": 2, "learning_rate": 0.01, "lora_dropout": 0.0, "save_steps": 50});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        hp[k] = v.clone();
+    }
+    // A fixed seed: the tiny model's learning run is then the same every time.
+    let mut body = json!({"suffix": suffix, "seed": 7, "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}});
+    if validated {
+        body["validation_file"] = file["id"].clone();
+    }
+    let job = app.create_job(file["id"].as_str().unwrap(), body).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert!(worker.run_once().await.unwrap());
+    let job = app.job(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    (id, job["fine_tuned_model"].as_str().unwrap().to_owned())
+}
+
+/// A greedy answer of at most 40 tokens from `model` (status 200 asserted).
+pub async fn ask(app: &TestApp, model: &str, question: &str) -> Value {
+    let res = app
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": model, "temperature": 0, "max_tokens": 40,
+            "messages": [{"role": "user", "content": question}]}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+/// Upload the QA pairs cycled to `n` examples; the file id.
+pub async fn upload_qa(app: &TestApp, n: usize) -> String {
+    let records: Vec<Value> = QA
+        .iter()
+        .cycle()
+        .take(n)
+        .map(|(q, a)| json!({"instruction": q, "input": "", "output": a}))
+        .collect();
+    let body = serde_json::to_vec_pretty(&records).unwrap();
+    let file: Value = app
+        .upload("health.json", body, "fine-tune")
+        .await
+        .json()
+        .await
+        .unwrap();
+    file["id"].as_str().unwrap().to_owned()
+}
+
+/// The job once its status is `status` (within 10 s).
+pub async fn wait_for_status(app: &TestApp, id: &str, status: &str) -> Value {
+    let what = format!("job {id} to reach {status}");
+    eventually(&what, Duration::from_secs(10), || async {
+        let job = app.job(id).await;
+        (job["status"] == status).then_some(job)
+    })
+    .await
+}
+
+/// The `data:` events of an SSE body, `[DONE]` left out.
+pub fn sse_events(text: &str) -> Vec<Value> {
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
 }

@@ -135,7 +135,7 @@ fn write_file_as(
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    crate::tensors::max_abs(&(a - b).unwrap())
+    crate::helpers::fixtures::max_abs(&(a - b).unwrap())
 }
 
 #[test]
@@ -243,7 +243,7 @@ fn bad_gguf_files_are_clear_errors_and_leave_no_model_dir() {
 #[test]
 fn a_quantized_gguf_trains_on_its_stored_blocks() {
     let tmp = tempfile::tempdir().unwrap();
-    crate::train_loop::setup(tmp.path(), TinyArch::Llama);
+    crate::helpers::fixtures::setup(tmp.path(), TinyArch::Llama);
     let file = tmp.path().join("q8.gguf");
     // Projections in q8_0 where the rows split into its blocks of 32 (not down_proj's 176).
     let q8 = |name: &str, t: &Tensor| {
@@ -272,7 +272,7 @@ fn a_quantized_gguf_trains_on_its_stored_blocks() {
         );
     }
     // A run says so and trains to the end.
-    let mut cfg = crate::train_loop::config(tmp.path(), 1, 1e-3);
+    let mut cfg = crate::helpers::fixtures::config(tmp.path(), 1, 1e-3);
     cfg.model_dir = dir.clone();
     let mut messages = Vec::new();
     let end = ferrotune::train::run::train(&cfg, &|| false, &mut |u| {

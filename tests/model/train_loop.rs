@@ -6,127 +6,20 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use ferrotune::domain::dataset::{Role, Turn};
-use ferrotune::domain::hyperparameters::{AutoOr, Hyperparameters, LoraSettings};
 use ferrotune::model_dir::template::ChatTemplate;
-use ferrotune::train::data::{self, Batch, Limits};
+use ferrotune::train::data::{self, Batch};
 use ferrotune::train::generate::greedy;
 use ferrotune::train::lora::LoraSpec;
 use ferrotune::train::loss::causal_lm_loss;
 use ferrotune::train::model::{CausalLm, ForwardCtx};
-use ferrotune::train::run::{self, RunConfig, RunEnd, RunOutcome, Update};
+use ferrotune::train::run::{self, RunConfig, RunEnd, Update};
 use ferrotune::train::step::loss_and_grads;
-use ferrotune::train::tiny::{TinyArch, init_tiny};
+use ferrotune::train::tiny::TinyArch;
 use serde_json::json;
 
-use crate::tensors::{max_abs, rel_err};
-
-/// Ten short health Q&A pairs in the seed's alpaca format.
-pub const QA: [(&str, &str); 10] = [
-    (
-        "What should I do for a mild headache?",
-        "Rest and drink water.",
-    ),
-    (
-        "How much water should adults drink?",
-        "About two litres a day.",
-    ),
-    ("Can I exercise with a cold?", "Light exercise is fine."),
-    ("How long should adults sleep?", "Seven to nine hours."),
-    ("What helps a sore throat?", "Warm drinks and honey."),
-    (
-        "When is a fever serious?",
-        "Above 39.5 C or over three days.",
-    ),
-    (
-        "When should I wash my hands?",
-        "Before meals and after the toilet.",
-    ),
-    (
-        "Is ibuprofen fine on an empty stomach?",
-        "Take it with food.",
-    ),
-    (
-        "What is a normal resting pulse?",
-        "60 to 100 beats a minute.",
-    ),
-    ("How can I lower stress?", "Walk daily and breathe slowly."),
-];
-
-/// Write the tiny model and the dataset into `dir`.
-pub fn setup(dir: &Path, arch: TinyArch) {
-    init_tiny(&dir.join("model"), arch, 0).unwrap();
-    let records: Vec<_> = QA
-        .iter()
-        .map(|(q, a)| json!({"instruction": q, "input": "", "output": a}))
-        .collect();
-    std::fs::write(
-        dir.join("train.json"),
-        serde_json::to_string_pretty(&records).unwrap(),
-    )
-    .unwrap();
-}
-
-/// A run on the tiny model in `dir` (see [`setup`]).
-pub fn config(dir: &Path, epochs: u32, lr: f64) -> RunConfig {
-    RunConfig {
-        model_dir: dir.join("model"),
-        base_model_name: "ferrotune-tiny".into(),
-        train_file: dir.join("train.json"),
-        valid_file: None,
-        template: None,
-        hyperparameters: Hyperparameters {
-            n_epochs: AutoOr::Value(epochs),
-            batch_size: AutoOr::Value(2),
-            learning_rate: Some(lr),
-            lora: LoraSettings {
-                dropout: 0.05,
-                ..Hyperparameters::default().lora
-            },
-            logging_steps: 5,
-            save_steps: 1000,
-            ..Default::default()
-        },
-        seed: 7,
-        output_dir: dir.join("out"),
-        device: Device::Cpu,
-        dtype: DType::F32,
-        init_adapter: None,
-    }
-}
-
-/// Run `cfg` to the end.
-pub fn finish(cfg: &RunConfig) -> RunOutcome {
-    match run::train(cfg, &|| false, &mut |_| {}).unwrap() {
-        RunEnd::Finished(out) => out,
-        RunEnd::Stopped { .. } => panic!("stopped without being asked"),
-    }
-}
-
-/// Rank 8, alpha 32, no dropout, all seven projections.
-pub fn spec() -> LoraSpec {
-    LoraSpec {
-        rank: 8,
-        alpha: 32.0,
-        dropout: 0.0,
-        targets: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-        .map(String::from)
-        .to_vec(),
-    }
-}
-
-/// The first two training examples as a batch.
-pub fn first_batch(dir: &Path, model: &CausalLm) -> Batch {
-    let samples = samples(dir, 2);
-    Batch::new(&samples.iter().collect::<Vec<_>>(), model.device()).unwrap()
-}
+use crate::helpers::fixtures::{
+    QA, config, finish, first_batch, max_abs, rel_err, samples, setup, spec,
+};
 
 #[test]
 fn a_fresh_adapter_leaves_the_model_unchanged() {
@@ -258,22 +151,6 @@ fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
     for (p, c) in plain.iter().zip(&ckpt) {
         assert!((p.train_loss - c.train_loss).abs() < 1e-5, "{p:?} vs {c:?}");
     }
-}
-
-/// The first `n` training examples, encoded.
-fn samples(dir: &Path, n: usize) -> Vec<data::Sample> {
-    let tok = data::load_tokenizer(&dir.join("model")).unwrap();
-    let template = ChatTemplate::from_model_dir(&dir.join("model")).unwrap();
-    let examples = data::read_examples(&dir.join("train.json")).unwrap();
-    let limits = Limits {
-        max_length: 512,
-        max_source_length: None,
-        max_target_length: None,
-    };
-    examples[..n]
-        .iter()
-        .map(|e| data::encode(e, &template, &tok, limits).unwrap().unwrap())
-        .collect()
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use ferrotune::train::tiny::TinyArch;
 
-use crate::train_loop::setup;
+use crate::helpers::fixtures::setup;
 
 fn train(config: &std::path::Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ferrotune"))
@@ -87,7 +87,7 @@ fn stage_dpo_trains_on_pairs_from_an_sft_adapter() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let pairs: Vec<serde_json::Value> = crate::train_loop::QA
+    let pairs: Vec<serde_json::Value> = crate::helpers::fixtures::QA
         .iter()
         .map(|(q, a)| serde_json::json!({"instruction": q, "chosen": a, "rejected": "I could not say."}))
         .collect();

@@ -12,8 +12,8 @@ use ferrotune::train::model::{CausalLm, ForwardCtx, KvCache};
 use ferrotune::train::run::{self, RunEnd, Update};
 use ferrotune::train::tiny::TinyArch;
 
-use crate::tensors::rel_err;
-use crate::train_loop::{QA, config, finish, setup};
+use crate::helpers::fixtures::rel_err;
+use crate::helpers::fixtures::{QA, config, finish, setup};
 
 #[test]
 fn decoding_with_a_kv_cache_gives_the_logits_of_the_full_forward_pass() {

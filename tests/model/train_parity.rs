@@ -12,7 +12,7 @@ use ferrotune::train::lora::{LoraSet, LoraSpec};
 use ferrotune::train::loss::causal_lm_loss;
 use ferrotune::train::model::{CausalLm, ForwardCtx};
 
-use crate::tensors::rel_err;
+use crate::helpers::fixtures::rel_err;
 
 fn fixture(arch: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
