@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorResponse};
+use crate::api::json_body::JsonBody;
 use crate::api::objects::DeletedObject;
 use crate::domain::ensemble::{EnsembleSpec, Strategy};
 use crate::store::ensembles::EnsembleRow;
@@ -23,6 +24,7 @@ pub struct CreateEnsembleRequest {
     /// Model ids of the caller's organization (fine-tuned models, checkpoints, or the base), all
     /// of one base: 2–8 for `vote`, `best_logprob`, `consensus`; exactly one (the domain model)
     /// for `layered`.
+    #[schema(min_items = 1, max_items = 8)]
     pub members: Vec<String>,
     /// How the answer is chosen (default `vote`).
     #[serde(default)]
@@ -131,7 +133,7 @@ async fn base_of(
 pub async fn create_ensemble(
     state: web::Data<ApiState>,
     caller: Caller,
-    body: web::Json<CreateEnsembleRequest>,
+    body: JsonBody<CreateEnsembleRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let req = body.into_inner();
     let auto = matches!(req.threshold, Some(ThresholdSpec::Auto(_)));

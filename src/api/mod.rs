@@ -14,6 +14,7 @@ pub mod error;
 pub mod files;
 pub mod fine_tuning;
 mod health;
+pub mod json_body;
 pub mod metrics;
 pub mod models;
 pub mod objects;

@@ -1,6 +1,6 @@
-//! actix-web's own rejections — a body that is not the JSON asked for, a bad query string or
-//! path, and any plain-text error body actix renders itself — turned into OpenAI's error
-//! envelope, so a client sees one error shape whatever failed.
+//! actix-web's own rejections — a bad query string or path, and any plain-text error body actix
+//! renders itself — turned into OpenAI's error envelope, so a client sees one error shape
+//! whatever failed. JSON bodies are parsed by [`super::json_body`], which names the field.
 
 use actix_web::body::EitherBody;
 use actix_web::dev::ServiceResponse;
@@ -28,33 +28,6 @@ pub fn envelope_plain_errors<B>(
     let res: ServiceResponse<EitherBody<B>> =
         ServiceResponse::new(req, response).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(res))
-}
-
-/// Render a JSON body rejection (malformed JSON, wrong types, missing fields, too large).
-pub fn json_rejection(
-    err: actix_web::error::JsonPayloadError,
-    _: &HttpRequest,
-) -> actix_web::Error {
-    use actix_web::error::JsonPayloadError as E;
-    let api = match &err {
-        E::Overflow { .. } | E::OverflowKnownLength { .. } => {
-            ApiError::too_large("The JSON body is too large")
-        }
-        E::ContentType => ApiError::invalid(
-            "The request body must be JSON with Content-Type: application/json",
-            None,
-        ),
-        E::Deserialize(e) => {
-            let text = e.to_string();
-            let param = text
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.split('`').next());
-            ApiError::invalid(format!("Invalid JSON body: {text}"), param)
-        }
-        E::Payload(p) if super::body_timeout::is_timeout(p) => super::body_timeout::error(),
-        other => ApiError::invalid(format!("Invalid JSON body: {other}"), None),
-    };
-    api.into()
 }
 
 /// Render a query-string rejection.

@@ -17,8 +17,7 @@ use super::{chat, completions, ensembles, files, fine_tuning, health, metrics, m
 
 /// Register every documented route and the error envelopes for actix's own rejections.
 pub fn configure(cfg: &mut ServiceConfig) {
-    cfg.app_data(web::JsonConfig::default().error_handler(rejections::json_rejection))
-        .app_data(web::QueryConfig::default().error_handler(rejections::query_rejection))
+    cfg.app_data(web::QueryConfig::default().error_handler(rejections::query_rejection))
         .app_data(web::PathConfig::default().error_handler(rejections::path_rejection))
         .service(health::health)
         .service(metrics::metrics)

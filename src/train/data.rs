@@ -1,15 +1,20 @@
-//! From examples to batches: render with the chat template, tokenize piece by piece, mask the
-//! labels of everything but trained responses, truncate, pack, shuffle by seed.
+//! From examples to batches: read a run's files and split off validation ([`prepare`]), render
+//! with the chat template, tokenize piece by piece, mask the labels of everything but trained
+//! responses, truncate, pack, shuffle by seed.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use tokenizers::Tokenizer;
 
+use super::auto::{self, Resolved};
+use super::config::RunConfig;
 use super::rng::{self, purpose};
 use super::{TensorContext, TrainError};
-use crate::domain::dataset::Example;
+use crate::domain::dataset::{EvalPrompt, Example};
+use crate::model_dir::read_tokenizer_config;
 use crate::model_dir::template::ChatTemplate;
 
 /// Label value the loss ignores.
@@ -183,6 +188,245 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rng::stream(seed, purpose::SHUFFLE, epoch as u64));
     order
+}
+
+/// What one training unit is: an example, or a preference pair (its chosen and its rejected
+/// conversation, trained side by side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// One demonstration.
+    Example,
+    /// A chosen and a rejected answer to one prompt.
+    Pair,
+}
+
+impl Unit {
+    /// Samples per unit.
+    pub fn width(self) -> usize {
+        match self {
+            Self::Example => 1,
+            Self::Pair => 2,
+        }
+    }
+}
+
+/// Samples grouped in units: counted and indexed by unit, kept flat (a pair's chosen sample,
+/// then its rejected one) for the passes that batch them.
+#[derive(Debug, Clone)]
+pub struct Units {
+    unit: Unit,
+    samples: Vec<Sample>,
+}
+
+impl Units {
+    /// No units yet.
+    pub fn new(unit: Unit) -> Self {
+        Self {
+            unit,
+            samples: Vec::new(),
+        }
+    }
+
+    /// Add one unit: [`Unit::width`] samples.
+    pub fn push(&mut self, samples: Vec<Sample>) {
+        debug_assert_eq!(samples.len(), self.unit.width());
+        self.samples.extend(samples);
+    }
+
+    /// How many units.
+    pub fn len(&self) -> usize {
+        self.samples.len() / self.unit.width()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// The samples of unit `i`.
+    pub fn get(&self, i: usize) -> &[Sample] {
+        let w = self.unit.width();
+        &self.samples[i * w..(i + 1) * w]
+    }
+
+    /// Every sample, unit after unit.
+    pub fn samples(&self) -> &[Sample] {
+        &self.samples
+    }
+
+    /// Move the units at `held` out, keeping both sets in order.
+    pub fn take(&mut self, held: &HashSet<usize>) -> Units {
+        let w = self.unit.width();
+        let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.samples)
+            .into_iter()
+            .enumerate()
+            .partition(|(i, _)| held.contains(&(i / w)));
+        self.samples = kept.into_iter().map(|(_, s)| s).collect();
+        Units {
+            unit: self.unit,
+            samples: out.into_iter().map(|(_, s)| s).collect(),
+        }
+    }
+}
+
+/// A run's data, encoded and split.
+pub struct Prepared {
+    /// Training units.
+    pub train: Units,
+    /// Validation units (a validation file's, or those held out of the training set).
+    pub valid: Units,
+    /// The prompts of `valid` for the generation evaluation (empty when it is off).
+    pub eval_prompts: Vec<EvalPrompt>,
+    /// The model's tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The chat template the samples were rendered with.
+    pub template: ChatTemplate,
+    /// The `auto` hyperparameters, resolved for this many training units.
+    pub resolved: Resolved,
+    /// Examples left without response tokens by truncation (skipped), out of the file's count.
+    pub skipped: Option<(usize, usize)>,
+}
+
+/// Read, render, tokenize and split the run's data: training units (examples, or preference pairs
+/// for a DPO run), validation units (the validation file's, or `validation_split` of the
+/// training set), the validation prompts and the resolved `auto` values.
+pub fn prepare(cfg: &RunConfig) -> Result<Prepared, TrainError> {
+    let hp = &cfg.hyperparameters;
+    let tokenizer = load_tokenizer(&cfg.model_dir)?;
+    let template = match &cfg.template {
+        Some(name) => {
+            let tc = read_tokenizer_config(&cfg.model_dir)?;
+            let tok = |k: &str| tc.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+            ChatTemplate::builtin(name, &tok("bos_token"), &tok("eos_token"))?
+        }
+        None => ChatTemplate::from_model_dir(&cfg.model_dir)?,
+    };
+    let limits = Limits {
+        max_length: hp.max_length as usize,
+        max_source_length: hp.max_source_length.map(|v| v as usize),
+        max_target_length: hp.max_target_length.map(|v| v as usize),
+    };
+    // No turn is tokenized beyond what truncation could keep.
+    let longest = [
+        hp.max_length,
+        hp.max_source_length.unwrap_or(0),
+        hp.max_target_length.unwrap_or(0),
+    ];
+    let max_turn_bytes =
+        *longest.iter().max().unwrap_or(&hp.max_length) as usize * longest_token_bytes(&tokenizer);
+    let unit = if hp.preference.is_some() {
+        Unit::Pair
+    } else {
+        Unit::Example
+    };
+    let encode = |e: &Example| -> Result<Option<Sample>, TrainError> {
+        let bounded = bound_turns(e, max_turn_bytes);
+        encode(&bounded, &template, &tokenizer, limits)
+    };
+    // An example's samples (a preference pair's chosen and rejected conversations) and the
+    // example its prompt and reference come from (the chosen one); a pair is kept only when
+    // both its answers keep tokens.
+    let encode_unit = |e: Example| -> Result<Option<(Vec<Sample>, Example)>, TrainError> {
+        let parts = match (unit, e.preference_pair()) {
+            (Unit::Example, None) => vec![e],
+            (Unit::Example, Some(_)) => {
+                return Err(TrainError::Invalid(
+                    "the data holds preference pairs (chosen/rejected); train on them with DPO \
+                     (method type dpo, or stage: dpo)"
+                        .into(),
+                ));
+            }
+            (Unit::Pair, Some((chosen, rejected))) => vec![chosen, rejected],
+            (Unit::Pair, None) => {
+                return Err(TrainError::Invalid(
+                    "a preference job got an example without a rejected answer".into(),
+                ));
+            }
+        };
+        let mut out = Vec::with_capacity(parts.len());
+        for part in &parts {
+            match encode(part)? {
+                Some(sample) => out.push(sample),
+                None => return Ok(None),
+            }
+        }
+        Ok(parts.into_iter().next().map(|first| (out, first)))
+    };
+    // A file's units, the examples they came from (the ones that kept a response), and the
+    // file's count.
+    let encode_all = |path: &Path| -> Result<(Units, Vec<Example>, usize), TrainError> {
+        let examples = read_examples(path)?;
+        let total = examples.len();
+        let mut out = Units::new(unit);
+        let mut kept = Vec::with_capacity(total);
+        for e in examples {
+            if let Some((samples, example)) = encode_unit(e)? {
+                out.push(samples);
+                kept.push(example);
+            }
+        }
+        Ok((out, kept, total))
+    };
+    let (mut train, mut train_examples, total) = encode_all(&cfg.train_file)?;
+    if train.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "none of the {total} training examples has a response left to learn after truncation to {} tokens",
+            hp.max_length
+        )));
+    }
+    let skipped = (train.len() < total).then(|| (total - train.len(), total));
+    let (valid, valid_examples) = match (&cfg.valid_file, hp.evaluation.validation_split) {
+        (Some(f), _) => {
+            let (samples, examples, _) = encode_all(f)?;
+            (samples, examples)
+        }
+        (None, Some(split)) if split > 0.0 => {
+            let held = hold_out(train.len(), split, cfg.seed)?;
+            (train.take(&held), take(&mut train_examples, &held))
+        }
+        (None, _) => (Units::new(unit), Vec::new()),
+    };
+    let eval_prompts = if hp.evaluation.predict_with_generate {
+        valid_examples.iter().filter_map(EvalPrompt::of).collect()
+    } else {
+        Vec::new()
+    };
+    let resolved = auto::resolve(hp, train.len());
+    Ok(Prepared {
+        train,
+        valid,
+        eval_prompts,
+        tokenizer,
+        template,
+        resolved,
+        skipped,
+    })
+}
+
+/// The indices of a seeded random `split` (fraction or count) of `n` training examples.
+fn hold_out(n: usize, split: f64, seed: u64) -> Result<HashSet<usize>, TrainError> {
+    let k = if split < 1.0 {
+        (split * n as f64).round() as usize
+    } else {
+        split as usize
+    };
+    if k == 0 || k >= n {
+        return Err(TrainError::Invalid(format!(
+            "val_size {split} leaves no training or no validation examples out of {n}"
+        )));
+    }
+    let order = epoch_order(n, seed ^ 0x5eed, 0);
+    Ok(order[..k].iter().copied().collect())
+}
+
+/// Move the items at `held` out of `items`, keeping both in order.
+fn take<T>(items: &mut Vec<T>, held: &HashSet<usize>) -> Vec<T> {
+    let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(items)
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| held.contains(i));
+    *items = kept.into_iter().map(|(_, x)| x).collect();
+    out.into_iter().map(|(_, x)| x).collect()
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 
 pub mod auto;
 pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod eval;
 pub mod fused;

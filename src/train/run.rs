@@ -6,11 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
-use super::auto::{self, Resolved};
 use super::checkpoint::{self, ResumeState};
-use super::data::{self, Batch, Limits, Sample};
+use super::data::{self, Batch, Prepared, Sample};
 use super::eval::{self, AnswerLimits, EvalRecord, GenerationMetrics};
 use super::generate::Prompter;
 use super::gpu_memory;
@@ -24,41 +23,11 @@ use super::preference::PreferenceRun;
 use super::preference::loss::PairStats;
 use super::step::{Pass, loss_and_grads};
 use super::{TensorContext, TrainError, io_err};
-use crate::domain::dataset::EvalPrompt;
-use crate::domain::dataset::Example;
 use crate::domain::hyperparameters::Hyperparameters;
+use crate::model_dir::adapter::WEIGHTS_FILE;
 use crate::model_dir::quant::{self, Storage};
-use crate::model_dir::read_tokenizer_config;
-use crate::model_dir::template::ChatTemplate;
-use tokenizers::Tokenizer;
 
-/// What to train.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    /// Hugging Face model directory.
-    pub model_dir: PathBuf,
-    /// Name written as `base_model_name_or_path` in adapters.
-    pub base_model_name: String,
-    /// Training data (any accepted format).
-    pub train_file: PathBuf,
-    /// Validation data; without it, `hyperparameters.evaluation.validation_split` may hold some out.
-    pub valid_file: Option<PathBuf>,
-    /// A built-in template name; `None` uses the model's own.
-    pub template: Option<String>,
-    /// Hyperparameters (may contain `auto`).
-    pub hyperparameters: Hyperparameters,
-    /// Seed for init, shuffles and dropout.
-    pub seed: u64,
-    /// Where checkpoints, state and results go.
-    pub output_dir: PathBuf,
-    /// Compute device.
-    pub device: Device,
-    /// Compute dtype of the frozen weights (LoRA weights stay f32).
-    pub dtype: DType,
-    /// A PEFT adapter directory to start from (continued training); its rank, alpha and target
-    /// modules replace the hyperparameters'.
-    pub init_adapter: Option<PathBuf>,
-}
+pub use super::config::RunConfig;
 
 /// Something the loop reports.
 #[derive(Debug, Clone)]
@@ -156,20 +125,6 @@ pub enum RunEnd {
     },
 }
 
-struct Prepared {
-    /// Training samples: one per example, or for preference tuning each pair's chosen and
-    /// rejected conversation side by side ([`Prepared::unit`] samples per example).
-    train: Vec<Sample>,
-    valid: Vec<Sample>,
-    /// Samples per example: 1, or 2 for preference pairs.
-    unit: usize,
-    /// The prompts of `valid` for the generation evaluation (empty when it is off).
-    eval_prompts: Vec<EvalPrompt>,
-    tokenizer: Tokenizer,
-    template: ChatTemplate,
-    resolved: Resolved,
-}
-
 /// Why a run should stop at the next step boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -194,150 +149,281 @@ pub fn train_until(
     stop: &dyn Fn() -> Option<Stop>,
     on: &mut dyn FnMut(Update),
 ) -> Result<RunEnd, TrainError> {
-    let hp = &cfg.hyperparameters;
-    let p = prepare(cfg, on)?;
-    let spec = match &cfg.init_adapter {
-        Some(dir) => {
-            let spec = LoraSpec::read_peft(dir, hp.lora.dropout)?;
-            on(Update::Message(format!(
-                "Continuing from an adapter of rank {} (alpha {}) on {}",
-                spec.rank,
-                spec.alpha,
-                spec.targets.join(", ")
-            )));
-            spec
+    let mut run = Run::start(cfg, on)?;
+    while run.st.step < run.plan.total {
+        let done = run.step()?;
+        let row = run.metrics_row(done, on)?;
+        run.report(&row, on);
+        if run.st.step % cfg.hyperparameters.save_steps as usize == 0 || run.epoch_end() {
+            run.checkpoint(&row, on)?;
         }
-        None => LoraSpec {
-            rank: hp.lora.rank as usize,
-            alpha: hp.lora.alpha,
-            dropout: hp.lora.dropout,
-            targets: hp.lora.target.clone(),
-        },
-    };
-    let storage = Storage::for_run(&cfg.model_dir, hp);
-    let weights = Weights::load_stored(&cfg.model_dir, &cfg.device, cfg.dtype, storage)?;
-    let summary = weights.quantized_summary().unwrap_or_default();
-    let (model, lora) = CausalLm::build(
-        Config::load(&cfg.model_dir)?,
-        &weights,
-        Some(&spec),
-        cfg.seed,
-        &cfg.device,
-        cfg.dtype,
-    )?;
-    drop(weights);
-    if let Some(dir) = &cfg.init_adapter {
-        lora.load_peft(&dir.join("adapter_model.safetensors"), &cfg.device)?;
-    }
-    if let Some(text) = quant::describe(storage, &summary, cfg.dtype) {
-        on(Update::Message(text));
-    }
-    let mut opt = AdamW::new(lora.vars(), hp.weight_decay)?;
-    let bs = p.resolved.batch_size as usize;
-    let accum = hp.gradient_accumulation_steps as usize;
-    let units = p.train.len() / p.unit;
-    let steps_per_epoch = units.div_ceil(bs * accum);
-    let total = steps_per_epoch * p.resolved.n_epochs as usize;
-    let warmup = (hp.warmup_ratio * total as f64).ceil() as usize;
-    let checkpointing = hp.gradient_checkpointing.unwrap_or(!cfg.device.is_cpu());
-    let preference = match hp.preference {
-        Some(settings) => {
-            on(Update::Message(format!(
-                "Scoring {} preference pairs with the reference (the base, adapter off)",
-                (p.train.len() + p.valid.len()) / 2
-            )));
-            let sets = (p.train.as_slice(), p.valid.as_slice());
-            Some(PreferenceRun::new(
-                settings,
-                &model,
-                &lora,
-                sets,
-                bs,
-                &cfg.device,
-            )?)
-        }
-        None => None,
-    };
-    let state_dir = cfg.output_dir.join("state");
-    let mut st =
-        checkpoint::load_state(&state_dir, &lora, &mut opt, &cfg.device)?.unwrap_or(ResumeState {
-            step: 0,
-            trained_tokens: 0,
-            metrics: Vec::new(),
-            checkpoints: Vec::new(),
-        });
-    if st.step > 0 {
-        on(Update::Resumed {
-            step: st.step,
-            total,
-        });
-    } else {
-        on(Update::Message(format!(
-            "Training {} LoRA parameters on {} examples: {} epochs × {} steps (batch {} × {} accumulation){}",
-            lora.parameter_count(),
-            units,
-            p.resolved.n_epochs,
-            steps_per_epoch,
-            bs,
-            accum,
-            if checkpointing {
-                ", gradient checkpointing"
-            } else {
-                ""
+        let stop_now = if run.st.step < run.plan.total {
+            stop()
+        } else {
+            None
+        };
+        match stop_now {
+            Some(Stop::Discard) => return Ok(RunEnd::Stopped { step: run.st.step }),
+            Some(Stop::Pause) => {
+                run.save_state(on)?;
+                on(Update::Message(format!(
+                    "Saved training state at step {}/{}",
+                    run.st.step, run.plan.total
+                )));
+                return Ok(RunEnd::Stopped { step: run.st.step });
             }
-        )));
+            None => {}
+        }
     }
-    let base_answers = if p.eval_prompts.is_empty() {
-        Vec::new()
-    } else {
-        base_answers(cfg, &p, &model, st.step, on)?
-    };
-    let mut evaluation = None;
-    let started = Instant::now();
-    let first_step = st.step;
-    while st.step < total {
-        let step = st.step;
-        let epoch = step / steps_per_epoch;
-        let order = data::epoch_order(units, cfg.seed, epoch);
-        let k = step % steps_per_epoch;
-        let chunk = &order[k * bs * accum..((k + 1) * bs * accum).min(order.len())];
-        let micro: Vec<&[usize]> = chunk.chunks(bs).collect();
-        let mut grads: Vec<Option<Tensor>> = vec![None; lora.vars().len()];
-        let (mut loss_sum, mut correct, mut count) = (0f32, 0usize, 0usize);
-        let (step_started, tokens_before) = (Instant::now(), st.trained_tokens);
-        let mut step_pairs = PairStats::default();
+    let outcome = finish(cfg, &run.spec, &run.lora, &run.st, run.evaluation.take())?;
+    checkpoint::clear_state(&run.state_dir);
+    Ok(RunEnd::Finished(outcome))
+}
+
+/// The shape of a run: batches, steps and warm-up.
+struct Plan {
+    /// Units per micro-batch.
+    batch: usize,
+    /// Micro-batches per optimizer step.
+    accum: usize,
+    /// Training units.
+    units: usize,
+    steps_per_epoch: usize,
+    total: usize,
+    warmup: usize,
+    checkpointing: bool,
+}
+
+/// What one optimizer step measured.
+struct StepDone {
+    loss_sum: f32,
+    micro_batches: usize,
+    correct: usize,
+    count: usize,
+    lr: f64,
+    pairs: PairStats,
+    tokens_before: u64,
+    started: Instant,
+}
+
+/// A run in progress: its data, model, adapter, optimizer and where it stands.
+struct Run<'a> {
+    cfg: &'a RunConfig,
+    p: Prepared,
+    spec: LoraSpec,
+    model: CausalLm,
+    lora: LoraSet,
+    opt: AdamW,
+    preference: Option<PreferenceRun>,
+    plan: Plan,
+    st: ResumeState,
+    state_dir: PathBuf,
+    base_answers: Vec<String>,
+    evaluation: Option<(Vec<EvalRecord>, GenerationMetrics)>,
+    started: Instant,
+    first_step: usize,
+}
+
+impl<'a> Run<'a> {
+    /// Prepare the data, build the model with its adapter (fresh, or the one continued from),
+    /// and load the saved state when there is one.
+    fn start(cfg: &'a RunConfig, on: &mut dyn FnMut(Update)) -> Result<Self, TrainError> {
+        let hp = &cfg.hyperparameters;
+        let p = data::prepare(cfg)?;
+        if let Some((skipped, total)) = p.skipped {
+            on(Update::Message(format!(
+                "{skipped} of {total} examples had no response tokens left after truncation and \
+                 were skipped"
+            )));
+        }
+        on(Update::Resolved(p.resolved.apply(hp)));
+        let spec = match &cfg.init_adapter {
+            Some(dir) => {
+                let spec = LoraSpec::read_peft(dir, hp.lora.dropout)?;
+                on(Update::Message(format!(
+                    "Continuing from an adapter of rank {} (alpha {}) on {}",
+                    spec.rank,
+                    spec.alpha,
+                    spec.targets.join(", ")
+                )));
+                spec
+            }
+            None => LoraSpec {
+                rank: hp.lora.rank as usize,
+                alpha: hp.lora.alpha,
+                dropout: hp.lora.dropout,
+                targets: hp.lora.target.clone(),
+            },
+        };
+        let storage = Storage::for_run(&cfg.model_dir, hp);
+        let weights = Weights::load_stored(&cfg.model_dir, &cfg.device, cfg.dtype, storage)?;
+        let summary = weights.quantized_summary().unwrap_or_default();
+        let (model, lora) = CausalLm::build(
+            Config::load(&cfg.model_dir)?,
+            &weights,
+            Some(&spec),
+            cfg.seed,
+            &cfg.device,
+            cfg.dtype,
+        )?;
+        drop(weights);
+        if let Some(dir) = &cfg.init_adapter {
+            lora.load_peft(&dir.join(WEIGHTS_FILE), &cfg.device)?;
+        }
+        if let Some(text) = quant::describe(storage, &summary, cfg.dtype) {
+            on(Update::Message(text));
+        }
+        let mut opt = AdamW::new(lora.vars(), hp.weight_decay)?;
+        let (batch, accum) = (
+            p.resolved.batch_size as usize,
+            hp.gradient_accumulation_steps as usize,
+        );
+        let units = p.train.len();
+        let steps_per_epoch = units.div_ceil(batch * accum);
+        let total = steps_per_epoch * p.resolved.n_epochs as usize;
+        let plan = Plan {
+            batch,
+            accum,
+            units,
+            steps_per_epoch,
+            total,
+            warmup: (hp.warmup_ratio * total as f64).ceil() as usize,
+            checkpointing: hp.gradient_checkpointing.unwrap_or(!cfg.device.is_cpu()),
+        };
+        let preference = match hp.preference {
+            Some(settings) => {
+                on(Update::Message(format!(
+                    "Scoring {} preference pairs with the reference (the base, adapter off)",
+                    p.train.len() + p.valid.len()
+                )));
+                let sets = (p.train.samples(), p.valid.samples());
+                Some(PreferenceRun::new(
+                    settings,
+                    &model,
+                    &lora,
+                    sets,
+                    batch,
+                    &cfg.device,
+                )?)
+            }
+            None => None,
+        };
+        let state_dir = cfg.output_dir.join("state");
+        let st = checkpoint::load_state(&state_dir, &lora, &mut opt, &cfg.device)?.unwrap_or(
+            ResumeState {
+                step: 0,
+                trained_tokens: 0,
+                metrics: Vec::new(),
+                checkpoints: Vec::new(),
+            },
+        );
+        if st.step > 0 {
+            on(Update::Resumed {
+                step: st.step,
+                total,
+            });
+        } else {
+            on(Update::Message(format!(
+                "Training {} LoRA parameters on {} examples: {} epochs × {} steps (batch {} × {} \
+                 accumulation){}",
+                lora.parameter_count(),
+                units,
+                p.resolved.n_epochs,
+                steps_per_epoch,
+                batch,
+                accum,
+                if plan.checkpointing {
+                    ", gradient checkpointing"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let base_answers = if p.eval_prompts.is_empty() {
+            Vec::new()
+        } else {
+            base_answers(cfg, &p, &model, st.step, on)?
+        };
+        let first_step = st.step;
+        Ok(Self {
+            cfg,
+            p,
+            spec,
+            model,
+            lora,
+            opt,
+            preference,
+            plan,
+            st,
+            state_dir,
+            base_answers,
+            evaluation: None,
+            started: Instant::now(),
+            first_step,
+        })
+    }
+
+    /// Whether the last step ended an epoch.
+    fn epoch_end(&self) -> bool {
+        self.st.step % self.plan.steps_per_epoch == 0
+    }
+
+    /// One optimizer step: the forward and backward passes of its micro-batches (seeded shuffle,
+    /// dropout masks by step), clipping, the scheduled learning rate, AdamW.
+    #[tracing::instrument(level = "debug", skip_all, fields(step = self.st.step + 1))]
+    fn step(&mut self) -> Result<StepDone, TrainError> {
+        let (cfg, plan) = (self.cfg, &self.plan);
+        let hp = &cfg.hyperparameters;
+        let step = self.st.step;
+        let epoch = step / plan.steps_per_epoch;
+        let order = data::epoch_order(plan.units, cfg.seed, epoch);
+        let per_step = plan.batch * plan.accum;
+        let k = step % plan.steps_per_epoch;
+        let chunk = &order[k * per_step..((k + 1) * per_step).min(order.len())];
+        let micro: Vec<&[usize]> = chunk.chunks(plan.batch).collect();
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.lora.vars().len()];
+        let mut done = StepDone {
+            loss_sum: 0.0,
+            micro_batches: micro.len(),
+            correct: 0,
+            count: 0,
+            lr: 0.0,
+            pairs: PairStats::default(),
+            tokens_before: self.st.trained_tokens,
+            started: Instant::now(),
+        };
         gpu_memory::reset_peak(&cfg.device);
         for (j, indices) in micro.iter().enumerate() {
-            let samples: Vec<&Sample> = indices
-                .iter()
-                .flat_map(|i| &p.train[i * p.unit..(i + 1) * p.unit])
-                .collect();
+            let samples: Vec<&Sample> = indices.iter().flat_map(|i| self.p.train.get(*i)).collect();
             let batch = Batch::new(&samples, &cfg.device)?;
             let rows = batch.input_ids.elem_count();
-            let masks = model.dropout_masks(cfg.seed, (step * accum + j) as u64, rows)?;
+            let masks = self
+                .model
+                .dropout_masks(cfg.seed, (step * plan.accum + j) as u64, rows)?;
             let ctx = ForwardCtx {
                 dropout: masks.as_ref(),
             };
-            let out = match &preference {
+            let scale = 1.0 / micro.len() as f64;
+            let out = match &self.preference {
                 Some(pref) => {
                     let pass = Pass {
-                        model: &model,
-                        lora: &lora,
+                        model: &self.model,
+                        lora: &self.lora,
                         batch: &batch,
                         ctx,
-                        scale: 1.0 / micro.len() as f64,
+                        scale,
                     };
-                    let out = pref.micro(&pass, indices, checkpointing, &mut grads)?;
-                    step_pairs.merge(&out.stats);
+                    let out = pref.micro(&pass, indices, plan.checkpointing, &mut grads)?;
+                    done.pairs.merge(&out.stats);
                     out.micro
                 }
                 None => loss_and_grads(
-                    &model,
-                    &lora,
+                    &self.model,
+                    &self.lora,
                     &batch,
                     ctx,
-                    1.0 / micro.len() as f64,
-                    checkpointing,
+                    scale,
+                    plan.checkpointing,
                     &mut grads,
                 )?,
             };
@@ -347,257 +433,135 @@ pub fn train_until(
                     loss: out.loss,
                 });
             }
-            loss_sum += out.loss;
-            (correct, count) = (correct + out.correct, count + out.count);
-            st.trained_tokens += batch.tokens() as u64;
+            done.loss_sum += out.loss;
+            (done.correct, done.count) = (done.correct + out.correct, done.count + out.count);
+            self.st.trained_tokens += batch.tokens() as u64;
         }
         clip_grad_norm(&mut grads, hp.max_grad_norm)?;
-        let lr = learning_rate(
-            p.resolved.learning_rate,
+        done.lr = learning_rate(
+            self.p.resolved.learning_rate,
             hp.lr_scheduler_type,
-            warmup,
+            plan.warmup,
             step,
-            total,
+            plan.total,
         );
-        opt.step(&grads, lr)?;
-        st.step += 1;
+        self.opt.step(&grads, done.lr)?;
+        self.st.step += 1;
+        Ok(done)
+    }
+
+    /// The step's metrics: training figures, validation at logging steps and epoch ends, and at
+    /// the last step the generation evaluation. The row is kept in the run's metrics.
+    fn metrics_row(
+        &mut self,
+        done: StepDone,
+        on: &mut dyn FnMut(Update),
+    ) -> Result<MetricsRow, TrainError> {
+        let (cfg, total) = (self.cfg, self.plan.total);
+        let device = &cfg.device;
         let mut row = MetricsRow {
-            step: st.step,
-            train_loss: loss_sum / micro.len() as f32,
-            train_mean_token_accuracy: correct as f32 / count.max(1) as f32,
+            step: self.st.step,
+            train_loss: done.loss_sum / done.micro_batches as f32,
+            train_mean_token_accuracy: done.correct as f32 / done.count.max(1) as f32,
             valid_loss: None,
             valid_mean_token_accuracy: None,
             full_valid_loss: None,
             full_valid_mean_token_accuracy: None,
-            learning_rate: Some(lr),
+            learning_rate: Some(done.lr),
             tokens_per_second: Some(
-                (st.trained_tokens - tokens_before) as f32
-                    / step_started.elapsed().as_secs_f32().max(1e-6),
+                (self.st.trained_tokens - done.tokens_before) as f32
+                    / done.started.elapsed().as_secs_f32().max(1e-6),
             ),
             rewards: None,
-            peak_gpu_memory_bytes: gpu_memory::peak_bytes(&cfg.device),
+            peak_gpu_memory_bytes: gpu_memory::peak_bytes(device),
             generation: None,
         };
-        let epoch_end = st.step % steps_per_epoch == 0;
-        let log = st.step % hp.logging_steps as usize == 0 || st.step == total;
-        let evaluate_now = (log || epoch_end) && !p.valid.is_empty();
-        if let Some(pref) = &preference {
-            let valid = match evaluate_now {
-                true => Some(pref.validate(&model, &p.valid, bs, &cfg.device)?),
+        let last = self.st.step == total;
+        let valid = self.p.valid.samples();
+        let evaluate_now = (self.logging_step() || self.epoch_end()) && !valid.is_empty();
+        if let Some(pref) = &self.preference {
+            let scored = match evaluate_now {
+                true => Some(pref.validate(&self.model, valid, self.plan.batch, device)?),
                 false => None,
             };
-            row.valid_loss = valid.map(|v| v.loss as f32);
-            if st.step == total {
+            row.valid_loss = scored.map(|v| v.loss as f32);
+            if last {
                 row.full_valid_loss = row.valid_loss;
             }
-            row.rewards = Some(Rewards::of(&step_pairs, valid.as_ref()));
+            row.rewards = Some(Rewards::of(&done.pairs, scored.as_ref()));
         } else if evaluate_now {
-            let (l, a) = evaluate(&model, &p.valid, bs, &cfg.device)?;
+            let (l, a) = evaluate(&self.model, valid, self.plan.batch, device)?;
             (row.valid_loss, row.valid_mean_token_accuracy) = (Some(l), Some(a));
-            if st.step == total {
+            if last {
                 // Every evaluation covers the whole set; the last one is OpenAI's "full" figure.
                 (row.full_valid_loss, row.full_valid_mean_token_accuracy) = (Some(l), Some(a));
             }
         }
-        if st.step == total && !p.eval_prompts.is_empty() {
+        if last && !self.p.eval_prompts.is_empty() {
             on(Update::Message(format!(
                 "Answering {} validation prompts with the fine-tuned model",
-                p.eval_prompts.len()
+                self.p.eval_prompts.len()
             )));
-            let tuned = answer_all(cfg, &p, &model)?;
-            let scored = eval::score(&p.eval_prompts, &base_answers, &tuned);
+            let tuned = answer_all(cfg, &self.p, &self.model)?;
+            let scored = eval::score(&self.p.eval_prompts, &self.base_answers, &tuned);
             row.generation = Some(scored.1);
-            evaluation = Some(scored);
+            self.evaluation = Some(scored);
         }
-        st.metrics.push(row.clone());
+        self.st.metrics.push(row.clone());
+        Ok(row)
+    }
+
+    /// Whether the last step is one that logs its metrics.
+    fn logging_step(&self) -> bool {
+        let every = self.cfg.hyperparameters.logging_steps as usize;
+        self.st.step % every == 0 || self.st.step == self.plan.total
+    }
+
+    /// Tell `on` about the step: always its progress; at logging steps its metrics and the time
+    /// left.
+    fn report(&self, row: &MetricsRow, on: &mut dyn FnMut(Update)) {
+        let (step, total) = (self.st.step, self.plan.total);
         on(Update::Step {
-            step: st.step,
+            step,
             total,
             loss: row.train_loss,
-            tokens: st.trained_tokens,
+            tokens: self.st.trained_tokens,
         });
-        if log {
+        if self.logging_step() {
             on(Update::Metrics {
                 row: row.clone(),
                 total_steps: total,
             });
-            let per_step = started.elapsed().as_secs_f64() / (st.step - first_step) as f64;
-            on(Update::Estimate(per_step * (total - st.step) as f64));
-        }
-        if st.step % hp.save_steps as usize == 0 || epoch_end {
-            save_checkpoint(cfg, &spec, &lora, &mut st, &row, steps_per_epoch, on)?;
-            // With every checkpoint, the state to resume from: a worker killed later resumes
-            // here (optimizer moments included) instead of from step 0.
-            checkpoint::save_state(&state_dir, &lora, &opt, &st)?;
-            on(Update::StateSaved(state_dir.clone()));
-        }
-        let stop_now = if st.step < total { stop() } else { None };
-        if stop_now == Some(Stop::Discard) {
-            return Ok(RunEnd::Stopped { step: st.step });
-        }
-        if stop_now == Some(Stop::Pause) {
-            checkpoint::save_state(&state_dir, &lora, &opt, &st)?;
-            on(Update::StateSaved(state_dir.clone()));
-            on(Update::Message(format!(
-                "Saved training state at step {}/{total}",
-                st.step
-            )));
-            return Ok(RunEnd::Stopped { step: st.step });
+            let per_step = self.started.elapsed().as_secs_f64() / (step - self.first_step) as f64;
+            on(Update::Estimate(per_step * (total - step) as f64));
         }
     }
-    let outcome = finish(cfg, &spec, &lora, &st, evaluation)?;
-    checkpoint::clear_state(&state_dir);
-    Ok(RunEnd::Finished(outcome))
-}
 
-fn prepare(cfg: &RunConfig, on: &mut dyn FnMut(Update)) -> Result<Prepared, TrainError> {
-    let hp = &cfg.hyperparameters;
-    let tokenizer = data::load_tokenizer(&cfg.model_dir)?;
-    let template = match &cfg.template {
-        Some(name) => {
-            let tc = read_tokenizer_config(&cfg.model_dir)?;
-            let tok = |k: &str| tc.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-            ChatTemplate::builtin(name, &tok("bos_token"), &tok("eos_token"))?
-        }
-        None => ChatTemplate::from_model_dir(&cfg.model_dir)?,
-    };
-    let limits = Limits {
-        max_length: hp.max_length as usize,
-        max_source_length: hp.max_source_length.map(|v| v as usize),
-        max_target_length: hp.max_target_length.map(|v| v as usize),
-    };
-    // No turn is tokenized beyond what truncation could keep.
-    let longest = [
-        hp.max_length,
-        hp.max_source_length.unwrap_or(0),
-        hp.max_target_length.unwrap_or(0),
-    ];
-    let max_turn_bytes = *longest.iter().max().unwrap_or(&hp.max_length) as usize
-        * data::longest_token_bytes(&tokenizer);
-    // Samples, the examples they came from (the ones that kept a response), and the file's count.
-    let unit = if hp.preference.is_some() { 2 } else { 1 };
-    let encode = |e: &Example| -> Result<Option<Sample>, TrainError> {
-        let bounded = data::bound_turns(e, max_turn_bytes);
-        data::encode(&bounded, &template, &tokenizer, limits)
-    };
-    // An example's samples (a preference pair's chosen and rejected conversations) and the
-    // example its prompt and reference come from (the chosen one); a pair is kept only when
-    // both its answers keep tokens.
-    let encode_unit = |e: Example| -> Result<Option<(Vec<Sample>, Example)>, TrainError> {
-        let parts = match (unit, e.preference_pair()) {
-            (1, None) => vec![e],
-            (1, Some(_)) => {
-                return Err(TrainError::Invalid(
-                    "the data holds preference pairs (chosen/rejected); train on them with DPO \
-                     (method type dpo, or stage: dpo)"
-                        .into(),
-                ));
-            }
-            (_, Some((chosen, rejected))) => vec![chosen, rejected],
-            (_, None) => {
-                return Err(TrainError::Invalid(
-                    "a preference job got an example without a rejected answer".into(),
-                ));
-            }
-        };
-        let mut out = Vec::with_capacity(parts.len());
-        for part in &parts {
-            match encode(part)? {
-                Some(sample) => out.push(sample),
-                None => return Ok(None),
-            }
-        }
-        Ok(parts.into_iter().next().map(|first| (out, first)))
-    };
-    let encode_all = |path: &Path| -> Result<(Vec<Sample>, Vec<Example>, usize), TrainError> {
-        let examples = data::read_examples(path)?;
-        let total = examples.len();
-        let mut out = Vec::with_capacity(total * unit);
-        let mut kept = Vec::with_capacity(total);
-        for e in examples {
-            if let Some((samples, example)) = encode_unit(e)? {
-                out.extend(samples);
-                kept.push(example);
-            }
-        }
-        Ok((out, kept, total))
-    };
-    let (mut train, mut train_examples, total) = encode_all(&cfg.train_file)?;
-    if train.is_empty() {
-        return Err(TrainError::Invalid(format!(
-            "none of the {total} training examples has a response left to learn after truncation to {} tokens",
-            hp.max_length
-        )));
+    /// Write a checkpoint (pruning old ones) and, with it, the state to resume from: a worker
+    /// killed later resumes here (optimizer moments included) instead of from step 0.
+    fn checkpoint(
+        &mut self,
+        row: &MetricsRow,
+        on: &mut dyn FnMut(Update),
+    ) -> Result<(), TrainError> {
+        save_checkpoint(
+            self.cfg,
+            &self.spec,
+            &self.lora,
+            &mut self.st,
+            row,
+            self.plan.steps_per_epoch,
+            on,
+        )?;
+        self.save_state(on)
     }
-    if train.len() / unit < total {
-        on(Update::Message(format!(
-            "{} of {total} examples had no response tokens left after truncation and were skipped",
-            total - train.len() / unit
-        )));
-    }
-    let (valid, valid_examples) = match (&cfg.valid_file, hp.evaluation.validation_split) {
-        (Some(f), _) => {
-            let (samples, examples, _) = encode_all(f)?;
-            (samples, examples)
-        }
-        (None, Some(split)) if split > 0.0 => {
-            let held = hold_out(train.len() / unit, split, cfg.seed)?;
-            let samples = held
-                .iter()
-                .flat_map(|u| (0..unit).map(move |k| u * unit + k));
-            (
-                take(&mut train, &samples.collect()),
-                take(&mut train_examples, &held),
-            )
-        }
-        (None, _) => (Vec::new(), Vec::new()),
-    };
-    let eval_prompts = if hp.evaluation.predict_with_generate {
-        valid_examples.iter().filter_map(EvalPrompt::of).collect()
-    } else {
-        Vec::new()
-    };
-    let resolved = auto::resolve(hp, train.len() / unit);
-    on(Update::Resolved(resolved.apply(hp)));
-    Ok(Prepared {
-        train,
-        valid,
-        unit,
-        eval_prompts,
-        tokenizer,
-        template,
-        resolved,
-    })
-}
 
-/// The indices of a seeded random `split` (fraction or count) of `n` training examples.
-fn hold_out(
-    n: usize,
-    split: f64,
-    seed: u64,
-) -> Result<std::collections::HashSet<usize>, TrainError> {
-    let k = if split < 1.0 {
-        (split * n as f64).round() as usize
-    } else {
-        split as usize
-    };
-    if k == 0 || k >= n {
-        return Err(TrainError::Invalid(format!(
-            "val_size {split} leaves no training or no validation examples out of {n}"
-        )));
+    /// Save the state to resume from.
+    fn save_state(&self, on: &mut dyn FnMut(Update)) -> Result<(), TrainError> {
+        checkpoint::save_state(&self.state_dir, &self.lora, &self.opt, &self.st)?;
+        on(Update::StateSaved(self.state_dir.clone()));
+        Ok(())
     }
-    let order = data::epoch_order(n, seed ^ 0x5eed, 0);
-    Ok(order[..k].iter().copied().collect())
-}
-
-/// Move the items at `held` out of `items`, keeping both in order.
-fn take<T>(items: &mut Vec<T>, held: &std::collections::HashSet<usize>) -> Vec<T> {
-    let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(items)
-        .into_iter()
-        .enumerate()
-        .partition(|(i, _)| held.contains(i));
-    *items = kept.into_iter().map(|(_, x)| x).collect();
-    out.into_iter().map(|(_, x)| x).collect()
 }
 
 /// The adapter in PEFT format, with a record of how its frozen base was stored.

@@ -5,8 +5,8 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::helpers::fine_tune_lazily;
-use crate::helpers::{AppOptions, TestApp, assert_error, spawn_app, spawn_app_with};
 use crate::helpers::fixtures::QA;
+use crate::helpers::{AppOptions, TestApp, assert_error, spawn_app, spawn_app_with};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

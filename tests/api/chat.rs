@@ -3,8 +3,11 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{AppOptions, TestApp, assert_error, spawn_app, spawn_app_sharing, spawn_app_with, ask, fine_tune, fine_tune_lazily};
 use crate::helpers::fixtures::QA;
+use crate::helpers::{
+    AppOptions, TestApp, ask, assert_error, fine_tune, fine_tune_lazily, spawn_app,
+    spawn_app_sharing, spawn_app_with,
+};
 
 #[tokio::test]
 async fn the_base_model_answers_in_openai_shape() {

@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, spawn_app};
 use crate::helpers::sse_events;
+use crate::helpers::{TestApp, assert_error, spawn_app};
 
 async fn complete(app: &TestApp, extra: Value) -> reqwest::Response {
     let mut body = json!({"model": "ferrotune-tiny", "prompt": "Water is", "temperature": 0});

@@ -4,8 +4,8 @@
 
 use serde_json::json;
 
-use crate::helpers::{AppOptions, TestApp, assert_error, spawn_app_with};
 use crate::helpers::upload_qa;
+use crate::helpers::{AppOptions, TestApp, assert_error, spawn_app_with};
 
 async fn keyed_app() -> TestApp {
     spawn_app_with(AppOptions {

@@ -4,8 +4,8 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, spawn_app};
 use crate::helpers::fixtures::QA;
+use crate::helpers::{TestApp, assert_error, spawn_app};
 
 /// Rambling answers the model should learn to prefer less.
 const RAMBLE: &str =

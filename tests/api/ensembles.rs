@@ -3,9 +3,9 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{ask, fine_tune, fine_tune_validated, fine_tune_with};
-use crate::helpers::{AppOptions, TestApp, assert_error, spawn_app, spawn_app_with};
 use crate::helpers::fixtures::QA;
+use crate::helpers::{AppOptions, TestApp, assert_error, spawn_app, spawn_app_with};
+use crate::helpers::{ask, fine_tune, fine_tune_validated, fine_tune_with};
 
 async fn define(app: &TestApp, body: Value) -> reqwest::Response {
     app.post("/v1/ensembles", &body).await

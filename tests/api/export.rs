@@ -150,7 +150,12 @@ fn kept_exports(app: &TestApp) -> Vec<std::path::PathBuf> {
     let root = app.data_dir.path().join("exports");
     let mut out = Vec::new();
     for dir in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-        out.extend(std::fs::read_dir(dir.path()).unwrap().flatten().map(|f| f.path()));
+        out.extend(
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .map(|f| f.path()),
+        );
     }
     out.sort();
     out
@@ -167,7 +172,10 @@ async fn concurrent_requests_for_an_export_share_one_kept_build_that_goes_with_t
         assert_eq!(res.status(), 200);
         bodies.push(res.bytes().await.unwrap());
     }
-    assert!(bodies.iter().all(|b| *b == bodies[0]), "the same file for every request");
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "the same file for every request"
+    );
     let kept = kept_exports(&app);
     assert_eq!(kept.len(), 1, "one build, kept: {kept:?}");
     assert!(kept[0].ends_with("f32.tar.gz"), "{kept:?}");
@@ -175,13 +183,19 @@ async fn concurrent_requests_for_an_export_share_one_kept_build_that_goes_with_t
     // A later request streams the kept file: no rebuild.
     let again = app.get(&path).await;
     assert_eq!(again.bytes().await.unwrap(), bodies[0]);
-    assert_eq!(std::fs::metadata(&kept[0]).unwrap().modified().unwrap(), built);
+    assert_eq!(
+        std::fs::metadata(&kept[0]).unwrap().modified().unwrap(),
+        built
+    );
     // Another format is its own file; the base model's exports are kept apart.
     let gguf = app.get(&format!("/v1/models/{model}/export")).await;
     assert_eq!(gguf.status(), 200);
     assert_eq!(kept_exports(&app).len(), 2);
     // Deleting the model removes its exports.
-    assert_eq!(app.delete(&format!("/v1/models/{model}")).await.status(), 200);
+    assert_eq!(
+        app.delete(&format!("/v1/models/{model}")).await.status(),
+        200
+    );
     assert!(kept_exports(&app).is_empty(), "{:?}", kept_exports(&app));
     let gone = app.get(&path).await;
     assert_eq!(gone.status(), 404);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::helpers::wait::eventually;
 use crate::helpers::{AppOptions, TestApp, alpaca_jsonl, assert_error, spawn_app, spawn_app_with};
 
 #[tokio::test]
@@ -232,12 +233,11 @@ async fn training_with_a_checkpoint(app: &TestApp) -> (String, tokio::task::Join
     let id = app.long_training_job(json!({"save_steps": 5})).await;
     let worker = app.worker();
     let run = tokio::spawn(async move { worker.run_once().await.unwrap() });
-    let deadline = Instant::now() + Duration::from_secs(120);
     let checkpoints = format!("/v1/fine_tuning/jobs/{id}/checkpoints");
-    while listed(app, &checkpoints).await.is_empty() {
-        assert!(Instant::now() < deadline, "no checkpoint was written");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("a checkpoint", Duration::from_secs(120), || async {
+        (!listed(app, &checkpoints).await.is_empty()).then_some(())
+    })
+    .await;
     (id, run)
 }
 
@@ -289,10 +289,11 @@ async fn a_paused_job_cancelled_later_loses_its_checkpoints_and_its_files() {
     // An idle worker's sweep frees the disk of a cancelled job nobody held.
     let stop = tokio_util::sync::CancellationToken::new();
     let idle = tokio::spawn(app.worker().run_until_stopped(stop.clone()));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while out.exists() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = "the idle worker's sweep to remove the cancelled job's files";
+    eventually(what, Duration::from_secs(30), || async {
+        (!out.exists()).then_some(())
+    })
+    .await;
     stop.cancel();
     idle.await.unwrap();
     assert!(!out.exists(), "the cancelled job's files stay on disk");

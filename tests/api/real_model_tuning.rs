@@ -15,9 +15,10 @@ use serde_json::{Value, json};
 
 use crate::helpers::binary::{free_port, serve, terminate, wait_healthy};
 use crate::helpers::fixtures::model_logits;
-use crate::helpers::fixtures::{find_adapter, trained_model, user};
-use crate::real_model::greedy_chat;
 use crate::helpers::fixtures::rel_err;
+use crate::helpers::fixtures::{find_adapter, trained_model, user};
+use crate::helpers::wait::eventually;
+use crate::real_model::greedy_chat;
 
 fn examples(file: &str, n: usize) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -64,20 +65,17 @@ pub async fn get_json(client: &reqwest::Client, url: String) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
-/// Poll job `id` once a second until it ends (20 minutes at most) and return it.
+/// Poll job `id` until it ends (20 minutes at most) and return it.
 pub async fn finished_job(client: &reqwest::Client, base: &str, id: &str) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(1200);
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "job {id} did not finish in 20 minutes"
-        );
+    let what = format!("job {id} to end");
+    eventually(&what, Duration::from_secs(1200), || async {
         let job = get_json(client, format!("{base}/v1/fine_tuning/jobs/{id}")).await;
-        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
-            return job;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        let status = job["status"].as_str().unwrap();
+        ["succeeded", "failed", "cancelled"]
+            .contains(&status)
+            .then_some(job)
+    })
+    .await
 }
 
 #[tokio::test]

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app, upload_qa};
 use crate::helpers::fixtures::QA;
 use crate::helpers::wait_for_status;
+use crate::helpers::{TestApp, spawn_app, upload_qa};
 
 fn supervised(hp: Value) -> Value {
     json!({"type": "supervised", "supervised": {"hyperparameters": hp}})

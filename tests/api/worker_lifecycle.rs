@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::binary::{Server, free_port, serve, terminate, wait_healthy};
+use crate::helpers::wait::eventually;
 use crate::helpers::{TestApp, spawn_app};
 
 fn worker_args(app: &TestApp, poll_ms: u64) -> Vec<String> {
@@ -29,8 +30,7 @@ fn worker_args(app: &TestApp, poll_ms: u64) -> Vec<String> {
 /// the database's view of that process's connections.
 async fn worker_idle_and_listening(app: &TestApp, server: &Server) {
     let name = format!("ferrotune/{}", server.pid());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually("the worker to go idle", Duration::from_secs(60), || async {
         let (listening, swept): (bool, bool) = sqlx::query_as(
             "select coalesce(bool_or(query like 'LISTEN%'), false), \
                     coalesce(bool_or(query like 'delete from file where expires_at%'), false) \
@@ -40,12 +40,9 @@ async fn worker_idle_and_listening(app: &TestApp, server: &Server) {
         .fetch_one(app.store.pool())
         .await
         .unwrap();
-        if listening && swept {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the worker never went idle");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (listening && swept).then_some(())
+    })
+    .await
 }
 
 fn start_worker(app: &TestApp, poll_ms: u64) -> Server {
@@ -55,15 +52,12 @@ fn start_worker(app: &TestApp, poll_ms: u64) -> Server {
 }
 
 async fn wait_for(app: &TestApp, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while Instant::now() < deadline {
+    let what = format!("job {id} to have {what}");
+    eventually(&what, Duration::from_secs(180), || async {
         let job = app.job(id).await;
-        if done(&job) {
-            return job;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("job {id} never {what}: {}", app.job(id).await);
+        done(&job).then_some(job)
+    })
+    .await
 }
 
 async fn all_messages(app: &TestApp, id: &str) -> Vec<String> {
@@ -227,8 +221,8 @@ async fn a_worker_killed_mid_training_is_resumed_from_its_last_checkpoint_withou
     // own dead processes at start-up).
     let mut server = start_worker_leasing(&app, 60);
     // Kill it once a checkpoint is on disk and later steps have logged metrics.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let checkpoint_step: i32 = loop {
+    let what = "a checkpoint, and metrics logged after it";
+    let checkpoint_step: i32 = eventually(what, Duration::from_secs(180), || async {
         let steps: Vec<i32> = sqlx::query_scalar(
             "select step_number from fine_tuning_job_checkpoint where job_id = $1 order by 1",
         )
@@ -237,19 +231,11 @@ async fn a_worker_killed_mid_training_is_resumed_from_its_last_checkpoint_withou
         .await
         .unwrap();
         let logged = all_messages(&app, &id).await;
-        if let Some(&last) = steps.last()
-            && logged
-                .iter()
-                .any(|m| m.starts_with(&format!("Step {}/", last + 3)))
-        {
-            break last;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint before the deadline"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        let last = *steps.last()?;
+        let after = format!("Step {}/", last + 3);
+        logged.iter().any(|m| m.starts_with(&after)).then_some(last)
+    })
+    .await;
     server.kill_hard(); // SIGKILL: no state saved on the way out
     let restarted_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()")
         .fetch_one(app.store.pool())

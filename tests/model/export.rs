@@ -9,8 +9,8 @@ use ferrotune::export::{self, ExportFormat, ExportRequest, Quant};
 use ferrotune::train::data;
 use ferrotune::train::tiny::TinyArch;
 
-use crate::helpers::fixtures::{model_logits, rel_err};
 use crate::helpers::fixtures::{config, finish, setup};
+use crate::helpers::fixtures::{model_logits, rel_err};
 
 /// The tiny model of `arch` in `dir` with an adapter trained for a few steps; its directory.
 fn trained(dir: &Path, arch: TinyArch) -> PathBuf {
@@ -163,4 +163,3 @@ fn bad_exports_fail_clearly_and_write_nothing() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
-

@@ -90,4 +90,3 @@ fn a_qlora_step_equals_the_step_on_the_dequantized_weights_with_or_without_check
         assert_ne!(dense.0, quantized.0, "{what}");
     }
 }
-

@@ -2,7 +2,8 @@
 # Fuzz the HTTP API with schemathesis (pinned, seeded, time-bounded, every check) against a real
 # `ferrotune serve` (embedded PostgreSQL, the tiny model, no worker), failing on any finding.
 #   FERROTUNE_BIN=target/debug/ferrotune bash tests/schemathesis/run.sh
-# ST_SECONDS (default 150) bounds the run; ST_SEED (default 1) fixes the generated cases.
+# ST_SECONDS (default 150) bounds the run; ST_SEED (default 1) fixes the generated cases;
+# ST_CONFIG names another schemathesis config (default tests/schemathesis/schemathesis.toml).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${FERROTUNE_BIN:-target/debug/ferrotune}
@@ -35,7 +36,7 @@ for _ in range(240):
         time.sleep(0.5)
 sys.exit("ferrotune serve never became healthy")
 PY
-"$VENV/bin/schemathesis" --config-file tests/schemathesis/schemathesis.toml run openapi/openapi.json \
+"$VENV/bin/schemathesis" --config-file "${ST_CONFIG:-tests/schemathesis/schemathesis.toml}" run openapi/openapi.json \
     --url "http://127.0.0.1:$PORT" --checks all --seed "${ST_SEED:-1}" --max-examples 25 \
     --max-time "${ST_SECONDS:-150}" --workers 1 --no-color \
     --report junit --report-dir target/schemathesis-report

@@ -14,6 +14,7 @@ pub mod validate;
 use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorResponse};
+use crate::api::json_body::JsonBody;
 use render::{StreamShape, completion_from, sse_response, sse_stream};
 use types::CreateChatCompletionRequest;
 use validate::validate;
@@ -114,7 +115,7 @@ async fn fit_completion(
 pub async fn create_chat_completion(
     state: web::Data<ApiState>,
     caller: Caller,
-    body: web::Json<CreateChatCompletionRequest>,
+    body: JsonBody<CreateChatCompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let req = body.into_inner();
     let mut params = validate(&req)?;

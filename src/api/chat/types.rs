@@ -5,13 +5,59 @@ use serde_json::Value;
 
 use crate::api::sampling::SamplingFields;
 
+/// Who speaks a message: the roles a request may carry (the schema of
+/// [`ChatCompletionRequestMessage::role`]; the handler checks the value).
+#[derive(Debug, Clone, Copy, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum ChatCompletionRole {
+    /// Instructions.
+    System,
+    /// Instructions (OpenAI's newer name for `system`).
+    Developer,
+    /// The user.
+    User,
+    /// The model.
+    Assistant,
+    /// A tool's result.
+    Tool,
+}
+
+/// A message's content as the spec states it (the handler reads it as JSON and checks it).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ChatMessageContent {
+    /// Plain text.
+    Text(String),
+    /// Text parts, joined.
+    Parts(Vec<ChatTextPart>),
+}
+
+/// `{"type": "text", "text": …}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ChatTextPart {
+    /// `text`.
+    #[serde(rename = "type")]
+    pub kind: ChatTextPartType,
+    /// The text.
+    pub text: String,
+}
+
+/// The one content part type served.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatTextPartType {
+    /// Text.
+    Text,
+}
+
 /// A chat message in a request.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionRequestMessage {
     /// `system`, `developer`, `user`, `assistant` or `tool`.
+    #[schema(value_type = ChatCompletionRole)]
     pub role: String,
     /// Text, or a list of `{type: "text", text}` parts.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<ChatMessageContent>)]
     pub content: Option<Value>,
     /// Optional participant name (ignored).
     #[serde(default)]

@@ -13,6 +13,7 @@ use crate::api::auth::Caller;
 use crate::api::chat::render::sse_response;
 use crate::api::chat::{ContextBudget, make_resident};
 use crate::api::error::{ApiError, ErrorResponse};
+use crate::api::json_body::JsonBody;
 use crate::api::sampling::{bad, in_range};
 use crate::serve::ChatParams;
 use render::{CompletionShape, completion_response, completion_stream};
@@ -86,7 +87,7 @@ fn validate(req: &CreateCompletionRequest) -> Result<(Vec<String>, ChatParams), 
 pub async fn create_completion(
     state: web::Data<ApiState>,
     caller: Caller,
-    body: web::Json<CreateCompletionRequest>,
+    body: JsonBody<CreateCompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let req = body.into_inner();
     let (prompts, params) = validate(&req)?;

@@ -30,6 +30,7 @@ pub struct CreateCompletionRequest {
     /// Not supported (400 unless empty).
     pub suffix: Option<String>,
     /// Only 1 (or equal to `n`) is supported.
+    #[schema(minimum = 1)]
     pub best_of: Option<usize>,
     /// Best effort, as for chat: the engine has one fixed-seed RNG.
     pub seed: Option<i64>,

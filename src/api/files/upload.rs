@@ -38,7 +38,11 @@ pub struct CreateFileRequest {
     #[schema(value_type = UploadPurpose)]
     purpose: String,
     /// Optional: `created_at` (needs `expires_after[seconds]`).
-    #[schema(rename = "expires_after[anchor]", value_type = Option<ExpiresAfterAnchor>)]
+    #[schema(
+        rename = "expires_after[anchor]",
+        value_type = ExpiresAfterAnchor,
+        required = false
+    )]
     expires_after_anchor: Option<String>,
     /// Optional: seconds after the anchor (3600–2592000).
     #[schema(rename = "expires_after[seconds]", minimum = 3600, maximum = 2592000)]

@@ -9,6 +9,7 @@ use super::owned_job;
 use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorResponse};
+use crate::api::json_body::JsonBody;
 use crate::api::objects::{FineTuningJob, ListResponse};
 use crate::domain::hyperparameters::Hyperparameters;
 use crate::domain::ids::{FileId, JobId};
@@ -28,7 +29,7 @@ use crate::store::FileRow;
 pub async fn create_fine_tuning_job(
     state: web::Data<ApiState>,
     caller: Caller,
-    body: web::Json<CreateFineTuningJobRequest>,
+    body: JsonBody<CreateFineTuningJobRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let mut spec = JobSpec::parse(body.into_inner())?;
     if spec.model.starts_with("ft:") {

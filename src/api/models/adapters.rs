@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorResponse};
+use crate::api::json_body::JsonBody;
 use crate::serve::adapters::check_adapter;
 use crate::store::models::AdapterInsert;
 
@@ -78,7 +79,7 @@ fn adapter_root(state: &ApiState) -> Result<std::path::PathBuf, ApiError> {
 pub async fn load_lora_adapter(
     state: web::Data<ApiState>,
     caller: Caller,
-    body: web::Json<LoadLoraAdapterRequest>,
+    body: JsonBody<LoadLoraAdapterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let req = body.into_inner();
     let root = adapter_root(&state)?;
@@ -139,7 +140,7 @@ pub async fn load_lora_adapter(
 pub async fn unload_lora_adapter(
     state: web::Data<ApiState>,
     caller: Caller,
-    body: web::Json<UnloadLoraAdapterRequest>,
+    body: JsonBody<UnloadLoraAdapterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let req = body.into_inner();
     adapter_root(&state)?;
