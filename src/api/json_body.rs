@@ -138,7 +138,8 @@ mod tests {
         assert_eq!(e["error"]["param"], "messages[0].role", "{e}");
         let e = error_of(r#"{"messages": []}"#);
         assert_eq!(e["error"]["param"], "model", "{e}");
-        let e = error_of("[1]");
+        // A body that is not an object at all: no field to name.
+        let e = error_of("1");
         assert_eq!(e["error"]["param"], serde_json::Value::Null, "{e}");
     }
 }
