@@ -53,11 +53,16 @@ fn is_json(req: &HttpRequest) -> bool {
     subtype == "json" || subtype.ends_with("+json")
 }
 
-/// The 400 for a body that is JSON but not the request type: the field path as the parameter
-/// (for a missing field, the field's name).
+/// The 400 for a body that is not the request type: for a field of the wrong type or value, its
+/// path as the parameter (for a missing field, the field's name); for JSON that does not parse,
+/// or a body that is not an object, no parameter.
 fn mismatch(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let path = e.path().to_string();
+    let data = e.inner().classify() == serde_json::error::Category::Data;
     let text = e.into_inner().to_string();
+    if !data {
+        return ApiError::invalid(format!("Invalid JSON body: {text}"), None);
+    }
     let missing = text
         .strip_prefix("missing field `")
         .and_then(|rest| rest.split('`').next())
@@ -93,6 +98,14 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                     return Err(ApiError::too_large("The JSON body is too large"));
                 }
                 body.extend_from_slice(&chunk);
+            }
+            // A request is an object: another JSON value is refused before serde reads an
+            // array as a struct's fields in order.
+            if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(ApiError::invalid(
+                    "Invalid JSON body: the request body must be a JSON object",
+                    None,
+                ));
             }
             let de = &mut serde_json::Deserializer::from_slice(&body);
             serde_path_to_error::deserialize(de)
@@ -138,8 +151,10 @@ mod tests {
         assert_eq!(e["error"]["param"], "messages[0].role", "{e}");
         let e = error_of(r#"{"messages": []}"#);
         assert_eq!(e["error"]["param"], "model", "{e}");
-        // A body that is not an object at all: no field to name.
-        let e = error_of("1");
-        assert_eq!(e["error"]["param"], serde_json::Value::Null, "{e}");
+        // JSON that does not parse, or is not an object: no field to name.
+        for body in [r#"{"model":"#, "1"] {
+            let e = error_of(body);
+            assert_eq!(e["error"]["param"], serde_json::Value::Null, "{body}: {e}");
+        }
     }
 }

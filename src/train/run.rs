@@ -365,7 +365,7 @@ impl<'a> Run<'a> {
 
     /// Whether the last step ended an epoch.
     fn epoch_end(&self) -> bool {
-        self.st.step % self.plan.steps_per_epoch == 0
+        self.st.step.is_multiple_of(self.plan.steps_per_epoch)
     }
 
     /// One optimizer step: the forward and backward passes of its micro-batches (seeded shuffle,
@@ -514,7 +514,7 @@ impl<'a> Run<'a> {
     /// Whether the last step is one that logs its metrics.
     fn logging_step(&self) -> bool {
         let every = self.cfg.hyperparameters.logging_steps as usize;
-        self.st.step % every == 0 || self.st.step == self.plan.total
+        self.st.step.is_multiple_of(every) || self.st.step == self.plan.total
     }
 
     /// Tell `on` about the step: always its progress; at logging steps its metrics and the time

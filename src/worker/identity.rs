@@ -41,7 +41,7 @@ pub fn holder_of(id: &str) -> Option<(&str, u32)> {
 
 /// Of the lease holders `ids`, those that were processes of this node that no longer run (never
 /// this process's own workers).
-pub fn dead_on_this_node<'a>(ids: &'a [String], alive: impl Fn(u32) -> bool) -> Vec<&'a str> {
+pub fn dead_on_this_node(ids: &[String], alive: impl Fn(u32) -> bool) -> Vec<&str> {
     let node = node_name();
     let me = std::process::id();
     ids.iter()

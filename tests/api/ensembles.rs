@@ -396,7 +396,7 @@ async fn an_auto_threshold_keeps_the_domain_model_on_95_percent_of_its_validatio
                "threshold": "soon"}),
     )
     .await;
-    assert_error(res, 400, None).await;
+    assert_error(res, 400, Some("threshold")).await;
 }
 
 #[tokio::test]

@@ -35,6 +35,7 @@ async fn malformed_json_and_wrong_content_types_are_400() {
     .await;
     assert!(err["message"].as_str().unwrap().contains("Invalid JSON"));
     assert_error(send("[1,2]", "application/json").await.unwrap(), 400, None).await;
+    // A field of the wrong type is named, as every other 400 names its parameter.
     assert_error(
         send(
             "{\"model\": 5, \"training_file\": \"file-a\"}",
@@ -43,7 +44,7 @@ async fn malformed_json_and_wrong_content_types_are_400() {
         .await
         .unwrap(),
         400,
-        None,
+        Some("model"),
     )
     .await;
     assert_error(
