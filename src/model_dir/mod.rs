@@ -63,11 +63,16 @@ pub enum ModelDirError {
     },
 }
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ModelDirError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelDirError::Io {
+/// Wrap an I/O error with its path.
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelDirError + '_ {
+    move |source| ModelDirError::Io {
         path: path.display().to_string(),
         source,
-    })?;
+    }
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ModelDirError> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     serde_json::from_str(&text).map_err(|e| ModelDirError::Json {
         path: path.display().to_string(),
         message: e.to_string(),

@@ -74,10 +74,7 @@ impl ChatTemplate {
         };
         let jinja = dir.join("chat_template.jinja");
         let source = if jinja.exists() {
-            std::fs::read_to_string(&jinja).map_err(|source| ModelDirError::Io {
-                path: jinja.display().to_string(),
-                source,
-            })?
+            std::fs::read_to_string(&jinja).map_err(super::io_err(&jinja))?
         } else {
             match config.get("chat_template") {
                 Some(Value::String(s)) => s.clone(),

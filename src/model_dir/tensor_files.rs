@@ -10,7 +10,7 @@ use candle_core::safetensors::Load;
 use candle_core::{Device, Tensor};
 use safetensors::tensor::{Dtype, TensorInfo, TensorView};
 
-use super::ModelDirError;
+use super::{ModelDirError, io_err as io};
 
 /// Where one tensor lives.
 #[derive(Debug, Clone)]
@@ -25,13 +25,6 @@ struct Entry {
 pub struct TensorFiles {
     files: Vec<PathBuf>,
     entries: BTreeMap<String, Entry>,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelDirError + '_ {
-    move |source| ModelDirError::Io {
-        path: path.display().to_string(),
-        source,
-    }
 }
 
 fn bad(path: &Path, why: impl std::fmt::Display) -> ModelDirError {

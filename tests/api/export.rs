@@ -4,22 +4,10 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 
-use crate::helpers::fixtures::{model_logits, rel_err};
+use crate::helpers::fixtures::{adapted_logits, plain_logits, rel_err};
 use crate::helpers::{TestApp, spawn_app, upload_qa};
-
-fn ids() -> Vec<u32> {
-    (0..10).map(|i| (i * 41 + 3) % 250).collect()
-}
-
-fn adapted_logits(model_dir: &Path, adapter: &Path) -> Tensor {
-    model_logits(model_dir, Some(adapter), &ids())
-}
-
-fn plain_logits(model_dir: &Path) -> Tensor {
-    model_logits(model_dir, None, &ids())
-}
 
 /// A model fine-tuned for one epoch on the QA pairs.
 async fn fine_tuned(app: &TestApp) -> String {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use ferrotune::domain::hyperparameters::{AutoOr, Hyperparameters, LoraSettings};
+use ferrotune::domain::hyperparameters::{AutoOr, Hyperparameters, LORA_MODULES, LoraSettings};
 use ferrotune::model_dir::quant::Storage;
 use ferrotune::model_dir::template::ChatTemplate;
 use ferrotune::train::data::{self, Batch, Limits};
@@ -102,17 +102,7 @@ pub fn spec() -> LoraSpec {
         rank: 8,
         alpha: 32.0,
         dropout: 0.0,
-        targets: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-        .map(String::from)
-        .to_vec(),
+        targets: LORA_MODULES.map(String::from).to_vec(),
     }
 }
 
@@ -156,14 +146,7 @@ pub fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
 /// f32 logits of the model in `model_dir` on `ids`, with the PEFT `adapter` applied (rank 8,
 /// alpha 32, all seven projections) as the trainer computes them.
 pub fn model_logits(model_dir: &Path, adapter: Option<&Path>, ids: &[u32]) -> Tensor {
-    let spec = LoraSpec {
-        rank: 8,
-        alpha: 32.0,
-        dropout: 0.0,
-        targets: ferrotune::domain::hyperparameters::LORA_MODULES
-            .map(String::from)
-            .to_vec(),
-    };
+    let spec = spec();
     let (model, lora) = CausalLm::load(
         model_dir,
         adapter.map(|_| &spec),
@@ -244,4 +227,19 @@ pub fn spec_of(adapter: &std::path::Path) -> ferrotune::train::lora::LoraSpec {
             .map(|t| t.as_str().unwrap().to_owned())
             .collect(),
     }
+}
+
+/// The token ids the export tests compare logits on.
+pub fn probe_ids() -> Vec<u32> {
+    (0..10).map(|i| (i * 41 + 3) % 250).collect()
+}
+
+/// [`model_logits`] on [`probe_ids`] with `adapter`.
+pub fn adapted_logits(model_dir: &Path, adapter: &Path) -> Tensor {
+    model_logits(model_dir, Some(adapter), &probe_ids())
+}
+
+/// [`model_logits`] on [`probe_ids`] without an adapter.
+pub fn plain_logits(model_dir: &Path) -> Tensor {
+    model_logits(model_dir, None, &probe_ids())
 }

@@ -4,32 +4,19 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 use ferrotune::export::{self, ExportFormat, ExportRequest, Quant};
 use ferrotune::train::data;
 use ferrotune::train::tiny::TinyArch;
 
+use crate::helpers::fixtures::{adapted_logits, plain_logits, rel_err};
 use crate::helpers::fixtures::{config, finish, setup};
-use crate::helpers::fixtures::{model_logits, rel_err};
 
 /// The tiny model of `arch` in `dir` with an adapter trained for a few steps; its directory.
 fn trained(dir: &Path, arch: TinyArch) -> PathBuf {
     setup(dir, arch);
     let cfg = config(dir, 1, 1e-2);
     finish(&cfg).adapter_dir
-}
-
-/// Ten token ids every tiny vocabulary has.
-fn ids() -> Vec<u32> {
-    (0..10).map(|i| (i * 41 + 3) % 250).collect()
-}
-
-fn adapted_logits(model_dir: &Path, adapter: &Path) -> Tensor {
-    model_logits(model_dir, Some(adapter), &ids())
-}
-
-fn plain_logits(model_dir: &Path) -> Tensor {
-    model_logits(model_dir, None, &ids())
 }
 
 fn request(dir: &Path, adapter: &Path, format: ExportFormat, quant: Quant) -> ExportRequest {

@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
 
 use super::{Quantization, round_trip};
-use crate::model_dir::{ModelDirError, file_stamp, weight_files};
+use crate::model_dir::{ModelDirError, file_stamp, io_err, weight_files};
 
 /// The weight file holding `base`'s weights as a model stored as `how` sees them, derived under
 /// `models_dir/derived/` (the user's model cache) the first time it is asked for.
@@ -62,13 +62,6 @@ fn key(base: &Path, files: &[PathBuf], how: Quantization) -> Result<String, Mode
     h.update(format!("|{}", how.label()));
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok(hex[..16].to_owned())
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelDirError + '_ {
-    move |source| ModelDirError::Io {
-        path: path.display().to_string(),
-        source,
-    }
 }
 
 fn tensor(context: &'static str) -> impl FnOnce(candle_core::Error) -> ModelDirError {
