@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ferrotune::serve::measure::completion_tokens;
-use ferrotune::serve::{ChatParams, ChatTurn, Engine, EngineOptions};
+use ferrotune::serve::{ChatParams, ChatTurn, Engine, EngineOptions, MistralOptions};
 
 const PER_ROUND: usize = 48;
 const AT_ONCE: usize = 8;
@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let engine = Engine::start(EngineOptions {
+    let engine = Engine::start(EngineOptions::Mistral(MistralOptions {
         base_dir,
         base_name: "base".into(),
         max_resident: 1,
@@ -75,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
         isq: None,
         paged_kv_tokens: None,
         prefix_cache,
-    })
+    }))
     .await?;
     let start_rss = rss_mib();
     println!("round=0 requests=0 rss_mib={start_rss:.0}");

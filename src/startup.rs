@@ -1,7 +1,7 @@
 //! Wiring: database (embedded or external), migrations, the HTTP server and the worker.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,12 +16,55 @@ use crate::api::{self, ApiState, auth::Auth};
 use crate::config::{BaseModelSource, ModelSettings, Settings, StorageSettings, WorkerOptions};
 use crate::embedded_postgres::EmbeddedPostgres;
 use crate::export::cache::ExportCache;
-use crate::serve::{Engine, EngineOptions};
+use crate::serve::{Engine, EngineOptions, LlamaOptions, MistralOptions};
 use crate::store::Store;
 use crate::store::blobs::BlobStore;
 use crate::store::remote::Remote;
 use crate::worker::candle_trainer::CandleTrainer;
 use crate::worker::{Trainer, Worker, WorkerSettings};
+
+/// Start the serving engine `model.engine` chooses for `device` on the base model.
+pub async fn start_engine(
+    model: &crate::config::ModelSettings,
+    device: &candle_core::Device,
+    base_name: &str,
+    base_dir: &Path,
+) -> anyhow::Result<Arc<Engine>> {
+    let options = if model.engine.is_llama(device) {
+        let cache = crate::model_cache::models_dir();
+        let (dir, name) = (base_dir.to_owned(), base_name.to_owned());
+        let served = cache.join("served");
+        let gguf = tokio::task::spawn_blocking(move || {
+            crate::export::served::base_gguf(&dir, &served, &name)
+        })
+        .await??;
+        EngineOptions::Llama(LlamaOptions {
+            base_gguf: gguf.path,
+            kv_f32: gguf.f32,
+            base_dir: base_dir.to_owned(),
+            base_name: base_name.to_owned(),
+            adapter_cache: cache.join("adapters-gguf"),
+            kv_tokens: model.kv_cache_tokens.max(1),
+            slots: model.max_sequences.max(1),
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        })
+    } else {
+        EngineOptions::Mistral(MistralOptions {
+            base_dir: base_dir.to_owned(),
+            base_name: base_name.to_owned(),
+            max_resident: model.max_resident_models,
+            max_num_seqs: 16,
+            dtype: crate::config::serving_dtype(model.dtype(device)),
+            force_cpu: device.is_cpu(),
+            prefix_cache: !device.is_cpu(),
+            isq: model.serve_quant.isq(),
+            paged_kv_tokens: model
+                .paged_attention
+                .resolve(device, model.kv_cache_tokens)?,
+        })
+    };
+    Ok(Engine::start(options).await?)
+}
 
 /// Seconds in-flight requests get to finish once the server is told to stop.
 pub const SHUTDOWN_GRACE_SECS: u64 = 5;
@@ -327,21 +370,7 @@ impl Application {
             base_model.clone(),
             base_dir.clone(),
         )?;
-        let engine = Engine::start(EngineOptions {
-            base_dir,
-            base_name: base_model.clone(),
-            max_resident: settings.model.max_resident_models,
-            max_num_seqs: 16,
-            dtype: crate::config::serving_dtype(settings.model.dtype(&device)),
-            force_cpu: device.is_cpu(),
-            prefix_cache: !device.is_cpu(),
-            isq: settings.model.serve_quant.isq(),
-            paged_kv_tokens: settings
-                .model
-                .paged_attention
-                .resolve(&device, settings.model.kv_cache_tokens)?,
-        })
-        .await?;
+        let engine = start_engine(&settings.model, &device, &base_model, &base_dir).await?;
         let request_timeout = Duration::from_secs(settings.http.request_timeout_seconds.max(1));
         let swept = blobs.sweep_temp(request_timeout)?;
         if swept > 0 {

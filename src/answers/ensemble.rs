@@ -2,12 +2,11 @@
 //! engine) and the strategy picks one; a `layered` ensemble asks its member first and its
 //! fallback only when the member is unsure.
 
-use mistralrs::core::ChatCompletionResponse;
-
 use super::{AnswerError, Models};
 use crate::domain::ensemble::Strategy;
 use crate::domain::ensemble::choose::{Answer, choose, confident};
 use crate::domain::organization::OrganizationId;
+use crate::serve::events::Answer as Finished;
 use crate::serve::{ChatParams, Generation};
 use crate::store::ensembles::EnsembleRow;
 
@@ -16,7 +15,7 @@ pub struct Answered {
     /// The model.
     pub model: String,
     /// Its final response.
-    pub done: ChatCompletionResponse,
+    pub done: Finished,
 }
 
 impl Answered {
@@ -39,17 +38,8 @@ pub struct Outcome {
 }
 
 /// The text and mean token log-probability of a response's first choice.
-fn answer_of(done: &ChatCompletionResponse) -> Answer {
-    let choice = done.choices.first();
-    let text = choice
-        .and_then(|c| c.message.content.clone())
-        .unwrap_or_default();
-    let lps: Vec<f64> = choice
-        .and_then(|c| c.logprobs.as_ref())
-        .and_then(|l| l.content.as_ref())
-        .map(|c| c.iter().map(|t| f64::from(t.logprob)).collect())
-        .unwrap_or_default();
-    let mean_logprob = (!lps.is_empty()).then(|| lps.iter().sum::<f64>() / lps.len() as f64);
+fn answer_of(done: &Finished) -> Answer {
+    let (text, mean_logprob) = done.first_text_and_mean_logprob();
     Answer { text, mean_logprob }
 }
 
@@ -88,7 +78,7 @@ impl Models<'_> {
         for (model, generation) in models.iter().zip(running.iter_mut()) {
             out.push(Answered {
                 model: model.clone(),
-                done: generation.finish_chat().await?,
+                done: generation.finish().await?,
             });
         }
         Ok(out)
@@ -109,7 +99,7 @@ impl Models<'_> {
         }
         let mut out = Vec::with_capacity(running.len());
         for generation in &mut running {
-            out.push(answer_of(&generation.finish_chat().await?).mean_logprob);
+            out.push(answer_of(&generation.finish().await?).mean_logprob);
         }
         Ok(out)
     }

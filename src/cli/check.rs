@@ -14,7 +14,7 @@ use crate::config::{DeviceChoice, DtypeChoice, PagedAttention, ServeQuant, servi
 use crate::domain::hyperparameters::LORA_MODULES;
 use crate::model_dir::template::ChatTemplate;
 use crate::serve::measure::{self, median};
-use crate::serve::{ChatParams, ChatTurn, Engine, EngineOptions};
+use crate::serve::{ChatParams, ChatTurn, Engine, EngineOptions, MistralOptions};
 use crate::train::data::{self, Batch, Limits};
 use crate::train::lora::LoraSpec;
 use crate::train::model::{CausalLm, ForwardCtx};
@@ -232,7 +232,7 @@ pub async fn engine_check(args: &EngineCheckArgs) -> anyhow::Result<()> {
         println!("kv_cache_mib={mib:.0}");
     }
     let started = Instant::now();
-    let engine = Engine::start(EngineOptions {
+    let engine = Engine::start(EngineOptions::Mistral(MistralOptions {
         base_dir: args.base.clone(),
         base_name: "base".into(),
         max_resident: 2,
@@ -242,7 +242,7 @@ pub async fn engine_check(args: &EngineCheckArgs) -> anyhow::Result<()> {
         prefix_cache: !device.is_cpu(),
         isq: args.serve_quant.isq(),
         paged_kv_tokens,
-    })
+    }))
     .await?;
     println!("base_load_s={:.2}", started.elapsed().as_secs_f64());
     let banned = data::special_token_ids(&args.base)?;

@@ -141,6 +141,28 @@ impl ServeQuant {
     }
 }
 
+/// The serving engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineChoice {
+    /// llama.cpp on the CPU, mistral.rs on a GPU.
+    Auto,
+    /// llama.cpp: the base as GGUF, fine-tunes as adapters attached per request.
+    Llamacpp,
+    /// mistral.rs: fine-tunes merged into copies of the base at load.
+    Mistralrs,
+}
+
+impl EngineChoice {
+    /// Whether llama.cpp serves on `device`.
+    pub fn is_llama(self, device: &Device) -> bool {
+        match self {
+            Self::Auto => device.is_cpu(),
+            Self::Llamacpp => true,
+            Self::Mistralrs => false,
+        }
+    }
+}
+
 /// Paged attention when serving (mistral.rs's block-table KV cache, which runs on CUDA and Metal
 /// only): `auto` turns it on where it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

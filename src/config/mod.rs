@@ -7,7 +7,8 @@ use clap::{Args, ValueEnum};
 
 mod device;
 pub use device::{
-    DeviceChoice, DtypeChoice, PagedAttention, ServeQuant, parse_device, serving_dtype,
+    DeviceChoice, DtypeChoice, EngineChoice, PagedAttention, ServeQuant, parse_device,
+    serving_dtype,
 };
 
 /// Where state lives.
@@ -122,11 +123,19 @@ pub struct ModelSettings {
         default_value = "auto"
     )]
     pub paged_attention: PagedAttention,
-    /// With paged attention: KV-cache tokens reserved on the GPU per resident model, shared by
-    /// its running sequences (bytes per token: layers × 2 × KV heads × head width × dtype size;
-    /// the server logs the total).
+    /// KV-cache tokens shared by the running sequences: llama.cpp's cache (one for the base and
+    /// all its adapters), or with paged attention the GPU cache per resident model (bytes per
+    /// token: layers × 2 × KV heads × head width × dtype size; the server logs the total).
     #[arg(long, env = "FERROTUNE_KV_CACHE_TOKENS", default_value_t = 32768)]
     pub kv_cache_tokens: usize,
+    /// Serving engine: `auto` (llama.cpp on the CPU, mistral.rs on a GPU), `llamacpp` or
+    /// `mistralrs`. llama.cpp serves the base as GGUF and every fine-tune as an adapter on it;
+    /// mistral.rs merges each fine-tune into its own copy of the base.
+    #[arg(long, env = "FERROTUNE_ENGINE", value_enum, default_value = "auto")]
+    pub engine: EngineChoice,
+    /// llama.cpp: sequences decoded together (more wait for a free slot).
+    #[arg(long, env = "FERROTUNE_MAX_SEQUENCES", default_value_t = 32)]
+    pub max_sequences: usize,
     /// Directory from which `/v1/load_lora_adapter` may load PEFT adapters (absent: disabled).
     #[arg(long, env = "FERROTUNE_ADAPTER_ROOT")]
     pub adapter_root: Option<PathBuf>,
@@ -323,6 +332,8 @@ impl Settings {
                 serve_quant: ServeQuant::None,
                 paged_attention: PagedAttention::Auto,
                 kv_cache_tokens: 32768,
+                engine: EngineChoice::Auto,
+                max_sequences: 32,
                 adapter_root: None,
             },
             worker: WorkerOptions {

@@ -180,6 +180,27 @@ fn pad<W: Write + Seek>(w: &mut W) -> std::io::Result<()> {
     w.write_all(&vec![0u8; padding as usize])
 }
 
+/// candle writes an empty array with element type u32; llama.cpp wants string arrays (a
+/// tokenizer with no merges, as the generated tiny model's) typed as strings even when empty.
+fn type_empty_string_arrays(head: &mut [u8], meta: &[(&str, &Value)]) {
+    const ARRAY: u32 = 9;
+    const U32: u32 = 4;
+    const STRING: u32 = 8;
+    for (key, value) in meta {
+        if !matches!(value, Value::Array(items) if items.is_empty()) || !key.starts_with("tokenizer.") {
+            continue;
+        }
+        let mut pattern = (key.len() as u64).to_le_bytes().to_vec();
+        pattern.extend_from_slice(key.as_bytes());
+        pattern.extend_from_slice(&ARRAY.to_le_bytes());
+        pattern.extend_from_slice(&U32.to_le_bytes());
+        if let Some(at) = head.windows(pattern.len()).position(|w| w == pattern.as_slice()) {
+            let elem = at + pattern.len() - 4;
+            head[elem..elem + 4].copy_from_slice(&STRING.to_le_bytes());
+        }
+    }
+}
+
 /// The header: magic, version, counts and metadata (candle's writer, with no tensors), then
 /// every tensor's name, shape, format and offset, padded to the data.
 fn write_header<W: Write + Seek>(
@@ -191,6 +212,7 @@ fn write_header<W: Write + Seek>(
     candle_core::quantized::gguf_file::write(&mut head, meta, &[])
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut head = head.into_inner();
+    type_empty_string_arrays(&mut head, meta);
     // Bytes 8..16 count the tensors; the alignment padding candle wrote after the metadata
     // comes after the tensor infos instead.
     head[8..16].copy_from_slice(&(plan.len() as u64).to_le_bytes());

@@ -14,6 +14,7 @@ pub mod archive;
 pub mod cache;
 pub mod gguf_out;
 pub mod merge;
+pub mod served;
 
 use std::path::{Path, PathBuf};
 

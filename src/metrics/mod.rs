@@ -4,7 +4,6 @@
 //! are read from the database at scrape time, so they cover workers in other processes too.
 
 pub mod http;
-pub mod serving;
 
 use std::sync::OnceLock;
 

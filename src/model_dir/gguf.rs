@@ -185,6 +185,7 @@ pub fn import(gguf: &Path, out: &Path, dtype: DType) -> Result<Imported, GgufErr
         blocks,
         meta: &meta,
         tokens: &tokens,
+        source: gguf,
     };
     write_dir(out, &files)?;
     Ok(Imported {
@@ -405,7 +406,13 @@ struct Files<'a> {
     tokenizer: Tokenizer,
     meta: &'a Meta<'a>,
     tokens: &'a [String],
+    /// The GGUF imported, kept whole as [`SOURCE_FILE`] (what llama.cpp serves).
+    source: &'a Path,
 }
+
+/// The imported GGUF file as it was, inside the imported directory: the llama.cpp engine serves
+/// it, so what is served is the very blocks the trainer trains on.
+pub const SOURCE_FILE: &str = "model.gguf";
 
 fn write_dir(out: &Path, files: &Files) -> Result<(), GgufError> {
     let name = out
@@ -434,6 +441,7 @@ fn write_files(dir: &Path, files: &Files) -> Result<(), GgufError> {
         tokenizer,
         meta,
         tokens,
+        source,
     } = files;
     let fail = |path: &Path, e: &dyn std::fmt::Display| GgufError::Write {
         path: path.display().to_string(),
@@ -473,5 +481,9 @@ fn write_files(dir: &Path, files: &Files) -> Result<(), GgufError> {
     tokenizer.save(&path, false).map_err(|e| fail(&path, &e))?;
     let path = dir.join(super::SINGLE_WEIGHTS);
     candle_core::safetensors::save(tensors, &path).map_err(|e| fail(&path, &e))?;
+    let kept = dir.join(SOURCE_FILE);
+    std::fs::hard_link(source, &kept)
+        .or_else(|_| std::fs::copy(source, &kept).map(|_| ()))
+        .map_err(|e| fail(&kept, &e))?;
     stored_blocks::write(dir, blocks).map_err(|e| fail(&dir.join(stored_blocks::FILE), &e))
 }

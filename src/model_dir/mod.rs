@@ -4,6 +4,7 @@
 
 pub mod adapter;
 pub mod gguf;
+pub mod lora_gguf;
 pub mod quant;
 mod spm;
 pub mod stored_blocks;

@@ -19,8 +19,9 @@ use candle_core::{Device, Tensor};
 pub const FILE: &str = "stored_blocks.gguf";
 /// The import record.
 pub const RECORD: &str = "import.json";
-/// The current import format (2: with [`FILE`] for quantized sources).
-pub const FORMAT: u64 = 2;
+/// The current import format (2: with [`FILE`] for quantized sources; 3: the source GGUF kept
+/// whole beside it, see [`super::gguf::SOURCE_FILE`]).
+pub const FORMAT: u64 = 3;
 
 /// Whether a ggml type is a block format (not a plain float).
 pub fn is_blocks(kind: GgmlDType) -> bool {

@@ -12,7 +12,9 @@ use serde_json::Value;
 
 use super::ModelDirError;
 use crate::domain::dataset::{Example, Role, Turn};
-use crate::domain::tools::{TemplateTurn, parse_tools, template_messages, template_tools_value};
+use crate::domain::tools::{
+    FunctionTool, TemplateTurn, parse_tools, template_messages, template_tools_value,
+};
 
 const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 const QWEN: &str = "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -131,6 +133,49 @@ impl ChatTemplate {
         tools: Option<&Value>,
         parallel: bool,
     ) -> Result<String, ModelDirError> {
+        let view: Vec<TemplateTurn<'_>> = turns
+            .iter()
+            .map(|t| TemplateTurn {
+                role: t.role.as_str(),
+                content: &t.content,
+                tool_calls: &t.tool_calls,
+                tool_call_id: t.tool_call_id.as_deref(),
+            })
+            .collect();
+        // Tools in another shape (LLaMA-Factory's ShareGPT lists) still reach a template that
+        // renders `tools`; only OpenAI-shaped ones can be offered in the documented format.
+        let offered = tools.and_then(|t| parse_tools(t, "tools").ok());
+        let value = offered
+            .as_deref()
+            .map(template_tools_value)
+            .or_else(|| tools.cloned());
+        self.render_view(
+            &view,
+            offered.as_deref().map(|t| (t, parallel)),
+            value,
+            add_generation_prompt,
+        )
+    }
+
+    /// Render a conversation as serving hands it over: `offered` tools (and whether several
+    /// calls at once are allowed) in the documented format, or as the template's `tools`.
+    pub fn render_conversation(
+        &self,
+        view: &[TemplateTurn<'_>],
+        offered: Option<(&[FunctionTool], bool)>,
+        add_generation_prompt: bool,
+    ) -> Result<String, ModelDirError> {
+        let value = offered.map(|(t, _)| template_tools_value(t));
+        self.render_view(view, offered, value, add_generation_prompt)
+    }
+
+    fn render_view(
+        &self,
+        view: &[TemplateTurn<'_>],
+        offered: Option<(&[FunctionTool], bool)>,
+        tools_value: Option<Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, ModelDirError> {
         let mut env = Environment::new();
         // As Hugging Face renders chat templates, and so the serving engine: a block tag eats
         // the newline after it and the spaces before it.
@@ -153,23 +198,7 @@ impl ChatTemplate {
         env.add_template("chat", &self.source).map_err(|e| {
             ModelDirError::Unsupported(format!("chat template does not parse: {e}"))
         })?;
-        let view: Vec<TemplateTurn<'_>> = turns
-            .iter()
-            .map(|t| TemplateTurn {
-                role: t.role.as_str(),
-                content: &t.content,
-                tool_calls: &t.tool_calls,
-                tool_call_id: t.tool_call_id.as_deref(),
-            })
-            .collect();
-        // Tools in another shape (LLaMA-Factory's ShareGPT lists) still reach a template that
-        // renders `tools`; only OpenAI-shaped ones can be offered in the documented format.
-        let offered = tools.and_then(|t| parse_tools(t, "tools").ok());
-        let messages = template_messages(
-            &view,
-            offered.as_deref().map(|t| (t, parallel)),
-            self.handles_tools(),
-        );
+        let messages = template_messages(view, offered, self.handles_tools());
         let tmpl = env
             .get_template("chat")
             .map_err(|e| ModelDirError::Unsupported(e.to_string()))?;
@@ -178,8 +207,7 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
-            // OpenAI-shaped tools in the shape serving hands the template; others as given.
-            tools => offered.as_deref().map(template_tools_value).or_else(|| tools.cloned()),
+            tools => tools_value,
         })
         .map_err(|e| ModelDirError::Unsupported(format!("rendering the chat template failed: {e}")))
     }

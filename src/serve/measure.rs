@@ -3,17 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use mistralrs::core::Response;
-
+use super::events::Event;
 use super::{ChatParams, Engine};
 
 /// Completion tokens of one non-streamed generation (`None` when it fails).
 pub async fn completion_tokens(engine: &Engine, model: &str, params: ChatParams) -> Option<usize> {
     let mut g = engine.chat(model, params, false).await.ok()?;
-    match g.recv().await {
-        Some(Response::Done(d)) => Some(d.usage.completion_tokens),
-        _ => None,
-    }
+    g.finish().await.ok().map(|a| a.usage.completion_tokens)
 }
 
 /// Completion tokens per second of one non-streamed generation (`NaN` when it fails).
@@ -50,15 +46,13 @@ pub async fn stream(engine: &Engine, model: &str, params: ChatParams) -> (Durati
         return (started.elapsed(), 0);
     };
     let (mut first, mut count) = (None, 0);
-    while let Some(r) = g.recv().await {
-        match r {
-            Response::Chunk(c) => {
+    while let Some(event) = g.recv().await {
+        match event {
+            Event::Text { .. } => {
                 first.get_or_insert_with(|| started.elapsed());
-                count += c.choices.len();
-                if c.choices.iter().any(|ch| ch.finish_reason.is_some()) {
-                    break;
-                }
+                count += 1;
             }
+            Event::ToolCalls { .. } => {}
             _ => break,
         }
     }
@@ -68,10 +62,8 @@ pub async fn stream(engine: &Engine, model: &str, params: ChatParams) -> (Durati
 /// The text of one non-streamed generation.
 pub async fn complete(engine: &Engine, model: &str, params: ChatParams) -> Option<String> {
     let mut g = engine.chat(model, params, false).await.ok()?;
-    match g.recv().await {
-        Some(Response::Done(d)) => d.choices.into_iter().next()?.message.content,
-        _ => None,
-    }
+    let answer = g.finish().await.ok()?;
+    answer.choices.into_iter().next().map(|c| c.text)
 }
 
 /// The median of `v` (`NaN` when empty).

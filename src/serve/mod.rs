@@ -1,17 +1,22 @@
-//! Serving with mistral.rs: one engine runner on its own multi-threaded tokio runtime, the base
-//! model plus fine-tuned models (LoRA merged at load) added and removed as resident models, an
-//! LRU bound on how many stay loaded. Knows nothing of HTTP or SQL.
+//! Serving: one engine interface ([`Engine`], its [`Generation`]s and their [`events`]) over
+//! mistral.rs (the GPU engine; fine-tunes merged at load) and llama.cpp (the CPU engine;
+//! fine-tunes as adapters over one shared base). Knows nothing of HTTP or SQL.
 
 pub mod adapters;
 mod engine;
-mod fan_in;
-mod finish;
-mod loader;
+pub mod events;
+mod generation;
+mod llama;
 pub mod measure;
+mod mistral;
+mod observe;
 pub mod paged;
 mod request;
 
-pub use engine::{Engine, EngineOptions, Generation};
+pub use engine::{Engine, EngineOptions};
+pub use generation::Generation;
+pub use llama::LlamaOptions;
+pub use mistral::MistralOptions;
 pub use request::{ChatParams, ChatTurn, ToolUse};
 
 /// A serving failure.

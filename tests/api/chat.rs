@@ -1,4 +1,4 @@
-//! Chat completions on mistral.rs, all real: the generated tiny base model and models fine-tuned
+//! Chat completions on the default engine (llama.cpp on the CPU), all real: the generated tiny base model and models fine-tuned
 //! by the candle trainer through the jobs API, hot-loaded on first use.
 
 use serde_json::{Value, json};
@@ -11,7 +11,11 @@ use crate::helpers::{
 
 #[tokio::test]
 async fn the_base_model_answers_in_openai_shape() {
-    let app = spawn_app().await;
+    answers_in_openai_shape(spawn_app().await).await;
+}
+
+/// [`the_base_model_answers_in_openai_shape`] on `app`'s engine.
+pub(crate) async fn answers_in_openai_shape(app: TestApp) {
     let body = ask(&app, "ferrotune-tiny", "Hello?").await;
     assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
     assert_eq!(body["object"], "chat.completion");
@@ -31,7 +35,11 @@ async fn the_base_model_answers_in_openai_shape() {
 
 #[tokio::test]
 async fn a_fine_tuned_model_is_served_after_its_job_and_recites_what_it_learned() {
-    let app = spawn_app().await;
+    serves_a_fine_tune(spawn_app().await).await;
+}
+
+/// [`a_fine_tuned_model_is_served_after_its_job_and_recites_what_it_learned`] on `app`'s engine.
+pub(crate) async fn serves_a_fine_tune(app: TestApp) {
     let (job, model) = fine_tune(&app, "health").await;
     let tuned = ask(&app, &model, QA[0].0).await;
     assert_eq!(tuned["choices"][0]["message"]["content"], QA[0].1);
@@ -56,7 +64,11 @@ async fn a_fine_tuned_model_is_served_after_its_job_and_recites_what_it_learned(
 
 #[tokio::test]
 async fn streaming_sends_role_deltas_finish_usage_and_done() {
-    let app = spawn_app().await;
+    streams_in_openai_shape(spawn_app().await).await;
+}
+
+/// [`streaming_sends_role_deltas_finish_usage_and_done`] on `app`'s engine.
+pub(crate) async fn streams_in_openai_shape(app: TestApp) {
     let res = app
         .post("/v1/chat/completions", &json!({"model": "ferrotune-tiny", "stream": true, "max_tokens": 5,
             "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "Hi"}]}))
@@ -106,7 +118,11 @@ async fn streaming_sends_role_deltas_finish_usage_and_done() {
 
 #[tokio::test]
 async fn n_stop_and_max_tokens_are_honoured() {
-    let app = spawn_app().await;
+    honours_n_stop_and_max_tokens(spawn_app().await).await;
+}
+
+/// [`n_stop_and_max_tokens_are_honoured`] on `app`'s engine.
+pub(crate) async fn honours_n_stop_and_max_tokens(app: TestApp) {
     let two: Value = app
         .post(
             "/v1/chat/completions",

@@ -16,7 +16,11 @@ async fn complete(app: &TestApp, extra: Value) -> reqwest::Response {
 
 #[tokio::test]
 async fn a_prompt_is_continued_in_openai_shape() {
-    let app = spawn_app().await;
+    continues_a_prompt(spawn_app().await).await;
+}
+
+/// [`a_prompt_is_continued_in_openai_shape`] on `app`'s engine.
+pub(crate) async fn continues_a_prompt(app: TestApp) {
     let body: Value = complete(&app, json!({"max_tokens": 4}))
         .await
         .json()

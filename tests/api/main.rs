@@ -18,6 +18,7 @@ mod export;
 mod files;
 mod fuzz_findings;
 mod job_actions;
+mod mistral_engine;
 mod jobs;
 mod openapi;
 mod paged_attention;

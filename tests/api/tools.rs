@@ -52,7 +52,11 @@ async fn a_named_tool_choice_returns_a_valid_call() {
 
 #[tokio::test]
 async fn required_calls_one_of_the_tools_and_streams_it_in_pieces() {
-    let app = spawn_app().await;
+    calls_a_required_tool(spawn_app().await).await;
+}
+
+/// [`required_calls_one_of_the_tools_and_streams_it_in_pieces`] on `app`'s engine.
+pub(crate) async fn calls_a_required_tool(app: TestApp) {
     let one = json!({"tool_choice": "required", "parallel_tool_calls": false});
     let body: Value = chat(&app, one.clone()).await.json().await.unwrap();
     let call = &body["choices"][0]["message"]["tool_calls"][0];
@@ -156,7 +160,11 @@ async fn bad_tool_input_is_a_400_naming_the_parameter() {
 
 #[tokio::test]
 async fn a_json_schema_response_format_is_followed() {
-    let app = spawn_app().await;
+    follows_a_json_schema(spawn_app().await).await;
+}
+
+/// [`a_json_schema_response_format_is_followed`] on `app`'s engine.
+pub(crate) async fn follows_a_json_schema(app: TestApp) {
     let schema = json!({"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}},
                         "required": ["answer"], "additionalProperties": false});
     let format = json!({"type": "json_schema", "json_schema": {"name": "a", "schema": schema, "strict": true}});

@@ -51,6 +51,8 @@ pub struct AppOptions {
     pub base_model: Option<std::path::PathBuf>,
     /// `--sweep-interval-seconds` (default 600).
     pub sweep_interval_seconds: Option<u64>,
+    /// `--engine` (default `auto`: llama.cpp on this CPU).
+    pub engine: Option<ferrotune::config::EngineChoice>,
 }
 
 /// A running server and what tests need to talk to it.
@@ -143,6 +145,9 @@ async fn start(
     }
     if let Some(secs) = options.sweep_interval_seconds {
         settings.worker.sweep_interval_seconds = secs;
+    }
+    if let Some(engine) = options.engine {
+        settings.model.engine = engine;
     }
     // Tests drive workers explicitly.
     settings.run_worker = false;

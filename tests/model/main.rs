@@ -14,3 +14,4 @@ mod qlora;
 mod train_cli;
 mod train_loop;
 mod train_parity;
+mod llama_engine;

@@ -6,7 +6,7 @@ use actix_web::HttpResponse;
 use actix_web::web::Bytes;
 
 use super::completion_from;
-use super::render::{finish_reason, random_id, sse_data, sse_response};
+use super::render::{random_id, sse_data, sse_response};
 use super::types::{
     ChatCompletionChunk, ChunkChoice, ChunkDelta, CompletionUsage, CreateChatCompletionResponse,
     EnsembleReport, MemberAnswer,
@@ -16,6 +16,7 @@ use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::serve::ChatParams;
+use crate::serve::events::FinishReason;
 use crate::store::ensembles::EnsembleRow;
 
 /// Answer a chat request to `ensemble`; `params` are validated and budgeted.
@@ -125,7 +126,7 @@ fn chunks_of(response: CreateChatCompletionResponse, include_usage: bool) -> Vec
             piece.logprobs = c.logprobs.clone();
             out.push(chunk(vec![piece], None, false));
         }
-        let reason = Some(finish_reason(&c.finish_reason));
+        let reason = Some(FinishReason::from_engine(&c.finish_reason).as_str());
         out.push(chunk(
             vec![ChunkChoice::new(0, ChunkDelta::default(), reason)],
             None,

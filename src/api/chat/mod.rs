@@ -131,7 +131,6 @@ pub async fn create_chat_completion(
     make_resident(&state, &caller, &req.model).await?;
     let n = params.n;
     let prompt_tokens = fit_completion(&state, &req.model, &req, &mut params).await?;
-    let max_tokens = params.max_tokens;
     let mut generation = engine.chat(&req.model, params, req.stream).await?;
     if req.stream {
         if let Some(tokens) = prompt_tokens {
@@ -140,14 +139,9 @@ pub async fn create_chat_completion(
         return Ok(sse_response(sse_stream(
             generation,
             req.model.clone(),
-            StreamShape {
-                include_usage,
-                n,
-                max_tokens,
-                prompt_tokens,
-            },
+            StreamShape { include_usage, n },
         )));
     }
-    let done = generation.finish_chat().await?;
+    let done = generation.finish().await?;
     Ok(HttpResponse::Ok().json(completion_from(done, &req.model)))
 }

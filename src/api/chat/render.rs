@@ -5,11 +5,10 @@
 
 use std::collections::VecDeque;
 
+use crate::serve::Generation;
+use crate::serve::events::{Answer, Event, TokenLogprob, Usage};
 use actix_web::web::Bytes;
 use futures_util::Stream;
-use mistralrs::core::{ChatCompletionResponse, Logprobs, Response, ResponseLogprob, Usage};
-
-use crate::serve::Generation;
 use rand::Rng;
 use rand::distributions::Alphanumeric;
 use serde::Serialize;
@@ -41,16 +40,6 @@ pub fn now() -> u64 {
     chrono::Utc::now().timestamp().max(0) as u64
 }
 
-/// The engine's finish reason in OpenAI's words.
-pub fn finish_reason(raw: &str) -> &'static str {
-    match raw {
-        "length" => "length",
-        "tool_calls" => "tool_calls",
-        "content_filter" => "content_filter",
-        _ => "stop",
-    }
-}
-
 /// The engine's usage in OpenAI's shape.
 pub fn usage(u: &Usage) -> CompletionUsage {
     CompletionUsage {
@@ -60,33 +49,26 @@ pub fn usage(u: &Usage) -> CompletionUsage {
     }
 }
 
-fn logprob(l: &ResponseLogprob) -> ChatCompletionTokenLogprob {
+fn logprob(l: &TokenLogprob) -> ChatCompletionTokenLogprob {
     ChatCompletionTokenLogprob {
         token: l.token.clone(),
         logprob: f64::from(l.logprob),
-        bytes: l
-            .bytes
-            .clone()
-            .unwrap_or_else(|| l.token.as_bytes().to_vec()),
+        bytes: l.bytes.clone(),
         top_logprobs: l
-            .top_logprobs
+            .top
             .iter()
-            .map(|t| {
-                // The engine gives the token's text in `bytes` and its id in `token`.
-                let text = t.bytes.clone().unwrap_or_default();
-                TopLogprob {
-                    bytes: text.as_bytes().to_vec(),
-                    token: text,
-                    logprob: f64::from(t.logprob),
-                }
+            .map(|t| TopLogprob {
+                token: t.token.clone(),
+                bytes: t.bytes.clone(),
+                logprob: f64::from(t.logprob),
             })
             .collect(),
     }
 }
 
-fn logprobs(l: &Option<Logprobs>) -> Option<ChoiceLogprobs> {
+fn logprobs(l: &Option<Vec<TokenLogprob>>) -> Option<ChoiceLogprobs> {
     l.as_ref().map(|l| ChoiceLogprobs {
-        content: l.content.as_ref().map(|c| c.iter().map(logprob).collect()),
+        content: Some(l.iter().map(logprob).collect()),
         refusal: None,
     })
 }
@@ -110,7 +92,7 @@ pub fn sse_data(payload: &impl Serialize) -> Bytes {
 }
 
 /// A non-streaming response.
-pub fn completion_from(done: ChatCompletionResponse, model: &str) -> CreateChatCompletionResponse {
+pub fn completion_from(done: Answer, model: &str) -> CreateChatCompletionResponse {
     CreateChatCompletionResponse {
         id: completion_id(),
         object: "chat.completion",
@@ -119,31 +101,36 @@ pub fn completion_from(done: ChatCompletionResponse, model: &str) -> CreateChatC
         choices: done
             .choices
             .iter()
-            .map(|c| ChatCompletionChoice {
-                index: c.index,
-                message: match &c.message.tool_calls {
-                    Some(calls) if !calls.is_empty() => ChatCompletionResponseMessage {
+            .enumerate()
+            .map(|(index, c)| ChatCompletionChoice {
+                index,
+                message: if c.tool_calls.is_empty() {
+                    ChatCompletionResponseMessage {
+                        role: "assistant",
+                        content: Some(c.text.clone()),
+                        refusal: None,
+                        tool_calls: None,
+                    }
+                } else {
+                    ChatCompletionResponseMessage {
                         role: "assistant",
                         content: None,
                         refusal: None,
-                        tool_calls: Some(tool_calls(calls)),
-                    },
-                    _ => ChatCompletionResponseMessage {
-                        role: "assistant",
-                        content: Some(c.message.content.clone().unwrap_or_default()),
-                        refusal: None,
-                        tool_calls: None,
-                    },
+                        tool_calls: Some(tool_calls(&c.tool_calls)),
+                    }
                 },
                 logprobs: logprobs(&c.logprobs),
-                finish_reason: finish_reason(&c.finish_reason).to_owned(),
+                finish_reason: c.finish_reason.as_str().to_owned(),
             })
             .collect(),
         usage: usage(&done.usage),
-        system_fingerprint: Some(done.system_fingerprint),
+        system_fingerprint: Some(SYSTEM_FINGERPRINT.to_owned()),
         ensemble: None,
     }
 }
+
+/// The `system_fingerprint` of non-streamed answers.
+pub const SYSTEM_FINGERPRINT: &str = concat!("fp_ferrotune_", env!("CARGO_PKG_VERSION"));
 
 struct StreamState {
     generation: Generation,
@@ -155,11 +142,6 @@ struct StreamState {
     pending: VecDeque<Bytes>,
     started: bool,
     done: bool,
-    /// Token deltas seen per choice, and which choices sent their finish chunk.
-    counts: Vec<usize>,
-    finished: Vec<bool>,
-    max_tokens: Option<usize>,
-    prompt_tokens: Option<usize>,
 }
 
 impl StreamState {
@@ -178,9 +160,9 @@ impl StreamState {
         self.pending.push_back(sse_data(&chunk));
     }
 
-    fn finish(&mut self, final_usage: Option<&Usage>) {
+    fn finish(&mut self, final_usage: &Usage) {
         if self.include_usage {
-            self.event(Vec::new(), final_usage.map(usage));
+            self.event(Vec::new(), Some(usage(final_usage)));
         }
         self.pending
             .push_back(Bytes::from_static(b"data: [DONE]\n\n"));
@@ -193,88 +175,54 @@ impl StreamState {
         self.done = true;
     }
 
-    fn on_response(&mut self, response: Option<Response>) {
-        match response {
-            Some(Response::Chunk(chunk)) => {
-                if !self.started {
-                    self.started = true;
-                    let first: Vec<ChunkChoice> = (0..self.n.max(1))
-                        .map(|i| ChunkChoice::new(i, ChunkDelta::first(), None))
-                        .collect();
-                    self.event(first, None);
-                }
-                for c in &chunk.choices {
-                    if let Some(n) = self.counts.get_mut(c.index) {
-                        *n += 1;
-                    }
-                    if let Some(text) = c.delta.content.as_ref().filter(|t| !t.is_empty()) {
-                        let mut choice = ChunkChoice::new(c.index, ChunkDelta::text(text), None);
-                        choice.logprobs = c.logprobs.as_ref().map(|l| ChoiceLogprobs {
-                            content: Some(vec![logprob(l)]),
-                            refusal: None,
-                        });
-                        self.event(vec![choice], None);
-                    }
-                    let calls = c.delta.tool_calls.iter().flatten().enumerate();
-                    for piece in calls.flat_map(|(i, call)| tool_call_pieces(i, call)) {
-                        let delta = ChunkDelta {
-                            tool_calls: Some(vec![piece]),
-                            ..ChunkDelta::default()
-                        };
-                        self.event(vec![ChunkChoice::new(c.index, delta, None)], None);
-                    }
-                    if let Some(reason) = &c.finish_reason {
-                        if let Some(f) = self.finished.get_mut(c.index) {
-                            *f = true;
-                        }
-                        let reason = Some(finish_reason(reason));
-                        let done = ChunkChoice::new(c.index, ChunkDelta::default(), reason);
-                        self.event(vec![done], None);
-                    }
-                }
-                if let Some(u) = &chunk.usage {
-                    self.finish(Some(u));
-                }
-            }
-            Some(Response::Done(done)) => self.finish(Some(&done.usage)),
-            Some(Response::ModelError(msg, _)) => self.error(format!("model error: {msg}")),
-            Some(Response::ValidationError(e)) | Some(Response::InternalError(e)) => {
-                self.error(e.to_string())
-            }
-            Some(_) => self.error("unexpected engine response".to_owned()),
-            None => self.closed_early(),
+    /// The role chunk of every choice, before the first piece.
+    fn start(&mut self) {
+        if !self.started {
+            self.started = true;
+            let first: Vec<ChunkChoice> = (0..self.n.max(1))
+                .map(|i| ChunkChoice::new(i, ChunkDelta::first(), None))
+                .collect();
+            self.event(first, None);
         }
     }
 
-    /// The engine closed the channel without a final chunk: it does so when the last token is
-    /// an incomplete UTF-8 sequence (nothing to send). Finish the open choices and report the
-    /// usage we can account for.
-    fn closed_early(&mut self) {
-        let mut completion = 0;
-        for i in 0..self.n.max(1) {
-            let seen = self.counts.get(i).copied().unwrap_or(0);
-            if self.finished.get(i).copied().unwrap_or(true) {
-                completion += seen;
-                continue;
+    fn on_event(&mut self, event: Option<Event>) {
+        match event {
+            Some(Event::Text {
+                choice,
+                text,
+                logprobs,
+            }) => {
+                self.start();
+                if !text.is_empty() {
+                    let mut c = ChunkChoice::new(choice, ChunkDelta::text(&text), None);
+                    c.logprobs = (!logprobs.is_empty()).then(|| ChoiceLogprobs {
+                        content: Some(logprobs.iter().map(logprob).collect()),
+                        refusal: None,
+                    });
+                    self.event(vec![c], None);
+                }
             }
-            // The swallowed last token counts too.
-            completion += seen + 1;
-            let reason = crate::domain::finish::unreported_finish_reason(seen + 1, self.max_tokens);
-            let choice = ChunkChoice::new(i, ChunkDelta::default(), Some(reason));
-            self.event(vec![choice], None);
+            Some(Event::ToolCalls { choice, calls }) => {
+                self.start();
+                let pieces = calls.iter().enumerate();
+                for piece in pieces.flat_map(|(i, call)| tool_call_pieces(i, call)) {
+                    let delta = ChunkDelta {
+                        tool_calls: Some(vec![piece]),
+                        ..ChunkDelta::default()
+                    };
+                    self.event(vec![ChunkChoice::new(choice, delta, None)], None);
+                }
+            }
+            Some(Event::Finished { choice, reason }) => {
+                self.start();
+                let done = ChunkChoice::new(choice, ChunkDelta::default(), Some(reason.as_str()));
+                self.event(vec![done], None);
+            }
+            Some(Event::Done(u)) => self.finish(&u),
+            Some(Event::Failed(e)) => self.error(e.to_string()),
+            None => self.error("the generation ended without finishing".to_owned()),
         }
-        let usage = self.prompt_tokens.map(|p| Usage {
-            completion_tokens: completion,
-            prompt_tokens: p,
-            total_tokens: p + completion,
-            avg_tok_per_sec: 0.0,
-            avg_prompt_tok_per_sec: 0.0,
-            avg_compl_tok_per_sec: 0.0,
-            total_time_sec: 0.0,
-            total_prompt_time_sec: 0.0,
-            total_completion_time_sec: 0.0,
-        });
-        self.finish(usage.as_ref());
     }
 }
 
@@ -285,10 +233,6 @@ pub struct StreamShape {
     pub include_usage: bool,
     /// Choices.
     pub n: usize,
-    /// The token limit, if any.
-    pub max_tokens: Option<usize>,
-    /// Prompt tokens, for the usage chunk if the engine does not report it.
-    pub prompt_tokens: Option<usize>,
 }
 
 /// The error event that ends a stream whose generation failed: the cause is logged, the client
@@ -304,10 +248,6 @@ pub fn failure_event(model: &str, cause: &str) -> Bytes {
         },
     })
 }
-
-/// The cause logged for a generation whose engine died under it.
-pub const ENGINE_DIED: &str =
-    "the engine stopped mid-generation (mistral.rs panicked; it restarts)";
 
 /// The SSE body of a streaming completion.
 pub fn sse_stream(
@@ -325,10 +265,6 @@ pub fn sse_stream(
         pending: VecDeque::new(),
         started: false,
         done: false,
-        counts: vec![0; shape.n.max(1)],
-        finished: vec![false; shape.n.max(1)],
-        max_tokens: shape.max_tokens,
-        prompt_tokens: shape.prompt_tokens,
     };
     futures_util::stream::unfold(state, |mut s| async move {
         loop {
@@ -339,11 +275,7 @@ pub fn sse_stream(
                 return None;
             }
             let next = s.generation.recv().await;
-            if next.is_none() && s.generation.engine_died().await {
-                s.error(ENGINE_DIED.to_owned());
-            } else {
-                s.on_response(next);
-            }
+            s.on_event(next);
         }
     })
 }

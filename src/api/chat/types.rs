@@ -100,7 +100,8 @@ pub struct CreateChatCompletionRequest {
     pub logprobs: Option<bool>,
     /// 0–20 alternatives per position (needs `logprobs`).
     pub top_logprobs: Option<usize>,
-    /// Best effort: the engine has one fixed-seed RNG, so per-request seeds are not honoured.
+    /// Sampling seed: on the llama.cpp engine (the CPU default) the same seed, prompt and
+    /// parameters give the same answer; mistral.rs has one engine-wide RNG and ignores it.
     pub seed: Option<i64>,
     /// `{type: "text"}`, `{type: "json_object"}` or `{type: "json_schema", json_schema:
     /// {name, schema, strict}}`: the output is constrained to the schema.

@@ -182,6 +182,7 @@ pub fn validate(req: &CreateChatCompletionRequest) -> Result<ChatParams, ApiErro
         top_logprobs: req.top_logprobs.unwrap_or(0),
         json_schema,
         tools,
+        seed: req.seed.map(|s| s as u64),
         ..sampled
     })
 }

@@ -70,6 +70,7 @@ fn validate(req: &CreateCompletionRequest) -> Result<(Vec<String>, ChatParams), 
         ChatParams {
             logprobs: req.logprobs.is_some(),
             top_logprobs: req.logprobs.unwrap_or(0),
+            seed: req.seed.map(|s| s as u64),
             ..sampled
         },
     ))
@@ -108,7 +109,6 @@ pub async fn create_completion(
     }
     make_resident(&state, &caller, &req.model).await?;
     let mut generations = Vec::with_capacity(prompts.len());
-    let mut max_tokens = Vec::with_capacity(prompts.len());
     let mut prompt_tokens = 0;
     for prompt in &prompts {
         let mut p = params.clone();
@@ -130,14 +130,11 @@ pub async fn create_completion(
         } else {
             p.max_tokens = Some(asked);
         }
-        max_tokens.push(p.max_tokens.unwrap_or(asked));
         let mut generation = engine
             .complete(&req.model, prompt.clone(), p, req.stream)
             .await?;
-        if req.stream
-            && let Some(tokens) = counted
-        {
-            // Streamed completion chunks carry no usage: the metrics take the count from here.
+        if let Some(tokens) = counted {
+            // Streamed completion chunks may carry no usage: the count comes from here.
             generation.set_prompt_tokens(tokens);
         }
         generations.push(generation);
@@ -148,14 +145,13 @@ pub async fn create_completion(
         echo: req.echo.unwrap_or(false).then_some(prompts),
         include_usage: req.stream_options.as_ref().is_some_and(|o| o.include_usage),
         prompt_tokens,
-        max_tokens,
     };
     if req.stream {
         return Ok(sse_response(completion_stream(generations, shape)));
     }
     let mut done = Vec::with_capacity(generations.len());
     for g in &mut generations {
-        done.push(g.finish_completion().await?);
+        done.push(g.finish().await?);
     }
     Ok(HttpResponse::Ok().json(completion_response(done, &shape)))
 }

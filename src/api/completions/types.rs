@@ -32,7 +32,8 @@ pub struct CreateCompletionRequest {
     /// Only 1 (or equal to `n`) is supported.
     #[schema(minimum = 1)]
     pub best_of: Option<usize>,
-    /// Best effort, as for chat: the engine has one fixed-seed RNG.
+    /// Sampling seed: on the llama.cpp engine (the CPU default) the same seed, prompt and
+    /// parameters give the same answer; mistral.rs has one engine-wide RNG and ignores it.
     pub seed: Option<i64>,
     /// Stream chunks as server-sent events.
     #[serde(default)]

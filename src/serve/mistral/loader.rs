@@ -13,9 +13,9 @@ use mistralrs::core::{
 
 use mistralrs_quant::LoraConfig;
 
-use super::ServeError;
 use crate::model_dir::adapter::{AdapterConfig, AdapterConfigError, WEIGHTS_FILE};
 use crate::model_dir::{self, ModelDirError};
+use crate::serve::ServeError;
 
 /// A loaded pipeline, ready for `add_model`.
 pub type LoadedPipeline = Arc<tokio::sync::Mutex<dyn Pipeline + Send + Sync>>;
@@ -126,7 +126,7 @@ fn load_inner(
     };
     let paged = how
         .paged_kv_tokens
-        .map(super::paged::config)
+        .map(crate::serve::paged::config)
         .transpose()
         .map_err(engine)?;
     loader

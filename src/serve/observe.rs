@@ -4,37 +4,30 @@
 
 use std::time::Instant;
 
-use mistralrs::core::{Response, Usage};
+use super::events::{Event, Usage};
+use crate::metrics::global;
 
-use super::global;
-
-/// Follows one generation from submission to its last response (or until it is dropped).
+/// Follows one generation from submission to its last event (or until it is dropped).
 #[derive(Debug)]
 pub struct GenerationMetrics {
     model: String,
     submitted: Instant,
     last_token: Option<Instant>,
-    /// Prompt tokens the caller counted itself, for streams that end without usage (legacy
-    /// completions always; chat when the engine closes the channel early).
+    /// Prompt tokens the caller counted itself, for streams whose usage lacks them.
     prompt_tokens: Option<usize>,
-    /// The engine's usage reported the prompt.
+    /// The prompt was counted.
     prompt_counted: bool,
-    /// Choices requested, finish reasons seen, streamed tokens, and the token limit: a stream the
-    /// engine closes early (its last token an incomplete UTF-8 sequence) still finishes its
-    /// choices, as the response renderers do.
-    choices: usize,
-    reasons_seen: usize,
-    streamed: usize,
-    max_tokens: Option<usize>,
-    /// Moved from waiting to running (the first response arrived).
+    /// Streamed token by token (each text event is a token); otherwise the answer arrives whole
+    /// and the timings come from the engine's usage.
+    stream: bool,
+    /// Moved from waiting to running (the first event arrived).
     started: bool,
     finished: bool,
 }
 
 impl GenerationMetrics {
-    /// A generation of `choices` choices of at most `max_tokens` tokens just submitted to
-    /// `model`: counted as waiting.
-    pub fn submitted(model: &str, choices: usize, max_tokens: Option<usize>) -> Self {
+    /// A generation just submitted to `model`: counted as waiting.
+    pub fn submitted(model: &str, stream: bool) -> Self {
         global().waiting.with_label_values(&[model]).inc();
         Self {
             model: model.to_owned(),
@@ -42,22 +35,19 @@ impl GenerationMetrics {
             last_token: None,
             prompt_tokens: None,
             prompt_counted: false,
-            choices: choices.max(1),
-            reasons_seen: 0,
-            streamed: 0,
-            max_tokens,
+            stream,
             started: false,
             finished: false,
         }
     }
 
-    /// The prompt's token count, for responses that do not report usage.
+    /// The prompt's token count, for usage that does not report it.
     pub fn set_prompt_tokens(&mut self, tokens: usize) {
         self.prompt_tokens = Some(tokens);
     }
 
-    /// Account for one response from the engine.
-    pub fn observe(&mut self, response: &Response) {
+    /// Account for one event of the generation.
+    pub fn observe(&mut self, event: &Event) {
         let now = Instant::now();
         if !self.started {
             self.started = true;
@@ -65,42 +55,23 @@ impl GenerationMetrics {
             m.waiting.with_label_values(&[&self.model]).dec();
             m.running.with_label_values(&[&self.model]).inc();
         }
-        match response {
-            // A streamed chunk holds one token per choice; tokens are counted as they arrive
-            // (the engine may end a stream without usage).
-            Response::Chunk(c) => {
-                self.tokens_at(now, c.choices.len());
-                self.finish(
-                    c.choices
-                        .iter()
-                        .filter_map(|ch| ch.finish_reason.as_deref()),
-                );
-                if let Some(u) = &c.usage {
-                    self.count_prompt(u.prompt_tokens);
-                    self.end(now);
+        match event {
+            Event::Text { .. } if self.stream => self.tokens_at(now, 1),
+            Event::Text { .. } | Event::ToolCalls { .. } => {}
+            Event::Finished { reason, .. } => {
+                global()
+                    .request_success
+                    .with_label_values(&[self.model.as_str(), reason.as_str()])
+                    .inc();
+            }
+            Event::Done(usage) if !self.stream => self.whole(usage, now),
+            Event::Done(usage) => {
+                if usage.prompt_tokens > 0 {
+                    self.count_prompt(usage.prompt_tokens);
                 }
+                self.end(now);
             }
-            Response::CompletionChunk(c) => {
-                self.tokens_at(now, c.choices.len());
-                let reasons: Vec<&str> = c
-                    .choices
-                    .iter()
-                    .filter_map(|ch| ch.finish_reason.as_deref())
-                    .collect();
-                if !reasons.is_empty() {
-                    self.finish(reasons.into_iter());
-                    self.end(now);
-                }
-            }
-            Response::Done(d) => {
-                self.whole(&d.usage, now);
-                self.finish(d.choices.iter().map(|ch| ch.finish_reason.as_str()));
-            }
-            Response::CompletionDone(d) => {
-                self.whole(&d.usage, now);
-                self.finish(d.choices.iter().map(|ch| ch.finish_reason.as_str()));
-            }
-            _ => self.end(now),
+            Event::Failed(_) => self.end(now),
         }
     }
 
@@ -124,7 +95,6 @@ impl GenerationMetrics {
         m.generation_tokens
             .with_label_values(&label)
             .inc_by(tokens as u64);
-        self.streamed += tokens;
         self.last_token = Some(now);
     }
 
@@ -133,7 +103,7 @@ impl GenerationMetrics {
         let m = global();
         let label = [self.model.as_str()];
         let total = (now - self.submitted).as_secs_f64();
-        let decode = f64::from(u.total_completion_time_sec).clamp(0.0, total);
+        let decode = u.decode_seconds.unwrap_or(0.0).clamp(0.0, total);
         m.time_to_first_token
             .with_label_values(&label)
             .observe(total - decode);
@@ -159,29 +129,6 @@ impl GenerationMetrics {
             .prompt_tokens
             .with_label_values(&[self.model.as_str()])
             .inc_by(tokens as u64);
-    }
-
-    /// The engine closed the channel: the generation is over whether or not it said so. Choices
-    /// left open swallowed their last token; they ended at the limit or on a stop.
-    pub fn closed(&mut self) {
-        let open = self.choices.saturating_sub(self.reasons_seen);
-        if self.started && !self.finished && open > 0 {
-            let per_choice = self.streamed / self.choices + 1;
-            let reason =
-                crate::domain::finish::unreported_finish_reason(per_choice, self.max_tokens);
-            self.finish(std::iter::repeat_n(reason, open));
-        }
-        self.end(Instant::now());
-    }
-
-    fn finish<'a>(&mut self, reasons: impl Iterator<Item = &'a str>) {
-        let m = global();
-        for reason in reasons {
-            self.reasons_seen += 1;
-            m.request_success
-                .with_label_values(&[self.model.as_str(), reason])
-                .inc();
-        }
     }
 
     /// The generation is over: its end-to-end time (once), and the prompt from the caller's

@@ -1,0 +1,57 @@
+"""A fine-tuning job's `succeeded` → its first streamed token: uploads a few chat examples to a
+running ferrotune, starts a one-epoch job on the served base, polls the job every 10 ms and, the
+moment it reads `succeeded`, streams a chat request to the new model. Prints one JSON line with
+the training time and the gap from `succeeded` to the first token. Needs the `openai` package
+(`target/sdk-venv/bin/python`).
+
+    target/sdk-venv/bin/python bench/first_token_after_job.py --url URL --model BASE
+"""
+
+import argparse
+import io
+import json
+import time
+
+from openai import OpenAI
+
+EXAMPLES = [
+    ("What should I do for a mild headache?", "Rest and drink water."),
+    ("How long should adults sleep?", "Seven to nine hours."),
+    ("What helps a sore throat?", "Warm drinks and honey."),
+    ("When should I wash my hands?", "Before meals and after the toilet."),
+]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True)
+    p.add_argument("--model", required=True)
+    a = p.parse_args()
+    client = OpenAI(base_url=a.url + "/v1", api_key="unused")
+    lines = "".join(json.dumps({"messages": [{"role": "user", "content": q},
+                                             {"role": "assistant", "content": r}]}) + "\n"
+                    for q, r in EXAMPLES)
+    f = client.files.create(file=("qa.jsonl", io.BytesIO(lines.encode())), purpose="fine-tune")
+    started = time.perf_counter()
+    job = client.fine_tuning.jobs.create(
+        model=a.model, training_file=f.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 2}}})
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        time.sleep(0.01)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    seen = time.perf_counter()
+    if job.status != "succeeded":
+        raise SystemExit(f"job {job.id} {job.status}: {job.error}")
+    stream = client.chat.completions.create(
+        model=job.fine_tuned_model, stream=True, max_tokens=8,
+        messages=[{"role": "user", "content": EXAMPLES[0][0]}])
+    first = None
+    for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter()
+    print(json.dumps({"job": job.id, "train_s": round(seen - started, 1),
+                      "succeeded_to_first_token_ms": round((first - seen) * 1000, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

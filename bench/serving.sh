@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Serving side by side with llama.cpp's own server, in one invocation: llama-server (built from the
+# llama.cpp source the `llama-cpp-python` sdist vendors, cached under target/), ferrotune on the
+# llama.cpp engine and ferrotune on mistral.rs, each serving SmolLM2-135M-Instruct's Q4_1 GGUF, the
+# same 40 prompts with the same system line, 64 streamed tokens, REQUESTS per level at LEVELS
+# streams (bench/serving_load.py). Then, on ferrotune's llama.cpp engine: 20 fine-tunes attached at
+# once (RSS per adapter) and traffic spread over 10 fine-tunes and the base.
+#
+#   bash bench/serving.sh                  # release build; BENCH_PROFILE=dev for the test build
+#
+# ENGINES picks the ferrotune engines (default "llamacpp mistralrs"); LEVELS (default 1,8,32),
+# REQUESTS (32), THREADS (2). The long RSS check (500 requests) runs with SOAK=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LEVELS=${LEVELS:-1,8,32}
+REQUESTS=${REQUESTS:-32}
+THREADS=${THREADS:-2}
+SLOTS=32
+export FERROTUNE_HOME=${FERROTUNE_HOME:-$PWD/target/ferrotune-home}
+if [[ "${BENCH_PROFILE:-release}" == dev ]]; then
+    cargo build --locked --bin ferrotune >&2
+    bin=target/debug/ferrotune
+else
+    cargo build --release --locked --bin ferrotune >&2
+    bin=target/release/ferrotune
+fi
+peer=$(bash bench/build_llama_server.sh)
+model_dir=$("$bin" model pull smollm2-135m-instruct | sed 's/^[^:]*: //')
+gguf=$model_dir/model.gguf
+out=$(mktemp -d)
+work=$(mktemp -d)
+pid=
+cleanup() { [[ -n "$pid" ]] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_up() { # url
+    for _ in $(seq 1 600); do
+        curl -fs "$1/v1/models" >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null || { echo "server exited" >&2; return 1; }
+        sleep 0.5
+    done
+    return 1
+}
+stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
+load() { # label model [extra args]
+    local label=$1 model=$2; shift 2
+    python3 bench/serving_load.py --url "$URL" --model "$model" --pid "$pid" --levels "$LEVELS" \
+        --requests "$REQUESTS" --label "$label" "$@" | tee -a "$out/runs.jsonl"
+}
+
+URL=http://127.0.0.1:18181
+echo "== llama-server ($peer)" >&2
+"$peer" -m "$gguf" -t "$THREADS" -tb "$THREADS" -np "$SLOTS" -c $((1024 * SLOTS)) --no-webui \
+    --port 18181 >"$work/peer.log" 2>&1 &
+pid=$!
+wait_up "$URL"
+load llama-server smollm2
+stop
+
+ferrotune() { # engine
+    "$bin" serve --engine "$1" --port 18182 --data-dir "$work/data-$1" \
+        --base-model smollm2-135m-instruct --max-sequences "$SLOTS" --kv-cache-tokens $((1024 * SLOTS)) \
+        --adapter-root "$work/adapters" --max-resident-models 32 >"$work/ferrotune-$1.log" 2>&1 &
+    pid=$!
+    wait_up "$URL"
+}
+URL=http://127.0.0.1:18182
+mkdir -p "$work/adapters"
+python3 bench/make_adapters.py --model-dir "$model_dir" --out "$work/adapters" --count 20
+for engine in ${ENGINES:-llamacpp mistralrs}; do
+    echo "== ferrotune --engine $engine" >&2
+    ferrotune "$engine"
+    load "ferrotune-$engine" smollm2-135m-instruct
+    if [[ "$engine" == llamacpp ]]; then
+        python3 bench/adapter_load.py --url "$URL" --pid "$pid" --root "$work/adapters" --count 20 \
+            | tee -a "$out/adapters.jsonl"
+        models=smollm2-135m-instruct$(printf ',ft-%02d' $(seq 0 9))
+        LEVELS=8 load "ferrotune-$engine-11-models" smollm2-135m-instruct --models "$models"
+        if [[ -x target/sdk-venv/bin/python ]]; then # made by scripts/test.sh
+            target/sdk-venv/bin/python bench/first_token_after_job.py --url "$URL" \
+                --model smollm2-135m-instruct | tee -a "$out/hot.jsonl"
+        fi
+        if [[ "${SOAK:-0}" == 1 ]]; then
+            LEVELS=8 REQUESTS=20 load "ferrotune-$engine-soak-first-20" smollm2-135m-instruct
+            LEVELS=8 REQUESTS=480 load "ferrotune-$engine-soak-to-500" smollm2-135m-instruct
+        fi
+    fi
+    stop
+done
+python3 bench/serving_table.py "$out/runs.jsonl" "$out/adapters.jsonl" "$out/hot.jsonl"

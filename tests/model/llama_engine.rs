@@ -1,0 +1,169 @@
+//! The llama.cpp engine serves what the trainer trained: the tiny models served from an f32
+//! GGUF with a trained adapter attached (written as llama.cpp's LoRA GGUF) give the trainer's
+//! last-position logits, and adapters that cannot be served are refused with a reason.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use ferrotune::serve::{Engine, EngineOptions, LlamaOptions, ServeError};
+use ferrotune::train::tiny::TinyArch;
+
+use crate::helpers::fixtures::{config, finish, model_logits, probe_ids, rel_err, setup};
+
+/// The tiny model of `arch` in `dir` with an adapter trained for a few steps; its directory.
+fn trained(dir: &Path, arch: TinyArch) -> PathBuf {
+    setup(dir, arch);
+    finish(&config(dir, 1, 1e-2)).adapter_dir
+}
+
+/// The llama.cpp engine on the tiny model in `dir` (exported to an f32 GGUF once).
+async fn engine(dir: &Path) -> Arc<Engine> {
+    let model = dir.join("model");
+    let gguf =
+        ferrotune::export::served::base_gguf(&model, &dir.join("cache"), "ferrotune-tiny").unwrap();
+    assert!(gguf.f32, "{gguf:?}");
+    Engine::start(EngineOptions::Llama(LlamaOptions {
+        base_gguf: gguf.path,
+        kv_f32: true,
+        base_dir: model,
+        base_name: "ferrotune-tiny".into(),
+        adapter_cache: dir.join("adapters-gguf"),
+        kv_tokens: 4096,
+        slots: 4,
+        threads: 2,
+    }))
+    .await
+    .unwrap()
+}
+
+fn last_row(logits: &Tensor) -> Tensor {
+    let n = logits.dim(1).unwrap();
+    logits.squeeze(0).unwrap().get(n - 1).unwrap()
+}
+
+#[tokio::test]
+async fn served_logits_equal_the_trainers_with_and_without_the_adapter() {
+    for arch in [TinyArch::Llama, TinyArch::Qwen2] {
+        let dir = tempfile::tempdir().unwrap();
+        let adapter = trained(dir.path(), arch);
+        let model = dir.path().join("model");
+        let engine = engine(dir.path()).await;
+        engine.ensure_loaded("ft", &adapter).await.unwrap();
+        let ids = probe_ids();
+        for (name, adapter) in [("ferrotune-tiny", None), ("ft", Some(adapter.as_path()))] {
+            let want = last_row(&model_logits(&model, adapter, &ids));
+            let got = engine.logits(name, ids.clone()).await.unwrap();
+            let got = Tensor::new(got.as_slice(), &candle_core::Device::Cpu).unwrap();
+            let err = rel_err(&got, &want);
+            println!("{arch:?} {name}: last-position relative error {err:.2e}");
+            assert!(err <= 1e-4, "{arch:?} {name}: relative error {err}");
+        }
+        // The adapter changes the answer (so the comparison above could fail).
+        let base = engine.logits("ferrotune-tiny", ids.clone()).await.unwrap();
+        let tuned = engine.logits("ft", ids).await.unwrap();
+        let moved = base.iter().zip(&tuned).any(|(a, b)| (a - b).abs() > 1e-3);
+        assert!(moved, "{arch:?}: the adapter must change the logits");
+    }
+}
+
+#[tokio::test]
+async fn adapters_that_cannot_be_served_are_refused_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = trained(dir.path(), TinyArch::Llama);
+    let engine = engine(dir.path()).await;
+    let cache = dir.path().join("adapters-gguf");
+    let copy = |name: &str| {
+        let to = dir.path().join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            std::fs::copy(adapter.join(f), to.join(f)).unwrap();
+        }
+        to
+    };
+    let refused = |e: ServeError| match e {
+        ServeError::Load { reason, .. } => reason,
+        other => panic!("expected a load error, got {other:?}"),
+    };
+    // Truncated weights.
+    let truncated = copy("truncated");
+    let weights = truncated.join("adapter_model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let loaded = engine.ensure_loaded("t", &truncated).await;
+    let reason = refused(loaded.expect_err("a truncated adapter must not load"));
+    assert!(reason.contains("cannot be read"), "{reason}");
+    // Trained for another base (one twice as wide: every update has twice the rows).
+    let foreign = copy("foreign");
+    let w = foreign.join("adapter_model.safetensors");
+    let wider: std::collections::HashMap<String, Tensor> =
+        candle_core::safetensors::load(&w, &candle_core::Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| {
+                let t = if k.contains("lora_B") {
+                    Tensor::cat(&[&t, &t], 0).unwrap()
+                } else {
+                    t
+                };
+                (k, t)
+            })
+            .collect();
+    candle_core::safetensors::save(&wider, &w).unwrap();
+    let reason = refused(engine.ensure_loaded("f", &foreign).await.unwrap_err());
+    assert!(reason.contains("another base"), "{reason}");
+    // A module the engine cannot adapt.
+    let odd = copy("odd");
+    let w = odd.join("adapter_model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&w, &candle_core::Device::Cpu).unwrap();
+    let (a, b) = (
+        tensors.values().next().unwrap().clone(),
+        tensors.values().next().unwrap().clone(),
+    );
+    tensors.insert("base_model.model.lm_head.lora_A.weight".into(), a);
+    tensors.insert("base_model.model.lm_head.lora_B.weight".into(), b);
+    candle_core::safetensors::save(&tensors, &w).unwrap();
+    let reason = refused(engine.ensure_loaded("o", &odd).await.unwrap_err());
+    assert!(reason.contains("cannot adapt lm_head"), "{reason}");
+    // Nothing half-written; the engine still serves the base and the good adapter.
+    let left: Vec<_> = std::fs::read_dir(&cache)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(engine.resident().is_empty());
+    engine.ensure_loaded("ft", &adapter).await.unwrap();
+    assert_eq!(engine.resident(), vec!["ft".to_owned()]);
+    engine.logits("ft", probe_ids()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_base_of_an_unsupported_architecture_is_a_clear_load_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("odd.gguf");
+    // A valid GGUF header whose architecture llama.cpp does not know.
+    let arch = candle_core::quantized::gguf_file::Value::String("nonesuch".into());
+    let mut f = std::fs::File::create(&file).unwrap();
+    candle_core::quantized::gguf_file::write(&mut f, &[("general.architecture", &arch)], &[])
+        .unwrap();
+    drop(f);
+    setup(dir.path(), TinyArch::Llama);
+    let started = Engine::start(EngineOptions::Llama(LlamaOptions {
+        base_gguf: file,
+        base_dir: dir.path().join("model"),
+        base_name: "odd".into(),
+        adapter_cache: dir.path().join("a"),
+        kv_tokens: 1024,
+        slots: 1,
+        threads: 1,
+        kv_f32: false,
+    }))
+    .await;
+    match started {
+        Err(ServeError::Load { model, reason }) => {
+            assert_eq!(model, "odd");
+            assert!(reason.contains("odd.gguf"), "{reason}");
+        }
+        Err(other) => panic!("expected a load error, got {other:?}"),
+        Ok(_) => panic!("an unknown architecture must not load"),
+    }
+}
