@@ -30,7 +30,16 @@ pub async fn start_engine(
     base_name: &str,
     base_dir: &Path,
 ) -> anyhow::Result<Arc<Engine>> {
+    let paged_kv_tokens = model
+        .paged_attention
+        .resolve(device, model.kv_cache_tokens)?;
     let options = if model.engine.is_llama(device) {
+        if model.paged_attention == crate::config::PagedAttention::On {
+            anyhow::bail!(
+                "--paged-attention is mistral.rs's (--engine mistralrs); the llama.cpp engine \
+                 keeps one KV cache shared by all sequences (--kv-cache-tokens)"
+            );
+        }
         let cache = crate::model_cache::models_dir();
         let (dir, name) = (base_dir.to_owned(), base_name.to_owned());
         let served = cache.join("served");
@@ -58,9 +67,7 @@ pub async fn start_engine(
             force_cpu: device.is_cpu(),
             prefix_cache: !device.is_cpu(),
             isq: model.serve_quant.isq(),
-            paged_kv_tokens: model
-                .paged_attention
-                .resolve(device, model.kv_cache_tokens)?,
+            paged_kv_tokens,
         })
     };
     Ok(Engine::start(options).await?)

@@ -187,14 +187,19 @@ fn type_empty_string_arrays(head: &mut [u8], meta: &[(&str, &Value)]) {
     const U32: u32 = 4;
     const STRING: u32 = 8;
     for (key, value) in meta {
-        if !matches!(value, Value::Array(items) if items.is_empty()) || !key.starts_with("tokenizer.") {
+        if !matches!(value, Value::Array(items) if items.is_empty())
+            || !key.starts_with("tokenizer.")
+        {
             continue;
         }
         let mut pattern = (key.len() as u64).to_le_bytes().to_vec();
         pattern.extend_from_slice(key.as_bytes());
         pattern.extend_from_slice(&ARRAY.to_le_bytes());
         pattern.extend_from_slice(&U32.to_le_bytes());
-        if let Some(at) = head.windows(pattern.len()).position(|w| w == pattern.as_slice()) {
+        if let Some(at) = head
+            .windows(pattern.len())
+            .position(|w| w == pattern.as_slice())
+        {
             let elem = at + pattern.len() - 4;
             head[elem..elem + 4].copy_from_slice(&STRING.to_le_bytes());
         }

@@ -315,9 +315,35 @@ async fn models_are_listed_retrieved_and_deleted() {
 }
 
 #[tokio::test]
-async fn resident_models_are_bounded_lru_and_reloaded_on_demand() {
+async fn fine_tunes_are_adapters_on_one_base_and_not_bounded_by_the_merged_copies_budget() {
+    // llama.cpp attaches adapters to the shared base: the budget of merged copies does not apply.
     let app = spawn_app_with(AppOptions {
         max_resident_models: Some(1),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(app.engine.kind(), "llamacpp");
+    let (_, a) = fine_tune_lazily(&app, "a").await;
+    let (_, b) = fine_tune_lazily(&app, "b").await;
+    for model in [&a, &b, &a] {
+        let answer = ask(&app, model, QA[0].0).await;
+        assert_eq!(
+            answer["choices"][0]["message"]["content"], QA[0].1,
+            "{model}"
+        );
+    }
+    let mut both = vec![a, b];
+    both.sort();
+    assert_eq!(app.engine.resident(), both);
+    assert_eq!(app.engine.loads(), 2, "each adapter is attached once");
+}
+
+#[tokio::test]
+async fn resident_models_are_bounded_lru_and_reloaded_on_demand() {
+    // mistral.rs merges each fine-tune into a copy of the base: those copies are bounded.
+    let app = spawn_app_with(AppOptions {
+        max_resident_models: Some(1),
+        engine: Some(ferrotune::config::EngineChoice::Mistralrs),
         ..Default::default()
     })
     .await;
@@ -418,8 +444,8 @@ async fn a_client_that_disconnects_mid_stream_cancels_its_generation() {
     panic!("the generation is still running after the client left");
 }
 
-/// Stream `body` to `path`, stop the engine's thread after the first chunk (as a mistral.rs
-/// panic does) and return everything the client received.
+/// Stream `body` to `path`, stop the engine's generations after the first chunk (as a
+/// mistral.rs panic does) and return everything the client received.
 async fn stream_cut_by_engine_death(app: &TestApp, path: &str, body: Value) -> String {
     let mut res = app.post(path, &body).await;
     assert_eq!(res.status(), 200);
@@ -436,11 +462,23 @@ async fn stream_cut_by_engine_death(app: &TestApp, path: &str, body: Value) -> S
 
 #[tokio::test]
 async fn a_stream_whose_engine_dies_ends_with_an_error_event_and_the_next_request_is_served() {
-    let app = spawn_app().await;
+    ends_a_cut_stream_with_an_error_event(spawn_app().await).await;
+}
+
+/// [`a_stream_whose_engine_dies_ends_with_an_error_event_and_the_next_request_is_served`] on `app`'s engine.
+pub(crate) async fn ends_a_cut_stream_with_an_error_event(app: TestApp) {
+    // The end tokens banned, so the answer is still going when the engine stops.
+    let tok = ferrotune::train::data::load_tokenizer(app.engine.base_dir()).unwrap();
+    let ban: serde_json::Map<String, Value> = ["<|im_end|>", "<|endoftext|>"]
+        .iter()
+        .filter_map(|t| tok.token_to_id(t))
+        .map(|id| (id.to_string(), json!(-100)))
+        .collect();
     let chat = json!({"model": "ferrotune-tiny", "stream": true, "temperature": 1.0,
+        "max_tokens": 1500, "logit_bias": ban,
         "messages": [{"role": "user", "content": "Tell me everything."}]});
     let legacy = json!({"model": "ferrotune-tiny", "stream": true, "temperature": 1.0,
-        "max_tokens": 1500, "prompt": "Tell me everything."});
+        "max_tokens": 1500, "logit_bias": ban, "prompt": "Tell me everything."});
     for (path, body) in [("/v1/chat/completions", chat), ("/v1/completions", legacy)] {
         let text = stream_cut_by_engine_death(&app, path, body).await;
         let last = text.trim_end().rsplit("\n\n").next().unwrap();
@@ -452,7 +490,7 @@ async fn a_stream_whose_engine_dies_ends_with_an_error_event_and_the_next_reques
             !text.contains("\"finish_reason\":\"stop\"") && !text.contains("[DONE]"),
             "{path}: a cut-off answer must not read as a finished one: {text}"
         );
-        // mistral.rs restarts the engine for the next request.
+        // The engine serves the next request.
         let again = app
             .post(
                 "/v1/chat/completions",

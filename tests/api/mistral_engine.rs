@@ -14,37 +14,26 @@ async fn mistral() -> TestApp {
     .await
 }
 
-#[tokio::test]
-async fn answers_in_openai_shape() {
-    crate::chat::answers_in_openai_shape(mistral().await).await;
+/// A test per shared body: `module::body` runs on a mistral.rs server.
+macro_rules! on_mistral {
+    ($($module:ident::$body:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $body() {
+            let app = mistral().await;
+            assert_eq!(app.engine.kind(), "mistralrs");
+            crate::$module::$body(app).await;
+        }
+    )*};
 }
 
-#[tokio::test]
-async fn streams_in_openai_shape() {
-    crate::chat::streams_in_openai_shape(mistral().await).await;
-}
-
-#[tokio::test]
-async fn honours_n_stop_and_max_tokens() {
-    crate::chat::honours_n_stop_and_max_tokens(mistral().await).await;
-}
-
-#[tokio::test]
-async fn serves_a_fine_tune() {
-    crate::chat::serves_a_fine_tune(mistral().await).await;
-}
-
-#[tokio::test]
-async fn calls_a_required_tool() {
-    crate::tools::calls_a_required_tool(mistral().await).await;
-}
-
-#[tokio::test]
-async fn follows_a_json_schema() {
-    crate::tools::follows_a_json_schema(mistral().await).await;
-}
-
-#[tokio::test]
-async fn continues_a_prompt() {
-    crate::completions::continues_a_prompt(mistral().await).await;
-}
+on_mistral!(
+    chat::answers_in_openai_shape,
+    chat::streams_in_openai_shape,
+    chat::honours_n_stop_and_max_tokens,
+    chat::serves_a_fine_tune,
+    chat::ends_a_cut_stream_with_an_error_event,
+    tools::calls_a_required_tool,
+    tools::follows_a_named_tool_choice,
+    tools::follows_a_json_schema,
+    completions::continues_a_prompt,
+);

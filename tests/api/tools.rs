@@ -30,7 +30,11 @@ pub async fn chat(app: &TestApp, extra: Value) -> reqwest::Response {
 
 #[tokio::test]
 async fn a_named_tool_choice_returns_a_valid_call() {
-    let app = spawn_app().await;
+    follows_a_named_tool_choice(spawn_app().await).await;
+}
+
+/// [`a_named_tool_choice_returns_a_valid_call`] on `app`'s engine.
+pub(crate) async fn follows_a_named_tool_choice(app: TestApp) {
     let named = json!({"type": "function", "function": {"name": "get_time"}});
     let res = chat(&app, json!({"tool_choice": named})).await;
     assert_eq!(res.status(), 200);

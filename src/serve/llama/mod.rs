@@ -115,7 +115,10 @@ impl LlamaEngine {
                 llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
             )
         } else {
-            (KvCacheType::F16, llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO)
+            (
+                KvCacheType::F16,
+                llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            )
         };
         std::thread::Builder::new()
             .name("llama.cpp".into())

@@ -233,14 +233,21 @@ impl Runner {
             } => {
                 let _ = reply.send(self.logits(adapter.as_deref(), &tokens));
             }
-            Command::DropAll => {
-                for i in 0..self.slots.len() {
-                    if let Some(seq) = self.slots[i].take() {
-                        self.release(i, &seq);
-                    }
-                }
-                self.waiting.clear();
+            Command::DropAll => self.stop_all(),
+        }
+    }
+
+    /// End every sequence in flight with [`ServeError::Stopped`] (a cut-off answer never reads
+    /// as a finished one).
+    fn stop_all(&mut self) {
+        for i in 0..self.slots.len() {
+            if let Some(seq) = self.slots[i].take() {
+                seq.request.borrow_mut().fail(ServeError::Stopped);
+                self.release(i, &seq);
             }
+        }
+        for seq in self.waiting.drain(..) {
+            seq.request.borrow_mut().fail(ServeError::Stopped);
         }
     }
 
@@ -260,7 +267,12 @@ impl Runner {
         self.batch.clear();
         for (i, t) in tokens.iter().enumerate() {
             self.batch
-                .add(LlamaToken(*t as i32), i as i32, &[spare], i + 1 == tokens.len())
+                .add(
+                    LlamaToken(*t as i32),
+                    i as i32,
+                    &[spare],
+                    i + 1 == tokens.len(),
+                )
                 .map_err(|e| ServeError::Engine(e.to_string()))?;
         }
         let decoded = self.ctx.decode(&mut self.batch);
@@ -344,7 +356,7 @@ impl Runner {
             return;
         }
         if let Some(a) = &job.adapter
-            && !self.adapters.get(a).is_some_and(|a| !a.removed)
+            && self.adapters.get(a).is_none_or(|a| a.removed)
         {
             request.borrow_mut().fail(ServeError::Load {
                 model: a.clone(),
@@ -625,6 +637,8 @@ impl Runner {
 
 impl Drop for Runner {
     fn drop(&mut self) {
+        // Also on a panic's unwinding: every client hears that its answer stopped.
+        self.stop_all();
         // SAFETY: the context goes before the model it was made from (see `new`); neither is
         // used again.
         unsafe {
