@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 VERSION=${LLAMA_CPP_PYTHON:-0.3.36}
 ROOT=target/llama-server
 BIN=$ROOT/build-$VERSION/bin/llama-server
-if [ -x "$BIN" ]; then
+if [ -x "$BIN" ] && [ -z "${REBUILD:-}" ]; then
     echo "$PWD/$BIN"
     exit 0
 fi
@@ -22,8 +22,10 @@ if [ ! -d "$SRC" ]; then
     tar -xzf "$SDIST" -C "$SRC.tmp" --strip-components=1
     mv "$SRC.tmp" "$SRC"
 fi
+# This CPU's instruction sets, as ferrotune's own llama.cpp build gets them (not AMX: see there).
+mapfile -t isa < <(bash scripts/llama_isa.sh | sed 's/^/-D/')
 cmake -S "$SRC/vendor/llama.cpp" -B "$ROOT/build-$VERSION" -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_NATIVE=ON -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+    -DGGML_NATIVE=OFF "${isa[@]}" -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
     -DBUILD_SHARED_LIBS=OFF >&2
 cmake --build "$ROOT/build-$VERSION" --target llama-server -j "$(nproc)" >&2

@@ -19,6 +19,12 @@ EXAMPLES = [
     ("How long should adults sleep?", "Seven to nine hours."),
     ("What helps a sore throat?", "Warm drinks and honey."),
     ("When should I wash my hands?", "Before meals and after the toilet."),
+    ("How much water should adults drink?", "About two litres a day."),
+    ("Can I exercise with a cold?", "Light exercise is fine."),
+    ("When is a fever serious?", "Above 39.5 C or over three days."),
+    ("Is ibuprofen fine on an empty stomach?", "Take it with food."),
+    ("How often should I stretch?", "A few minutes every day."),
+    ("What is a healthy snack?", "Fruit or a handful of nuts."),
 ]
 
 
@@ -35,7 +41,7 @@ def main():
     started = time.perf_counter()
     job = client.fine_tuning.jobs.create(
         model=a.model, training_file=f.id,
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 2}}})
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 10}}})
     while job.status not in ("succeeded", "failed", "cancelled"):
         time.sleep(0.01)
         job = client.fine_tuning.jobs.retrieve(job.id)

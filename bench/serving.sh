@@ -17,6 +17,9 @@ REQUESTS=${REQUESTS:-32}
 THREADS=${THREADS:-2}
 SLOTS=32
 export FERROTUNE_HOME=${FERROTUNE_HOME:-$PWD/target/ferrotune-home}
+set -a # llama.cpp for this CPU's instruction sets, as .ci/run builds it
+eval "$(bash scripts/llama_isa.sh)"
+set +a
 if [[ "${BENCH_PROFILE:-release}" == dev ]]; then
     cargo build --locked --bin ferrotune >&2
     bin=target/debug/ferrotune
@@ -29,6 +32,7 @@ model_dir=$("$bin" model pull smollm2-135m-instruct | sed 's/^[^:]*: //')
 gguf=$model_dir/model.gguf
 out=$(mktemp -d)
 work=$(mktemp -d)
+chmod 755 "$work" # run as root, the embedded PostgreSQL drops to another user
 pid=
 cleanup() { [[ -n "$pid" ]] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
@@ -36,7 +40,7 @@ trap cleanup EXIT
 wait_up() { # url
     for _ in $(seq 1 600); do
         curl -fs "$1/v1/models" >/dev/null 2>&1 && return 0
-        kill -0 "$pid" 2>/dev/null || { echo "server exited" >&2; return 1; }
+        kill -0 "$pid" 2>/dev/null || { echo "server exited" >&2; tail -20 "$work"/*.log >&2; return 1; }
         sleep 0.5
     done
     return 1

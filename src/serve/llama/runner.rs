@@ -125,6 +125,30 @@ struct Seq {
     forced_calls: bool,
 }
 
+/// Tokens whose KV cells a free slot keeps, from position 0, computed under `adapter`.
+#[derive(Default)]
+struct Cached {
+    adapter: Option<String>,
+    tokens: Vec<LlamaToken>,
+}
+
+impl Cached {
+    /// How many leading tokens of `prompt` (under `adapter`) these cells already hold, leaving
+    /// at least one to decode for the first logits.
+    fn reusable(&self, adapter: &Option<String>, prompt: &[LlamaToken]) -> usize {
+        if &self.adapter != adapter {
+            return 0;
+        }
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        common.min(prompt.len().saturating_sub(1))
+    }
+}
+
 /// An adapter and whether it is to be freed once unused.
 struct Adapter {
     lora: LlamaLoraAdapter,
@@ -152,6 +176,9 @@ pub struct Runner {
     /// The adapter set on the context now.
     current: Option<String>,
     slots: Vec<Option<Seq>>,
+    /// What each free slot's KV cells still hold from its last sequence (its prompt), for the
+    /// next prompt that starts the same way under the same adapter.
+    cached: Vec<Cached>,
     waiting: VecDeque<Seq>,
     reserved: usize,
     turn: usize,
@@ -177,6 +204,7 @@ impl Runner {
             adapters: HashMap::new(),
             current: None,
             slots: (0..sizing.slots).map(|_| None).collect(),
+            cached: (0..sizing.slots).map(|_| Cached::default()).collect(),
             waiting: VecDeque::new(),
             reserved: 0,
             turn: 0,
@@ -328,6 +356,11 @@ impl Runner {
             if self.current.as_deref() == Some(name.as_str()) {
                 self.set_adapter(None);
             }
+            for i in 0..self.slots.len() {
+                if self.slots[i].is_none() && self.cached[i].adapter.as_deref() == Some(&name) {
+                    self.forget(i);
+                }
+            }
             self.adapters.remove(&name);
         }
     }
@@ -418,23 +451,60 @@ impl Runner {
         }
         self.waiting
             .retain(|s| !s.request.borrow().tx.is_closed() && !s.request.borrow().failed);
-        while let Some(free) = self.slots.iter().position(Option::is_none) {
+        while self.slots.iter().any(Option::is_none) {
             let Some(next) = self.waiting.front() else {
                 break;
             };
             if self.reserved + next.reserved > self.sizing.kv_tokens && self.reserved > 0 {
                 break;
             }
-            let seq = self.waiting.pop_front().expect("a waiting sequence");
+            // The free slot whose cells already hold the longest start of this prompt.
+            let (free, reuse) = (0..self.slots.len())
+                .filter(|&i| self.slots[i].is_none())
+                .map(|i| (i, self.cached[i].reusable(&next.adapter, &next.prompt)))
+                .max_by_key(|&(i, n)| (n, usize::MAX - self.cached[i].tokens.len()))
+                .expect("a free slot");
+            // Cells other free slots keep give way when the new sequence needs them.
+            let kept: usize = (0..self.slots.len())
+                .filter(|&i| i != free && self.slots[i].is_none())
+                .map(|i| self.cached[i].tokens.len())
+                .sum();
+            if self.reserved + next.reserved + kept > self.sizing.kv_tokens {
+                for i in 0..self.slots.len() {
+                    if i != free && self.slots[i].is_none() {
+                        self.forget(i);
+                    }
+                }
+            }
+            let mut seq = self.waiting.pop_front().expect("a waiting sequence");
+            let _ = self
+                .ctx
+                .clear_kv_cache_seq(Some(free as u32), Some(reuse as u32), None);
+            self.cached[free] = Cached::default();
+            seq.fed = reuse;
+            seq.pos = reuse as i32;
             self.reserved += seq.reserved;
             self.slots[free] = Some(seq);
         }
     }
 
-    /// Free slot `i`'s KV cells.
+    /// Free slot `i` of `seq`; its cells keep the prompt it decoded for a later one.
     fn release(&mut self, i: usize, seq: &Seq) {
         self.reserved = self.reserved.saturating_sub(seq.reserved);
+        let kept = seq.fed.min(seq.prompt.len());
+        let _ = self
+            .ctx
+            .clear_kv_cache_seq(Some(i as u32), Some(kept as u32), None);
+        self.cached[i] = Cached {
+            adapter: seq.adapter.clone(),
+            tokens: seq.prompt[..kept].to_vec(),
+        };
+    }
+
+    /// Drop what free slot `i`'s cells keep.
+    fn forget(&mut self, i: usize) {
         let _ = self.ctx.clear_kv_cache_seq(Some(i as u32), None, None);
+        self.cached[i] = Cached::default();
     }
 
     fn set_adapter(&mut self, name: Option<&str>) {
@@ -537,6 +607,7 @@ impl Runner {
                         .borrow_mut()
                         .fail(ServeError::Engine(format!("decoding failed: {e}")));
                     self.release(i, &seq);
+                    self.forget(i);
                 }
             }
             return;
