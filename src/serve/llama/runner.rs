@@ -458,10 +458,12 @@ impl Runner {
             if self.reserved + next.reserved > self.sizing.kv_tokens && self.reserved > 0 {
                 break;
             }
+            let (need, adapter, prompt) =
+                (next.reserved, next.adapter.clone(), next.prompt.clone());
             // The free slot whose cells already hold the longest start of this prompt.
             let (free, reuse) = (0..self.slots.len())
                 .filter(|&i| self.slots[i].is_none())
-                .map(|i| (i, self.cached[i].reusable(&next.adapter, &next.prompt)))
+                .map(|i| (i, self.cached[i].reusable(&adapter, &prompt)))
                 .max_by_key(|&(i, n)| (n, usize::MAX - self.cached[i].tokens.len()))
                 .expect("a free slot");
             // Cells other free slots keep give way when the new sequence needs them.
@@ -469,22 +471,58 @@ impl Runner {
                 .filter(|&i| i != free && self.slots[i].is_none())
                 .map(|i| self.cached[i].tokens.len())
                 .sum();
-            if self.reserved + next.reserved + kept > self.sizing.kv_tokens {
+            if self.reserved + need + kept > self.sizing.kv_tokens {
                 for i in 0..self.slots.len() {
                     if i != free && self.slots[i].is_none() {
                         self.forget(i);
                     }
                 }
             }
+            // A longer start that another slot holds (running or free) is shared: with one
+            // unified cache the cells gain a sequence id, nothing is copied.
+            let (src, shared) = (0..self.slots.len())
+                .filter(|&i| i != free)
+                .map(|i| (i, self.held(i, &adapter, &prompt)))
+                .max_by_key(|&(_, n)| n)
+                .unwrap_or((free, 0));
             let mut seq = self.waiting.pop_front().expect("a waiting sequence");
-            let _ = self
-                .ctx
-                .clear_kv_cache_seq(Some(free as u32), Some(reuse as u32), None);
+            let reuse = if shared > reuse {
+                let _ = self.ctx.clear_kv_cache_seq(Some(free as u32), None, None);
+                let copied = self.ctx.copy_kv_cache_seq(
+                    src as i32,
+                    free as i32,
+                    Some(0),
+                    Some(shared as u32),
+                );
+                if copied.is_ok() { shared } else { 0 }
+            } else {
+                let _ = self
+                    .ctx
+                    .clear_kv_cache_seq(Some(free as u32), Some(reuse as u32), None);
+                reuse
+            };
             self.cached[free] = Cached::default();
             seq.fed = reuse;
             seq.pos = reuse as i32;
             self.reserved += seq.reserved;
             self.slots[free] = Some(seq);
+        }
+    }
+
+    /// How many leading tokens of `prompt` (under `adapter`) slot `i`'s cells hold now.
+    fn held(&self, i: usize, adapter: &Option<String>, prompt: &[LlamaToken]) -> usize {
+        match &self.slots[i] {
+            Some(seq) if &seq.adapter == adapter => {
+                let decoded = &seq.prompt[..seq.fed.min(seq.prompt.len())];
+                let common = decoded
+                    .iter()
+                    .zip(prompt)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                common.min(prompt.len().saturating_sub(1))
+            }
+            Some(_) => 0,
+            None => self.cached[i].reusable(adapter, prompt),
         }
     }
 
