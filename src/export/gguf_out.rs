@@ -15,8 +15,8 @@ use serde_json::Value as Json;
 
 use super::merge::MergedModel;
 use super::{ExportError, Quant};
+use crate::model_dir::Config;
 use crate::model_dir::gguf::{gguf_name, permute, pre_tokenizer_name};
-use crate::model_dir::{Arch, Config};
 
 /// The ggml type a tensor is stored as: 1-D tensors (norms, biases) stay f32; matrices take
 /// `quant`, falling back (as llama.cpp does) when their rows do not split into its blocks.
@@ -93,10 +93,10 @@ pub fn write(
     name: &str,
 ) -> Result<(), ExportError> {
     let cfg = Config::load(dir).map_err(|e| ExportError::Input(e.to_string()))?;
-    let arch = match cfg.arch().map_err(|e| ExportError::Input(e.to_string()))? {
-        Arch::Llama | Arch::Mistral => "llama",
-        Arch::Qwen2 => "qwen2",
-    };
+    let arch = cfg
+        .arch()
+        .map_err(|e| ExportError::Input(e.to_string()))?
+        .gguf_name();
     if let Some(s) = cfg.rope_scaling() {
         return Err(ExportError::Unsupported(format!(
             "GGUF export of a model with rope_scaling {s} is not supported yet"

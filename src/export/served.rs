@@ -33,10 +33,8 @@ pub fn base_gguf(base_dir: &Path, cache: &Path, name: &str) -> Result<ServedGguf
     for f in &files {
         stamp.push_str(&crate::model_dir::file_stamp(f).map_err(|e| input(&e))?);
     }
-    let config =
-        std::fs::read_to_string(base_dir.join(crate::model_dir::CONFIG)).map_err(|e| input(&e))?;
-    let f32_weights = serde_json::from_str::<serde_json::Value>(&config).map_err(|e| input(&e))?["torch_dtype"]
-        == "float32";
+    let config = crate::model_dir::Config::load(base_dir).map_err(|e| input(&e))?;
+    let f32_weights = config.torch_dtype.as_deref() == Some("float32");
     let quant = if f32_weights { Quant::F32 } else { Quant::F16 };
     let key = {
         use sha2::Digest;

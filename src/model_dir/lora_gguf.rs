@@ -25,22 +25,11 @@ fn bad(reason: impl Into<String>) -> LoraGgufError {
     LoraGgufError(reason.into())
 }
 
-/// llama.cpp's architecture name for a base with `config`.
-fn gguf_arch(config: &Config) -> Result<&'static str, LoraGgufError> {
-    match config.architectures.first().map(String::as_str) {
-        Some("LlamaForCausalLM" | "MistralForCausalLM") => Ok("llama"),
-        Some("Qwen2ForCausalLM") => Ok("qwen2"),
-        other => Err(bad(format!(
-            "the base model's architecture {other:?} cannot take adapters on this engine"
-        ))),
-    }
-}
-
 /// Write the adapter in `adapter_dir` (trained on the base in `base_dir`) as a LoRA GGUF at
 /// `out`, written beside it and renamed into place. Returns the number of adapted weights.
 pub fn write(adapter_dir: &Path, base_dir: &Path, out: &Path) -> Result<usize, LoraGgufError> {
     let config = Config::load(base_dir).map_err(|e| bad(e.to_string()))?;
-    let arch = gguf_arch(&config)?;
+    let arch = config.arch().map_err(|e| bad(e.to_string()))?.gguf_name();
     let adapter = AdapterConfig::read(adapter_dir)
         .map_err(|e| bad(format!("{}: {e}", adapter_dir.display())))?;
     let file = adapter_dir.join(WEIGHTS_FILE);

@@ -134,10 +134,23 @@ pub struct Config {
     /// Must be `silu`.
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// The stored weights' dtype (`float32`, `bfloat16`, …), when the config says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torch_dtype: Option<String>,
 }
 
 fn default_act() -> String {
     "silu".to_owned()
+}
+
+impl Arch {
+    /// llama.cpp's name for the architecture (`general.architecture` in GGUF).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Self::Llama | Self::Mistral => "llama",
+            Self::Qwen2 => "qwen2",
+        }
+    }
 }
 
 impl Config {

@@ -127,7 +127,7 @@ fn the_imported_tokenizer_and_chat_template_match_transformers() {
 
 #[test]
 fn the_trainers_forward_on_the_import_gives_transformers_logits() {
-    use candle_core::{DType, Device, Tensor};
+    use candle_core::{DType, Device};
     let dir = std::path::PathBuf::from(pulled());
     let r = reference();
     let want = candle_core::safetensors::load(
@@ -142,13 +142,7 @@ fn the_trainers_forward_on_the_import_gives_transformers_logits() {
         ferrotune::train::model::CausalLm::load(&dir, None, 0, &Device::Cpu, DType::F32).unwrap();
     let columns = r["logit_columns"].as_u64().unwrap() as usize;
     for (i, ids) in id_lists(&r["prompt_ids"]).iter().enumerate() {
-        let input = Tensor::new(ids.as_slice(), &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let logits = model
-            .forward(&input, &[(0, ids.len())], Default::default())
-            .unwrap()
+        let logits = crate::helpers::fixtures::forward(&model, ids)
             .squeeze(0)
             .unwrap();
         let last = logits.get(ids.len() - 1).unwrap();
@@ -228,7 +222,7 @@ const Q4_1_LOGPROB_TOLERANCE: f32 = 0.25;
 
 #[tokio::test]
 async fn llama_cpp_serves_the_q4_1_blocks_as_the_trainer_computes_them_up_to_near_ties() {
-    use candle_core::{D, DType, Device, Tensor};
+    use candle_core::{D, DType, Device};
     let dir = pulled();
     let (server, base, data) = serve_pulled(&dir, &["--engine", "llamacpp"]).await;
     let client = reqwest::Client::new();
@@ -244,13 +238,7 @@ async fn llama_cpp_serves_the_q4_1_blocks_as_the_trainer_computes_them_up_to_nea
     .unwrap();
     // The trainer's log-probabilities of the next token after `ids`.
     let logprobs = |ids: &[u32]| -> Vec<f32> {
-        let input = Tensor::new(ids, &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let logits = model
-            .forward(&input, &[(0, ids.len())], Default::default())
-            .unwrap()
+        let logits = crate::helpers::fixtures::forward(&model, ids)
             .squeeze(0)
             .unwrap()
             .get(ids.len() - 1)

@@ -159,6 +159,11 @@ pub fn model_logits(model_dir: &Path, adapter: Option<&Path>, ids: &[u32]) -> Te
         lora.load_peft(&a.join("adapter_model.safetensors"), &Device::Cpu)
             .unwrap();
     }
+    forward(&model, ids)
+}
+
+/// `model`'s f32 logits on `ids`, `[1, len, vocab]`.
+pub fn forward(model: &CausalLm, ids: &[u32]) -> Tensor {
     let input = Tensor::new(ids, &Device::Cpu)
         .unwrap()
         .unsqueeze(0)

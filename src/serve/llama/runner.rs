@@ -132,21 +132,11 @@ struct Cached {
     tokens: Vec<LlamaToken>,
 }
 
-impl Cached {
-    /// How many leading tokens of `prompt` (under `adapter`) these cells already hold, leaving
-    /// at least one to decode for the first logits.
-    fn reusable(&self, adapter: &Option<String>, prompt: &[LlamaToken]) -> usize {
-        if &self.adapter != adapter {
-            return 0;
-        }
-        let common = self
-            .tokens
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count();
-        common.min(prompt.len().saturating_sub(1))
-    }
+/// How many leading tokens of `prompt` the cells holding `held` can give it, leaving at least
+/// one to decode for the first logits.
+fn common_start(held: &[LlamaToken], prompt: &[LlamaToken]) -> usize {
+    let common = held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+    common.min(prompt.len().saturating_sub(1))
 }
 
 /// An adapter and whether it is to be freed once unused.
@@ -463,7 +453,7 @@ impl Runner {
             // The free slot whose cells already hold the longest start of this prompt.
             let (free, reuse) = (0..self.slots.len())
                 .filter(|&i| self.slots[i].is_none())
-                .map(|i| (i, self.cached[i].reusable(&adapter, &prompt)))
+                .map(|i| (i, self.held(i, &adapter, &prompt)))
                 .max_by_key(|&(i, n)| (n, usize::MAX - self.cached[i].tokens.len()))
                 .expect("a free slot");
             // Cells other free slots keep give way when the new sequence needs them.
@@ -513,16 +503,12 @@ impl Runner {
     fn held(&self, i: usize, adapter: &Option<String>, prompt: &[LlamaToken]) -> usize {
         match &self.slots[i] {
             Some(seq) if &seq.adapter == adapter => {
-                let decoded = &seq.prompt[..seq.fed.min(seq.prompt.len())];
-                let common = decoded
-                    .iter()
-                    .zip(prompt)
-                    .take_while(|(a, b)| a == b)
-                    .count();
-                common.min(prompt.len().saturating_sub(1))
+                common_start(&seq.prompt[..seq.fed.min(seq.prompt.len())], prompt)
             }
-            Some(_) => 0,
-            None => self.cached[i].reusable(adapter, prompt),
+            None if &self.cached[i].adapter == adapter => {
+                common_start(&self.cached[i].tokens, prompt)
+            }
+            _ => 0,
         }
     }
 

@@ -12,7 +12,7 @@ use toktrie::TokEnv;
 use crate::serve::events::{TokenLogprob, TopLogprob};
 use crate::serve::{ChatParams, ServeError};
 
-/// The sampler chain for a sequence of `params`; `seed` for draws (`None`: greedy).
+/// The sampler chain for a sequence of `params`; `seed` seeds its draws (unused when greedy).
 pub fn chain(
     params: &ChatParams,
     model: &LlamaModel,
