@@ -1,7 +1,8 @@
 """A fine-tuning job's `succeeded` → its first streamed token: uploads a few chat examples to a
 running ferrotune, starts a one-epoch job on the served base, polls the job every 10 ms and, the
 moment it reads `succeeded`, streams a chat request to the new model. Prints one JSON line with
-the training time and the gap from `succeeded` to the first token. Needs the `openai` package
+the training time, the gap from `succeeded` to the first token, and the first token of a second
+question to the same model just after (the cost of a new prompt at rest). Needs the `openai` package
 (`target/sdk-venv/bin/python`).
 
     target/sdk-venv/bin/python bench/first_token_after_job.py --url URL --model BASE
@@ -48,16 +49,24 @@ def main():
     seen = time.perf_counter()
     if job.status != "succeeded":
         raise SystemExit(f"job {job.id} {job.status}: {job.error}")
+    gap = first_token(client, job.fine_tuned_model, EXAMPLES[0][0]) - seen
+    # The same model a moment later, on another question: what a first token costs at rest.
+    start = time.perf_counter()
+    later = first_token(client, job.fine_tuned_model, EXAMPLES[1][0]) - start
+    print(json.dumps({"job": job.id, "train_s": round(seen - started, 1),
+                      "succeeded_to_first_token_ms": round(gap * 1000, 1),
+                      "next_request_first_token_ms": round(later * 1000, 1)}), flush=True)
+
+
+def first_token(client, model, question):
+    """When the first content token of a streamed answer to `question` arrived."""
     stream = client.chat.completions.create(
-        model=job.fine_tuned_model, stream=True, max_tokens=8,
-        messages=[{"role": "user", "content": EXAMPLES[0][0]}])
+        model=model, stream=True, max_tokens=8, messages=[{"role": "user", "content": question}])
     first = None
     for chunk in stream:
         if first is None and chunk.choices and chunk.choices[0].delta.content:
             first = time.perf_counter()
-    print(json.dumps({"job": job.id, "train_s": round(seen - started, 1),
-                      "succeeded_to_first_token_ms": round((first - seen) * 1000, 1)}), flush=True)
-
+    return first
 
 if __name__ == "__main__":
     main()

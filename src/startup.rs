@@ -47,9 +47,21 @@ pub async fn start_engine(
             crate::export::served::base_gguf(&dir, &served, &name)
         })
         .await??;
+        let derive_base = {
+            let (dir, name, models) = (base_dir.to_owned(), base_name.to_owned(), cache.clone());
+            crate::serve::DeriveBase(Arc::new(move |how| {
+                crate::export::served::derived_base_gguf(&dir, how, &models, &name)
+                    .map(|g| crate::serve::BaseGguf {
+                        path: g.path,
+                        f32: g.f32,
+                    })
+                    .map_err(|e| e.to_string())
+            }))
+        };
         EngineOptions::Llama(LlamaOptions {
             base_gguf: gguf.path,
             kv_f32: gguf.f32,
+            derive_base: Some(derive_base),
             base_dir: base_dir.to_owned(),
             base_name: base_name.to_owned(),
             adapter_cache: cache.join("adapters-gguf"),
@@ -315,12 +327,24 @@ fn trainer_for(
     Ok(Arc::new(CandleTrainer::new(models, device.clone(), dtype)))
 }
 
-/// A hook that preloads each newly published model into `engine` (when the budget has room).
+/// Attaches each model a worker is about to publish to `engine` (when the budget has room).
+struct Preload(Arc<Engine>);
+
+impl crate::worker::ModelPublication for Preload {
+    fn prepare(&self, name: String, dir: PathBuf) -> futures_util::future::BoxFuture<'static, ()> {
+        let engine = self.0.clone();
+        Box::pin(async move { engine.preload(&name, &dir).await })
+    }
+
+    fn withdraw(&self, name: String) -> futures_util::future::BoxFuture<'static, ()> {
+        let engine = self.0.clone();
+        Box::pin(async move { engine.remove(&name).await })
+    }
+}
+
+/// A hook that attaches each model a worker is about to publish to `engine`.
 pub fn preload_hook(engine: Arc<Engine>) -> crate::worker::ModelReadyHook {
-    Arc::new(move |name, dir| {
-        let engine = engine.clone();
-        tokio::spawn(async move { engine.preload(&name, &dir).await });
-    })
+    Arc::new(Preload(engine))
 }
 
 /// Stops a running [`Application`].

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{ExportError, ExportFormat, ExportRequest, Quant, export};
 use crate::model_dir::gguf::SOURCE_FILE;
+use crate::model_dir::quant::Quantization;
 
 /// The GGUF a base model is served from.
 #[derive(Debug, Clone)]
@@ -67,6 +68,70 @@ pub fn base_gguf(base_dir: &Path, cache: &Path, name: &str) -> Result<ServedGguf
     };
     export(&request, &out)?;
     Ok(served(out))
+}
+
+/// The GGUF of `base_dir` as the quantization round trip `how` leaves it: the base an adapter
+/// trained with QLoRA over a dense base saw. The weights are derived once under `models_dir`
+/// (shared with the trainer's and mistral.rs's derivation); a directory beside them holds links
+/// to the base's config and tokenizer and is exported like any base.
+pub fn derived_base_gguf(
+    base_dir: &Path,
+    how: Quantization,
+    models_dir: &Path,
+    name: &str,
+) -> Result<ServedGguf, ExportError> {
+    let input = |e: &dyn std::fmt::Display| ExportError::Input(e.to_string());
+    let weights = crate::model_dir::quant::derived::dequantized_base(base_dir, how, models_dir)
+        .map_err(|e| input(&e))?;
+    let parent = weights
+        .parent()
+        .ok_or_else(|| input(&"derived weights have no directory"))?;
+    let view = parent.join("model");
+    if !view.is_dir() {
+        link_view(base_dir, &weights, &view)?;
+    }
+    base_gguf(&view, &models_dir.join("served"), name)
+}
+
+/// A model directory at `view` made of links: `weights` and the base's other files but its
+/// weights (config, tokenizer, templates). Built aside, then renamed into place.
+fn link_view(base_dir: &Path, weights: &Path, view: &Path) -> Result<(), ExportError> {
+    let write = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| ExportError::Write { path, source }
+    };
+    let partial = view.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).map_err(write(&partial))?;
+    let entries = std::fs::read_dir(base_dir).map_err(write(base_dir))?;
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let name = file.to_string_lossy();
+        let weights_or_ours = name.ends_with(".safetensors")
+            || name.ends_with(".gguf")
+            || name.starts_with('.')
+            || name == crate::model_dir::SHARD_INDEX
+            || name == crate::model_dir::stored_blocks::RECORD;
+        if weights_or_ours || !entry.path().is_file() {
+            continue;
+        }
+        std::os::unix::fs::symlink(entry.path(), partial.join(&file))
+            .map_err(write(&partial.join(&file)))?;
+    }
+    let single = partial.join(crate::model_dir::SINGLE_WEIGHTS);
+    std::os::unix::fs::symlink(weights, &single).map_err(write(&single))?;
+    match std::fs::rename(&partial, view) {
+        Ok(()) => Ok(()),
+        // Another process built it meanwhile.
+        Err(_) if view.is_dir() => {
+            let _ = std::fs::remove_dir_all(&partial);
+            Ok(())
+        }
+        Err(source) => Err(ExportError::Write {
+            path: view.display().to_string(),
+            source,
+        }),
+    }
 }
 
 fn quant_name(q: Quant) -> &'static str {

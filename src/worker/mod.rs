@@ -18,6 +18,7 @@ pub mod validate;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
@@ -68,8 +69,20 @@ pub async fn sweep_files_until_stopped(
 /// it registers the file, and may take a while between the two.
 pub const ORPHAN_AGE: Duration = Duration::from_secs(3600);
 
-/// Called with `(model name, adapter dir)` when a job's model is published.
-pub type ModelReadyHook = Arc<dyn Fn(String, std::path::PathBuf) + Send + Sync>;
+/// What a worker tells the serving side about a job's models (the server attaches them).
+///
+/// `prepare` runs *before* the job is marked succeeded, so the first request after a client
+/// reads `succeeded` finds the model attached; `withdraw` undoes it when the job turned out not to
+/// be this worker's to publish (fenced off, paused or cancelled meanwhile).
+pub trait ModelPublication: Send + Sync {
+    /// Make `name` (the adapter in `dir`) servable now.
+    fn prepare(&self, name: String, dir: std::path::PathBuf) -> BoxFuture<'static, ()>;
+    /// Forget what [`Self::prepare`] did for `name`.
+    fn withdraw(&self, name: String) -> BoxFuture<'static, ()>;
+}
+
+/// The worker's handle on [`ModelPublication`].
+pub type ModelReadyHook = Arc<dyn ModelPublication>;
 
 /// One worker: claims jobs from the shared database and runs them one at a time.
 #[derive(Clone)]
@@ -103,7 +116,7 @@ impl Worker {
         }
     }
 
-    /// Tell `hook` about every model this worker publishes (the server preloads it).
+    /// Tell `hook` about every model this worker publishes (the server attaches it first).
     pub fn with_model_ready(mut self, hook: ModelReadyHook) -> Self {
         self.on_model_ready = Some(hook);
         self

@@ -105,15 +105,22 @@ impl Worker {
             adapter_path: path(&outcome.adapter_dir),
             members: outcome.members.iter().map(path).collect(),
         };
-        if self.store.succeed_job(claim, &results).await? {
-            if let Some(hook) = &self.on_model_ready {
-                for (id, dir) in results.published() {
-                    hook(id, self.blobs.data_dir().join(dir));
-                }
+        // Attached before `succeeded` is visible: a client that reads it and asks at once finds
+        // the model ready (requests still check the stored adapter path, so a prepared model
+        // that is later withdrawn or replaced is never served in its place).
+        if let Some(hook) = &self.on_model_ready {
+            for (id, dir) in results.published() {
+                hook.prepare(id, self.blobs.data_dir().join(dir)).await;
             }
-        } else {
+        }
+        if !self.store.succeed_job(claim, &results).await? {
             // Fenced off, paused or cancelled meanwhile: the results are not ours to publish,
             // and the lease (if still ours) goes back so a resume can be claimed at once.
+            if let Some(hook) = &self.on_model_ready {
+                for (id, _) in results.published() {
+                    hook.withdraw(id).await;
+                }
+            }
             for f in &results.files {
                 self.blobs.remove(&f.id).await?;
             }

@@ -406,17 +406,17 @@ async fn fine_tuned_models_survive_a_restart() {
     assert_eq!(answer["choices"][0]["message"]["content"], QA[3].1);
 }
 
+/// The model is attached before the job reads `succeeded`: the first request after it finds the
+/// adapter ready (no load on the request path).
 #[tokio::test]
-async fn a_succeeded_job_is_preloaded_when_the_budget_has_room() {
+async fn a_succeeded_job_is_attached_before_it_reads_succeeded() {
     let app = spawn_app().await;
     let (_, model) = fine_tune(&app, "eager").await;
-    for _ in 0..100 {
-        if app.engine.resident() == vec![model.clone()] {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("{model} was not preloaded: {:?}", app.engine.resident());
+    assert_eq!(app.engine.resident(), vec![model.clone()]);
+    assert_eq!(app.engine.loads(), 1);
+    let answer = ask(&app, &model, QA[0].0).await;
+    assert_eq!(answer["choices"][0]["message"]["content"], QA[0].1);
+    assert_eq!(app.engine.loads(), 1, "the request loaded nothing");
 }
 
 #[tokio::test]

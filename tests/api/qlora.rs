@@ -1,5 +1,5 @@
-//! QLoRA through the API: a 4-bit job trains, and the served model (the adapter merged into the
-//! dequantized base by mistral.rs) answers as the trainer predicts; bad quantization values are
+//! QLoRA through the API: a 4-bit job trains, and the served model (the adapter over the base as
+//! the nf4 round trip left it) answers as the trainer predicts; bad quantization values are
 //! 400s. The step-level numerics are in `tests/model/qlora.rs`.
 
 use ferrotune::model_dir::quant::{Quantization, Storage};

@@ -9,7 +9,9 @@ use candle_core::Tensor;
 use ferrotune::serve::{Engine, EngineOptions, LlamaOptions, ServeError};
 use ferrotune::train::tiny::TinyArch;
 
-use crate::helpers::fixtures::{config, finish, model_logits, probe_ids, rel_err, setup};
+use crate::helpers::fixtures::{
+    config, finish, forward, model_logits, probe_ids, rel_err, setup, trained_model,
+};
 
 /// The tiny model of `arch` in `dir` with an adapter trained for a few steps; its directory.
 fn trained(dir: &Path, arch: TinyArch) -> PathBuf {
@@ -32,9 +34,23 @@ async fn engine(dir: &Path) -> Arc<Engine> {
         kv_tokens: 4096,
         slots: 4,
         threads: 2,
+        derive_base: Some(derive_base(dir)),
     }))
     .await
     .unwrap()
+}
+
+/// Derived bases of the tiny model in `dir`, written under `dir/models`.
+fn derive_base(dir: &Path) -> ferrotune::serve::DeriveBase {
+    let (model, models) = (dir.join("model"), dir.join("models"));
+    ferrotune::serve::DeriveBase(Arc::new(move |how| {
+        let g = ferrotune::export::served::derived_base_gguf(&model, how, &models, "tiny")
+            .map_err(|e| e.to_string())?;
+        Ok(ferrotune::serve::BaseGguf {
+            path: g.path,
+            f32: g.f32,
+        })
+    }))
 }
 
 fn last_row(logits: &Tensor) -> Tensor {
@@ -65,6 +81,67 @@ async fn served_logits_equal_the_trainers_with_and_without_the_adapter() {
         let moved = base.iter().zip(&tuned).any(|(a, b)| (a - b).abs() > 1e-3);
         assert!(moved, "{arch:?}: the adapter must change the logits");
     }
+}
+
+/// A QLoRA adapter over the dense (f32) tiny base trained on the base after an nf4 round trip:
+/// it is served over that derived base (its own GGUF, loaded once), so the served logits are the
+/// trainer's nf4 ones, not the dense base's.
+#[tokio::test]
+async fn a_qlora_adapter_is_served_over_the_base_it_trained_on() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let mut cfg = config(dir.path(), 1, 1e-2);
+    cfg.hyperparameters.quantization.bit = Some(4);
+    let adapter = finish(&cfg).adapter_dir;
+    let how = ferrotune::model_dir::quant::record::read(&adapter)
+        .unwrap()
+        .expect("a QLoRA adapter records the base it trained on");
+    let model = dir.path().join("model");
+    let engine = engine(dir.path()).await;
+    engine.ensure_loaded("q", &adapter).await.unwrap();
+    engine.ensure_loaded("q2", &adapter).await.unwrap();
+    let ids = probe_ids();
+    let storage = ferrotune::model_dir::quant::Storage::Quantize(how);
+    let want = last_row(&forward(&trained_model(&model, &adapter, storage), &ids));
+    let dense = last_row(&model_logits(&model, Some(&adapter), &ids));
+    for name in ["q", "q2"] {
+        let got = engine.logits(name, ids.clone()).await.unwrap();
+        let got = Tensor::new(got.as_slice(), &candle_core::Device::Cpu).unwrap();
+        let err = rel_err(&got, &want);
+        println!("{name} over the nf4 base: last-position relative error {err:.2e}");
+        assert!(err <= 1e-4, "{name}: relative error {err}");
+        // Over the dense base the answer would be elsewhere (so the check above can fail).
+        let off = rel_err(&got, &dense);
+        assert!(
+            off > 10.0 * err.max(1e-6),
+            "{name}: dense base within {off}"
+        );
+    }
+    // One derived base for both adapters, written once.
+    let derived: Vec<_> = walk(&dir.path().join("models"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .collect();
+    assert_eq!(derived.len(), 1, "{derived:?}");
+    assert_eq!(engine.resident(), ["q", "q2"]);
+    engine.remove("q").await;
+    assert_eq!(engine.resident(), ["q2"]);
+    assert!(engine.logits("q", ids.clone()).await.is_err());
+    assert!(engine.logits("q2", ids).await.is_ok());
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 #[tokio::test]
@@ -156,6 +233,7 @@ async fn a_base_of_an_unsupported_architecture_is_a_clear_load_error() {
         slots: 1,
         threads: 1,
         kv_f32: false,
+        derive_base: None,
     }))
     .await;
     match started {

@@ -2,26 +2,26 @@
 //! fine-tune as a LoRA adapter attached per step — no merged copies. Requests are rendered with
 //! our own chat templates and tokenized by llama.cpp; the engine thread ([`runner`]) batches
 //! them continuously.
+//!
+//! An adapter trained with QLoRA over a dense base saw the base after a quantization round trip,
+//! not the base itself: it is served over that derived base, written as GGUF and loaded once per
+//! format ([`derived`]), beside the base and its other adapters.
 
+mod base;
+mod derived;
 mod runner;
 mod sampling;
 mod text;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::model::params::LlamaModelParams;
-use tokio::sync::{mpsc, oneshot};
 
-use self::runner::{Command, Job, Runner, Sizing};
-use super::generation::{Active, Shape};
+use self::base::BaseEngine;
+use self::derived::DerivedBases;
 use super::{ChatParams, Generation, ServeError};
-use crate::model_dir::template::ChatTemplate;
+use crate::model_dir::quant::Quantization;
 
 /// How the llama.cpp engine runs.
 #[derive(Debug, Clone)]
@@ -42,20 +42,34 @@ pub struct LlamaOptions {
     pub threads: usize,
     /// Keep the KV cache in f32 (an f32 model served exactly; otherwise f16, as llama.cpp does).
     pub kv_f32: bool,
+    /// Writes the base as a quantization round trip leaves it, for adapters trained with QLoRA
+    /// over a dense base; `None` refuses such adapters.
+    pub derive_base: Option<DeriveBase>,
 }
 
-/// The llama.cpp engine.
+/// A base model GGUF to serve.
+#[derive(Debug, Clone)]
+pub struct BaseGguf {
+    /// The file.
+    pub path: PathBuf,
+    /// Its weights are f32 (served with an f32 KV cache, exactly).
+    pub f32: bool,
+}
+
+/// Writes (once) and names the GGUF of the base as a quantization round trip leaves it.
+#[derive(Clone)]
+pub struct DeriveBase(pub Arc<dyn Fn(Quantization) -> Result<BaseGguf, String> + Send + Sync>);
+
+impl std::fmt::Debug for DeriveBase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeriveBase")
+    }
+}
+
+/// The llama.cpp engine: the base with its adapters, and the derived bases with theirs.
 pub struct LlamaEngine {
-    commands: std::sync::mpsc::Sender<Command>,
-    options: LlamaOptions,
-    template: ChatTemplate,
-    context_len: usize,
-    /// Attached adapters: name → its LoRA GGUF.
-    adapters: Mutex<HashMap<String, PathBuf>>,
-    /// One lock per model name, so an adapter loads once however many requests want it.
-    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    loads: AtomicU64,
-    active: Active,
+    base: Arc<BaseEngine>,
+    derived: DerivedBases,
 }
 
 fn engine_err(e: impl std::fmt::Display) -> ServeError {
@@ -89,261 +103,124 @@ fn backend() -> Result<&'static LlamaBackend, ServeError> {
 impl LlamaEngine {
     /// Load the base GGUF and start the engine thread.
     pub async fn start(options: LlamaOptions) -> Result<Self, ServeError> {
-        let load_err = |reason: String| ServeError::Load {
-            model: options.base_name.clone(),
-            reason,
-        };
-        let config = crate::model_dir::Config::load(&options.base_dir)
-            .map_err(|e| load_err(e.to_string()))?;
-        let template =
-            ChatTemplate::from_model_dir(&options.base_dir).map_err(|e| load_err(e.to_string()))?;
-        let context_len = config.max_position_embeddings;
-        let sizing = Sizing {
-            kv_tokens: kv_tokens(&options, context_len),
-            slots: options.slots.max(1),
-            batch: 512,
-            context_len,
-        };
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let (commands, rx) = std::sync::mpsc::channel();
-        let (path, threads) = (options.base_gguf.clone(), options.threads.max(1));
-        // An f32 model is served exactly: f32 KV cache and plain attention (llama.cpp's flash
-        // attention on the CPU rounds the query to f16).
-        let (kv_type, flash) = if options.kv_f32 {
-            (
-                KvCacheType::F32,
-                llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
-            )
-        } else {
-            (
-                KvCacheType::F16,
-                llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
-            )
-        };
-        std::thread::Builder::new()
-            .name("llama.cpp".into())
-            .spawn(move || {
-                let started = (|| {
-                    let backend = backend()?;
-                    let model =
-                        LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default())
-                            .map_err(|e| ServeError::Invalid(format!("{}: {e}", path.display())))?;
-                    let model = Box::into_raw(Box::new(model));
-                    let params = LlamaContextParams::default()
-                        .with_n_ctx(std::num::NonZeroU32::new(sizing.kv_tokens as u32))
-                        .with_n_batch(sizing.batch as u32)
-                        .with_n_ubatch(sizing.batch as u32)
-                        // One more than the slots: the spare sequence of parity checks.
-                        .with_n_seq_max(sizing.slots as u32 + 1)
-                        .with_kv_unified(true)
-                        .with_type_k(kv_type)
-                        .with_type_v(kv_type)
-                        .with_flash_attention_policy(flash)
-                        .with_n_threads(threads as i32)
-                        .with_n_threads_batch(threads as i32);
-                    // SAFETY: `model` was just leaked from a box; it is freed by the runner,
-                    // after the context (see `Runner::new`).
-                    let ctx = unsafe { (*model).new_context(backend, params) };
-                    match ctx {
-                        // SAFETY: as above; the runner owns both from here.
-                        Ok(ctx) => Ok(unsafe { Runner::new(model, ctx, sizing) }),
-                        Err(e) => {
-                            // SAFETY: nothing borrowed the model; it is freed once.
-                            drop(unsafe { Box::from_raw(model) });
-                            Err(ServeError::Engine(format!("llama.cpp context: {e}")))
-                        }
-                    }
-                })();
-                match started {
-                    Ok(runner) => {
-                        let _ = ready_tx.send(Ok(()));
-                        runner.run(rx);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                }
-            })
-            .map_err(engine_err)?;
-        ready_rx
-            .await
-            .map_err(|_| load_err("the engine thread ended while loading".to_owned()))?
-            .map_err(|e| load_err(e.to_string()))?;
-        tracing::info!(
-            gguf = %options.base_gguf.display(),
-            kv_tokens = kv_tokens(&options, context_len),
-            "llama.cpp engine started"
-        );
-        Ok(Self {
-            commands,
-            options,
-            template,
-            context_len,
-            adapters: Mutex::new(HashMap::new()),
-            loading: Mutex::new(HashMap::new()),
-            loads: AtomicU64::new(0),
-            active: Arc::new(Mutex::new(HashMap::new())),
-        })
+        let derived = DerivedBases::new(&options);
+        let base = Arc::new(BaseEngine::start(options).await?);
+        Ok(Self { base, derived })
     }
 
-    /// Prompt plus completion tokens a model can hold.
+    /// Prompt plus completion tokens a sequence can hold.
     pub fn context_len(&self) -> usize {
-        self.context_len
+        self.base.context_len()
     }
 
     /// The base model's public name.
     pub fn base_name(&self) -> &str {
-        &self.options.base_name
+        self.base.base_name()
     }
 
     /// The base model's directory.
     pub fn base_dir(&self) -> &Path {
-        &self.options.base_dir
+        self.base.base_dir()
     }
 
     /// Adapter loads so far.
     pub fn loads(&self) -> u64 {
-        self.loads.load(Ordering::Relaxed)
+        self.base.loads()
+            + self
+                .derived
+                .engines()
+                .iter()
+                .map(|e| e.loads())
+                .sum::<u64>()
     }
 
     /// The attached adapters' model names, sorted.
     pub fn resident(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .adapters
-            .lock()
-            .map(|a| a.keys().cloned().collect())
-            .unwrap_or_default();
+        let mut names = self.base.resident();
+        names.extend(self.derived.routed());
         names.sort();
         names
     }
 
     /// Generations in progress.
     pub fn active_generations(&self) -> usize {
-        self.active.lock().map(|m| m.values().sum()).unwrap_or(0)
+        self.base.active_generations()
+            + self
+                .derived
+                .engines()
+                .iter()
+                .map(|e| e.active_generations())
+                .sum::<usize>()
     }
 
-    fn send(&self, command: Command) -> Result<(), ServeError> {
-        self.commands
-            .send(command)
-            .map_err(|_| ServeError::Engine("the llama.cpp engine thread stopped".to_owned()))
-    }
-
-    /// Attach the adapter in `adapter_dir` as `name`, converting it to a LoRA GGUF once.
+    /// Attach the adapter in `adapter_dir` as `name`, converting it to a LoRA GGUF once: over
+    /// the base, or over the derived base its training saw (a QLoRA adapter over a dense base).
     pub async fn ensure_loaded(&self, name: &str, adapter_dir: &Path) -> Result<(), ServeError> {
-        if name == self.options.base_name || self.is_loaded(name) {
+        if name == self.base.base_name() {
             return Ok(());
         }
-        let lock = {
-            let mut map = self.loading.lock().map_err(engine_err)?;
-            map.entry(name.to_owned()).or_default().clone()
-        };
-        let _guard = lock.lock().await;
-        if self.is_loaded(name) {
-            return Ok(());
+        let frozen =
+            crate::model_dir::quant::record::read(adapter_dir).map_err(|e| ServeError::Load {
+                model: name.to_owned(),
+                reason: e.to_string(),
+            })?;
+        match frozen {
+            None => {
+                self.derived.unroute(name).await;
+                self.base.ensure_loaded(name, adapter_dir).await
+            }
+            Some(how) => {
+                let engine = self.derived.engine(name, how).await?;
+                engine.ensure_loaded(name, adapter_dir).await?;
+                if self.derived.route(name, &engine).await {
+                    self.base.remove(name).await;
+                    tracing::info!(
+                        model = name,
+                        base = %how.label(),
+                        "adapter attached over the derived base it trained on (the base after \
+                         a quantization round trip)"
+                    );
+                }
+                Ok(())
+            }
         }
-        let started = std::time::Instant::now();
-        let loading = crate::metrics::LoadingGuard::start();
-        let loaded = self.load(name, adapter_dir).await;
-        drop(loading);
-        let outcome = if loaded.is_ok() { "loaded" } else { "failed" };
-        crate::metrics::global()
-            .adapter_load
-            .with_label_values(&[outcome])
-            .observe(started.elapsed().as_secs_f64());
-        let gguf = loaded?;
-        self.loads.fetch_add(1, Ordering::Relaxed);
-        let count = {
-            let mut a = self.adapters.lock().map_err(engine_err)?;
-            a.insert(name.to_owned(), gguf);
-            a.len()
+    }
+
+    /// Attach `name` now (a job is about to succeed): adapters are small, there is always room.
+    /// Then decode the chat template's head (the system line, the user turn's opening) under the
+    /// adapter once, so the first request to the new model decodes only its own words.
+    pub async fn preload(&self, name: &str, adapter_dir: &Path) {
+        if let Err(e) = self.ensure_loaded(name, adapter_dir).await {
+            tracing::warn!(model = name, error = %e, "preloading a fine-tuned model failed");
+            return;
+        }
+        let params = ChatParams {
+            messages: vec![super::ChatTurn::new("user", "")],
+            max_tokens: Some(1),
+            n: 1,
+            ..ChatParams::default()
         };
-        crate::metrics::global().models_resident.set(count as i64);
-        tracing::info!(
-            model = name,
-            ms = started.elapsed().as_millis() as u64,
-            "adapter attached to the shared base"
-        );
-        Ok(())
-    }
-
-    fn is_loaded(&self, name: &str) -> bool {
-        self.adapters
-            .lock()
-            .map(|a| a.contains_key(name))
-            .unwrap_or(false)
-    }
-
-    /// Convert (once, cached by the adapter's content stamp) and attach.
-    async fn load(&self, name: &str, adapter_dir: &Path) -> Result<PathBuf, ServeError> {
-        let (dir, base, cache) = (
-            adapter_dir.to_owned(),
-            self.options.base_dir.clone(),
-            self.options.adapter_cache.clone(),
-        );
-        let model = name.to_owned();
-        let gguf = tokio::task::spawn_blocking(move || adapter_gguf(&dir, &base, &cache))
-            .await
-            .map_err(engine_err)?
-            .map_err(|reason| ServeError::Load { model, reason })?;
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Load {
-            name: name.to_owned(),
-            path: gguf.clone(),
-            reply,
-        })?;
-        answer.await.map_err(engine_err)??;
-        Ok(gguf)
+        match self.chat(name, params, false).await {
+            Ok(mut warm) => {
+                if let Err(e) = warm.finish().await {
+                    tracing::debug!(model = name, error = %e, "warming the prompt cache failed");
+                }
+            }
+            Err(e) => tracing::debug!(model = name, error = %e, "warming the prompt cache failed"),
+        }
     }
 
     /// Detach `name` (its memory returns when no sequence uses it).
     pub async fn remove(&self, name: &str) {
-        let removed = self
-            .adapters
-            .lock()
-            .map(|mut a| {
-                let removed = a.remove(name).is_some();
-                crate::metrics::global().models_resident.set(a.len() as i64);
-                removed
-            })
-            .unwrap_or(false);
-        if removed {
-            let _ = self.send(Command::Remove {
-                name: name.to_owned(),
-            });
-            tracing::info!(model = name, "adapter detached");
-        }
+        self.derived.unroute(name).await;
+        self.base.remove(name).await;
     }
 
-    /// Attach `name` now (a job just succeeded): adapters are small, there is always room.
-    pub async fn preload(&self, name: &str, adapter_dir: &Path) {
-        if let Err(e) = self.ensure_loaded(name, adapter_dir).await {
-            tracing::warn!(model = name, error = %e, "preloading a fine-tuned model failed");
-        }
-    }
-
-    fn adapter_of(&self, name: &str) -> Result<Option<String>, ServeError> {
-        if name == self.options.base_name {
-            return Ok(None);
-        }
-        if self.is_loaded(name) {
-            return Ok(Some(name.to_owned()));
-        }
-        Err(ServeError::Load {
-            model: name.to_owned(),
-            reason: "it is not loaded".to_owned(),
-        })
-    }
-
-    /// The chat prompt of `params` as the model sees it.
-    fn render(&self, params: &ChatParams) -> Result<String, ServeError> {
-        let turns = params.template_turns();
-        let offered = params
-            .tools
-            .as_ref()
-            .map(|t| (t.tools.as_slice(), t.parallel));
-        self.template
-            .render_conversation(&turns, offered, true)
-            .map_err(|e| ServeError::Invalid(e.to_string()))
+    /// The engine serving `name`.
+    fn serving(&self, name: &str) -> Arc<BaseEngine> {
+        self.derived
+            .serving(name)
+            .unwrap_or_else(|| self.base.clone())
     }
 
     /// Start a chat generation. Dropping the [`Generation`] cancels it.
@@ -353,11 +230,7 @@ impl LlamaEngine {
         params: ChatParams,
         stream: bool,
     ) -> Result<Generation, ServeError> {
-        let prompt = self.render(&params)?;
-        let forced = params.tools.is_some() && params.output_schema().is_some();
-        let read_calls = params.tools.is_some() && !forced;
-        let shape = Shape::of(&params, stream, false);
-        self.submit(name, prompt, params, shape, read_calls, forced)
+        self.serving(name).chat(name, params, stream).await
     }
 
     /// Start a legacy completion of `prompt`.
@@ -368,93 +241,29 @@ impl LlamaEngine {
         params: ChatParams,
         stream: bool,
     ) -> Result<Generation, ServeError> {
-        let shape = Shape::of(&params, stream, true);
-        self.submit(name, prompt, params, shape, false, false)
-    }
-
-    fn submit(
-        &self,
-        name: &str,
-        prompt: String,
-        params: ChatParams,
-        shape: Shape,
-        read_calls: bool,
-        forced_calls: bool,
-    ) -> Result<Generation, ServeError> {
-        let adapter = self.adapter_of(name)?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let seed = params.seed.unwrap_or_else(rand::random) as u32;
-        self.send(Command::Generate(Box::new(Job {
-            adapter,
-            prompt,
-            params,
-            read_calls,
-            forced_calls,
-            tx,
-            seed,
-        })))?;
-        Generation::new(rx, name, self.active.clone(), shape)
-    }
-
-    async fn count(&self, text: String) -> Option<usize> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Tokenize { text, reply }).ok()?;
-        answer.await.ok()
+        self.serving(name)
+            .complete(name, prompt, params, stream)
+            .await
     }
 
     /// Prompt tokens of a chat request, rendered as [`LlamaEngine::chat`] renders it.
-    pub async fn prompt_tokens(&self, _name: &str, params: &ChatParams) -> Option<usize> {
-        let prompt = self.render(params).ok()?;
-        self.count(prompt).await
+    pub async fn prompt_tokens(&self, name: &str, params: &ChatParams) -> Option<usize> {
+        self.base.prompt_tokens(name, params).await
     }
 
     /// Tokens of a legacy completion prompt.
-    pub async fn text_tokens(&self, _name: &str, prompt: &str) -> Option<usize> {
-        self.count(prompt.to_owned()).await
+    pub async fn text_tokens(&self, name: &str, prompt: &str) -> Option<usize> {
+        self.base.text_tokens(name, prompt).await
     }
 
     /// The last position's logits of `tokens` on model `name` (parity checks against the
     /// trainer's forward).
     pub async fn logits(&self, name: &str, tokens: Vec<u32>) -> Result<Vec<f32>, ServeError> {
-        let adapter = self.adapter_of(name)?;
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Logits {
-            adapter,
-            tokens,
-            reply,
-        })?;
-        answer.await.map_err(engine_err)?
+        self.serving(name).logits(name, tokens).await
     }
 
     /// Fault injection for tests: drop every generation in flight.
-    pub async fn stop_engine_thread(&self, _name: &str) -> Result<(), ServeError> {
-        self.send(Command::DropAll)
+    pub async fn stop_engine_thread(&self, name: &str) -> Result<(), ServeError> {
+        self.serving(name).stop_engine_thread(name).await
     }
-}
-
-/// KV cells: as asked, but always room for one sequence of the whole context (up to 32k).
-fn kv_tokens(options: &LlamaOptions, context_len: usize) -> usize {
-    options.kv_tokens.max(context_len.min(32_768))
-}
-
-/// The LoRA GGUF of the adapter in `dir`, written once into `cache` (keyed by the adapter
-/// weights' content stamp).
-fn adapter_gguf(dir: &Path, base: &Path, cache: &Path) -> Result<PathBuf, String> {
-    let weights = dir.join(crate::model_dir::adapter::WEIGHTS_FILE);
-    let stamp = crate::model_dir::file_stamp(&weights)
-        .map_err(|e| format!("{}: {e}", weights.display()))?;
-    let key = {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        h.update(dir.display().to_string().as_bytes());
-        h.update(stamp.as_bytes());
-        format!("{:x}", h.finalize())
-    };
-    let out = cache.join(format!("{}.gguf", &key[..24]));
-    if out.exists() {
-        return Ok(out);
-    }
-    std::fs::create_dir_all(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
-    crate::model_dir::lora_gguf::write(dir, base, &out).map_err(|e| e.to_string())?;
-    Ok(out)
 }

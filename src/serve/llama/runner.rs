@@ -27,19 +27,22 @@ use crate::serve::{ChatParams, ServeError};
 pub enum Command {
     /// Generate for a request.
     Generate(Box<Job>),
-    /// Attach-ready an adapter (a LoRA GGUF) under `name`, scaled by `scale`.
+    /// Make an adapter (a LoRA GGUF) ready to attach under `key`.
     Load {
-        /// Model name.
+        /// The model name (for errors).
         name: String,
+        /// What sequences name the adapter by: its LoRA GGUF's path, so one file is one adapter
+        /// whichever names serve it.
+        key: String,
         /// The LoRA GGUF.
         path: PathBuf,
         /// The answer.
         reply: oneshot::Sender<Result<(), ServeError>>,
     },
-    /// Forget `name`'s adapter once no sequence uses it.
+    /// Forget adapter `key` once no sequence uses it.
     Remove {
-        /// Model name.
-        name: String,
+        /// The adapter's key.
+        key: String,
     },
     /// Count the tokens of `text` (special tokens parsed, as prompts are).
     Tokenize {
@@ -155,6 +158,8 @@ pub struct Sizing {
     pub batch: usize,
     /// Most tokens a sequence may hold (the model's context).
     pub context_len: usize,
+    /// Steps one adapter group may decode in a row while other groups wait.
+    pub quantum: usize,
 }
 
 /// The engine thread's state.
@@ -171,7 +176,8 @@ pub struct Runner {
     cached: Vec<Cached>,
     waiting: VecDeque<Seq>,
     reserved: usize,
-    turn: usize,
+    /// Steps decoded in a row with the adapter set applied now.
+    streak: usize,
     sizing: Sizing,
     batch: LlamaBatch<'static>,
 }
@@ -197,7 +203,7 @@ impl Runner {
             cached: (0..sizing.slots).map(|_| Cached::default()).collect(),
             waiting: VecDeque::new(),
             reserved: 0,
-            turn: 0,
+            streak: 0,
             batch: LlamaBatch::new(sizing.batch.max(sizing.slots), 1),
             sizing,
         }
@@ -232,11 +238,16 @@ impl Runner {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Generate(job) => self.enqueue(*job),
-            Command::Load { name, path, reply } => {
-                let _ = reply.send(self.load(name, path));
+            Command::Load {
+                name,
+                key,
+                path,
+                reply,
+            } => {
+                let _ = reply.send(self.load(name, key, path));
             }
-            Command::Remove { name } => {
-                if let Some(a) = self.adapters.get_mut(&name) {
+            Command::Remove { key } => {
+                if let Some(a) = self.adapters.get_mut(&key) {
                     a.removed = true;
                 }
                 self.free_unused();
@@ -305,8 +316,10 @@ impl Runner {
         self.model().vocab().tokenize(text.as_bytes(), true, true)
     }
 
-    fn load(&mut self, name: String, path: PathBuf) -> Result<(), ServeError> {
-        if self.adapters.get(&name).is_some_and(|a| !a.removed) {
+    fn load(&mut self, name: String, key: String, path: PathBuf) -> Result<(), ServeError> {
+        if let Some(a) = self.adapters.get_mut(&key) {
+            // The same file: still held (perhaps marked removed, now wanted again).
+            a.removed = false;
             return Ok(());
         }
         // SAFETY: see `new`: no Rust reference to the model is alive across this call.
@@ -314,11 +327,11 @@ impl Runner {
         let lora = model
             .lora_adapter_init(&path)
             .map_err(|e| ServeError::Load {
-                model: name.clone(),
+                model: name,
                 reason: format!("llama.cpp refused the adapter: {e}"),
             })?;
         self.adapters.insert(
-            name,
+            key,
             Adapter {
                 lora,
                 removed: false,
@@ -492,6 +505,12 @@ impl Runner {
                 reuse
             };
             self.cached[free] = Cached::default();
+            tracing::debug!(
+                slot = free,
+                reused = reuse,
+                prompt = seq.prompt.len(),
+                "sequence admitted"
+            );
             seq.fed = reuse;
             seq.pos = reuse as i32;
             self.reserved += seq.reserved;
@@ -557,6 +576,24 @@ impl Runner {
         self.current = name.map(str::to_owned);
     }
 
+    /// The adapter group to decode next: the one applied now, for up to `sizing.quantum` steps
+    /// in a row while others wait, then the next in order (round robin: none starves). Applying
+    /// another adapter set makes llama.cpp rebuild its compute graph and buffers, which costs
+    /// about as much as a decode step.
+    fn next_group(&mut self, groups: &[Option<String>]) -> Option<String> {
+        if groups.contains(&self.current) && self.streak < self.sizing.quantum {
+            self.streak += 1;
+            return self.current.clone();
+        }
+        self.streak = 1;
+        groups
+            .iter()
+            .find(|g| **g > self.current)
+            .or(groups.first())
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// One decode of the next adapter group in turn.
     fn step(&mut self) {
         self.schedule();
@@ -571,8 +608,7 @@ impl Runner {
             return;
         }
         groups.sort();
-        let group = groups[self.turn % groups.len()].clone();
-        self.turn = self.turn.wrapping_add(1);
+        let group = self.next_group(&groups);
         self.set_adapter(group.as_deref());
         self.batch.clear();
         let mut budget = self.sizing.batch;
