@@ -659,7 +659,15 @@ impl Runner {
         if row == 0 {
             return;
         }
-        if let Err(e) = self.ctx.decode(&mut self.batch) {
+        let started = std::time::Instant::now();
+        let decoded = self.ctx.decode(&mut self.batch);
+        tracing::trace!(
+            tokens = row,
+            adapter = group.is_some(),
+            us = started.elapsed().as_micros() as u64,
+            "decoded"
+        );
+        if let Err(e) = decoded {
             tracing::error!(error = %e, "llama.cpp decode failed");
             for (i, _) in rows {
                 if let Some(seq) = self.slots[i].take() {
