@@ -83,6 +83,32 @@ async fn served_logits_equal_the_trainers_with_and_without_the_adapter() {
     }
 }
 
+/// A name attached from one directory and asked for with another (a job published by another
+/// worker after a fenced-off one attached its own result) serves the adapter asked for.
+#[tokio::test]
+async fn a_name_asked_for_with_another_adapter_directory_serves_that_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = trained(dir.path(), TinyArch::Llama);
+    let mut cfg = config(dir.path(), 1, 5e-2);
+    cfg.output_dir = dir.path().join("out-2");
+    cfg.seed = 11;
+    let second = finish(&cfg).adapter_dir;
+    assert_ne!(first, second);
+    let model = dir.path().join("model");
+    let engine = engine(dir.path()).await;
+    let ids = probe_ids();
+    for adapter in [&first, &second, &first] {
+        engine.ensure_loaded("ft", adapter).await.unwrap();
+        let want = last_row(&model_logits(&model, Some(adapter), &ids));
+        let got = engine.logits("ft", ids.clone()).await.unwrap();
+        let got = Tensor::new(got.as_slice(), &candle_core::Device::Cpu).unwrap();
+        let err = rel_err(&got, &want);
+        assert!(err <= 1e-4, "{}: relative error {err}", adapter.display());
+    }
+    assert_eq!(engine.resident(), ["ft"]);
+    assert_eq!(engine.loads(), 3);
+}
+
 /// A QLoRA adapter over the dense (f32) tiny base trained on the base after an nf4 round trip:
 /// it is served over that derived base (its own GGUF, loaded once), so the served logits are the
 /// trainer's nf4 ones, not the dense base's.

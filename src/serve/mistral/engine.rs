@@ -53,6 +53,8 @@ pub struct MistralEngine {
     options: MistralOptions,
     /// Loaded non-base models, least recently used first.
     resident: Mutex<Vec<String>>,
+    /// The adapter directory each resident model was loaded from.
+    dirs: Mutex<HashMap<String, PathBuf>>,
     /// One lock per model name, so a model loads once however many requests want it.
     loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Adapter loads so far.
@@ -166,6 +168,7 @@ impl MistralEngine {
             model: Arc::new(model),
             options,
             resident: Mutex::new(Vec::new()),
+            dirs: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             loads: std::sync::atomic::AtomicU64::new(0),
             active: Arc::new(Mutex::new(HashMap::new())),
@@ -199,6 +202,16 @@ impl MistralEngine {
         self.resident.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
+    /// `name` is resident, loaded from `dir` (and now the most recently used).
+    fn resident_from(&self, name: &str, dir: &Path) -> bool {
+        let same = self
+            .dirs
+            .lock()
+            .map(|d| d.get(name).is_some_and(|p| p == dir))
+            .unwrap_or(false);
+        same && self.touch(name)
+    }
+
     fn touch(&self, name: &str) -> bool {
         let Ok(mut r) = self.resident.lock() else {
             return false;
@@ -215,8 +228,10 @@ impl MistralEngine {
 
     /// Make `name` (the base with `adapter_dir` merged) resident, loading it once if needed and
     /// evicting the least recently used model beyond the budget.
+    /// A model resident from another directory (a job published by another worker after a
+    /// fenced one prepared it) is loaded again from `adapter_dir`.
     pub async fn ensure_loaded(&self, name: &str, adapter_dir: &Path) -> Result<(), ServeError> {
-        if name == self.options.base_name || self.touch(name) {
+        if name == self.options.base_name || self.resident_from(name, adapter_dir) {
             return Ok(());
         }
         let lock = {
@@ -224,8 +239,11 @@ impl MistralEngine {
             map.entry(name.to_owned()).or_default().clone()
         };
         let _guard = lock.lock().await;
-        if self.touch(name) {
+        if self.resident_from(name, adapter_dir) {
             return Ok(());
+        }
+        if self.resident().iter().any(|n| n == name) {
+            self.remove(name).await;
         }
         let started = std::time::Instant::now();
         let metrics = crate::metrics::global();
@@ -238,6 +256,9 @@ impl MistralEngine {
             .with_label_values(&[outcome])
             .observe(started.elapsed().as_secs_f64());
         loaded?;
+        if let Ok(mut dirs) = self.dirs.lock() {
+            dirs.insert(name.to_owned(), adapter_dir.to_owned());
+        }
         self.loads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
@@ -314,6 +335,9 @@ impl MistralEngine {
 
     /// Unload `name` if resident (the engine refuses async-thread removal: a blocking thread).
     pub async fn remove(&self, name: &str) {
+        if let Ok(mut dirs) = self.dirs.lock() {
+            dirs.remove(name);
+        }
         if let Ok(mut r) = self.resident.lock() {
             r.retain(|n| n != name);
             crate::metrics::global().models_resident.set(r.len() as i64);
