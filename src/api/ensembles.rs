@@ -24,7 +24,7 @@ pub struct CreateEnsembleRequest {
     /// Model ids of the caller's organization (fine-tuned models, checkpoints, or the base), all
     /// of one base: 2–8 for `vote`, `best_logprob`, `consensus`; exactly one (the domain model)
     /// for `layered`.
-    #[schema(min_items = 1, max_items = 8)]
+    #[schema(schema_with = members_schema)]
     pub members: Vec<String>,
     /// How the answer is chosen (default `vote`).
     #[serde(default)]
@@ -279,4 +279,23 @@ pub async fn remove(
         }
     }
     Ok(row)
+}
+
+/// `members`' schema: 1–8 model ids, none empty.
+fn members_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1)),
+        )
+        .min_items(Some(1))
+        .max_items(Some(8))
+        .description(Some(
+            "Model ids of the caller's organization (fine-tuned models, checkpoints, or the \
+             base), all of one base: 2–8 for `vote`, `best_logprob`, `consensus`; exactly one \
+             (the domain model) for `layered`.",
+        ))
+        .build()
 }

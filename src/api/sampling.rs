@@ -28,7 +28,7 @@ pub struct SamplingFields {
     #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f32>,
     /// Up to 4 stop sequences (a string or a list).
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = stop_schema)]
     pub stop: Option<Value>,
     /// Token id → bias (-100–100).
     #[schema(value_type = Option<Object>)]
@@ -76,6 +76,34 @@ impl SamplingFields {
             ..ChatParams::default()
         })
     }
+}
+
+/// A string, or a list of strings of `min_items` to `max_items` entries: the schema of
+/// `prompt` and `stop`.
+pub(crate) fn text_or_texts(
+    min_items: Option<usize>,
+    max_items: Option<usize>,
+) -> utoipa::openapi::schema::OneOfBuilder {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    OneOfBuilder::new().item(text()).item(
+        ArrayBuilder::new()
+            .items(text())
+            .min_items(min_items)
+            .max_items(max_items),
+    )
+}
+
+/// `stop`'s schema: a string, a list of up to 4, or null.
+fn stop_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    let null = ObjectBuilder::new().schema_type(Type::Null);
+    Schema::OneOf(
+        text_or_texts(None, Some(4))
+            .item(null)
+            .description(Some("Up to 4 stop sequences (a string or a list)."))
+            .build(),
+    )
 }
 
 fn stop(value: &Option<Value>) -> Result<Vec<String>, ApiError> {

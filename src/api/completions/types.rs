@@ -93,12 +93,7 @@ pub struct CreateCompletionResponse {
 
 /// `prompt`'s schema: a string, or a non-empty list of strings.
 fn prompt_schema() -> utoipa::openapi::schema::Schema {
-    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
-    let text = || ObjectBuilder::new().schema_type(Type::String);
-    Schema::OneOf(
-        OneOfBuilder::new()
-            .item(text())
-            .item(ArrayBuilder::new().items(text()).min_items(Some(1)))
-            .build(),
+    utoipa::openapi::schema::Schema::OneOf(
+        crate::api::sampling::text_or_texts(Some(1), None).build(),
     )
 }
