@@ -14,6 +14,11 @@ pub const KEEP: f64 = 0.95;
 /// Confidence given to an empty answer (the lowest threshold there is).
 const FLOOR: f64 = -100.0;
 
+/// How far below the kept answers' lowest confidence the threshold sits: the same prompt served
+/// again can score a hair lower (another batch size, a prompt prefix reused from the cache
+/// changes the order of float sums), and an answer exactly at the threshold must not flip.
+const SLACK: f64 = 0.01;
+
 impl Models<'_> {
     /// Calibrate the threshold of `member` (the domain model) on its job's validation file.
     pub async fn calibrate_threshold(
@@ -86,15 +91,15 @@ impl Models<'_> {
     }
 }
 
-/// The highest threshold under which at least `keep` of `confidences` stay at or above it,
-/// within the API's range (−100 to 0).
+/// The highest threshold under which at least `keep` of `confidences` stay at or above it, less
+/// [`SLACK`], within the API's range (−100 to 0).
 fn keeping(mut confidences: Vec<f64>, keep: f64) -> f64 {
     confidences.sort_by(f64::total_cmp);
     let dropped = ((1.0 - keep) * confidences.len() as f64).floor() as usize;
     confidences
         .get(dropped.min(confidences.len().saturating_sub(1)))
         .copied()
-        .unwrap_or(FLOOR)
+        .map_or(FLOOR, |c| c - SLACK)
         .clamp(FLOOR, 0.0)
 }
 
@@ -108,12 +113,12 @@ mod tests {
         let t = keeping(c.clone(), 0.95);
         let kept = c.iter().filter(|x| **x >= t).count();
         assert_eq!(kept, 38, "threshold {t}");
-        assert_eq!(t, -3.8);
+        assert_eq!(t, -3.8 - SLACK);
         // Twenty answers: one may fall below; nineteen stay.
         let t = keeping(c[..20].to_vec(), 0.95);
         assert_eq!(c[..20].iter().filter(|x| **x >= t).count(), 19);
         // Few answers keep them all; the range is the API's.
-        assert_eq!(keeping(vec![-0.5, -0.2], 0.95), -0.5);
+        assert_eq!(keeping(vec![-0.5, -0.2], 0.95), -0.5 - SLACK);
         assert_eq!(keeping(vec![-250.0], 0.95), -100.0);
         assert_eq!(keeping(Vec::new(), 0.95), -100.0);
     }
