@@ -51,10 +51,6 @@ pub async fn start_engine(
             let (dir, name, models) = (base_dir.to_owned(), base_name.to_owned(), cache.clone());
             crate::serve::DeriveBase(Arc::new(move |how| {
                 crate::export::served::derived_base_gguf(&dir, how, &models, &name)
-                    .map(|g| crate::serve::BaseGguf {
-                        path: g.path,
-                        f32: g.f32,
-                    })
                     .map_err(|e| e.to_string())
             }))
         };

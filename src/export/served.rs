@@ -7,16 +7,8 @@ use std::path::{Path, PathBuf};
 
 use super::{ExportError, ExportFormat, ExportRequest, Quant, export};
 use crate::model_dir::gguf::SOURCE_FILE;
+pub use crate::model_dir::gguf::ServedGguf;
 use crate::model_dir::quant::Quantization;
-
-/// The GGUF a base model is served from.
-#[derive(Debug, Clone)]
-pub struct ServedGguf {
-    /// The file.
-    pub path: PathBuf,
-    /// Its weights are f32 (an exact copy of an f32 directory).
-    pub f32: bool,
-}
 
 /// The GGUF to serve for the base model in `base_dir` named `name`; exports go into the
 /// directory, or under `cache` when it cannot be written.

@@ -414,6 +414,15 @@ struct Files<'a> {
 /// it, so what is served is the very blocks the trainer trains on.
 pub const SOURCE_FILE: &str = "model.gguf";
 
+/// A base model's GGUF to serve (written by `export::served`, loaded by the llama.cpp engine).
+#[derive(Debug, Clone)]
+pub struct ServedGguf {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Its weights are f32 (an exact copy of an f32 directory, served with an f32 KV cache).
+    pub f32: bool,
+}
+
 fn write_dir(out: &Path, files: &Files) -> Result<(), GgufError> {
     let name = out
         .file_name()

@@ -15,7 +15,7 @@ mod request;
 
 pub use engine::{Engine, EngineOptions};
 pub use generation::Generation;
-pub use llama::{BaseGguf, DeriveBase, LlamaOptions};
+pub use llama::{DeriveBase, LlamaOptions};
 pub use mistral::MistralOptions;
 pub use request::{ChatParams, ChatTurn, ToolUse};
 

@@ -44,12 +44,8 @@ async fn engine(dir: &Path) -> Arc<Engine> {
 fn derive_base(dir: &Path) -> ferrotune::serve::DeriveBase {
     let (model, models) = (dir.join("model"), dir.join("models"));
     ferrotune::serve::DeriveBase(Arc::new(move |how| {
-        let g = ferrotune::export::served::derived_base_gguf(&model, how, &models, "tiny")
-            .map_err(|e| e.to_string())?;
-        Ok(ferrotune::serve::BaseGguf {
-            path: g.path,
-            f32: g.f32,
-        })
+        ferrotune::export::served::derived_base_gguf(&model, how, &models, "tiny")
+            .map_err(|e| e.to_string())
     }))
 }
 

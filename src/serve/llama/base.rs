@@ -235,7 +235,8 @@ impl BaseEngine {
         Ok(())
     }
 
-    fn is_loaded(&self, name: &str, dir: &Path) -> bool {
+    /// `name` is attached, from `dir`.
+    pub(super) fn is_loaded(&self, name: &str, dir: &Path) -> bool {
         self.adapters
             .lock()
             .map(|a| a.get(name).is_some_and(|x| x.dir == dir))

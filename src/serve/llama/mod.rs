@@ -21,6 +21,7 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use self::base::BaseEngine;
 use self::derived::DerivedBases;
 use super::{ChatParams, Generation, ServeError};
+use crate::model_dir::gguf::ServedGguf;
 use crate::model_dir::quant::Quantization;
 
 /// How the llama.cpp engine runs.
@@ -47,18 +48,9 @@ pub struct LlamaOptions {
     pub derive_base: Option<DeriveBase>,
 }
 
-/// A base model GGUF to serve.
-#[derive(Debug, Clone)]
-pub struct BaseGguf {
-    /// The file.
-    pub path: PathBuf,
-    /// Its weights are f32 (served with an f32 KV cache, exactly).
-    pub f32: bool,
-}
-
 /// Writes (once) and names the GGUF of the base as a quantization round trip leaves it.
 #[derive(Clone)]
-pub struct DeriveBase(pub Arc<dyn Fn(Quantization) -> Result<BaseGguf, String> + Send + Sync>);
+pub struct DeriveBase(pub Arc<dyn Fn(Quantization) -> Result<ServedGguf, String> + Send + Sync>);
 
 impl std::fmt::Debug for DeriveBase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -123,15 +115,16 @@ impl LlamaEngine {
         self.base.base_dir()
     }
 
+    /// The base's engine and every derived base's.
+    fn engines(&self) -> Vec<Arc<BaseEngine>> {
+        let mut all = self.derived.engines();
+        all.push(self.base.clone());
+        all
+    }
+
     /// Adapter loads so far.
     pub fn loads(&self) -> u64 {
-        self.base.loads()
-            + self
-                .derived
-                .engines()
-                .iter()
-                .map(|e| e.loads())
-                .sum::<u64>()
+        self.engines().iter().map(|e| e.loads()).sum()
     }
 
     /// The attached adapters' model names, sorted.
@@ -144,19 +137,14 @@ impl LlamaEngine {
 
     /// Generations in progress.
     pub fn active_generations(&self) -> usize {
-        self.base.active_generations()
-            + self
-                .derived
-                .engines()
-                .iter()
-                .map(|e| e.active_generations())
-                .sum::<usize>()
+        self.engines().iter().map(|e| e.active_generations()).sum()
     }
 
     /// Attach the adapter in `adapter_dir` as `name`, converting it to a LoRA GGUF once: over
     /// the base, or over the derived base its training saw (a QLoRA adapter over a dense base).
     pub async fn ensure_loaded(&self, name: &str, adapter_dir: &Path) -> Result<(), ServeError> {
-        if name == self.base.base_name() {
+        // Every request passes here: an attached model answers without reading its directory.
+        if name == self.base.base_name() || self.serving(name).is_loaded(name, adapter_dir) {
             return Ok(());
         }
         let frozen =
