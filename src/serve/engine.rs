@@ -134,8 +134,22 @@ impl Engine {
     /// The last position's logits of `tokens` on model `name`, for parity checks (llama.cpp only).
     #[doc(hidden)]
     pub async fn logits(&self, name: &str, tokens: Vec<u32>) -> Result<Vec<f32>, ServeError> {
+        let mut rows = self
+            .logits_together(vec![(name.to_owned(), tokens)])
+            .await?;
+        rows.pop()
+            .ok_or_else(|| ServeError::Engine("no logits came back".to_owned()))
+    }
+
+    /// The last position's logits of each row's tokens on its model, all rows decoded together
+    /// in one batch (up to 4 rows; models of one base), for parity checks (llama.cpp only).
+    #[doc(hidden)]
+    pub async fn logits_together(
+        &self,
+        rows: Vec<(String, Vec<u32>)>,
+    ) -> Result<Vec<Vec<f32>>, ServeError> {
         match &self.backend {
-            Backend::Llama(e) => e.logits(name, tokens).await,
+            Backend::Llama(e) => e.logits(rows).await,
             Backend::Mistral(_) => Err(ServeError::Invalid(
                 "logits are read from the llama.cpp engine only".to_owned(),
             )),

@@ -105,6 +105,60 @@ async fn a_name_asked_for_with_another_adapter_directory_serves_that_adapter() {
     assert_eq!(engine.loads(), 3);
 }
 
+/// Rows of different adapters and of the base decoded in one batch each get their own model:
+/// the trainer's logits for every row, as when each is decoded alone. With prompts of unequal
+/// lengths the batch's token rows and output rows differ (the last layer's feed-forward runs on
+/// output rows only), so both of the engine's row masks are checked.
+#[tokio::test]
+async fn one_batch_serves_each_row_with_its_own_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = trained(dir.path(), TinyArch::Llama);
+    let mut cfg = config(dir.path(), 1, 5e-2);
+    cfg.output_dir = dir.path().join("out-2");
+    cfg.seed = 11;
+    let second = finish(&cfg).adapter_dir;
+    let model = dir.path().join("model");
+    let engine = engine(dir.path()).await;
+    engine.ensure_loaded("a", &first).await.unwrap();
+    engine.ensure_loaded("b", &second).await.unwrap();
+    let ids = probe_ids();
+    let short = ids[..ids.len() - 2].to_vec();
+    let rows = [
+        ("a", Some(first.as_path()), ids.clone()),
+        ("ferrotune-tiny", None, short.clone()),
+        ("b", Some(second.as_path()), ids.clone()),
+        ("a", Some(first.as_path()), short),
+    ];
+    let got = engine
+        .logits_together(
+            rows.iter()
+                .map(|(name, _, tokens)| (name.to_string(), tokens.clone()))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), rows.len());
+    for ((name, adapter, tokens), got) in rows.iter().zip(&got) {
+        let want = last_row(&model_logits(&model, *adapter, tokens));
+        let got = Tensor::new(got.as_slice(), &candle_core::Device::Cpu).unwrap();
+        let err = rel_err(&got, &want);
+        println!(
+            "{name} ({} tokens) in a mixed batch: relative error {err:.2e}",
+            tokens.len()
+        );
+        assert!(err <= 1e-4, "{name}: relative error {err}");
+    }
+    // The rows really differ by model (so a row given another's adapter would fail above).
+    let moved = |x: &[f32], y: &[f32]| x.iter().zip(y).any(|(a, b)| (a - b).abs() > 1e-3);
+    assert!(moved(&got[0], &got[2]) && moved(&got[1], &got[3]));
+    // Bad rows are refused, not decoded.
+    assert!(engine.logits_together(Vec::new()).await.is_err());
+    let five = vec![("a".to_string(), ids.clone()); 5];
+    assert!(engine.logits_together(five).await.is_err());
+    let unknown = vec![("nope".to_string(), ids.clone())];
+    assert!(engine.logits_together(unknown).await.is_err());
+}
+
 /// A QLoRA adapter over the dense (f32) tiny base trained on the base after an nf4 round trip:
 /// it is served over that derived base (its own GGUF, loaded once), so the served logits are the
 /// trainer's nf4 ones, not the dense base's.

@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
+use llama_cpp_2::context::params::KvCacheType;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use tokio::sync::{mpsc, oneshot};
 
-use super::runner::{Command, Job, Runner, Sizing};
+use super::context::{Context, Params};
+use super::runner::{Command, Job, Runner, SPARE, Sizing};
 use super::{LlamaOptions, backend, engine_err};
 use crate::model_dir::template::ChatTemplate;
 use crate::serve::generation::{Active, Shape};
@@ -62,7 +63,6 @@ impl BaseEngine {
             slots: options.slots.max(1),
             batch: 512,
             context_len,
-            quantum: ADAPTER_QUANTUM,
         };
         let (ready_tx, ready_rx) = oneshot::channel();
         let (commands, rx) = std::sync::mpsc::channel();
@@ -89,26 +89,22 @@ impl BaseEngine {
                         LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default())
                             .map_err(|e| ServeError::Invalid(format!("{}: {e}", path.display())))?;
                     let model = Box::into_raw(Box::new(model));
-                    let params = LlamaContextParams::default()
-                        .with_n_ctx(std::num::NonZeroU32::new(sizing.kv_tokens as u32))
-                        .with_n_batch(sizing.batch as u32)
-                        .with_n_ubatch(sizing.batch as u32)
-                        // One more than the slots: the spare sequence of parity checks.
-                        .with_n_seq_max(sizing.slots as u32 + 1)
-                        .with_kv_unified(true)
-                        .with_type_k(kv_type)
-                        .with_type_v(kv_type)
-                        .with_flash_attention_policy(flash)
-                        .with_n_threads(threads as i32)
-                        .with_n_threads_batch(threads as i32);
+                    let params = Params {
+                        kv_tokens: sizing.kv_tokens,
+                        batch: sizing.batch,
+                        sequences: sizing.slots + SPARE,
+                        kv_type,
+                        flash_attention: flash,
+                        threads,
+                    };
                     // SAFETY: `model` was just leaked from a box; it is freed by the runner,
                     // after the context (see `Runner::new`).
-                    let ctx = unsafe { (*model).new_context(backend, params) };
+                    let ctx = Context::new(unsafe { &*model }, &params);
                     match ctx {
                         // SAFETY: as above; the runner owns both from here.
                         Ok(ctx) => Ok(unsafe { Runner::new(model, ctx, sizing) }),
                         Err(e) => {
-                            // SAFETY: nothing borrowed the model; it is freed once.
+                            // SAFETY: nothing borrows the model; it is freed once.
                             drop(unsafe { Box::from_raw(model) });
                             Err(ServeError::Engine(format!("llama.cpp context: {e}")))
                         }
@@ -388,16 +384,15 @@ impl BaseEngine {
         self.count(prompt.to_owned()).await
     }
 
-    /// The last position's logits of `tokens` on model `name` (parity checks against the
-    /// trainer's forward).
-    pub async fn logits(&self, name: &str, tokens: Vec<u32>) -> Result<Vec<f32>, ServeError> {
-        let adapter = self.adapter_of(name)?;
+    /// The last position's logits of each row's tokens on its model, the rows decoded together
+    /// in one batch (parity checks against the trainer's forward).
+    pub async fn logits(&self, rows: Vec<(String, Vec<u32>)>) -> Result<Vec<Vec<f32>>, ServeError> {
+        let mut named = Vec::with_capacity(rows.len());
+        for (name, tokens) in rows {
+            named.push((self.adapter_of(&name)?, tokens));
+        }
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Logits {
-            adapter,
-            tokens,
-            reply,
-        })?;
+        self.send(Command::Logits { rows: named, reply })?;
         answer.await.map_err(engine_err)?
     }
 
@@ -408,11 +403,6 @@ impl BaseEngine {
 }
 
 /// KV cells: as asked, but always room for one sequence of the whole context (up to 32k).
-/// Steps one adapter group decodes in a row while others wait. Measured on SmolLM2, 8 streams
-/// spread over 10 adapters and the base (bench/serving.sh's mix): 1 → 56 tok/s, 4 → 79,
-/// 8 → 85, 16 → 75, with first-token p50 0.18, 0.28, 0.41, 0.82 s; 4 keeps most of the gain.
-const ADAPTER_QUANTUM: usize = 4;
-
 fn kv_tokens(options: &LlamaOptions, context_len: usize) -> usize {
     options.kv_tokens.max(context_len.min(32_768))
 }

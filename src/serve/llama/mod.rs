@@ -8,6 +8,7 @@
 //! format ([`derived`]), beside the base and its other adapters.
 
 mod base;
+mod context;
 mod derived;
 mod runner;
 mod sampling;
@@ -244,10 +245,23 @@ impl LlamaEngine {
         self.base.text_tokens(name, prompt).await
     }
 
-    /// The last position's logits of `tokens` on model `name` (parity checks against the
-    /// trainer's forward).
-    pub async fn logits(&self, name: &str, tokens: Vec<u32>) -> Result<Vec<f32>, ServeError> {
-        self.serving(name).logits(name, tokens).await
+    /// The last position's logits of each row's tokens on its model, the rows decoded together
+    /// in one batch (parity checks against the trainer's forward). The rows' models share one
+    /// base.
+    pub async fn logits(&self, rows: Vec<(String, Vec<u32>)>) -> Result<Vec<Vec<f32>>, ServeError> {
+        let Some((first, _)) = rows.first() else {
+            return Err(ServeError::Invalid("no rows".to_owned()));
+        };
+        let engine = self.serving(first);
+        if rows
+            .iter()
+            .any(|(name, _)| !Arc::ptr_eq(&self.serving(name), &engine))
+        {
+            return Err(ServeError::Invalid(
+                "rows decoded together must share a base".to_owned(),
+            ));
+        }
+        engine.logits(rows).await
     }
 
     /// Fault injection for tests: drop every generation in flight.

@@ -1,8 +1,9 @@
 //! The llama.cpp engine thread: one model, one context whose KV cache every sequence shares,
-//! and LoRA adapters attached per step. Each step picks the next adapter group in turn (the base
-//! is a group too), decodes one token of every running sequence in it plus prompt chunks of new
-//! ones (continuous batching: sequences join and leave between steps), and samples. A sequence
-//! whose client went away is dropped at the next step.
+//! and the LoRA adapters of the sequences in flight attached together. Each step decodes one
+//! token of every running sequence, whatever its adapter, plus prompt chunks of new ones
+//! (continuous batching: sequences join and leave between steps), each row under its own
+//! adapter (see [`super::context`]), and samples. A sequence whose client went away is dropped
+//! at the next step.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -10,14 +11,13 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
-use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, oneshot};
 use toktrie::TokEnv;
 
+use super::context::{AdapterId, Context};
 use super::sampling;
 use super::text::{Piece, TextOut, parse_tool_calls};
 use crate::serve::events::{Event, FinishReason, Usage};
@@ -53,17 +53,20 @@ pub enum Command {
     },
     /// Drop every sequence in flight, as a crashed engine would (tests).
     DropAll,
-    /// The last position's logits of `tokens` under `adapter` (parity checks), decoded in the
-    /// spare sequence no request uses.
+    /// The last position's logits of each row's tokens under its adapter (`None`: the base),
+    /// all rows decoded together in one batch, each in a spare sequence no request uses
+    /// (parity checks).
     Logits {
-        /// The adapter, `None` for the base.
-        adapter: Option<String>,
-        /// Token ids.
-        tokens: Vec<u32>,
-        /// The logits.
-        reply: oneshot::Sender<Result<Vec<f32>, ServeError>>,
+        /// Up to [`SPARE`] rows of an adapter and token ids.
+        rows: Vec<(Option<String>, Vec<u32>)>,
+        /// The logits of each row.
+        reply: oneshot::Sender<Result<Vec<Vec<f32>>, ServeError>>,
     },
 }
+
+/// Sequences beyond the slots that no request uses: parity checks decode in them and a new
+/// adapter's first decode runs in the first.
+pub const SPARE: usize = 4;
 
 /// One request: a prompt and how to continue it.
 pub struct Job {
@@ -110,6 +113,8 @@ struct Seq {
     request: Rc<RefCell<Request>>,
     choice: usize,
     adapter: Option<String>,
+    /// The loaded adapter `adapter` names.
+    lora: Option<AdapterId>,
     prompt: Vec<LlamaToken>,
     /// Prompt tokens decoded so far.
     fed: usize,
@@ -144,7 +149,7 @@ fn common_start(held: &[LlamaToken], prompt: &[LlamaToken]) -> usize {
 
 /// An adapter and whether it is to be freed once unused.
 struct Adapter {
-    lora: LlamaLoraAdapter,
+    id: AdapterId,
     removed: bool,
 }
 
@@ -158,53 +163,40 @@ pub struct Sizing {
     pub batch: usize,
     /// Most tokens a sequence may hold (the model's context).
     pub context_len: usize,
-    /// Steps one adapter group may decode in a row while other groups wait.
-    pub quantum: usize,
 }
 
 /// The engine thread's state.
 pub struct Runner {
-    ctx: std::mem::ManuallyDrop<LlamaContext<'static>>,
+    ctx: std::mem::ManuallyDrop<Context>,
     model: *mut LlamaModel,
     tok_env: Option<TokEnv>,
     adapters: HashMap<String, Adapter>,
-    /// The adapter set on the context now.
-    current: Option<String>,
     slots: Vec<Option<Seq>>,
     /// What each free slot's KV cells still hold from its last sequence (its prompt), for the
     /// next prompt that starts the same way under the same adapter.
     cached: Vec<Cached>,
     waiting: VecDeque<Seq>,
     reserved: usize,
-    /// Steps decoded in a row with the adapter set applied now.
-    streak: usize,
     sizing: Sizing,
-    batch: LlamaBatch<'static>,
 }
 
 impl Runner {
     /// A runner over `model` (owned: freed when the runner is dropped, after the context) with
-    /// its context `ctx`. Adapters stay allocated until the model is freed (the crate does not
-    /// free them; llama.cpp frees them with the model), so a removed adapter's memory returns
-    /// at shutdown.
+    /// its context `ctx`, whose sequence ids are the slots plus one spare.
     ///
     /// # Safety
     /// `model` comes from `Box::into_raw` and `ctx` was created from it; nothing else uses
-    /// either. The context holds no Rust reference to the model (llama.cpp keeps a C pointer),
-    /// so the model may be borrowed mutably to load an adapter while the context lives.
-    pub unsafe fn new(model: *mut LlamaModel, ctx: LlamaContext<'static>, sizing: Sizing) -> Self {
+    /// either.
+    pub unsafe fn new(model: *mut LlamaModel, ctx: Context, sizing: Sizing) -> Self {
         Self {
             ctx: std::mem::ManuallyDrop::new(ctx),
             model,
             tok_env: None,
             adapters: HashMap::new(),
-            current: None,
             slots: (0..sizing.slots).map(|_| None).collect(),
             cached: (0..sizing.slots).map(|_| Cached::default()).collect(),
             waiting: VecDeque::new(),
             reserved: 0,
-            streak: 0,
-            batch: LlamaBatch::new(sizing.batch.max(sizing.slots), 1),
             sizing,
         }
     }
@@ -255,12 +247,8 @@ impl Runner {
             Command::Tokenize { text, reply } => {
                 let _ = reply.send(self.tokenize(&text).len());
             }
-            Command::Logits {
-                adapter,
-                tokens,
-                reply,
-            } => {
-                let _ = reply.send(self.logits(adapter.as_deref(), &tokens));
+            Command::Logits { rows, reply } => {
+                let _ = reply.send(self.logits(&rows));
             }
             Command::DropAll => self.stop_all(),
         }
@@ -280,35 +268,59 @@ impl Runner {
         }
     }
 
-    fn logits(&mut self, adapter: Option<&str>, tokens: &[u32]) -> Result<Vec<f32>, ServeError> {
-        let spare = self.slots.len() as i32;
-        if tokens.is_empty() || tokens.len() > self.sizing.batch {
+    fn logits(&mut self, rows: &[(Option<String>, Vec<u32>)]) -> Result<Vec<Vec<f32>>, ServeError> {
+        let total: usize = rows.iter().map(|(_, t)| t.len()).sum();
+        if rows.is_empty()
+            || rows.len() > SPARE
+            || rows.iter().any(|(_, t)| t.is_empty())
+            || total > self.sizing.batch
+        {
             return Err(ServeError::Invalid(format!(
-                "1 to {} tokens, not {}",
-                self.sizing.batch,
-                tokens.len()
+                "1 to {SPARE} non-empty rows of {} tokens in all",
+                self.sizing.batch
             )));
         }
-        if adapter.is_some_and(|a| !self.adapters.contains_key(a)) {
-            return Err(ServeError::Invalid("that adapter is not loaded".to_owned()));
+        let mut loras = Vec::new();
+        for (adapter, _) in rows {
+            let lora = match adapter {
+                Some(a) => Some(
+                    self.adapters
+                        .get(a)
+                        .ok_or_else(|| {
+                            ServeError::Invalid("that adapter is not loaded".to_owned())
+                        })?
+                        .id,
+                ),
+                None => None,
+            };
+            loras.push(lora);
         }
-        self.set_adapter(adapter);
-        self.batch.clear();
-        for (i, t) in tokens.iter().enumerate() {
-            self.batch
-                .add(
-                    LlamaToken(*t as i32),
-                    i as i32,
-                    &[spare],
-                    i + 1 == tokens.len(),
-                )
-                .map_err(|e| ServeError::Engine(e.to_string()))?;
+        let attached: Vec<AdapterId> = loras.iter().flatten().copied().collect();
+        self.ctx.attach(&attached).map_err(ServeError::Engine)?;
+        self.ctx.clear();
+        let mut outputs = Vec::new();
+        for (r, ((_, tokens), lora)) in rows.iter().zip(&loras).enumerate() {
+            let seq = (self.slots.len() + r) as i32;
+            for (i, t) in tokens.iter().enumerate() {
+                let last = i + 1 == tokens.len();
+                self.ctx
+                    .add(LlamaToken(*t as i32), i as i32, seq, last, *lora);
+            }
+            outputs.push(self.ctx.len() as i32 - 1);
         }
-        let decoded = self.ctx.decode(&mut self.batch);
-        let logits = decoded
-            .map(|()| self.ctx.get_logits_ith(tokens.len() as i32 - 1).to_vec())
-            .map_err(|e| ServeError::Engine(e.to_string()));
-        let _ = self.ctx.clear_kv_cache_seq(Some(spare as u32), None, None);
+        let logits = self
+            .ctx
+            .decode()
+            .map(|()| {
+                outputs
+                    .iter()
+                    .map(|o| self.ctx.logits(*o).to_vec())
+                    .collect()
+            })
+            .map_err(ServeError::Engine);
+        for r in 0..rows.len() {
+            self.ctx.seq_rm((self.slots.len() + r) as i32, 0, None);
+        }
         logits
     }
 
@@ -322,21 +334,15 @@ impl Runner {
             a.removed = false;
             return Ok(());
         }
-        // SAFETY: see `new`: no Rust reference to the model is alive across this call.
-        let model = unsafe { &mut *self.model };
-        let lora = model
-            .lora_adapter_init(&path)
+        let spare = self.slots.len() as i32;
+        let id = self
+            .ctx
+            .load_adapter(&path, spare)
             .map_err(|e| ServeError::Load {
                 model: name,
                 reason: format!("llama.cpp refused the adapter: {e}"),
             })?;
-        self.adapters.insert(
-            key,
-            Adapter {
-                lora,
-                removed: false,
-            },
-        );
+        self.adapters.insert(key, Adapter { id, removed: false });
         Ok(())
     }
 
@@ -356,15 +362,14 @@ impl Runner {
             .map(|(n, _)| n.clone())
             .collect();
         for name in doomed {
-            if self.current.as_deref() == Some(name.as_str()) {
-                self.set_adapter(None);
-            }
             for i in 0..self.slots.len() {
                 if self.slots[i].is_none() && self.cached[i].adapter.as_deref() == Some(&name) {
                     self.forget(i);
                 }
             }
-            self.adapters.remove(&name);
+            if let Some(a) = self.adapters.remove(&name) {
+                self.ctx.free_adapter(a.id);
+            }
         }
     }
 
@@ -391,15 +396,19 @@ impl Runner {
             )));
             return;
         }
-        if let Some(a) = &job.adapter
-            && self.adapters.get(a).is_none_or(|a| a.removed)
-        {
-            request.borrow_mut().fail(ServeError::Load {
-                model: a.clone(),
-                reason: "its adapter is not loaded".to_owned(),
-            });
-            return;
-        }
+        let lora = match &job.adapter {
+            Some(a) => match self.adapters.get(a).filter(|a| !a.removed) {
+                Some(loaded) => Some(loaded.id),
+                None => {
+                    request.borrow_mut().fail(ServeError::Load {
+                        model: a.clone(),
+                        reason: "its adapter is not loaded".to_owned(),
+                    });
+                    return;
+                }
+            },
+            None => None,
+        };
         let max_tokens = job
             .params
             .max_tokens
@@ -426,6 +435,7 @@ impl Runner {
                 request: request.clone(),
                 choice,
                 adapter: job.adapter.clone(),
+                lora,
                 prompt: prompt.clone(),
                 fed: 0,
                 pos: 0,
@@ -490,18 +500,11 @@ impl Runner {
                 .unwrap_or((free, 0));
             let mut seq = self.waiting.pop_front().expect("a waiting sequence");
             let reuse = if shared > reuse {
-                let _ = self.ctx.clear_kv_cache_seq(Some(free as u32), None, None);
-                let copied = self.ctx.copy_kv_cache_seq(
-                    src as i32,
-                    free as i32,
-                    Some(0),
-                    Some(shared as u32),
-                );
-                if copied.is_ok() { shared } else { 0 }
+                self.ctx.seq_rm(free as i32, 0, None);
+                self.ctx.seq_cp(src as i32, free as i32, shared);
+                shared
             } else {
-                let _ = self
-                    .ctx
-                    .clear_kv_cache_seq(Some(free as u32), Some(reuse as u32), None);
+                self.ctx.seq_rm(free as i32, reuse, None);
                 reuse
             };
             self.cached[free] = Cached::default();
@@ -535,9 +538,7 @@ impl Runner {
     fn release(&mut self, i: usize, seq: &Seq) {
         self.reserved = self.reserved.saturating_sub(seq.reserved);
         let kept = seq.fed.min(seq.prompt.len());
-        let _ = self
-            .ctx
-            .clear_kv_cache_seq(Some(i as u32), Some(kept as u32), None);
+        self.ctx.seq_rm(i as i32, kept, None);
         self.cached[i] = Cached {
             adapter: seq.adapter.clone(),
             tokens: seq.prompt[..kept].to_vec(),
@@ -546,94 +547,41 @@ impl Runner {
 
     /// Drop what free slot `i`'s cells keep.
     fn forget(&mut self, i: usize) {
-        let _ = self.ctx.clear_kv_cache_seq(Some(i as u32), None, None);
+        self.ctx.seq_rm(i as i32, 0, None);
         self.cached[i] = Cached::default();
     }
 
-    fn set_adapter(&mut self, name: Option<&str>) {
-        if self.current.as_deref() == name {
-            return;
-        }
-        let result = match name.and_then(|n| self.adapters.get_mut(n)) {
-            Some(a) => self
-                .ctx
-                .lora_adapter_set(&mut a.lora, 1.0)
-                .map_err(|e| e.to_string()),
-            None => {
-                // Removing takes an adapter argument but clears them all.
-                match self.adapters.values_mut().next() {
-                    Some(a) => self
-                        .ctx
-                        .lora_adapter_remove(&mut a.lora)
-                        .map_err(|e| e.to_string()),
-                    None => Ok(()),
-                }
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "switching adapters failed");
-        }
-        self.current = name.map(str::to_owned);
-    }
-
-    /// The adapter group to decode next: the one applied now, for up to `sizing.quantum` steps
-    /// in a row while others wait, then the next in order (round robin: none starves). Applying
-    /// another adapter set makes llama.cpp rebuild its compute graph and buffers, which costs
-    /// about as much as a decode step.
-    fn next_group(&mut self, groups: &[Option<String>]) -> Option<String> {
-        if groups.contains(&self.current) && self.streak < self.sizing.quantum {
-            self.streak += 1;
-            return self.current.clone();
-        }
-        self.streak = 1;
-        groups
-            .iter()
-            .find(|g| **g > self.current)
-            .or(groups.first())
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// One decode of the next adapter group in turn.
+    /// One decode: a token of every running sequence, then prompt chunks of new ones with
+    /// what the batch has left, every row under its own sequence's adapter.
     fn step(&mut self) {
         self.schedule();
-        let mut groups: Vec<Option<String>> = Vec::new();
-        for s in self.slots.iter().flatten() {
-            if !groups.contains(&s.adapter) {
-                groups.push(s.adapter.clone());
-            }
-        }
-        if groups.is_empty() {
+        if self.slots.iter().all(Option::is_none) {
             self.free_unused();
             return;
         }
-        groups.sort();
-        let group = self.next_group(&groups);
-        self.set_adapter(group.as_deref());
-        self.batch.clear();
+        self.ctx.clear();
         let mut budget = self.sizing.batch;
         let mut rows: Vec<(usize, i32)> = Vec::new();
-        let mut row = 0i32;
-        // Running sequences first (a token each), then prompt chunks with what is left.
+        let mut loras: Vec<AdapterId> = Vec::new();
+        let mut fed: Vec<usize> = Vec::new();
         for (i, slot) in self.slots.iter_mut().enumerate() {
-            let Some(seq) = slot.as_mut().filter(|s| s.adapter == group) else {
+            let Some(seq) = slot.as_mut() else {
                 continue;
             };
-            if let Some(token) = seq.next {
-                if self.batch.add(token, seq.pos, &[i as i32], true).is_err() {
-                    break;
-                }
-                seq.pos += 1;
-                rows.push((i, row));
-                row += 1;
-                budget = budget.saturating_sub(1);
+            let Some(token) = seq.next else {
+                continue;
+            };
+            if !self.ctx.add(token, seq.pos, i as i32, true, seq.lora) {
+                break;
             }
+            seq.pos += 1;
+            rows.push((i, self.ctx.len() as i32 - 1));
+            budget = budget.saturating_sub(1);
+            loras.extend(seq.lora);
+            fed.push(i);
         }
         for (i, slot) in self.slots.iter_mut().enumerate() {
-            let Some(seq) = slot
-                .as_mut()
-                .filter(|s| s.adapter == group && s.next.is_none())
-            else {
+            let Some(seq) = slot.as_mut().filter(|s| s.next.is_none()) else {
                 continue;
             };
             let take = (seq.prompt.len() - seq.fed).min(budget);
@@ -644,32 +592,33 @@ impl Runner {
             for k in 0..take {
                 let logits = last && k + 1 == take;
                 let token = seq.prompt[seq.fed + k];
-                if self.batch.add(token, seq.pos, &[i as i32], logits).is_err() {
+                if !self.ctx.add(token, seq.pos, i as i32, logits, seq.lora) {
                     break;
                 }
                 seq.pos += 1;
                 if logits {
-                    rows.push((i, row));
+                    rows.push((i, self.ctx.len() as i32 - 1));
                 }
-                row += 1;
             }
             seq.fed += take;
             budget -= take;
+            loras.extend(seq.lora);
+            fed.push(i);
         }
-        if row == 0 {
+        if self.ctx.len() == 0 {
             return;
         }
         let started = std::time::Instant::now();
-        let decoded = self.ctx.decode(&mut self.batch);
+        let decoded = self.ctx.attach(&loras).and_then(|()| self.ctx.decode());
         tracing::trace!(
-            tokens = row,
-            adapter = group.is_some(),
+            tokens = self.ctx.len(),
+            adapters = loras.len(),
             us = started.elapsed().as_micros() as u64,
             "decoded"
         );
         if let Err(e) = decoded {
             tracing::error!(error = %e, "llama.cpp decode failed");
-            for (i, _) in rows {
+            for i in fed {
                 if let Some(seq) = self.slots[i].take() {
                     seq.request
                         .borrow_mut()
@@ -689,12 +638,13 @@ impl Runner {
         let Some(mut seq) = self.slots[i].take() else {
             return;
         };
-        let token = seq.sampler.sample(&self.ctx, row);
+        let logits = self.ctx.logits(row);
+        let token = sampling::sample(&mut seq.sampler, logits);
         let model = self.model();
         let piece = |t: LlamaToken| model.vocab().token_to_piece(t, false, None);
         let logprob = seq
             .logprobs
-            .map(|top| sampling::logprobs(&self.ctx, row, token, top, &piece));
+            .map(|top| sampling::logprobs(logits, token, top, &piece));
         seq.generated += 1;
         {
             let mut r = seq.request.borrow_mut();

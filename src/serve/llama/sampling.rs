@@ -2,10 +2,11 @@
 //! output grammar (llguidance, from a JSON schema), then greedy or top-p / temperature /
 //! seeded draw. Log-probabilities are read from the raw logits (the model's distribution).
 
-use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use toktrie::TokEnv;
 
@@ -65,15 +66,32 @@ fn grammar(env: &TokEnv, schema: serde_json::Value) -> Result<LlamaSampler, Serv
     Ok(LlamaSampler::from(llguidance::Matcher::new(Ok(parser))))
 }
 
-/// The log-probability of `token` at batch row `row` and the `top` most likely tokens there.
+/// Draw the next token from one row's `logits` with `sampler` (which then accepts it), as
+/// llama.cpp's `llama_sampler_sample` does; the most likely token if the chain selects none.
+pub fn sample(sampler: &mut LlamaSampler, logits: &[f32]) -> LlamaToken {
+    let mut candidates = LlamaTokenDataArray::from_iter(
+        logits
+            .iter()
+            .enumerate()
+            .map(|(id, l)| LlamaTokenData::new(LlamaToken(id as i32), *l, 0.0)),
+        false,
+    );
+    candidates.apply_sampler(sampler);
+    let token = candidates.selected_token().unwrap_or_else(|| {
+        let best = (0..logits.len()).max_by(|a, b| logits[*a].total_cmp(&logits[*b]));
+        LlamaToken(best.unwrap_or(0) as i32)
+    });
+    sampler.accept(token);
+    token
+}
+
+/// The log-probability of `token` under one row's `logits` and the `top` most likely tokens.
 pub fn logprobs(
-    ctx: &LlamaContext<'_>,
-    row: i32,
+    logits: &[f32],
     token: LlamaToken,
     top: usize,
     piece: &dyn Fn(LlamaToken) -> Vec<u8>,
 ) -> TokenLogprob {
-    let logits = ctx.get_logits_ith(row);
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let log_sum = logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln() + max;
     let lp = |id: usize| logits.get(id).map_or(f32::NEG_INFINITY, |l| l - log_sum);
