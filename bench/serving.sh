@@ -9,7 +9,8 @@
 #   bash bench/serving.sh                  # release build; BENCH_PROFILE=dev for the test build
 #
 # ENGINES picks the ferrotune engines (default "llamacpp mistralrs"); LEVELS (default 1,8,32),
-# REQUESTS (32), THREADS (2). The long RSS check (500 requests) runs with SOAK=1.
+# REQUESTS (32), THREADS (2). The long RSS check (500 requests) runs with SOAK=1; PEER=0 leaves
+# llama-server out (the many-fine-tunes checks compare ferrotune with itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LEVELS=${LEVELS:-1,8,32}
@@ -27,7 +28,8 @@ else
     cargo build --release --locked --bin ferrotune >&2
     bin=target/release/ferrotune
 fi
-peer=$(bash bench/build_llama_server.sh)
+peer=
+if [[ "${PEER:-1}" == 1 ]]; then peer=$(bash bench/build_llama_server.sh); fi
 model_dir=$("$bin" model pull smollm2-135m-instruct | sed 's/^[^:]*: //')
 gguf=$model_dir/model.gguf
 out=$(mktemp -d)
@@ -53,13 +55,15 @@ load() { # label model [extra args]
 }
 
 URL=http://127.0.0.1:18181
-echo "== llama-server ($peer)" >&2
-"$peer" -m "$gguf" -t "$THREADS" -tb "$THREADS" -np "$SLOTS" -c $((1024 * SLOTS)) --no-webui \
-    --port 18181 >"$work/peer.log" 2>&1 &
-pid=$!
-wait_up "$URL"
-load llama-server smollm2
-stop
+if [[ "${PEER:-1}" == 1 ]]; then
+    echo "== llama-server ($peer)" >&2
+    "$peer" -m "$gguf" -t "$THREADS" -tb "$THREADS" -np "$SLOTS" -c $((1024 * SLOTS)) --no-webui \
+        --port 18181 >"$work/peer.log" 2>&1 &
+    pid=$!
+    wait_up "$URL"
+    load llama-server smollm2
+    stop
+fi
 
 ferrotune() { # engine
     "$bin" serve --engine "$1" --port 18182 --data-dir "$work/data-$1" \
