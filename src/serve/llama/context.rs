@@ -1,17 +1,16 @@
 //! The llama.cpp context the engine thread decodes with, through the C API: one KV cache shared
-//! by every sequence, the LoRA adapters it owns, and a row mask that lets one decode serve
-//! sequences of different adapters at once.
+//! by every sequence, and LoRA adapters applied per row, so one decode serves sequences of
+//! different adapters (and of the base) at once.
 //!
-//! llama.cpp applies every attached adapter to every row of a batch: each adapted weight `W`
-//! computes `W·x + s·B·(A·x)` for each adapter. With the adapters of all sequences in the batch
-//! attached, the graph's evaluation callback zeroes, as soon as each `A·x` product is computed,
-//! the rows of tokens that belong to another adapter (or to the base), so their `B·(A·x)` adds
-//! nothing: each row gets its own adapter's delta and only that. Which adapter an `A` tensor
-//! belongs to is recorded once, when the adapter is loaded, from a one-token decode with only
-//! that adapter attached.
+//! llama.cpp applies an attached adapter to every row of a batch. Nothing is attached here:
+//! the graph's evaluation callback stops after each product `W·x` of a weight that an adapter
+//! of the batch adapts and adds, to each row under such an adapter, that adapter's
+//! `scale · B·(A·x)` (see [`super::lora`]), before the graph goes on. Rows of the base and of
+//! other adapters are untouched, no compute graph is rebuilt when the batch's adapters change,
+//! and each row pays for its own adapter only.
 //!
-//! The crate's safe context has no evaluation callback and attaches one adapter at a time, so
-//! this module calls llama.cpp directly; the model stays the crate's [`LlamaModel`].
+//! The crate's safe context has no evaluation callback, so this module calls llama.cpp
+//! directly; the model stays the crate's [`LlamaModel`].
 
 use std::collections::HashMap;
 use std::ffi::{CString, c_void};
@@ -22,6 +21,8 @@ use llama_cpp_2::context::params::KvCacheType;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_sys_2 as sys;
+
+use super::lora::{Lora, Rows};
 
 /// An adapter loaded into a [`Context`]: a handle, valid until [`Context::free_adapter`].
 pub type AdapterId = u32;
@@ -42,86 +43,125 @@ pub struct Params {
     pub threads: usize,
 }
 
-/// Which adapter each row of the decode in flight belongs to, read by [`mask_rows`].
+/// The adapters and which one each row of the decode in flight is under, for [`add_deltas`].
 #[derive(Default)]
-struct Mask {
-    /// The adapter each LoRA `A` tensor (by address) belongs to.
-    owners: HashMap<usize, AdapterId>,
-    /// Set while a new adapter's first decode records its `A` tensors.
-    recording: Option<AdapterId>,
-    /// Whether rows are masked in this decode (not when one adapter, or none, serves them all).
-    active: bool,
+struct Deltas {
+    loras: HashMap<AdapterId, Lora>,
+    /// The GGUF name of each weight tensor seen as a product's first operand (by address).
+    names: HashMap<usize, String>,
+    /// The adapters of this decode's rows.
+    used: Vec<AdapterId>,
     /// Each token's adapter, in batch order (`None`: the base).
     tokens: Vec<Option<AdapterId>>,
     /// Each output row's adapter (the last layer's feed-forward runs on output rows only).
     outputs: Vec<Option<AdapterId>>,
-    /// A product whose row count matched neither list: its rows were left unmasked.
+    /// The middle product's buffer.
+    scratch: Vec<f32>,
+    /// A product whose rows or shapes could not be matched: its rows were left without deltas.
     unmatched: bool,
 }
 
-/// Whether `name` (a NUL-padded C name) is a LoRA `A` tensor's.
-fn is_lora_a(name: &[std::os::raw::c_char]) -> bool {
+impl Deltas {
+    /// The weight name of a product's first operand, if a row's adapter adapts it.
+    fn adapted(&mut self, w: *const sys::ggml_tensor) -> Option<String> {
+        if self.used.is_empty() {
+            return None;
+        }
+        let name = self
+            .names
+            .entry(w as usize)
+            // SAFETY: a node's source is a live tensor with a NUL-padded name.
+            .or_insert_with(|| name_of(unsafe { &(*w).name }));
+        self.used
+            .iter()
+            .any(|id| self.loras.get(id).is_some_and(|l| l.adapts(name)))
+            .then(|| name.clone())
+    }
+}
+
+/// The C name of a tensor.
+fn name_of(name: &[std::os::raw::c_char]) -> String {
     let bytes: Vec<u8> = name
         .iter()
         .take_while(|c| **c != 0)
         .map(|c| *c as u8)
         .collect();
-    bytes.ends_with(b".lora_a")
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// An f32 2-D tensor's rows, if it is one with contiguous rows.
+fn rows_of(t: &sys::ggml_tensor) -> Option<Rows> {
+    let f32_size = std::mem::size_of::<f32>();
+    let plain = t.type_ == sys::GGML_TYPE_F32
+        && t.ne[2] == 1
+        && t.ne[3] == 1
+        && t.nb[0] == f32_size
+        && t.nb[1].is_multiple_of(f32_size)
+        && !t.data.is_null();
+    plain.then(|| Rows {
+        data: t.data.cast(),
+        stride: t.nb[1] / f32_size,
+        width: t.ne[0] as usize,
+    })
 }
 
 /// The scheduler's evaluation callback. Asked about each node before it is computed (`ask`),
-/// it wants the `A·x` products of attached adapters; told one is computed, it zeroes the rows of
-/// other adapters' tokens. Returning `true` when told means "go on".
+/// it wants the products `W·x` of weights that an adapter of the batch adapts; told one is
+/// computed, it adds each adapter's update to its rows. Returning `true` when told means
+/// "go on".
 ///
 /// # Safety
-/// `user` is the context's boxed [`Mask`] and `t` a live node of the graph being computed on
-/// the CPU (its data in host memory), as llama.cpp's scheduler passes them.
-unsafe extern "C" fn mask_rows(t: *mut sys::ggml_tensor, ask: bool, user: *mut c_void) -> bool {
+/// `user` is the context's boxed [`Deltas`] and `t` a live node of the graph being computed on
+/// the CPU (its data, and its operands', in host memory), as llama.cpp's scheduler passes them.
+unsafe extern "C" fn add_deltas(t: *mut sys::ggml_tensor, ask: bool, user: *mut c_void) -> bool {
     // SAFETY: see above; the decode that runs this callback holds the context mutably, so
-    // nothing else touches the mask meanwhile.
-    let (mask, t) = unsafe { (&mut *user.cast::<Mask>(), &mut *t) };
-    if t.op != sys::GGML_OP_MUL_MAT || t.src[0].is_null() {
+    // nothing else touches the state meanwhile.
+    let (d, t) = unsafe { (&mut *user.cast::<Deltas>(), &mut *t) };
+    if t.op != sys::GGML_OP_MUL_MAT || t.src[0].is_null() || t.src[1].is_null() {
         return !ask;
     }
-    let a = t.src[0];
-    if let Some(id) = mask.recording {
-        // SAFETY: a node's source is a live tensor.
-        if ask && is_lora_a(unsafe { &(*a).name }) {
-            mask.owners.insert(a as usize, id);
-        }
-        return !ask;
-    }
-    if !mask.active {
-        return !ask;
-    }
-    let Some(&owner) = mask.owners.get(&(a as usize)) else {
+    let Some(weight) = d.adapted(t.src[0]) else {
         return !ask;
     };
     if ask {
         return true;
     }
-    let rows = t.ne[1] as usize;
-    let owners = if rows == mask.tokens.len() {
-        &mask.tokens
-    } else if rows == mask.outputs.len() {
-        &mask.outputs
+    let n = t.ne[1] as usize;
+    let owners = if n == d.tokens.len() {
+        &d.tokens
+    } else if n == d.outputs.len() {
+        &d.outputs
     } else {
-        mask.unmatched = true;
+        d.unmatched = true;
         return true;
     };
-    if t.type_ != sys::GGML_TYPE_F32 || t.ne[2] != 1 || t.ne[3] != 1 || t.data.is_null() {
-        mask.unmatched = true;
+    // SAFETY: a node's operand is a live tensor.
+    let input = unsafe { &*t.src[1] };
+    let (Some(x), Some(out)) = (rows_of(input), rows_of(t)) else {
+        d.unmatched = true;
+        return true;
+    };
+    if input.ne[1] as usize != n {
+        d.unmatched = true;
         return true;
     }
-    let width = t.ne[0] as usize;
-    for (j, row_owner) in owners.iter().enumerate() {
-        if *row_owner != Some(owner) {
-            // SAFETY: row j of an f32 [width, rows] tensor lies at data + j·nb[1].
-            unsafe {
-                let row = t.data.cast::<u8>().add(j * t.nb[1]).cast::<f32>();
-                std::ptr::write_bytes(row, 0, width);
-            }
+    // Runs of consecutive rows under one adapter (a prompt chunk is one run).
+    let mut start = 0;
+    while start < n {
+        let owner = owners[start];
+        let end = (start..n).find(|&j| owners[j] != owner).unwrap_or(n);
+        if let Some(lora) = owner.and_then(|id| d.loras.get(&id)) {
+            // SAFETY: rows start..end of both tensors lie inside them.
+            let added = unsafe {
+                let at = |r: Rows| Rows {
+                    data: r.data.add(start * r.stride),
+                    ..r
+                };
+                lora.add_to(&weight, at(x), at(out), end - start, &mut d.scratch)
+            };
+            d.unmatched |= !added;
         }
+        start = end;
     }
     true
 }
@@ -134,18 +174,15 @@ fn raw_model(model: &LlamaModel) -> *mut sys::llama_model {
     unsafe { *(model as *const LlamaModel).cast::<*mut sys::llama_model>() }
 }
 
-/// A llama.cpp context with its batch, adapters and row mask.
+/// A llama.cpp context with its batch and adapters.
 pub struct Context {
     ptr: NonNull<sys::llama_context>,
     model: *mut sys::llama_model,
     /// Boxed: llama.cpp holds its address as the callback's user data.
-    mask: Box<Mask>,
+    deltas: Box<Deltas>,
     batch: sys::llama_batch,
     capacity: usize,
     n_vocab: usize,
-    adapters: HashMap<AdapterId, NonNull<sys::llama_adapter_lora>>,
-    /// The adapters attached now, in the order given to llama.cpp.
-    attached: Vec<AdapterId>,
     next_id: AdapterId,
 }
 
@@ -158,7 +195,7 @@ impl Context {
         if n_vocab != model.n_vocab() {
             return Err("the llama.cpp model handle does not match the model".to_owned());
         }
-        let mut mask = Box::<Mask>::default();
+        let mut deltas = Box::<Deltas>::default();
         // SAFETY: plain C defaults.
         let mut p = unsafe { sys::llama_context_default_params() };
         p.n_ctx = params.kv_tokens as u32;
@@ -171,9 +208,9 @@ impl Context {
         p.flash_attn_type = params.flash_attention;
         p.n_threads = params.threads as i32;
         p.n_threads_batch = params.threads as i32;
-        p.cb_eval = Some(mask_rows);
-        p.cb_eval_user_data = (&mut *mask as *mut Mask).cast();
-        // SAFETY: a live model and filled-in parameters; the mask outlives the context (both
+        p.cb_eval = Some(add_deltas);
+        p.cb_eval_user_data = (&mut *deltas as *mut Deltas).cast();
+        // SAFETY: a live model and filled-in parameters; the state outlives the context (both
         // are dropped together, the context first).
         let ptr = NonNull::new(unsafe { sys::llama_init_from_model(raw, p) })
             .ok_or("llama.cpp could not make a context")?;
@@ -182,99 +219,45 @@ impl Context {
         Ok(Self {
             ptr,
             model: raw,
-            mask,
+            deltas,
             batch,
             capacity: params.batch,
             n_vocab: n_vocab as usize,
-            adapters: HashMap::new(),
-            attached: Vec::new(),
             next_id: 0,
         })
     }
 
-    /// Load the LoRA GGUF at `path` and record which `A` tensors are its, with a one-token
-    /// decode in sequence `spare` (cleared after).
-    pub fn load_adapter(&mut self, path: &Path, spare: i32) -> Result<AdapterId, String> {
+    /// Load the LoRA GGUF at `path`: llama.cpp checks it against the model (and lets it go),
+    /// the engine keeps its matrices.
+    pub fn load_adapter(&mut self, path: &Path) -> Result<AdapterId, String> {
         let c_path = CString::new(path.to_string_lossy().as_bytes())
             .map_err(|_| "the path has a NUL byte".to_owned())?;
-        // SAFETY: a live model and a NUL-terminated path.
-        let lora =
-            NonNull::new(unsafe { sys::llama_adapter_lora_init(self.model, c_path.as_ptr()) })
-                .ok_or("llama.cpp could not load it (see the server log)")?;
+        // SAFETY: a live model and a NUL-terminated path; the adapter is attached nowhere and
+        // freed at once.
+        unsafe {
+            let checked = sys::llama_adapter_lora_init(self.model, c_path.as_ptr());
+            if checked.is_null() {
+                return Err("llama.cpp could not load it (see the server log)".to_owned());
+            }
+            sys::llama_adapter_lora_free(checked);
+        }
+        let lora = Lora::read(path)?;
         let id = self.next_id;
         self.next_id += 1;
-        self.adapters.insert(id, lora);
-        self.attach(&[id])?;
-        self.mask.recording = Some(id);
-        self.clear();
-        self.add(LlamaToken(0), 0, spare, true, Some(id));
-        let decoded = self.decode();
-        self.mask.recording = None;
-        self.seq_rm(spare, 0, None);
-        let recorded = self.mask.owners.values().any(|o| *o == id);
-        match decoded {
-            Ok(()) if recorded => Ok(id),
-            result => {
-                self.free_adapter(id);
-                Err(result
-                    .err()
-                    .unwrap_or_else(|| "it adapts no weight this model has".to_owned()))
-            }
-        }
+        self.deltas.loras.insert(id, lora);
+        Ok(id)
     }
 
-    /// Detach and free adapter `id`.
+    /// Free adapter `id`.
     pub fn free_adapter(&mut self, id: AdapterId) {
-        if self.attached.contains(&id) {
-            let rest: Vec<AdapterId> = self.attached.iter().copied().filter(|a| *a != id).collect();
-            if let Err(e) = self.attach(&rest) {
-                tracing::error!(error = %e, "detaching an adapter failed; it stays allocated");
-                return;
-            }
-        }
-        self.mask.owners.retain(|_, owner| *owner != id);
-        if let Some(lora) = self.adapters.remove(&id) {
-            // SAFETY: loaded by this context, attached nowhere now, freed once.
-            unsafe { sys::llama_adapter_lora_free(lora.as_ptr()) };
-        }
-    }
-
-    /// Attach exactly `ids` (scale 1 each); nothing changes when they are attached already.
-    /// Another set makes llama.cpp rebuild its compute graph at the next decode.
-    pub fn attach(&mut self, ids: &[AdapterId]) -> Result<(), String> {
-        let mut wanted = ids.to_vec();
-        wanted.sort_unstable();
-        wanted.dedup();
-        if wanted == self.attached {
-            return Ok(());
-        }
-        let mut ptrs = Vec::with_capacity(wanted.len());
-        for id in &wanted {
-            let lora = self.adapters.get(id).ok_or("no such adapter")?;
-            ptrs.push(lora.as_ptr());
-        }
-        let mut scales = vec![1.0f32; ptrs.len()];
-        // SAFETY: live adapters of this context's model; llama.cpp copies both arrays.
-        let code = unsafe {
-            sys::llama_set_adapters_lora(
-                self.ptr.as_ptr(),
-                ptrs.as_mut_ptr(),
-                ptrs.len(),
-                scales.as_mut_ptr(),
-            )
-        };
-        if code != 0 {
-            return Err(format!("llama.cpp refused the adapter set ({code})"));
-        }
-        self.attached = wanted;
-        Ok(())
+        self.deltas.loras.remove(&id);
     }
 
     /// Empty the batch.
     pub fn clear(&mut self) {
         self.batch.n_tokens = 0;
-        self.mask.tokens.clear();
-        self.mask.outputs.clear();
+        self.deltas.tokens.clear();
+        self.deltas.outputs.clear();
     }
 
     /// Tokens in the batch.
@@ -306,29 +289,27 @@ impl Context {
             *self.batch.logits.add(n) = i8::from(logits);
         }
         self.batch.n_tokens += 1;
-        self.mask.tokens.push(adapter);
+        self.deltas.tokens.push(adapter);
         if logits {
-            self.mask.outputs.push(adapter);
+            self.deltas.outputs.push(adapter);
         }
         true
     }
 
-    /// Decode the batch. Rows are masked when they span more than what is attached serves whole.
+    /// Decode the batch, each row under its adapter.
     pub fn decode(&mut self) -> Result<(), String> {
-        let whole = match self.attached.as_slice() {
-            [] => self.mask.tokens.iter().all(Option::is_none),
-            [only] => self.mask.tokens.iter().all(|t| *t == Some(*only)),
-            _ => false,
-        };
-        self.mask.active = !whole;
-        self.mask.unmatched = false;
+        let d = &mut *self.deltas;
+        d.used = d.tokens.iter().flatten().copied().collect();
+        d.used.sort_unstable();
+        d.used.dedup();
+        d.unmatched = false;
         // SAFETY: a live context and a batch filled within its capacity.
         let code = unsafe { sys::llama_decode(self.ptr.as_ptr(), self.batch) };
         if code != 0 {
             return Err(format!("llama.cpp decode returned {code}"));
         }
-        if self.mask.unmatched {
-            return Err("an adapter's rows could not be told apart in this batch".to_owned());
+        if self.deltas.unmatched {
+            return Err("an adapter's update could not be applied in this batch".to_owned());
         }
         Ok(())
     }
@@ -368,13 +349,10 @@ impl Context {
 
 impl Drop for Context {
     fn drop(&mut self) {
-        // SAFETY: each freed once, the context before the adapters it may still hold.
+        // SAFETY: each freed once.
         unsafe {
             sys::llama_batch_free(self.batch);
             sys::llama_free(self.ptr.as_ptr());
-            for lora in self.adapters.values() {
-                sys::llama_adapter_lora_free(lora.as_ptr());
-            }
         }
     }
 }

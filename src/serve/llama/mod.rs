@@ -10,6 +10,7 @@
 mod base;
 mod context;
 mod derived;
+mod lora;
 mod runner;
 mod sampling;
 mod text;

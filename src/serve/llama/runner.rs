@@ -295,8 +295,6 @@ impl Runner {
             };
             loras.push(lora);
         }
-        let attached: Vec<AdapterId> = loras.iter().flatten().copied().collect();
-        self.ctx.attach(&attached).map_err(ServeError::Engine)?;
         self.ctx.clear();
         let mut outputs = Vec::new();
         for (r, ((_, tokens), lora)) in rows.iter().zip(&loras).enumerate() {
@@ -334,14 +332,10 @@ impl Runner {
             a.removed = false;
             return Ok(());
         }
-        let spare = self.slots.len() as i32;
-        let id = self
-            .ctx
-            .load_adapter(&path, spare)
-            .map_err(|e| ServeError::Load {
-                model: name,
-                reason: format!("llama.cpp refused the adapter: {e}"),
-            })?;
+        let id = self.ctx.load_adapter(&path).map_err(|e| ServeError::Load {
+            model: name,
+            reason: format!("llama.cpp refused the adapter: {e}"),
+        })?;
         self.adapters.insert(key, Adapter { id, removed: false });
         Ok(())
     }
@@ -609,7 +603,9 @@ impl Runner {
             return;
         }
         let started = std::time::Instant::now();
-        let decoded = self.ctx.attach(&loras).and_then(|()| self.ctx.decode());
+        let decoded = self.ctx.decode();
+        loras.sort_unstable();
+        loras.dedup();
         tracing::trace!(
             tokens = self.ctx.len(),
             adapters = loras.len(),
