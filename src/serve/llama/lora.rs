@@ -2,7 +2,8 @@
 //! weight `W` of the base, `A` (rank × in) and `B` (out × rank), read from the adapter's LoRA
 //! GGUF (q/k rows already in llama.cpp's order), and the scale `alpha / rank`. A row `x` under
 //! the adapter gets `W·x + scale · B·(A·x)`; [`Lora::add_to`] adds the second term to rows that
-//! llama.cpp computed the first for.
+//! llama.cpp computed the first for. The matrices are kept in f16 unless the model is served
+//! exactly (an f32 GGUF): half the memory, and half of what each row's update reads.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,11 +11,35 @@ use std::path::Path;
 use candle_core::Device;
 use candle_core::quantized::gguf_file::Content;
 
+/// A matrix's elements: f32, or f16 (half the memory each row's update reads).
+enum Elems {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+impl Elems {
+    fn new(v: Vec<f32>, half: bool) -> Self {
+        if half {
+            Self::F16(v.into_iter().map(half::f16::from_f32).collect())
+        } else {
+            Self::F32(v)
+        }
+    }
+
+    /// Element `i` as f32.
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            Self::F32(v) => v[i],
+            Self::F16(v) => v[i].to_f32(),
+        }
+    }
+}
+
 /// One adapted weight's matrices, row-major: `A` (rank × in) and `B` transposed (rank × out),
 /// so both steps of a row's update read contiguous memory.
 struct Pair {
-    a: Vec<f32>,
-    bt: Vec<f32>,
+    a: Elems,
+    bt: Elems,
     rank: usize,
     d_in: usize,
     d_out: usize,
@@ -40,8 +65,8 @@ pub struct Rows {
 }
 
 impl Lora {
-    /// Read the LoRA GGUF at `path`.
-    pub fn read(path: &Path) -> Result<Self, String> {
+    /// Read the LoRA GGUF at `path`, its matrices kept in f16 when `half` (else f32, exact).
+    pub fn read(path: &Path, half: bool) -> Result<Self, String> {
         let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
         let mut file = std::fs::File::open(path).map_err(|e| err(&e))?;
         let content = Content::read(&mut file).map_err(|e| err(&e))?;
@@ -78,8 +103,8 @@ impl Lora {
                 .map(|i| b[(i % d_out) * b_cols + i / d_out])
                 .collect();
             let pair = Pair {
-                a,
-                bt,
+                a: Elems::new(a, half),
+                bt: Elems::new(bt, half),
                 rank: a_rows,
                 d_in,
                 d_out,
@@ -132,39 +157,49 @@ impl Lora {
                     std::slice::from_raw_parts_mut(out.data.add(j * out.stride), p.d_out),
                 )
             };
-            for (k, hk) in h.iter_mut().enumerate() {
-                *hk = scale * kernel::dot(&p.a[k * p.d_in..(k + 1) * p.d_in], x);
-            }
-            for (k, hk) in h.iter().enumerate() {
-                kernel::axpy(out, *hk, &p.bt[k * p.d_out..(k + 1) * p.d_out]);
-            }
+            kernel::update(&p.a, &p.bt, scale, x, h, out);
         }
         true
     }
 }
 
-/// The two vector operations of a row's update, with AVX2 and FMA where the CPU has them
+/// One row's update, `out += B·(scale · A·x)`, with AVX2, FMA and F16C where the CPU has them
 /// (chosen at run time) and plain loops elsewhere.
 mod kernel {
-    /// `a · b` (equal lengths).
-    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { x86::dot(a, b) };
-        }
-        a.iter().zip(b).map(|(x, y)| x * y).sum()
-    }
+    use super::Elems;
 
-    /// `y += alpha · x` (equal lengths).
-    pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
+    /// `h = scale · A·x`, then `out += B·h` (`bt` is `B` transposed: rank × out).
+    pub fn update(a: &Elems, bt: &Elems, scale: f32, x: &[f32], h: &mut [f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { x86::axpy(y, alpha, x) };
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: the CPU has the features the functions are compiled for; the matrices
+            // are rank × x.len() and rank × out.len() (checked by the caller).
+            unsafe {
+                match (a, bt) {
+                    (Elems::F32(a), Elems::F32(bt)) => {
+                        x86::down(a, x, h, scale);
+                        x86::up(bt, h, out);
+                    }
+                    (Elems::F16(a), Elems::F16(bt)) => {
+                        x86::down(a, x, h, scale);
+                        x86::up(bt, h, out);
+                    }
+                    _ => unreachable!("both matrices share one element type"),
+                }
+            }
+            return;
         }
-        for (y, x) in y.iter_mut().zip(x) {
-            *y += alpha * x;
+        let (d_in, d_out) = (x.len(), out.len());
+        for (k, hk) in h.iter_mut().enumerate() {
+            *hk = scale * (0..d_in).map(|i| a.get(k * d_in + i) * x[i]).sum::<f32>();
+        }
+        for (k, hk) in h.iter().enumerate() {
+            for (o, y) in out.iter_mut().enumerate() {
+                *y += hk * bt.get(k * d_out + o);
+            }
         }
     }
 
@@ -172,58 +207,132 @@ mod kernel {
     mod x86 {
         use std::arch::x86_64::*;
 
-        #[target_feature(enable = "avx2,fma")]
-        pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-            let n = a.len().min(b.len());
-            let (pa, pb) = (a.as_ptr(), b.as_ptr());
-            let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut i = 0;
-            // SAFETY: every load reads 8 floats below n.
-            unsafe {
-                while i + 16 <= n {
-                    s0 =
-                        _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-                    s1 = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(pa.add(i + 8)),
-                        _mm256_loadu_ps(pb.add(i + 8)),
-                        s1,
-                    );
-                    i += 16;
+        /// An element type of adapter matrices: f32 or f16.
+        pub trait Lanes: Copy + Into<f64> {}
+        impl Lanes for f32 {}
+        impl Lanes for half::f16 {}
+
+        /// Eight elements at `p` as f32 lanes, inline (a call per load is what opt-level 1
+        /// would make of a function): f32 loaded, f16 widened.
+        macro_rules! load {
+            ($p:expr) => {{
+                let p = $p;
+                if std::mem::size_of_val(&*p) == 4 {
+                    _mm256_loadu_ps(p.cast::<f32>())
+                } else {
+                    _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
                 }
-                if i + 8 <= n {
-                    s0 =
-                        _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-                    i += 8;
-                }
-            }
-            let mut lanes = [0f32; 8];
-            // SAFETY: stores 8 floats into an 8-float array.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(s0, s1)) };
-            lanes.iter().sum::<f32>()
-                + a[i..n]
-                    .iter()
-                    .zip(&b[i..n])
-                    .map(|(x, y)| x * y)
-                    .sum::<f32>()
+            }};
         }
 
-        #[target_feature(enable = "avx2,fma")]
-        pub unsafe fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
-            let n = y.len().min(x.len());
-            let (py, px) = (y.as_mut_ptr(), x.as_ptr());
-            let a = _mm256_set1_ps(alpha);
+        /// The sum of a vector's lanes.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn sum(v: __m256) -> f32 {
+            let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+            _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+        }
+
+        /// `a · x` over `x.len()` elements (written for opt-level 1: plain loops).
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn dot<T: Lanes>(a: *const T, x: &[f32]) -> f32 {
+            let (n, px) = (x.len(), x.as_ptr());
+            let body = n - n % 8;
+            let mut acc = _mm256_setzero_ps();
             let mut i = 0;
-            // SAFETY: every load and store touches 8 floats below n.
-            unsafe {
-                while i + 8 <= n {
-                    let v =
-                        _mm256_fmadd_ps(a, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
-                    _mm256_storeu_ps(py.add(i), v);
-                    i += 8;
-                }
+            while i < body {
+                // SAFETY: 8 elements at i < body ≤ n of both.
+                acc = unsafe { _mm256_fmadd_ps(load!(a.add(i)), _mm256_loadu_ps(px.add(i)), acc) };
+                i += 8;
             }
-            for (y, x) in y[i..n].iter_mut().zip(&x[i..n]) {
-                *y += alpha * x;
+            let mut total = sum(acc);
+            while i < n {
+                // SAFETY: element i < n of both.
+                total += unsafe { (*a.add(i)).into() as f32 * x[i] };
+                i += 1;
+            }
+            total
+        }
+
+        /// `h = scale · A·x`, `A` being `h.len()` rows of `x.len()`: eight rows at a time in
+        /// one pass over `x` (written for opt-level 1: eight named accumulators).
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn down<T: Lanes>(a: &[T], x: &[f32], h: &mut [f32], scale: f32) {
+            let (n, rank) = (x.len(), h.len());
+            let (pa, px) = (a.as_ptr(), x.as_ptr());
+            let body = n - n % 8;
+            let mut k = 0;
+            while k + 8 <= rank && body == n {
+                // SAFETY: rows k..k + 8 < rank of n elements each, read 8 at a time below n.
+                unsafe {
+                    let r = |j: usize| pa.add((k + j) * n);
+                    let (r0, r1, r2, r3, r4, r5, r6, r7) =
+                        (r(0), r(1), r(2), r(3), r(4), r(5), r(6), r(7));
+                    let z = _mm256_setzero_ps();
+                    let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+                    let (mut a4, mut a5, mut a6, mut a7) = (z, z, z, z);
+                    let mut i = 0;
+                    while i < n {
+                        let xv = _mm256_loadu_ps(px.add(i));
+                        a0 = _mm256_fmadd_ps(load!(r0.add(i)), xv, a0);
+                        a1 = _mm256_fmadd_ps(load!(r1.add(i)), xv, a1);
+                        a2 = _mm256_fmadd_ps(load!(r2.add(i)), xv, a2);
+                        a3 = _mm256_fmadd_ps(load!(r3.add(i)), xv, a3);
+                        a4 = _mm256_fmadd_ps(load!(r4.add(i)), xv, a4);
+                        a5 = _mm256_fmadd_ps(load!(r5.add(i)), xv, a5);
+                        a6 = _mm256_fmadd_ps(load!(r6.add(i)), xv, a6);
+                        a7 = _mm256_fmadd_ps(load!(r7.add(i)), xv, a7);
+                        i += 8;
+                    }
+                    h[k] = scale * sum(a0);
+                    h[k + 1] = scale * sum(a1);
+                    h[k + 2] = scale * sum(a2);
+                    h[k + 3] = scale * sum(a3);
+                    h[k + 4] = scale * sum(a4);
+                    h[k + 5] = scale * sum(a5);
+                    h[k + 6] = scale * sum(a6);
+                    h[k + 7] = scale * sum(a7);
+                }
+                k += 8;
+            }
+            while k < rank {
+                // SAFETY: row k < rank of n elements.
+                h[k] = scale * unsafe { dot(pa.add(k * n), x) };
+                k += 1;
+            }
+        }
+
+        /// `out += Σ_k h[k] · bt[k]`, `bt` being `h.len()` rows of `out.len()`: one pass over
+        /// `out` (written for opt-level 1: plain loops).
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn up<T: Lanes>(bt: &[T], h: &[f32], out: &mut [f32]) {
+            let (n, rank) = (out.len(), h.len());
+            let (pb, po, ph) = (bt.as_ptr(), out.as_mut_ptr(), h.as_ptr());
+            let body = n - n % 8;
+            let mut o = 0;
+            while o < body {
+                // SAFETY: 8 elements at o < body ≤ n of out and of each row k < rank.
+                unsafe {
+                    let mut acc = _mm256_loadu_ps(po.add(o));
+                    let mut k = 0;
+                    while k < rank {
+                        let hk = _mm256_broadcast_ss(&*ph.add(k));
+                        acc = _mm256_fmadd_ps(hk, load!(pb.add(k * n + o)), acc);
+                        k += 1;
+                    }
+                    _mm256_storeu_ps(po.add(o), acc);
+                }
+                o += 8;
+            }
+            while o < n {
+                let mut k = 0;
+                while k < rank {
+                    // SAFETY: element o < n of row k < rank.
+                    out[o] += h[k] * unsafe { (*pb.add(k * n + o)).into() as f32 };
+                    k += 1;
+                }
+                o += 1;
             }
         }
     }
