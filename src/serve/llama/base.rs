@@ -69,8 +69,7 @@ impl BaseEngine {
         let (path, threads) = (options.base_gguf.clone(), options.threads.max(1));
         // An f32 model is served exactly: f32 KV cache and plain attention (llama.cpp's flash
         // attention on the CPU rounds the query to f16).
-        let kv_f32 = options.kv_f32;
-        let (kv_type, flash) = if kv_f32 {
+        let (kv_type, flash) = if options.kv_f32 {
             (
                 KvCacheType::F32,
                 llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
@@ -97,7 +96,6 @@ impl BaseEngine {
                         kv_type,
                         flash_attention: flash,
                         threads,
-                        exact: kv_f32,
                     };
                     // SAFETY: `model` was just leaked from a box; it is freed by the runner,
                     // after the context (see `Runner::new`).

@@ -41,8 +41,6 @@ pub struct Params {
     pub flash_attention: sys::llama_flash_attn_type,
     /// CPU threads.
     pub threads: usize,
-    /// Adapters' matrices kept in f32 (an f32 model served exactly), else in f16.
-    pub exact: bool,
 }
 
 /// The adapters and which one each row of the decode in flight is under, for [`add_deltas`].
@@ -185,7 +183,6 @@ pub struct Context {
     batch: sys::llama_batch,
     capacity: usize,
     n_vocab: usize,
-    exact: bool,
     next_id: AdapterId,
 }
 
@@ -226,7 +223,6 @@ impl Context {
             batch,
             capacity: params.batch,
             n_vocab: n_vocab as usize,
-            exact: params.exact,
             next_id: 0,
         })
     }
@@ -245,7 +241,7 @@ impl Context {
             }
             sys::llama_adapter_lora_free(checked);
         }
-        let lora = Lora::read(path, !self.exact)?;
+        let lora = Lora::read(path)?;
         let id = self.next_id;
         self.next_id += 1;
         self.deltas.loras.insert(id, lora);

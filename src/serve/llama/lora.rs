@@ -2,8 +2,8 @@
 //! weight `W` of the base, `A` (rank × in) and `B` (out × rank), read from the adapter's LoRA
 //! GGUF (q/k rows already in llama.cpp's order), and the scale `alpha / rank`. A row `x` under
 //! the adapter gets `W·x + scale · B·(A·x)`; [`Lora::add_to`] adds the second term to rows that
-//! llama.cpp computed the first for. The matrices are kept in f16 unless the model is served
-//! exactly (an f32 GGUF): half the memory, and half of what each row's update reads.
+//! llama.cpp computed the first for. The matrices stay f32, as trained (f16 copies flipped a
+//! near-tie in SmolLM2's greedy answers against the trainer's).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,35 +11,11 @@ use std::path::Path;
 use candle_core::Device;
 use candle_core::quantized::gguf_file::Content;
 
-/// A matrix's elements: f32, or f16 (half the memory each row's update reads).
-enum Elems {
-    F32(Vec<f32>),
-    F16(Vec<half::f16>),
-}
-
-impl Elems {
-    fn new(v: Vec<f32>, half: bool) -> Self {
-        if half {
-            Self::F16(v.into_iter().map(half::f16::from_f32).collect())
-        } else {
-            Self::F32(v)
-        }
-    }
-
-    /// Element `i` as f32.
-    fn get(&self, i: usize) -> f32 {
-        match self {
-            Self::F32(v) => v[i],
-            Self::F16(v) => v[i].to_f32(),
-        }
-    }
-}
-
 /// One adapted weight's matrices, row-major: `A` (rank × in) and `B` transposed (rank × out),
 /// so both steps of a row's update read contiguous memory.
 struct Pair {
-    a: Elems,
-    bt: Elems,
+    a: Vec<f32>,
+    bt: Vec<f32>,
     rank: usize,
     d_in: usize,
     d_out: usize,
@@ -65,8 +41,8 @@ pub struct Rows {
 }
 
 impl Lora {
-    /// Read the LoRA GGUF at `path`, its matrices kept in f16 when `half` (else f32, exact).
-    pub fn read(path: &Path, half: bool) -> Result<Self, String> {
+    /// Read the LoRA GGUF at `path`.
+    pub fn read(path: &Path) -> Result<Self, String> {
         let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
         let mut file = std::fs::File::open(path).map_err(|e| err(&e))?;
         let content = Content::read(&mut file).map_err(|e| err(&e))?;
@@ -103,8 +79,8 @@ impl Lora {
                 .map(|i| b[(i % d_out) * b_cols + i / d_out])
                 .collect();
             let pair = Pair {
-                a: Elems::new(a, half),
-                bt: Elems::new(bt, half),
+                a,
+                bt,
                 rank: a_rows,
                 d_in,
                 d_out,
@@ -163,43 +139,29 @@ impl Lora {
     }
 }
 
-/// One row's update, `out += B·(scale · A·x)`, with AVX2, FMA and F16C where the CPU has them
-/// (chosen at run time) and plain loops elsewhere.
+/// One row's update, `out += B·(scale · A·x)`, with AVX2 and FMA where the CPU has them (chosen
+/// at run time) and plain loops elsewhere.
 mod kernel {
-    use super::Elems;
-
     /// `h = scale · A·x`, then `out += B·h` (`bt` is `B` transposed: rank × out).
-    pub fn update(a: &Elems, bt: &Elems, scale: f32, x: &[f32], h: &mut [f32], out: &mut [f32]) {
+    pub fn update(a: &[f32], bt: &[f32], scale: f32, x: &[f32], h: &mut [f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-        {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has the features the functions are compiled for; the matrices
             // are rank × x.len() and rank × out.len() (checked by the caller).
             unsafe {
-                match (a, bt) {
-                    (Elems::F32(a), Elems::F32(bt)) => {
-                        x86::down(a, x, h, scale);
-                        x86::up(bt, h, out);
-                    }
-                    (Elems::F16(a), Elems::F16(bt)) => {
-                        x86::down(a, x, h, scale);
-                        x86::up(bt, h, out);
-                    }
-                    _ => unreachable!("both matrices share one element type"),
-                }
+                x86::down(a, x, h, scale);
+                x86::up(bt, h, out);
             }
             return;
         }
         let (d_in, d_out) = (x.len(), out.len());
         for (k, hk) in h.iter_mut().enumerate() {
-            *hk = scale * (0..d_in).map(|i| a.get(k * d_in + i) * x[i]).sum::<f32>();
+            let row = &a[k * d_in..(k + 1) * d_in];
+            *hk = scale * row.iter().zip(x).map(|(a, x)| a * x).sum::<f32>();
         }
         for (k, hk) in h.iter().enumerate() {
-            for (o, y) in out.iter_mut().enumerate() {
-                *y += hk * bt.get(k * d_out + o);
-            }
+            let row = &bt[k * d_out..(k + 1) * d_out];
+            out.iter_mut().zip(row).for_each(|(y, b)| *y += hk * b);
         }
     }
 
@@ -207,27 +169,9 @@ mod kernel {
     mod x86 {
         use std::arch::x86_64::*;
 
-        /// An element type of adapter matrices: f32 or f16.
-        pub trait Lanes: Copy + Into<f64> {}
-        impl Lanes for f32 {}
-        impl Lanes for half::f16 {}
-
-        /// Eight elements at `p` as f32 lanes, inline (a call per load is what opt-level 1
-        /// would make of a function): f32 loaded, f16 widened.
-        macro_rules! load {
-            ($p:expr) => {{
-                let p = $p;
-                if std::mem::size_of_val(&*p) == 4 {
-                    _mm256_loadu_ps(p.cast::<f32>())
-                } else {
-                    _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
-                }
-            }};
-        }
-
         /// The sum of a vector's lanes.
         #[inline]
-        #[target_feature(enable = "avx2,fma,f16c")]
+        #[target_feature(enable = "avx2,fma")]
         fn sum(v: __m256) -> f32 {
             let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
             let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
@@ -235,21 +179,23 @@ mod kernel {
         }
 
         /// `a · x` over `x.len()` elements (written for opt-level 1: plain loops).
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn dot<T: Lanes>(a: *const T, x: &[f32]) -> f32 {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn dot(a: *const f32, x: &[f32]) -> f32 {
             let (n, px) = (x.len(), x.as_ptr());
             let body = n - n % 8;
             let mut acc = _mm256_setzero_ps();
             let mut i = 0;
             while i < body {
                 // SAFETY: 8 elements at i < body ≤ n of both.
-                acc = unsafe { _mm256_fmadd_ps(load!(a.add(i)), _mm256_loadu_ps(px.add(i)), acc) };
+                acc = unsafe {
+                    _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(px.add(i)), acc)
+                };
                 i += 8;
             }
             let mut total = sum(acc);
             while i < n {
                 // SAFETY: element i < n of both.
-                total += unsafe { (*a.add(i)).into() as f32 * x[i] };
+                total += unsafe { *a.add(i) } * x[i];
                 i += 1;
             }
             total
@@ -257,13 +203,12 @@ mod kernel {
 
         /// `h = scale · A·x`, `A` being `h.len()` rows of `x.len()`: eight rows at a time in
         /// one pass over `x` (written for opt-level 1: eight named accumulators).
-        #[target_feature(enable = "avx2,fma,f16c")]
-        pub unsafe fn down<T: Lanes>(a: &[T], x: &[f32], h: &mut [f32], scale: f32) {
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn down(a: &[f32], x: &[f32], h: &mut [f32], scale: f32) {
             let (n, rank) = (x.len(), h.len());
             let (pa, px) = (a.as_ptr(), x.as_ptr());
-            let body = n - n % 8;
             let mut k = 0;
-            while k + 8 <= rank && body == n {
+            while k + 8 <= rank && n.is_multiple_of(8) {
                 // SAFETY: rows k..k + 8 < rank of n elements each, read 8 at a time below n.
                 unsafe {
                     let r = |j: usize| pa.add((k + j) * n);
@@ -275,24 +220,19 @@ mod kernel {
                     let mut i = 0;
                     while i < n {
                         let xv = _mm256_loadu_ps(px.add(i));
-                        a0 = _mm256_fmadd_ps(load!(r0.add(i)), xv, a0);
-                        a1 = _mm256_fmadd_ps(load!(r1.add(i)), xv, a1);
-                        a2 = _mm256_fmadd_ps(load!(r2.add(i)), xv, a2);
-                        a3 = _mm256_fmadd_ps(load!(r3.add(i)), xv, a3);
-                        a4 = _mm256_fmadd_ps(load!(r4.add(i)), xv, a4);
-                        a5 = _mm256_fmadd_ps(load!(r5.add(i)), xv, a5);
-                        a6 = _mm256_fmadd_ps(load!(r6.add(i)), xv, a6);
-                        a7 = _mm256_fmadd_ps(load!(r7.add(i)), xv, a7);
+                        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0.add(i)), xv, a0);
+                        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r1.add(i)), xv, a1);
+                        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r2.add(i)), xv, a2);
+                        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r3.add(i)), xv, a3);
+                        a4 = _mm256_fmadd_ps(_mm256_loadu_ps(r4.add(i)), xv, a4);
+                        a5 = _mm256_fmadd_ps(_mm256_loadu_ps(r5.add(i)), xv, a5);
+                        a6 = _mm256_fmadd_ps(_mm256_loadu_ps(r6.add(i)), xv, a6);
+                        a7 = _mm256_fmadd_ps(_mm256_loadu_ps(r7.add(i)), xv, a7);
                         i += 8;
                     }
-                    h[k] = scale * sum(a0);
-                    h[k + 1] = scale * sum(a1);
-                    h[k + 2] = scale * sum(a2);
-                    h[k + 3] = scale * sum(a3);
-                    h[k + 4] = scale * sum(a4);
-                    h[k + 5] = scale * sum(a5);
-                    h[k + 6] = scale * sum(a6);
-                    h[k + 7] = scale * sum(a7);
+                    for (j, acc) in [a0, a1, a2, a3, a4, a5, a6, a7].into_iter().enumerate() {
+                        h[k + j] = scale * sum(acc);
+                    }
                 }
                 k += 8;
             }
@@ -305,8 +245,8 @@ mod kernel {
 
         /// `out += Σ_k h[k] · bt[k]`, `bt` being `h.len()` rows of `out.len()`: one pass over
         /// `out` (written for opt-level 1: plain loops).
-        #[target_feature(enable = "avx2,fma,f16c")]
-        pub unsafe fn up<T: Lanes>(bt: &[T], h: &[f32], out: &mut [f32]) {
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn up(bt: &[f32], h: &[f32], out: &mut [f32]) {
             let (n, rank) = (out.len(), h.len());
             let (pb, po, ph) = (bt.as_ptr(), out.as_mut_ptr(), h.as_ptr());
             let body = n - n % 8;
@@ -318,7 +258,7 @@ mod kernel {
                     let mut k = 0;
                     while k < rank {
                         let hk = _mm256_broadcast_ss(&*ph.add(k));
-                        acc = _mm256_fmadd_ps(hk, load!(pb.add(k * n + o)), acc);
+                        acc = _mm256_fmadd_ps(hk, _mm256_loadu_ps(pb.add(k * n + o)), acc);
                         k += 1;
                     }
                     _mm256_storeu_ps(po.add(o), acc);
@@ -328,8 +268,7 @@ mod kernel {
             while o < n {
                 let mut k = 0;
                 while k < rank {
-                    // SAFETY: element o < n of row k < rank.
-                    out[o] += h[k] * unsafe { (*pb.add(k * n + o)).into() as f32 };
+                    out[o] += h[k] * bt[k * n + o];
                     k += 1;
                 }
                 o += 1;
