@@ -31,7 +31,7 @@ pub type AdapterId = u32;
 pub struct Params {
     /// KV cells in all.
     pub kv_tokens: usize,
-    /// Most tokens per decode, all in one micro-batch (the row mask counts rows per decode).
+    /// Most tokens per decode, all in one micro-batch (the row updates count rows per decode).
     pub batch: usize,
     /// Sequence ids in use (0 to `sequences - 1`).
     pub sequences: usize,
