@@ -1,6 +1,6 @@
 //! The llama.cpp engine thread: one model, one context whose KV cache every sequence shares,
-//! and the LoRA adapters of the sequences in flight attached together. Each step decodes one
-//! token of every running sequence, whatever its adapter, plus prompt chunks of new ones
+//! and the LoRA adapters it has loaded. Each step decodes one token of every running sequence,
+//! whatever its adapter, plus prompt chunks of new ones
 //! (continuous batching: sequences join and leave between steps), each row under its own
 //! adapter (see [`super::context`]), and samples. A sequence whose client went away is dropped
 //! at the next step.
@@ -27,7 +27,7 @@ use crate::serve::{ChatParams, ServeError};
 pub enum Command {
     /// Generate for a request.
     Generate(Box<Job>),
-    /// Make an adapter (a LoRA GGUF) ready to attach under `key`.
+    /// Make an adapter (a LoRA GGUF) ready to serve under `key`.
     Load {
         /// The model name (for errors).
         name: String,
@@ -64,8 +64,7 @@ pub enum Command {
     },
 }
 
-/// Sequences beyond the slots that no request uses: parity checks decode in them and a new
-/// adapter's first decode runs in the first.
+/// Sequences beyond the slots that no request uses: parity checks decode in them.
 pub const SPARE: usize = 4;
 
 /// One request: a prompt and how to continue it.
@@ -182,7 +181,7 @@ pub struct Runner {
 
 impl Runner {
     /// A runner over `model` (owned: freed when the runner is dropped, after the context) with
-    /// its context `ctx`, whose sequence ids are the slots plus one spare.
+    /// its context `ctx`, whose sequence ids are the slots plus [`SPARE`].
     ///
     /// # Safety
     /// `model` comes from `Box::into_raw` and `ctx` was created from it; nothing else uses
