@@ -19,6 +19,15 @@ fn trained(dir: &Path, arch: TinyArch) -> PathBuf {
     finish(&config(dir, 1, 1e-2)).adapter_dir
 }
 
+/// Two different adapters of the tiny Llama in `dir` (another learning rate and seed).
+fn two_adapters(dir: &Path) -> (PathBuf, PathBuf) {
+    let first = trained(dir, TinyArch::Llama);
+    let mut cfg = config(dir, 1, 5e-2);
+    cfg.output_dir = dir.join("out-2");
+    cfg.seed = 11;
+    (first, finish(&cfg).adapter_dir)
+}
+
 /// The llama.cpp engine on the tiny model in `dir` (exported to an f32 GGUF once).
 async fn engine(dir: &Path) -> Arc<Engine> {
     let model = dir.join("model");
@@ -84,11 +93,7 @@ async fn served_logits_equal_the_trainers_with_and_without_the_adapter() {
 #[tokio::test]
 async fn a_name_asked_for_with_another_adapter_directory_serves_that_adapter() {
     let dir = tempfile::tempdir().unwrap();
-    let first = trained(dir.path(), TinyArch::Llama);
-    let mut cfg = config(dir.path(), 1, 5e-2);
-    cfg.output_dir = dir.path().join("out-2");
-    cfg.seed = 11;
-    let second = finish(&cfg).adapter_dir;
+    let (first, second) = two_adapters(dir.path());
     assert_ne!(first, second);
     let model = dir.path().join("model");
     let engine = engine(dir.path()).await;
@@ -108,15 +113,11 @@ async fn a_name_asked_for_with_another_adapter_directory_serves_that_adapter() {
 /// Rows of different adapters and of the base decoded in one batch each get their own model:
 /// the trainer's logits for every row, as when each is decoded alone. With prompts of unequal
 /// lengths the batch's token rows and output rows differ (the last layer's feed-forward runs on
-/// output rows only), so both of the engine's row masks are checked.
+/// output rows only), so both of the engine's row lists are checked.
 #[tokio::test]
 async fn one_batch_serves_each_row_with_its_own_adapter() {
     let dir = tempfile::tempdir().unwrap();
-    let first = trained(dir.path(), TinyArch::Llama);
-    let mut cfg = config(dir.path(), 1, 5e-2);
-    cfg.output_dir = dir.path().join("out-2");
-    cfg.seed = 11;
-    let second = finish(&cfg).adapter_dir;
+    let (first, second) = two_adapters(dir.path());
     let model = dir.path().join("model");
     let engine = engine(dir.path()).await;
     engine.ensure_loaded("a", &first).await.unwrap();

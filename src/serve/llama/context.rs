@@ -296,6 +296,11 @@ impl Context {
         true
     }
 
+    /// Different adapters among the rows of the last decode.
+    pub fn adapters_in_batch(&self) -> usize {
+        self.deltas.used.len()
+    }
+
     /// Decode the batch, each row under its adapter.
     pub fn decode(&mut self) -> Result<(), String> {
         let d = &mut *self.deltas;

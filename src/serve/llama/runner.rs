@@ -555,7 +555,6 @@ impl Runner {
         self.ctx.clear();
         let mut budget = self.sizing.batch;
         let mut rows: Vec<(usize, i32)> = Vec::new();
-        let mut loras: Vec<AdapterId> = Vec::new();
         let mut fed: Vec<usize> = Vec::new();
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(seq) = slot.as_mut() else {
@@ -570,7 +569,6 @@ impl Runner {
             seq.pos += 1;
             rows.push((i, self.ctx.len() as i32 - 1));
             budget = budget.saturating_sub(1);
-            loras.extend(seq.lora);
             fed.push(i);
         }
         for (i, slot) in self.slots.iter_mut().enumerate() {
@@ -595,7 +593,6 @@ impl Runner {
             }
             seq.fed += take;
             budget -= take;
-            loras.extend(seq.lora);
             fed.push(i);
         }
         if self.ctx.len() == 0 {
@@ -603,11 +600,9 @@ impl Runner {
         }
         let started = std::time::Instant::now();
         let decoded = self.ctx.decode();
-        loras.sort_unstable();
-        loras.dedup();
         tracing::trace!(
             tokens = self.ctx.len(),
-            adapters = loras.len(),
+            adapters = self.ctx.adapters_in_batch(),
             us = started.elapsed().as_micros() as u64,
             "decoded"
         );
