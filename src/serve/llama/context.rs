@@ -22,7 +22,8 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_sys_2 as sys;
 
-use super::lora::{Lora, Rows};
+use super::lora::{Lora, Update};
+use super::team;
 
 /// An adapter loaded into a [`Context`]: a handle, valid until [`Context::free_adapter`].
 pub type AdapterId = u32;
@@ -55,8 +56,8 @@ struct Deltas {
     tokens: Vec<Option<AdapterId>>,
     /// Each output row's adapter (the last layer's feed-forward runs on output rows only).
     outputs: Vec<Option<AdapterId>>,
-    /// The middle product's buffer.
-    scratch: Vec<f32>,
+    /// Threads of llama.cpp's team the updates run on.
+    threads: usize,
     /// A product whose rows or shapes could not be matched: its rows were left without deltas.
     unmatched: bool,
 }
@@ -87,6 +88,32 @@ fn name_of(name: &[std::os::raw::c_char]) -> String {
         .map(|c| *c as u8)
         .collect();
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Rows of an f32 matrix in host memory: row `j` starts `j · stride` elements after `data`.
+#[derive(Clone, Copy)]
+struct Rows {
+    /// The first row.
+    data: *mut f32,
+    /// Elements from one row to the next.
+    stride: usize,
+    /// Elements per row.
+    width: usize,
+}
+
+// SAFETY: the team's threads write disjoint rows (each row to one thread) of tensors that
+// outlive the region.
+unsafe impl Sync for Rows {}
+
+impl Rows {
+    /// Row `j`'s first element.
+    ///
+    /// # Safety
+    /// Row `j` lies inside the matrix.
+    unsafe fn row(&self, j: usize) -> *mut f32 {
+        // SAFETY: the caller's promise.
+        unsafe { self.data.add(j * self.stride) }
+    }
 }
 
 /// An f32 2-D tensor's rows, if it is one with contiguous rows.
@@ -145,24 +172,26 @@ unsafe extern "C" fn add_deltas(t: *mut sys::ggml_tensor, ask: bool, user: *mut 
         d.unmatched = true;
         return true;
     }
-    // Runs of consecutive rows under one adapter (a prompt chunk is one run).
-    let mut start = 0;
-    while start < n {
-        let owner = owners[start];
-        let end = (start..n).find(|&j| owners[j] != owner).unwrap_or(n);
-        if let Some(lora) = owner.and_then(|id| d.loras.get(&id)) {
-            // SAFETY: rows start..end of both tensors lie inside them.
-            let added = unsafe {
-                let at = |r: Rows| Rows {
-                    data: r.data.add(start * r.stride),
-                    ..r
-                };
-                lora.add_to(&weight, at(x), at(out), end - start, &mut d.scratch)
-            };
-            d.unmatched |= !added;
+    // Each row's update (none for rows of the base or of adapters that leave the weight alone).
+    let mut updates: Vec<(usize, Update)> = Vec::with_capacity(n);
+    for (row, owner) in owners.iter().enumerate() {
+        let Some(lora) = owner.and_then(|id| d.loras.get(&id)) else {
+            continue;
+        };
+        match lora.update(&weight, x.width, out.width) {
+            Ok(Some(update)) => updates.push((row, update)),
+            Ok(None) => {}
+            Err(()) => d.unmatched = true,
         }
-        start = end;
     }
+    let rank = updates.iter().map(|(_, u)| u.rank()).max().unwrap_or(0);
+    team::run(d.threads.min(updates.len()), &|thread, threads| {
+        let mut h = vec![0.0; rank];
+        for (row, update) in updates.iter().skip(thread).step_by(threads) {
+            // SAFETY: row < n of both tensors, each row written by one thread only.
+            unsafe { update.add(x.row(*row), out.row(*row), &mut h) };
+        }
+    });
     true
 }
 
@@ -195,7 +224,10 @@ impl Context {
         if n_vocab != model.n_vocab() {
             return Err("the llama.cpp model handle does not match the model".to_owned());
         }
-        let mut deltas = Box::<Deltas>::default();
+        let mut deltas = Box::new(Deltas {
+            threads: params.threads,
+            ..Deltas::default()
+        });
         // SAFETY: plain C defaults.
         let mut p = unsafe { sys::llama_context_default_params() };
         p.n_ctx = params.kv_tokens as u32;

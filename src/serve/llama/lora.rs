@@ -1,7 +1,7 @@
 //! A LoRA adapter's matrices as the engine applies them itself, row by row: for each adapted
 //! weight `W` of the base, `A` (rank × in) and `B` (out × rank), read from the adapter's LoRA
 //! GGUF (q/k rows already in llama.cpp's order), and the scale `alpha / rank`. A row `x` under
-//! the adapter gets `W·x + scale · B·(A·x)`; [`Lora::add_to`] adds the second term to rows that
+//! the adapter gets `W·x + scale · B·(A·x)`; [`Update::add`] adds the second term to a row that
 //! llama.cpp computed the first for. The matrices stay f32, as trained (f16 copies flipped a
 //! near-tie in SmolLM2's greedy answers against the trainer's).
 
@@ -27,17 +27,6 @@ pub struct Lora {
     /// `adapter.lora.alpha`: the update is scaled by `alpha / rank` (by 1 when it is 0, as
     /// llama.cpp reads it).
     alpha: f32,
-}
-
-/// Rows of an f32 matrix in host memory: row `j` starts `j · stride` elements after `data`.
-#[derive(Clone, Copy)]
-pub struct Rows {
-    /// The first row.
-    pub data: *mut f32,
-    /// Elements from one row to the next.
-    pub stride: usize,
-    /// Elements per row.
-    pub width: usize,
 }
 
 impl Lora {
@@ -98,44 +87,59 @@ impl Lora {
         self.pairs.contains_key(weight)
     }
 
-    /// Add `scale · B·(A·x)` of `weight` to `n` rows of `out` computed from the rows of `x`
-    /// (`out = W·x` so far); `h` holds the rank-wide middle product. `false` (nothing added)
-    /// when the shapes are not the weight's.
-    ///
-    /// # Safety
-    /// `x` and `out` hold `n` rows of their width at their stride, in memory nothing else
-    /// touches during the call.
-    pub unsafe fn add_to(
+    /// The update of the base weight named `weight` for products from `d_in`-wide rows to
+    /// `d_out`-wide ones: `Ok(None)` when the adapter leaves the weight alone, `Err(())` when the
+    /// shapes are not the weight's.
+    pub fn update(
         &self,
         weight: &str,
-        x: Rows,
-        out: Rows,
-        n: usize,
-        h: &mut Vec<f32>,
-    ) -> bool {
-        let Some(p) = self.pairs.get(weight) else {
-            return true;
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Option<Update<'_>>, ()> {
+        let Some(pair) = self.pairs.get(weight) else {
+            return Ok(None);
         };
-        if x.width != p.d_in || out.width != p.d_out {
-            return false;
+        if d_in != pair.d_in || d_out != pair.d_out {
+            return Err(());
         }
         let scale = if self.alpha == 0.0 {
             1.0
         } else {
-            self.alpha / p.rank as f32
+            self.alpha / pair.rank as f32
         };
-        h.resize(p.rank, 0.0);
-        for j in 0..n {
-            // SAFETY: row j of each lies inside it (the caller's promise).
-            let (x, out) = unsafe {
-                (
-                    std::slice::from_raw_parts(x.data.add(j * x.stride), p.d_in),
-                    std::slice::from_raw_parts_mut(out.data.add(j * out.stride), p.d_out),
-                )
-            };
-            kernel::update(&p.a, &p.bt, scale, x, h, out);
-        }
-        true
+        Ok(Some(Update { pair, scale }))
+    }
+}
+
+/// One adapted weight's update, ready to add to rows.
+#[derive(Clone, Copy)]
+pub struct Update<'a> {
+    pair: &'a Pair,
+    scale: f32,
+}
+
+impl Update<'_> {
+    /// The rank: the middle product's width.
+    pub fn rank(&self) -> usize {
+        self.pair.rank
+    }
+
+    /// Add `scale · B·(A·x)` to `out` (`W·x` so far); `h` holds the middle product (at least
+    /// [`Self::rank`] wide).
+    ///
+    /// # Safety
+    /// `x` and `out` point at rows of the widths [`Lora::update`] was asked for, in memory
+    /// nothing else touches during the call.
+    pub unsafe fn add(&self, x: *const f32, out: *mut f32, h: &mut [f32]) {
+        let p = self.pair;
+        // SAFETY: the caller's promise.
+        let (x, out) = unsafe {
+            (
+                std::slice::from_raw_parts(x, p.d_in),
+                std::slice::from_raw_parts_mut(out, p.d_out),
+            )
+        };
+        kernel::update(&p.a, &p.bt, self.scale, x, &mut h[..p.rank], out);
     }
 }
 

@@ -13,6 +13,7 @@ mod derived;
 mod lora;
 mod runner;
 mod sampling;
+mod team;
 mod text;
 
 use std::path::{Path, PathBuf};
