@@ -21,6 +21,7 @@ pub mod objects;
 pub mod openapi;
 pub mod rejections;
 pub mod request_span;
+pub mod responses;
 pub mod routes;
 pub mod sampling;
 

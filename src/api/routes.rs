@@ -13,7 +13,9 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::error::ApiError;
 use super::rejections;
-use super::{chat, completions, ensembles, files, fine_tuning, health, metrics, models, openapi};
+use super::{
+    chat, completions, ensembles, files, fine_tuning, health, metrics, models, openapi, responses,
+};
 
 /// Register every documented route and the error envelopes for actix's own rejections.
 pub fn configure(cfg: &mut ServiceConfig) {
@@ -36,6 +38,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(fine_tuning::events::list_fine_tuning_job_checkpoints)
         .service(chat::create_chat_completion)
         .service(completions::create_completion)
+        .service(responses::create_response)
+        .service(responses::list_input_items)
+        .service(responses::get_response)
+        .service(responses::delete_response)
         .service(ensembles::create_ensemble)
         .service(ensembles::list_ensembles)
         .service(ensembles::retrieve_ensemble)

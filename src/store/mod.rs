@@ -16,6 +16,7 @@ pub mod orphans;
 mod paging;
 pub mod queue;
 pub mod remote;
+pub mod responses;
 pub mod stats;
 
 use std::time::Duration;

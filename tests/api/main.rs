@@ -27,6 +27,7 @@ mod queue;
 mod real_model;
 mod real_model_tools;
 mod real_model_tuning;
+mod responses;
 mod serve_binary;
 mod template_tools;
 mod tools;

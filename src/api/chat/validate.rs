@@ -126,6 +126,28 @@ fn tool_use(req: &CreateChatCompletionRequest) -> Result<Option<ToolUse>, ApiErr
     }))
 }
 
+/// The output constraint of a format of type `kind` (`param` names the format in errors):
+/// none for `text` or no format, any object for `json_object`, `schema` (checked, at
+/// `schema_param`) for `json_schema`.
+pub fn constrained_format(
+    kind: Option<&str>,
+    schema: Option<&Value>,
+    param: &str,
+    schema_param: &str,
+) -> Result<Option<Value>, ApiError> {
+    match kind {
+        None | Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(spaced_json(serde_json::json!({"type": "object"})))),
+        Some("json_schema") => {
+            let schema =
+                schema.ok_or_else(|| bad(param, format!("json_schema needs {schema_param}")))?;
+            check_schema(schema, schema_param)?;
+            Ok(Some(spaced_json(schema.clone())))
+        }
+        Some(other) => Err(bad(param, format!("Unknown {param} type '{other}'"))),
+    }
+}
+
 /// Validate `req` and build the engine parameters.
 pub fn validate(req: &CreateChatCompletionRequest) -> Result<ChatParams, ApiError> {
     crate::domain::text::storable("model", &req.model)?;
@@ -144,30 +166,13 @@ pub fn validate(req: &CreateChatCompletionRequest) -> Result<ChatParams, ApiErro
         };
         return Err(bad(param, format!("{param} must be at least 1")));
     }
-    let json_schema = match req
-        .response_format
-        .as_ref()
-        .and_then(|f| f.get("type"))
-        .and_then(Value::as_str)
-    {
-        None | Some("text") => None,
-        Some("json_object") => Some(spaced_json(serde_json::json!({"type": "object"}))),
-        Some("json_schema") => {
-            let schema = req
-                .response_format
-                .as_ref()
-                .and_then(|f| f.pointer("/json_schema/schema"))
-                .ok_or_else(|| bad("response_format", "json_schema needs json_schema.schema"))?;
-            check_schema(schema, "response_format.json_schema.schema")?;
-            Some(spaced_json(schema.clone()))
-        }
-        Some(other) => {
-            return Err(bad(
-                "response_format",
-                format!("Unknown response_format type '{other}'"),
-            ));
-        }
-    };
+    let format = req.response_format.as_ref();
+    let json_schema = constrained_format(
+        format.and_then(|f| f.get("type")).and_then(Value::as_str),
+        format.and_then(|f| f.pointer("/json_schema/schema")),
+        "response_format",
+        "response_format.json_schema.schema",
+    )?;
     let tools = tool_use(req)?;
     if tools.as_ref().is_some_and(|t| t.choice != ToolChoice::Auto) && json_schema.is_some() {
         return Err(bad(
