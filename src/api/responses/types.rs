@@ -12,7 +12,7 @@ pub struct CreateResponseRequest {
     pub model: String,
     /// A string (one user message) or a list of items: messages (`input_text` parts),
     /// `function_call` and `function_call_output` items.
-    #[schema(value_type = Object)]
+    #[schema(value_type = ResponseInput)]
     pub input: Option<Value>,
     /// A system message put first (not carried over to responses that go on from this one).
     pub instructions: Option<String>,
@@ -56,6 +56,7 @@ pub struct CreateResponseRequest {
     pub metadata: Option<Value>,
     /// `disabled` (the default: an input beyond the context is a 400) or `auto` (the oldest
     /// items are dropped until it fits).
+    #[schema(value_type = Option<Truncation>)]
     pub truncation: Option<String>,
     /// Accepted and ignored: the served models do not reason.
     #[schema(value_type = Option<Object>)]
@@ -67,6 +68,27 @@ pub struct CreateResponseRequest {
     pub seed: Option<i64>,
     /// End-user id (ignored).
     pub user: Option<String>,
+}
+
+/// `input` as the spec states it (the handler reads it as JSON and checks each item).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ResponseInput {
+    /// One user message.
+    Text(String),
+    /// Items, at least one.
+    #[schema(value_type = Vec<Object>)]
+    Items(Vec<Value>),
+}
+
+/// `truncation`'s values.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Truncation {
+    /// Drop the oldest items until the input fits.
+    Auto,
+    /// An input beyond the context is a 400.
+    Disabled,
 }
 
 /// Token counts in the Responses API's shape.
