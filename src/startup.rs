@@ -363,6 +363,8 @@ pub struct Application {
     port: u16,
     server: Server,
     worker: Option<tokio::task::JoinHandle<()>>,
+    /// The batch runner.
+    batches: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
     database: Database,
     store: Store,
@@ -420,6 +422,7 @@ impl Application {
         let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port))
             .with_context(|| format!("binding {}:{}", settings.http.host, settings.http.port))?;
         let port = listener.local_addr()?.port();
+        let batch_state = state.clone();
         let server = HttpServer::new(move || {
             api::routes::app()
                 .wrap(api::error_envelopes())
@@ -435,6 +438,11 @@ impl Application {
         .listen(listener)?
         .run();
         let shutdown = CancellationToken::new();
+        let batches = tokio::spawn(api::batches::runner::run_until_stopped(
+            batch_state,
+            shutdown.clone(),
+            settings.worker.poll_interval(),
+        ));
         let worker = if settings.run_worker {
             let worker = build_worker(store.clone(), blobs, &settings.worker, trainer.clone())?
                 .with_model_ready(preload_hook(engine.clone()));
@@ -452,6 +460,7 @@ impl Application {
             port,
             server,
             worker,
+            batches,
             shutdown,
             database,
             store,
@@ -507,6 +516,7 @@ impl Application {
         if let Some(worker) = self.worker {
             let _ = worker.await;
         }
+        let _ = self.batches.await;
         self.database.close().await;
         served.context("HTTP server failed")
     }

@@ -71,6 +71,11 @@ fn mismatch(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     ApiError::invalid(format!("Invalid JSON body: {text}"), param.as_deref())
 }
 
+/// `value` read as the request type `T`, with the 400 a request body of that JSON would get.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(mismatch)
+}
+
 impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;

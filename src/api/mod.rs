@@ -5,6 +5,7 @@
 //! [`routes`].
 
 pub mod auth;
+pub mod batches;
 pub mod body_timeout;
 pub mod charts;
 pub mod chat;
@@ -15,6 +16,7 @@ pub mod files;
 pub mod fine_tuning;
 mod health;
 pub mod json_body;
+pub mod metadata;
 pub mod metrics;
 pub mod models;
 pub mod objects;

@@ -10,7 +10,7 @@ use utoipa::OpenApi;
 #[openapi(
     info(title = "ferrotune", description = "OpenAI-compatible fine-tune-and-serve service"),
     components(schemas(super::files::SortOrder)),
-    tags((name = "Chat"), (name = "Completions"), (name = "Responses"), (name = "Files"), (name = "Fine-tuning"), (name = "Models"), (name = "Ensembles", description = "A ferrotune extension: several models answering as one model name"), (name = "Health"), (name = "Metrics", description = "Prometheus metrics; operator-wide, behind an API key when keys are configured"))
+    tags((name = "Chat"), (name = "Completions"), (name = "Responses"), (name = "Batch"), (name = "Files"), (name = "Fine-tuning"), (name = "Models"), (name = "Ensembles", description = "A ferrotune extension: several models answering as one model name"), (name = "Health"), (name = "Metrics", description = "Prometheus metrics; operator-wide, behind an API key when keys are configured"))
 )]
 pub struct ApiDoc;
 

@@ -14,7 +14,8 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use super::error::ApiError;
 use super::rejections;
 use super::{
-    chat, completions, ensembles, files, fine_tuning, health, metrics, models, openapi, responses,
+    batches, chat, completions, ensembles, files, fine_tuning, health, metrics, models, openapi,
+    responses,
 };
 
 /// Register every documented route and the error envelopes for actix's own rejections.
@@ -42,6 +43,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(responses::list_input_items)
         .service(responses::get_response)
         .service(responses::delete_response)
+        .service(batches::create_batch)
+        .service(batches::list_batches)
+        .service(batches::retrieve_batch)
+        .service(batches::cancel_batch)
         .service(ensembles::create_ensemble)
         .service(ensembles::list_ensembles)
         .service(ensembles::retrieve_ensemble)

@@ -3,6 +3,7 @@
 //! Nothing here performs I/O (the dataset scanner reads from any `BufRead` it is handed). A value
 //! of a domain type has been parsed, so it is valid by construction.
 
+pub mod batch;
 pub mod dataset;
 pub mod ensemble;
 pub mod finish;

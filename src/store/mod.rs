@@ -3,6 +3,7 @@
 //! `Store` wraps the pool; each table's statements live in their own module as an `impl Store`
 //! block. The queue (claim, lease, heartbeat, fencing) is in [`queue`]. Nothing here knows HTTP.
 
+pub mod batches;
 pub mod blobs;
 pub mod checkpoints;
 pub mod ensembles;

@@ -8,6 +8,7 @@ mod helpers;
 
 mod adapters;
 mod auth;
+mod batches;
 mod chat;
 mod completions;
 mod dashboard;

@@ -117,7 +117,15 @@ pub async fn create_chat_completion(
     caller: Caller,
     body: JsonBody<CreateChatCompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let req = body.into_inner();
+    respond(&state, &caller, body.into_inner()).await
+}
+
+/// Answer a chat request (the handler's work; batches call it too).
+pub async fn respond(
+    state: &ApiState,
+    caller: &Caller,
+    req: CreateChatCompletionRequest,
+) -> Result<HttpResponse, ApiError> {
     let mut params = validate(&req)?;
     let engine = &state.engine;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -125,12 +133,12 @@ pub async fn create_chat_completion(
         && let Some(e) = state.store.get_ensemble(&caller.0, &req.model).await?
     {
         // Every member shares the base's template and tokenizer: the base counts the prompt.
-        fit_completion(&state, engine.base_name(), &req, &mut params).await?;
-        return ensemble::answer(&state, &caller, e, params, req.stream, include_usage).await;
+        fit_completion(state, engine.base_name(), &req, &mut params).await?;
+        return ensemble::answer(state, caller, e, params, req.stream, include_usage).await;
     }
-    make_resident(&state, &caller, &req.model).await?;
+    make_resident(state, caller, &req.model).await?;
     let n = params.n;
-    let prompt_tokens = fit_completion(&state, &req.model, &req, &mut params).await?;
+    let prompt_tokens = fit_completion(state, &req.model, &req, &mut params).await?;
     let mut generation = engine.chat(&req.model, params, req.stream).await?;
     if req.stream {
         if let Some(tokens) = prompt_tokens {

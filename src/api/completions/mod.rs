@@ -90,7 +90,15 @@ pub async fn create_completion(
     caller: Caller,
     body: JsonBody<CreateCompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let req = body.into_inner();
+    respond(&state, &caller, body.into_inner()).await
+}
+
+/// Answer a completion request (the handler's work; batches call it too).
+pub async fn respond(
+    state: &ApiState,
+    caller: &Caller,
+    req: CreateCompletionRequest,
+) -> Result<HttpResponse, ApiError> {
     let (prompts, params) = validate(&req)?;
     let engine = &state.engine;
     if state
@@ -107,7 +115,7 @@ pub async fn create_completion(
             Some("model"),
         ));
     }
-    make_resident(&state, &caller, &req.model).await?;
+    make_resident(state, caller, &req.model).await?;
     let mut generations = Vec::with_capacity(prompts.len());
     let mut prompt_tokens = 0;
     for prompt in &prompts {

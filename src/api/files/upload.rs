@@ -12,6 +12,7 @@ use crate::api::ApiState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::api::objects::OpenAIFile;
+use crate::domain::batch::read_requests;
 use crate::domain::dataset::{ScanError, scan};
 use crate::domain::ids::FileId;
 use crate::store::NewFile;
@@ -170,29 +171,23 @@ pub async fn create_file(
             ));
         }
     };
-    let (dataset_format, example_count) = if purpose == "fine-tune" {
-        let path = upload.temp.path().to_owned();
-        let summary = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(path)?;
-            Ok::<_, std::io::Error>(scan(std::io::BufReader::new(file), |_, _| {}))
-        })
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?
-        .map_err(|e| match e {
-            ScanError::Invalid { .. } => ApiError::invalid(
-                format!("Invalid file format for fine-tuning: {e}"),
-                Some("file"),
+    let path = upload.temp.path().to_owned();
+    let (dataset_format, example_count) = match purpose.as_str() {
+        "fine-tune" => {
+            let summary = check_lines(path, "fine-tuning", |r| scan(r, |_, _| {})).await?;
+            (
+                Some(summary.format.as_str().to_owned()),
+                Some(i32::try_from(summary.examples).unwrap_or(i32::MAX)),
             )
-            .with_code("invalid_file_format"),
-            ScanError::Io(_) => ApiError::internal(e),
-        })?;
-        (
-            Some(summary.format.as_str().to_owned()),
-            Some(i32::try_from(summary.examples).unwrap_or(i32::MAX)),
-        )
-    } else {
-        (None, None)
+        }
+        "batch" => {
+            let requests = check_lines(path, "Batch API", read_requests).await?;
+            (
+                None,
+                Some(i32::try_from(requests.len()).unwrap_or(i32::MAX)),
+            )
+        }
+        _ => (None, None),
     };
     let id = FileId::generate();
     state.blobs.commit(upload.temp, &id).await?;
@@ -213,6 +208,29 @@ pub async fn create_file(
             Err(e.into())
         }
     }
+}
+
+/// Read the uploaded file at `path` with `read` (off the async threads); a bad line is a 400
+/// `invalid_file_format` saying it is not a file for `what`.
+async fn check_lines<T: Send + 'static>(
+    path: std::path::PathBuf,
+    what: &'static str,
+    read: fn(std::io::BufReader<std::fs::File>) -> Result<T, ScanError>,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(path)?;
+        Ok::<_, std::io::Error>(read(std::io::BufReader::new(file)))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?
+    .map_err(|e| match e {
+        ScanError::Invalid { .. } => {
+            ApiError::invalid(format!("Invalid file format for {what}: {e}"), Some("file"))
+                .with_code("invalid_file_format")
+        }
+        ScanError::Io(_) => ApiError::internal(e),
+    })
 }
 
 fn too_large(max: u64) -> ApiError {

@@ -20,6 +20,7 @@ use crate::api::chat::render::{now, sse_response};
 use crate::api::chat::{ContextBudget, make_resident};
 use crate::api::error::{ApiError, ErrorResponse};
 use crate::api::json_body::JsonBody;
+use crate::api::metadata::check_metadata;
 use crate::api::sampling::{bad, in_range};
 use crate::domain::organization::OrganizationId;
 use crate::domain::tools::ToolChoice;
@@ -41,30 +42,6 @@ struct Prepared {
     input: Vec<Value>,
     /// `truncation: auto`.
     truncate: bool,
-}
-
-/// `metadata`: at most 16 string values, keys up to 64 characters, values up to 512.
-fn check_metadata(metadata: Option<&Value>) -> Result<Value, ApiError> {
-    match metadata {
-        None | Some(Value::Null) => Ok(json!({})),
-        Some(Value::Object(m)) => {
-            if m.len() > 16 {
-                return Err(bad("metadata", "metadata holds at most 16 keys"));
-            }
-            for (k, v) in m {
-                let fits =
-                    k.chars().count() <= 64 && v.as_str().is_some_and(|s| s.chars().count() <= 512);
-                if !fits {
-                    return Err(bad(
-                        &format!("metadata.{k}"),
-                        "metadata keys are up to 64 characters and values strings up to 512",
-                    ));
-                }
-            }
-            Ok(Value::Object(m.clone()))
-        }
-        Some(_) => Err(bad("metadata", "metadata must be an object of strings")),
-    }
 }
 
 /// Check `req`, read the conversation it goes on from and build the engine parameters.
@@ -397,7 +374,15 @@ pub async fn create_response(
     caller: Caller,
     body: JsonBody<CreateResponseRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let req = body.into_inner();
+    respond(state, caller, body.into_inner()).await
+}
+
+/// Answer a Responses request (the handler's work; batches call it too).
+pub async fn respond(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    req: CreateResponseRequest,
+) -> Result<HttpResponse, ApiError> {
     let metadata = check_metadata(req.metadata.as_ref())?;
     let mut prepared = prepare(&state, &caller.0, &req).await?;
     let mut source = source(&state, &caller, &req, &mut prepared).await?;
