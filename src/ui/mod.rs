@@ -12,22 +12,24 @@ use actix_web::{HttpResponse, web};
 use minijinja::{Environment, context};
 
 /// Every page: its path under `/ui`, template and title.
-const PAGES: [(&str, &str, &str); 6] = [
+const PAGES: [(&str, &str, &str); 7] = [
     ("jobs", "jobs.html", "Fine-tuning jobs"),
     ("job", "job.html", "Job"),
     ("compare", "compare.html", "Compare runs"),
     ("files", "files.html", "Files"),
     ("models", "models.html", "Models"),
+    ("batches", "batches.html", "Batches"),
     ("playground", "playground.html", "Playground"),
 ];
 
-const TEMPLATES: [(&str, &str); 7] = [
+const TEMPLATES: [(&str, &str); 8] = [
     ("base.html", include_str!("templates/base.html")),
     ("jobs.html", include_str!("templates/jobs.html")),
     ("job.html", include_str!("templates/job.html")),
     ("compare.html", include_str!("templates/compare.html")),
     ("files.html", include_str!("templates/files.html")),
     ("models.html", include_str!("templates/models.html")),
+    ("batches.html", include_str!("templates/batches.html")),
     ("playground.html", include_str!("templates/playground.html")),
 ];
 

@@ -9,6 +9,7 @@ import re
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
@@ -140,6 +141,23 @@ def test_dashboard_end_to_end(server, page, tmp_path, fine_tuned):
     expect(pg.locator(f"#compare-jobs input[value='{fine_tuned.id}']")).to_be_checked()
     shot(pg, "compare")
 
+    # A batch followed to the end, its output file offered for download.
+    requests = "\n".join(json.dumps({"custom_id": f"u{i}", "method": "POST", "url": "/v1/chat/completions",
+                                      "body": {"model": "ferrotune-tiny", "max_tokens": 4,
+                                               "messages": [{"role": "user", "content": "hi"}]}})
+                          for i in range(3))
+    batch_file = httpx.post(f"{server}/v1/files", headers={"Authorization": f"Bearer {KEY_A}"},
+                            files={"file": ("b.jsonl", requests.encode())}, data={"purpose": "batch"}).json()
+    batch = httpx.post(f"{server}/v1/batches", headers={"Authorization": f"Bearer {KEY_A}"},
+                       json={"input_file_id": batch_file["id"], "endpoint": "/v1/chat/completions",
+                             "completion_window": "24h"}).json()
+    pg.goto(f"{server}/ui/batches")
+    row = pg.locator(f"#batches-table tr[data-batch='{batch['id']}']")
+    expect(row).to_have_attribute("data-status", "completed", timeout=60_000)
+    expect(row).to_contain_text("3 / 3")
+    expect(row.get_by_role("button", name="output")).to_be_visible()
+    shot(pg, "batches")
+
     # Models list, then the playground with base and fine-tuned model side by side.
     pg.goto(f"{server}/ui/models")
     expect(pg.locator("#models-table tr[data-model='ferrotune-tiny']")).to_contain_text("base")
@@ -163,7 +181,6 @@ def test_dashboard_end_to_end(server, page, tmp_path, fine_tuned):
 
 
 def test_another_organization_sees_none_of_it(server, page):
-    import httpx
     mine = httpx.get(f"{server}/v1/fine_tuning/jobs?limit=100", headers={"Authorization": f"Bearer {KEY_A}"}).json()["data"]
     files = httpx.get(f"{server}/v1/files", headers={"Authorization": f"Bearer {KEY_A}"}).json()["data"]
     assert mine and files, "the first organization has jobs and files to hide"

@@ -585,6 +585,34 @@ PAGES.models = async () => {
   );
 };
 
+PAGES.batches = async () => {
+  const done = new Set(["completed", "failed", "expired", "cancelled"]);
+  const fileLink = (id, name) =>
+    id ? el("button", { type: "button", class: "link", onclick: () => download(id, name).catch(showError) }, name) : "";
+  const refresh = async () => {
+    const batches = await listAll("/v1/batches");
+    $("#batches-table tbody").replaceChildren(
+      ...batches.map((b) => {
+        const c = b.request_counts;
+        return el(
+          "tr",
+          { "data-batch": b.id, "data-status": b.status },
+          el("td", { class: "mono" }, b.id),
+          el("td", { class: "mono" }, b.endpoint),
+          el("td", {}, b.status),
+          el("td", { class: "num" }, `${c.completed + c.failed} / ${c.total}${c.failed ? ` (${c.failed} failed)` : ""}`),
+          el("td", {}, when(b.created_at)),
+          el("td", {}, fileLink(b.output_file_id, "output"), " ", fileLink(b.error_file_id, "errors")),
+        );
+      }),
+    );
+    $("#batches-table tbody").dataset.loaded = "true";
+    // Keep following while a batch runs.
+    return batches.some((b) => !done.has(b.status));
+  };
+  every(2000, refresh);
+};
+
 /** Stream one chat completion into `out`; resolves with the full text. */
 async function streamChat(model, messages, opts, out) {
   out.textContent = "";
