@@ -17,8 +17,8 @@ pub struct CreateBatchRequest {
     /// Only `24h`.
     #[schema(value_type = CompletionWindow)]
     pub completion_window: String,
-    /// Up to 16 string values.
-    #[schema(value_type = Option<Object>)]
+    /// Up to 16 string values (keys up to 64 characters, values up to 512).
+    #[schema(value_type = Option<HashMap<String, String>>)]
     pub metadata: Option<Value>,
 }
 

@@ -51,8 +51,9 @@ pub struct CreateResponseRequest {
     /// "json_schema", name, schema, strict}}`: the output is constrained to the schema.
     #[schema(value_type = Option<Object>)]
     pub text: Option<Value>,
-    /// Up to 16 string values, kept with the response.
-    #[schema(value_type = Option<Object>)]
+    /// Up to 16 string values (keys up to 64 characters, values up to 512), kept with the
+    /// response.
+    #[schema(value_type = Option<HashMap<String, String>>)]
     pub metadata: Option<Value>,
     /// `disabled` (the default: an input beyond the context is a 400) or `auto` (the oldest
     /// items are dropped until it fits).
