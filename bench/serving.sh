@@ -18,16 +18,10 @@ REQUESTS=${REQUESTS:-32}
 THREADS=${THREADS:-2}
 SLOTS=32
 export FERROTUNE_HOME=${FERROTUNE_HOME:-$PWD/target/ferrotune-home}
-set -a # llama.cpp for this CPU's instruction sets, as .ci/run builds it
+set -a # llama.cpp for this CPU's instruction sets, as .ci/run builds it (llama-server too)
 eval "$(bash scripts/llama_isa.sh)"
 set +a
-if [[ "${BENCH_PROFILE:-release}" == dev ]]; then
-    cargo build --locked --bin ferrotune >&2
-    bin=target/debug/ferrotune
-else
-    cargo build --release --locked --bin ferrotune >&2
-    bin=target/release/ferrotune
-fi
+bin=$(bash bench/ferrotune_bin.sh)
 peer=
 if [[ "${PEER:-1}" == 1 ]]; then peer=$(bash bench/build_llama_server.sh); fi
 model_dir=$("$bin" model pull smollm2-135m-instruct | sed 's/^[^:]*: //')

@@ -20,7 +20,7 @@ use crate::api::sampling::bad;
 use crate::domain::batch::{BatchRequest, ENDPOINTS, read_requests};
 use crate::domain::ids::FileId;
 use crate::domain::pagination::PageRequest;
-use crate::store::batches::NewBatch;
+use crate::store::batches::{BatchRow, NewBatch};
 use crate::store::blobs::BlobStore;
 use types::{BatchList, BatchListQuery, BatchObject, CreateBatchRequest};
 
@@ -119,11 +119,12 @@ pub async fn retrieve_batch(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = state
-        .store
-        .get_batch(&caller.0, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("batch", &id))?;
+    found(state.store.get_batch(&caller.0, &id).await?, &id)
+}
+
+/// The batch as the API shows it, or a 404 for `id`.
+fn found(row: Option<BatchRow>, id: &str) -> Result<HttpResponse, ApiError> {
+    let row = row.ok_or_else(|| ApiError::not_found("batch", id))?;
     Ok(HttpResponse::Ok().json(BatchObject::from(row)))
 }
 
@@ -138,12 +139,7 @@ pub async fn cancel_batch(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = state
-        .store
-        .cancel_batch(&caller.0, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("batch", &id))?;
-    Ok(HttpResponse::Ok().json(BatchObject::from(row)))
+    found(state.store.cancel_batch(&caller.0, &id).await?, &id)
 }
 
 /// List batches, newest first.
