@@ -190,6 +190,22 @@ mod tests {
         assert!(spec.paths.paths.contains_key("/v1/completions"));
         assert!(spec.paths.paths.contains_key("/v1/ensembles"));
         assert!(spec.paths.paths.contains_key("/v1/ensembles/{ensemble}"));
-        assert_eq!(spec.paths.paths.len(), 21);
+        let responses = &spec.paths.paths["/v1/responses/{id}"];
+        assert_eq!(methods_of(responses), vec!["GET", "DELETE"]);
+        assert!(
+            spec.paths
+                .paths
+                .contains_key("/v1/responses/{id}/input_items")
+        );
+        assert_eq!(
+            methods_of(&spec.paths.paths["/v1/batches"]),
+            vec!["GET", "POST"]
+        );
+        assert!(
+            spec.paths
+                .paths
+                .contains_key("/v1/batches/{batch_id}/cancel")
+        );
+        assert_eq!(spec.paths.paths.len(), 27);
     }
 }

@@ -208,6 +208,36 @@ async fn a_cancelled_batch_keeps_what_it_answered_and_stops() {
 }
 
 #[tokio::test]
+async fn a_batch_past_its_window_expires_with_the_rest_in_its_error_file() {
+    let app = spawn_app().await;
+    let lines: Vec<String> = (0..40)
+        .map(|i| chat_line(&format!("q{i}"), "ferrotune-tiny", 64))
+        .collect();
+    let file: Value = upload_batch(&app, &lines).await.json().await.unwrap();
+    let batch: Value = create(&app, file["id"].as_str().unwrap(), "/v1/chat/completions")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = batch["id"].as_str().unwrap();
+    // The window closes now (24 h is the only window a client may ask for).
+    sqlx::query("update batch set expires_at = now() where id = $1")
+        .bind(id)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    let done = until_status(&app, id, &["expired"]).await;
+    assert!(done["expired_at"].is_i64(), "{done}");
+    let answered = done["request_counts"]["completed"].as_i64().unwrap();
+    let errors = file_lines(&app, &done["error_file_id"]).await;
+    assert_eq!(errors.len() as i64, 40 - answered, "{done}");
+    for l in &errors {
+        assert_eq!(l["error"]["code"], "batch_expired");
+        assert_eq!(l["response"], Value::Null);
+    }
+}
+
+#[tokio::test]
 async fn bad_batch_files_and_batches_are_refused_naming_the_problem() {
     let app = spawn_app().await;
     let ok = chat_line("a", "ferrotune-tiny", 2);

@@ -1,6 +1,7 @@
 //! A response taking shape from the engine's events: the response object OpenAI defines, and,
 //! for a stream, its semantic events (`response.created`, `response.output_item.added`,
-//! `response.output_text.delta` … `response.completed`), each with its `sequence_number`.
+//! `response.output_text.delta` … `response.completed`; on a failure `error` then
+//! `response.failed`), each with its `sequence_number`.
 
 use serde_json::{Value, json};
 
@@ -238,11 +239,13 @@ impl Draft {
     pub fn fail(&mut self, cause: &str) {
         tracing::error!(response = %self.response.id, %cause, "response failed");
         self.close_message();
+        const MESSAGE: &str = "The model failed while generating this answer; try again";
         self.response.status = "failed".to_owned();
-        self.response.error = Some(json!({
-            "code": "server_error",
-            "message": "The model failed while generating this answer; try again",
-        }));
+        self.response.error = Some(json!({"code": "server_error", "message": MESSAGE}));
+        self.emit(
+            "error",
+            json!({"code": "server_error", "message": MESSAGE, "param": null}),
+        );
         let snapshot = self.snapshot();
         self.emit("response.failed", json!({"response": snapshot}));
     }
@@ -250,5 +253,85 @@ impl Draft {
     /// Whether the response reached an end (completed, incomplete or failed).
     pub fn ended(&self) -> bool {
         self.response.status != "in_progress"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::ServeError;
+
+    fn draft() -> Draft {
+        let object = json!({
+            "id": "resp_x", "object": "response", "created_at": 1, "completed_at": null,
+            "status": "in_progress", "error": null, "incomplete_details": null,
+            "instructions": null, "max_output_tokens": null, "model": "m", "output": [],
+            "parallel_tool_calls": true, "previous_response_id": null, "reasoning": {},
+            "store": true, "temperature": 1.0, "text": {}, "tool_choice": "auto", "tools": [],
+            "top_p": 1.0, "truncation": "disabled", "usage": null, "metadata": {}, "user": null,
+            "background": false,
+        });
+        Draft::new(serde_json::from_value(object).unwrap(), false, true)
+    }
+
+    fn kinds(events: &[(String, Value)]) -> Vec<&str> {
+        events.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    fn text(piece: &str) -> Event {
+        Event::Text {
+            choice: 0,
+            text: piece.to_owned(),
+            logprobs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_failure_mid_stream_closes_the_message_then_sends_error_and_failed() {
+        let mut d = draft();
+        d.start();
+        d.take(text("Hel"));
+        d.take(Event::Failed(ServeError::Stopped));
+        let events = d.take_events();
+        assert_eq!(
+            kinds(&events)[events.len() - 5..],
+            [
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "error",
+                "response.failed"
+            ]
+        );
+        let numbers: Vec<u64> = events
+            .iter()
+            .map(|(_, e)| e["sequence_number"].as_u64().unwrap())
+            .collect();
+        assert_eq!(numbers, (0..events.len() as u64).collect::<Vec<_>>());
+        assert_eq!(d.response.status, "failed");
+        assert_eq!(d.response.output[0]["content"][0]["text"], "Hel");
+        assert!(d.ended());
+    }
+
+    #[test]
+    fn the_token_limit_makes_an_incomplete_response_with_its_usage() {
+        let mut d = draft();
+        d.take(text("a"));
+        d.take(Event::Finished {
+            choice: 0,
+            reason: FinishReason::Length,
+        });
+        d.take(Event::Done(Usage {
+            prompt_tokens: 5,
+            completion_tokens: 1,
+            decode_seconds: None,
+        }));
+        assert_eq!(d.response.status, "incomplete");
+        assert_eq!(
+            d.response.incomplete_details,
+            Some(json!({"reason": "max_output_tokens"}))
+        );
+        assert_eq!(d.response.usage.as_ref().unwrap().total_tokens, 6);
+        assert_eq!(kinds(&d.take_events()).last(), Some(&"response.incomplete"));
     }
 }
