@@ -192,14 +192,14 @@ async fn upload_over_the_size_limit_returns_413_and_leaves_nothing() {
     })
     .await;
     let err = assert_error(
-        app.upload("big.bin", vec![b'x'; 4096], "batch").await,
+        app.upload("big.bin", vec![b'x'; 4096], "user_data").await,
         413,
         Some("file"),
     )
     .await;
     assert!(err["message"].as_str().unwrap().contains("1024"));
     assert!(app.stored_blobs().is_empty());
-    let ok = app.upload("small.bin", vec![b'x'; 1000], "batch").await;
+    let ok = app.upload("small.bin", vec![b'x'; 1000], "user_data").await;
     assert_eq!(ok.status(), 200);
 }
 
@@ -261,7 +261,7 @@ async fn list_pages_with_after_limit_order_and_purpose() {
     for _ in 0..5 {
         ids.push(app.training_file(10).await);
     }
-    app.upload("b.jsonl", b"{}".to_vec(), "batch").await;
+    app.upload("b.jsonl", b"{}".to_vec(), "user_data").await;
     // Newest first, two at a time, over three pages.
     let mut seen = Vec::new();
     let mut after = String::new();
@@ -332,7 +332,7 @@ async fn list_rejects_bad_limit_order_and_cursor() {
 async fn expiring_files_are_accepted_and_bad_expiry_is_rejected() {
     let app = spawn_app().await;
     let form = reqwest::multipart::Form::new()
-        .text("purpose", "batch")
+        .text("purpose", "user_data")
         .text("expires_after[anchor]", "created_at")
         .text("expires_after[seconds]", "3600")
         .part(
@@ -352,7 +352,7 @@ async fn expiring_files_are_accepted_and_bad_expiry_is_rejected() {
         3600
     );
     let form = reqwest::multipart::Form::new()
-        .text("purpose", "batch")
+        .text("purpose", "user_data")
         .text("expires_after[seconds]", "5")
         .part(
             "file",

@@ -65,7 +65,7 @@ async fn create_rejects_bad_fields_with_their_param() {
     let app = spawn_app().await;
     let file = app.training_file(10).await;
     let batch = app
-        .upload("b.jsonl", b"{}".to_vec(), "batch")
+        .upload("b.jsonl", b"{}".to_vec(), "user_data")
         .await
         .json::<Value>()
         .await

@@ -23,7 +23,7 @@ async fn serve_runs_its_own_postgres_and_stops_it_on_sigterm() {
         .post(format!("http://127.0.0.1:{port}/v1/files"))
         .multipart(
             reqwest::multipart::Form::new()
-                .text("purpose", "batch")
+                .text("purpose", "user_data")
                 .part(
                     "file",
                     reqwest::multipart::Part::bytes(b"hello".to_vec()).file_name("a.txt"),

@@ -421,8 +421,8 @@ fn sse_event(kind: &str, event: &Value) -> Bytes {
     Bytes::from(format!("event: {kind}\ndata: {event}\n\n"))
 }
 
-/// The SSE body of a streamed response; the finished response is stored (with `store`) before
-/// its last event is sent.
+/// The SSE body of a streamed response (`draft` started); the finished response is stored (with
+/// `store`) before its last event is sent.
 fn stream(
     state: std::sync::Arc<ApiState>,
     org: OrganizationId,
@@ -439,13 +439,20 @@ fn stream(
         pending: VecDeque<Bytes>,
         finished: bool,
     }
+    let mut draft = draft;
+    // `response.created` and `response.in_progress` go out at once, before the first token.
+    let pending = draft
+        .take_events()
+        .iter()
+        .map(|(kind, event)| sse_event(kind, event))
+        .collect();
     let flow = Flow {
         state,
         org,
         source,
         draft,
         prepared,
-        pending: VecDeque::new(),
+        pending,
         finished: false,
     };
     futures_util::stream::unfold(flow, |mut f| async move {
@@ -456,18 +463,19 @@ fn stream(
             if f.finished {
                 return None;
             }
+            match f.source.next().await {
+                Some(event) => f.draft.take(event),
+                None => f.draft.fail("the generation ended without finishing"),
+            }
             if f.draft.ended() {
+                // Stored before the last event goes out: a client that retrieves the response
+                // as soon as it sees `response.completed` finds it.
                 f.finished = true;
                 if f.draft.response.store {
                     let row = row_of(&f.draft, &f.prepared);
                     if let Err(e) = f.state.store.insert_response(&f.org, &row).await {
                         tracing::error!(error = %e, "storing a streamed response failed");
                     }
-                }
-            } else {
-                match f.source.next().await {
-                    Some(event) => f.draft.take(event),
-                    None => f.draft.fail("the generation ended without finishing"),
                 }
             }
             for (kind, event) in f.draft.take_events() {
