@@ -202,8 +202,11 @@ class Report(BaseModel):
 
 
 def run_agent(server, model):
-    from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool
+    from agents import (Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool,
+                        set_tracing_disabled)
 
+    # The SDK would export traces to OpenAI's servers when a key is set: nothing leaves here.
+    set_tracing_disabled(True)
     calls = []
 
     @function_tool
