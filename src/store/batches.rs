@@ -245,17 +245,19 @@ impl Store {
         .ctx("claiming a batch")
     }
 
-    /// Renew `runner`'s lease on batch `id` and read its status; `None` when the lease is lost.
+    /// Renew `runner`'s lease on batch `id` and read its status and whether its window has
+    /// closed (as stored: the window is the database's, not the claim's copy); `None` when the
+    /// lease is lost.
     #[tracing::instrument(skip(self))]
     pub async fn renew_batch(
         &self,
         id: &str,
         runner: &str,
         lease: Duration,
-    ) -> Result<Option<String>, StoreError> {
-        sqlx::query_scalar(
+    ) -> Result<Option<(String, bool)>, StoreError> {
+        sqlx::query_as(
             "update batch set locked_until = now() + make_interval(secs => $3) \
-             where id = $1 and locked_by = $2 returning status",
+             where id = $1 and locked_by = $2 returning status, expires_at <= now()",
         )
         .bind(id)
         .bind(runner)

@@ -84,21 +84,15 @@ async fn answer(
     if let Value::Object(o) = &mut body {
         o.insert("stream".to_owned(), Value::Bool(false));
     }
-    let answered = match request.url.as_str() {
-        "/v1/chat/completions" => match from_value(body) {
-            Ok(req) => chat::respond(state, &caller, req).await,
-            Err(e) => Err(e),
-        },
-        "/v1/completions" => match from_value(body) {
-            Ok(req) => completions::respond(state, &caller, req).await,
-            Err(e) => Err(e),
-        },
-        _ => match from_value(body) {
-            Ok(req) => responses::respond(state.clone(), caller, req).await,
-            Err(e) => Err(e),
-        },
-    };
-    status_and_body(answered.unwrap_or_else(|e: ApiError| e.error_response()))
+    let answered: Result<HttpResponse, ApiError> = async {
+        match request.url.as_str() {
+            "/v1/chat/completions" => chat::respond(state, &caller, from_value(body)?).await,
+            "/v1/completions" => completions::respond(state, &caller, from_value(body)?).await,
+            _ => responses::respond(state.clone(), caller, from_value(body)?).await,
+        }
+    }
+    .await;
+    status_and_body(answered.unwrap_or_else(|e| e.error_response()))
 }
 
 impl<'a> Run<'a> {
@@ -163,13 +157,11 @@ impl<'a> Run<'a> {
             }
             match store.renew_batch(id, self.runner, LEASE).await? {
                 None => return Ok(()),
-                Some(status) if status == "cancelling" => {
+                Some((status, _)) if status == "cancelling" => {
                     return self.finish(BatchEnd::Cancelled, &requests).await;
                 }
+                Some((_, true)) => return self.finish(BatchEnd::Expired, &requests).await,
                 Some(_) => {}
-            }
-            if chrono::Utc::now() >= self.batch.expires_at {
-                return self.finish(BatchEnd::Expired, &requests).await;
             }
             let (status, body) = answer(self.state, caller.clone(), request).await;
             let error = (status >= 400).then(|| {
