@@ -39,6 +39,24 @@ async fn create(app: &TestApp, file: &str, endpoint: &str) -> reqwest::Response 
     .await
 }
 
+/// Upload `lines` and start a batch calling `endpoint` over them; the batch's id.
+async fn start_batch(app: &TestApp, lines: &[String], endpoint: &str) -> String {
+    let file: Value = upload_batch(app, lines).await.json().await.unwrap();
+    let batch: Value = create(app, file["id"].as_str().unwrap(), endpoint)
+        .await
+        .json()
+        .await
+        .unwrap();
+    batch["id"].as_str().unwrap().to_owned()
+}
+
+/// `n` chat lines of `tokens` tokens each on the tiny model.
+fn chat_lines(n: usize, tokens: u32) -> Vec<String> {
+    (0..n)
+        .map(|i| chat_line(&format!("q{i}"), "ferrotune-tiny", tokens))
+        .collect()
+}
+
 async fn file_lines(app: &TestApp, id: &Value) -> Vec<Value> {
     let text = app
         .get(&format!("/v1/files/{}/content", id.as_str().unwrap()))
@@ -69,9 +87,7 @@ async fn until_status(app: &TestApp, id: &str, statuses: &[&str]) -> Value {
 #[tokio::test]
 async fn a_batch_answers_each_line_into_its_output_and_error_files() {
     let app = spawn_app().await;
-    let mut lines: Vec<String> = (0..3)
-        .map(|i| chat_line(&format!("q{i}"), "ferrotune-tiny", 4))
-        .collect();
+    let mut lines = chat_lines(3, 4);
     lines.push(chat_line("nobody", "no-such-model", 4));
     lines.push(line(
         "bad-body",
@@ -139,17 +155,8 @@ async fn responses_and_completions_lines_are_answered_by_their_endpoints() {
             "text_completion",
         ),
     ] {
-        let file: Value = upload_batch(&app, &[line("a", url, body)])
-            .await
-            .json()
-            .await
-            .unwrap();
-        let batch: Value = create(&app, file["id"].as_str().unwrap(), url)
-            .await
-            .json()
-            .await
-            .unwrap();
-        let done = until_status(&app, batch["id"].as_str().unwrap(), &["completed"]).await;
+        let id = start_batch(&app, &[line("a", url, body)], url).await;
+        let done = until_status(&app, &id, &["completed"]).await;
         let output = file_lines(&app, &done["output_file_id"]).await;
         assert_eq!(
             output[0]["response"]["body"]["object"], object,
@@ -162,16 +169,8 @@ async fn responses_and_completions_lines_are_answered_by_their_endpoints() {
 #[tokio::test]
 async fn a_cancelled_batch_keeps_what_it_answered_and_stops() {
     let app = spawn_app().await;
-    let lines: Vec<String> = (0..40)
-        .map(|i| chat_line(&format!("q{i}"), "ferrotune-tiny", 64))
-        .collect();
-    let file: Value = upload_batch(&app, &lines).await.json().await.unwrap();
-    let batch: Value = create(&app, file["id"].as_str().unwrap(), "/v1/chat/completions")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = batch["id"].as_str().unwrap();
+    let id = start_batch(&app, &chat_lines(40, 64), "/v1/chat/completions").await;
+    let id = id.as_str();
     eventually("a first answer", Duration::from_secs(60), || async {
         let b: Value = app
             .get(&format!("/v1/batches/{id}"))
@@ -210,16 +209,8 @@ async fn a_cancelled_batch_keeps_what_it_answered_and_stops() {
 #[tokio::test]
 async fn a_batch_past_its_window_expires_with_the_rest_in_its_error_file() {
     let app = spawn_app().await;
-    let lines: Vec<String> = (0..40)
-        .map(|i| chat_line(&format!("q{i}"), "ferrotune-tiny", 64))
-        .collect();
-    let file: Value = upload_batch(&app, &lines).await.json().await.unwrap();
-    let batch: Value = create(&app, file["id"].as_str().unwrap(), "/v1/chat/completions")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = batch["id"].as_str().unwrap();
+    let id = start_batch(&app, &chat_lines(40, 64), "/v1/chat/completions").await;
+    let id = id.as_str();
     // The window closes now (24 h is the only window a client may ask for).
     sqlx::query("update batch set expires_at = now() where id = $1")
         .bind(id)
@@ -314,9 +305,7 @@ async fn a_batch_survives_a_kill_of_the_server_with_no_line_lost_or_doubled() {
     wait_healthy(port).await;
     let url = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let lines: Vec<String> = (0..40)
-        .map(|i| chat_line(&format!("q{i}"), "ferrotune-tiny", 200))
-        .collect();
+    let lines = chat_lines(40, 200);
     let form = Form::new().text("purpose", "batch").part(
         "file",
         Part::bytes(lines.join("\n").into_bytes()).file_name("b.jsonl"),

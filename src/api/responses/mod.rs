@@ -51,13 +51,13 @@ async fn prepare(
     req: &CreateResponseRequest,
 ) -> Result<Prepared, ApiError> {
     crate::domain::text::storable("model", &req.model)?;
-    // Everything kept with the response must be storable (no NUL characters).
+    // Everything kept with the response must be storable (no NUL characters; `metadata` is
+    // checked with its other rules).
     for (param, value) in [
         ("input", req.input.as_ref()),
         ("tools", req.tools.as_ref()),
         ("tool_choice", req.tool_choice.as_ref()),
         ("text", req.text.as_ref()),
-        ("metadata", req.metadata.as_ref()),
     ] {
         if let Some(v) = value {
             crate::domain::text::storable_json(param, v)?;
