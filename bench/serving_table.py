@@ -1,7 +1,10 @@
-"""Prints the serving benchmark's table from bench/serving.sh's JSON lines: per stream count,
-each server's aggregate tokens/s and first-token p99, and ferrotune's ratios to llama-server."""
+"""Prints the serving benchmark's table from bench/serving.sh's JSON lines: per stream count, each
+server's median aggregate tokens/s and first-token p99 over the rounds, and ferrotune's ratios to
+llama-server (the median of the per-round ratios: round k of ferrotune against round k of
+llama-server, run one after the other)."""
 
 import json
+import statistics
 import sys
 
 
@@ -13,39 +16,68 @@ def rows(path):
         return []
 
 
-def main():
-    runs = rows(sys.argv[1])
-    adapters = rows(sys.argv[2]) if len(sys.argv) > 2 else []
-    hot = rows(sys.argv[3]) if len(sys.argv) > 3 else []
-    peer = {r["streams"]: r for r in runs if r["label"] == "llama-server"}
+def rounds(runs, label, streams):
+    """The runs of `label` at `streams`, in the order they ran."""
+    return [r for r in runs if r["label"] == label and r["streams"] == streams]
+
+
+def ratios(mine, theirs, key):
+    return [m[key] / t[key] for m, t in zip(mine, theirs) if t[key] > 0]
+
+
+def fmt_ratios(values):
+    return f"{statistics.median(values):.2f}× (" + " / ".join(f"{v:.2f}" for v in values) + ")"
+
+
+def table(runs):
+    peer_levels = sorted({r["streams"] for r in runs if r["label"] == "llama-server"})
     ours = sorted({r["label"] for r in runs if r["label"].startswith("ferrotune-")
                    and r["label"].count("-") == 1})
-    print("\n| streams | llama-server tok/s | " + " | ".join(f"{l} tok/s (ratio)" for l in ours)
+    print("\n| streams | llama-server tok/s | " + " | ".join(f"{l} tok/s, ratio (per round)" for l in ours)
           + " | first-token p99: llama-server / " + " / ".join(ours) + " |")
     print("| ---: | ---: | " + " | ".join("---:" for _ in ours) + " | --- |")
-    for streams, p in sorted(peer.items()):
-        cells, p99 = [], [f"{p['first_p99_s']:.2f} s"]
+    for streams in peer_levels:
+        peer = rounds(runs, "llama-server", streams)
+        peer_p99 = statistics.median(r["first_p99_s"] for r in peer)
+        cells, p99 = [], [f"{peer_p99:.2f} s"]
         for label in ours:
-            r = next((r for r in runs if r["label"] == label and r["streams"] == streams), None)
-            if r is None:
+            mine = rounds(runs, label, streams)
+            if not mine:
                 cells.append("–")
                 continue
-            cells.append(f"{r['tok_s']:.1f} ({r['tok_s'] / p['tok_s']:.2f}×)")
-            p99.append(f"{r['first_p99_s']:.2f} s ({r['first_p99_s'] / p['first_p99_s']:.1f}×)")
-        print(f"| {streams} | {p['tok_s']:.1f} | " + " | ".join(cells) + " | " + " / ".join(p99) + " |")
+            tok = statistics.median(r["tok_s"] for r in mine)
+            cells.append(f"{tok:.1f}, {fmt_ratios(ratios(mine, peer, 'tok_s'))}")
+            mine_p99 = statistics.median(r["first_p99_s"] for r in mine)
+            p99.append(f"{mine_p99:.2f} s ({mine_p99 / peer_p99:.1f}×)")
+        print(f"| {streams} | {statistics.median(r['tok_s'] for r in peer):.1f} | "
+              + " | ".join(cells) + " | " + " / ".join(p99) + " |")
     print()
     for label in ["llama-server"] + ours:
         mine = [r for r in runs if r["label"] == label]
         if mine:
-            print(f"RSS {label}: {mine[0]['rss_before_mib']} → {mine[-1]['rss_after_mib']} MiB; "
-                  f"errors {sum(r['errors'] for r in mine)}")
-    for r in runs:
-        if r["label"].endswith("-11-models"):
-            single = next((s for s in runs if s["label"] == r["label"][:-len("-11-models")]
-                           and s["streams"] == r["streams"]), None)
-            ratio = f" ({r['tok_s'] / single['tok_s']:.2f}× the base alone)" if single else ""
-            print(f"{r['label']} at {r['streams']} streams: {r['tok_s']:.1f} tok/s{ratio}, "
-                  f"first p99 {r['first_p99_s']:.2f} s")
+            print(f"RSS {label} (each round): "
+                  + ", ".join(f"{r['rss_before_mib']} → {r['rss_after_mib']}" for r in mine
+                              if r["streams"] == mine[0]["streams"])
+                  + f" MiB at its first level; errors {sum(r['errors'] for r in mine)}")
+
+
+def mix(runs):
+    for label in sorted({r["label"] for r in runs if r["label"].endswith("-11-models")}):
+        base_label = label[:-len("-11-models")] + "-base-alone"
+        for streams in sorted({r["streams"] for r in runs if r["label"] == label}):
+            mixed, alone = rounds(runs, label, streams), rounds(runs, base_label, streams)
+            print(f"{label} at {streams} streams: "
+                  + " / ".join(f"{r['tok_s']:.1f}" for r in mixed) + " tok/s against the base alone "
+                  + " / ".join(f"{r['tok_s']:.1f}" for r in alone) + f" → {fmt_ratios(ratios(mixed, alone, 'tok_s'))}; "
+                  f"first p99 {statistics.median(r['first_p99_s'] for r in mixed):.2f} s")
+
+
+def main():
+    runs = rows(sys.argv[1])
+    adapters = rows(sys.argv[2]) if len(sys.argv) > 2 else []
+    hot = rows(sys.argv[3]) if len(sys.argv) > 3 else []
+    table(runs)
+    mix(runs)
     first = next((r for r in runs if r["label"].endswith("soak-first-20")), None)
     last = next((r for r in runs if r["label"].endswith("soak-to-500")), None)
     if first and last:

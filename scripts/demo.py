@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The seed's scenario end to end, with only Python's standard library: upload the health Q&A
-set and its held-out paraphrases, fine-tune with the seed's LoRA recipe, stream the job's events
+set and its held-out paraphrases, fine-tune with no hyperparameters at all (`auto`, what a new
+user sends; `--recipe seed` for the seed's LoRA recipe), stream the job's events
 (the loss as it trains), show where the loss curve is, then print base vs fine-tuned answers side
 by side with the job's ROUGE-L on the held-out questions and, asked through the chat API, on
 trained questions.
@@ -82,8 +83,11 @@ def main():
                    help="validation file: paraphrased questions on trained topics")
     p.add_argument("--trained-questions", type=int, default=20,
                    help="training questions asked through the chat API after the job")
-    p.add_argument("--epochs", type=int, default=None, help="default: 5 (real model) or 50 (tiny model)")
-    p.add_argument("--learning-rate", type=float, default=None, help="default: the seed's 1e-4 (tiny model: 1e-2)")
+    p.add_argument("--recipe", choices=["auto", "seed"], default="auto",
+                   help="auto: no hyperparameters (the default); seed: LoRA r=8 a=32, lr 1e-4 cosine, "
+                        "batch 2 x 4, cutoff 512")
+    p.add_argument("--epochs", type=int, default=None, help="seed recipe: default 5 (real model) or 50 (tiny model)")
+    p.add_argument("--learning-rate", type=float, default=None, help="seed recipe: default 1e-4 (tiny model: 1e-2)")
     args = p.parse_args()
     base = args.url.rstrip("/")
     base_model = call(f"{base}/v1/models")["data"][0]["id"]
@@ -105,6 +109,9 @@ def main():
     hp = {"n_epochs": epochs, "batch_size": 2, "learning_rate": lr, "lr_scheduler_type": "cosine",
           "gradient_accumulation_steps": 4, "max_length": 512, "lora_rank": 8, "lora_alpha": 32,
           "lora_dropout": 0.05, "lora_target": "all", "logging_steps": 10, "save_steps": 100}
+    if args.recipe == "auto":
+        # Nothing set, as a new user sends it (the random tiny model still needs its own pace).
+        hp = {"n_epochs": epochs, "learning_rate": lr} if tiny else {}
     job = call(f"{base}/v1/fine_tuning/jobs", "POST", {"model": base_model, "training_file": file["id"],
                "validation_file": valid["id"],
                "suffix": "health", "seed": 42, "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}})
@@ -128,6 +135,11 @@ def main():
             break
         time.sleep(1)
     print(f"\nJob {job['status']} in {time.time() - started:.0f} s")
+    shown = job.get("hyperparameters") or {}
+    print("Hyperparameters: " + ", ".join(f"{k}={shown[k]}" for k in
+          ("n_epochs", "batch_size", "learning_rate", "warmup_ratio", "validation_split") if k in shown))
+    if last_metrics and last_metrics.get("full_valid_loss") is not None:
+        print(f"Full validation loss: {last_metrics['full_valid_loss']:.4f}")
     if job["status"] != "succeeded":
         sys.exit(json.dumps(job["error"]))
     for fid in job["result_files"]:

@@ -108,6 +108,14 @@ pub struct LlamaFactoryConfig {
     pub val_size: Option<f64>,
     /// Answer the validation prompts at the end and score them (ROUGE, BLEU).
     pub predict_with_generate: Option<bool>,
+    /// The fine-tuned model is the checkpoint with the lowest validation loss.
+    pub load_best_model_at_end: Option<bool>,
+    /// Stop after this many evaluations without a lower validation loss.
+    #[serde(alias = "early_stopping_patience", deserialize_with = "number")]
+    pub early_stopping_steps: Option<u32>,
+    /// NEFTune's noise scale on the token embeddings.
+    #[serde(deserialize_with = "number")]
+    pub neftune_noise_alpha: Option<f64>,
     /// New tokens per answer in that evaluation.
     #[serde(deserialize_with = "number")]
     pub max_new_tokens: Option<u32>,
@@ -225,9 +233,18 @@ impl LlamaFactoryConfig {
             "gradient_checkpointing",
             self.gradient_checkpointing().map(Value::from),
         );
+        put("validation_split", self.val_size.map(Value::from));
         put(
-            "validation_split",
-            self.val_size.filter(|v| *v > 0.0).map(Value::from),
+            "load_best_model_at_end",
+            self.load_best_model_at_end.map(Value::from),
+        );
+        put(
+            "early_stopping_patience",
+            self.early_stopping_steps.map(Value::from),
+        );
+        put(
+            "neftune_noise_alpha",
+            self.neftune_noise_alpha.map(Value::from),
         );
         put(
             "predict_with_generate",

@@ -78,11 +78,15 @@ pub struct LoraSettings {
     pub target: Vec<String>,
 }
 
+/// The smallest training set that spares a validation split when none is asked for.
+pub const AUTO_SPLIT_MIN: usize = 100;
+
 /// Validation and the end-of-run evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvaluationSettings {
     /// Without a validation file: hold out this fraction (< 1) or this many (≥ 1) of the
-    /// training examples for validation (LLaMA-Factory's `val_size`).
+    /// training examples for validation (LLaMA-Factory's `val_size`); 0 holds out none. Unset,
+    /// sets of [`AUTO_SPLIT_MIN`] examples or more spare 10 % (at most 50) for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_split: Option<f64>,
     /// At the end, answer every validation prompt with the base and the fine-tuned model and
@@ -92,6 +96,15 @@ pub struct EvaluationSettings {
     /// New tokens per answer in that evaluation.
     #[serde(default = "default_eval_tokens")]
     pub eval_max_new_tokens: u32,
+    /// Stop training when the validation loss has not improved for this many evaluations in a
+    /// row (LLaMA-Factory's `early_stopping_steps`); `None`: train every epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping_patience: Option<u32>,
+    /// The fine-tuned model is the checkpoint with the lowest validation loss rather than the
+    /// last step (LLaMA-Factory's and the Trainer's `load_best_model_at_end`). `None`: on when
+    /// there is validation data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_best_model_at_end: Option<bool>,
 }
 
 /// QLoRA: how the frozen projections are stored.
@@ -146,13 +159,21 @@ pub struct Hyperparameters {
     pub learning_rate_multiplier: AutoOr<f64>,
     /// Absolute learning rate; wins over the multiplier when set.
     pub learning_rate: Option<f64>,
+    /// `learning_rate: "find"`: a learning-rate range test before training picks the rate.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub find_learning_rate: bool,
     /// The adapter: rank, alpha, dropout, target modules.
     #[serde(flatten)]
     pub lora: LoraSettings,
     /// Schedule after warm-up.
     pub lr_scheduler_type: LrScheduler,
     /// Fraction of steps spent warming up.
-    pub warmup_ratio: f64,
+    #[serde(default = "auto")]
+    pub warmup_ratio: AutoOr<f64>,
+    /// NEFTune: uniform noise of this scale (divided by √(length · hidden)) added to the token
+    /// embeddings of training examples (LLaMA-Factory's `neftune_noise_alpha`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neftune_noise_alpha: Option<f64>,
     /// Micro-batches per optimizer step.
     pub gradient_accumulation_steps: u32,
     /// Cut-off length in tokens.
@@ -259,6 +280,14 @@ fn yes() -> bool {
     true
 }
 
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
+fn auto<T>() -> AutoOr<T> {
+    AutoOr::Auto
+}
+
 fn one() -> u32 {
     1
 }
@@ -274,6 +303,7 @@ impl Default for Hyperparameters {
             batch_size: AutoOr::Auto,
             learning_rate_multiplier: AutoOr::Auto,
             learning_rate: None,
+            find_learning_rate: false,
             lora: LoraSettings {
                 rank: 8,
                 alpha: 32.0,
@@ -281,7 +311,8 @@ impl Default for Hyperparameters {
                 target: LORA_MODULES.iter().map(|m| (*m).to_owned()).collect(),
             },
             lr_scheduler_type: LrScheduler::Cosine,
-            warmup_ratio: 0.0,
+            warmup_ratio: AutoOr::Auto,
+            neftune_noise_alpha: None,
             gradient_accumulation_steps: 1,
             max_length: 1024,
             max_source_length: None,
@@ -295,6 +326,8 @@ impl Default for Hyperparameters {
                 validation_split: None,
                 predict_with_generate: true,
                 eval_max_new_tokens: default_eval_tokens(),
+                early_stopping_patience: None,
+                load_best_model_at_end: None,
             },
             quantization: QuantizationSettings::default(),
             ensemble: EnsembleSettings {
@@ -328,13 +361,40 @@ impl Hyperparameters {
                         _ => AutoOr::Value(f.float(key, 0.0, 100.0, false)?),
                     }
                 }
-                "learning_rate" => self.learning_rate = Some(f.float(key, 0.0, 1.0, false)?),
+                "learning_rate" => match &map[key] {
+                    Value::String(s) if s == "find" => {
+                        (self.learning_rate, self.find_learning_rate) = (None, true)
+                    }
+                    _ => {
+                        let lr = f.float(key, 0.0, 1.0, false).map_err(|mut e| {
+                            e.message = "learning_rate must be a number in (0, 1] or \"find\" (a \
+                                         learning-rate range test picks it)"
+                                .into();
+                            e
+                        })?;
+                        (self.learning_rate, self.find_learning_rate) = (Some(lr), false)
+                    }
+                },
                 "lora_rank" => self.lora.rank = f.int(key, 1, 1024)?,
                 "lora_alpha" => self.lora.alpha = f.float(key, 0.0, 4096.0, false)?,
                 "lora_dropout" => self.lora.dropout = f.float(key, 0.0, 1.0, true)?,
                 "lora_target" => self.lora.target = f.modules(key)?,
                 "lr_scheduler_type" => self.lr_scheduler_type = f.scheduler(key)?,
-                "warmup_ratio" => self.warmup_ratio = f.float(key, 0.0, 1.0, true)?,
+                "warmup_ratio" => {
+                    self.warmup_ratio = match &map[key] {
+                        Value::String(s) if s == "auto" => AutoOr::Auto,
+                        _ => AutoOr::Value(f.float(key, 0.0, 1.0, true)?),
+                    }
+                }
+                "neftune_noise_alpha" => {
+                    self.neftune_noise_alpha = Some(f.float(key, 0.0, 100.0, false)?)
+                }
+                "early_stopping_patience" | "early_stopping_steps" => {
+                    self.evaluation.early_stopping_patience = Some(f.int(key, 1, 10_000)?)
+                }
+                "load_best_model_at_end" | "load_best_at_end" => {
+                    self.evaluation.load_best_model_at_end = Some(f.boolean(key)?)
+                }
                 "gradient_accumulation_steps" => {
                     self.gradient_accumulation_steps = f.int(key, 1, 1024)?
                 }
@@ -394,6 +454,12 @@ impl Hyperparameters {
             return Err(DomainError::invalid(
                 format!("{prefix}.double_quantization"),
                 "double_quantization applies to quantization_method nf4 only".to_owned(),
+            ));
+        }
+        if self.find_learning_rate && self.preference.is_some() {
+            return Err(DomainError::invalid(
+                format!("{prefix}.learning_rate"),
+                "learning_rate \"find\" applies to supervised jobs only".to_owned(),
             ));
         }
         if self.ensemble.bootstrap && self.ensemble.size < 2 {
@@ -490,11 +556,14 @@ impl Fields<'_> {
     fn split(&self, key: &str) -> Result<f64, DomainError> {
         self.map[key]
             .as_f64()
-            .filter(|v| (*v > 0.0 && *v < 1.0) || (*v >= 1.0 && v.fract() == 0.0 && *v <= 1.0e6))
+            .filter(|v| (*v >= 0.0 && *v < 1.0) || (*v >= 1.0 && v.fract() == 0.0 && *v <= 1.0e6))
             .ok_or_else(|| {
                 self.err(
                     key,
-                    format!("{key} must be a fraction in (0, 1) or a whole number of examples"),
+                    format!(
+                        "{key} must be a fraction in [0, 1) or a whole number of examples (0: \
+                         no validation split)"
+                    ),
                 )
             })
     }
@@ -585,6 +654,38 @@ mod tests {
     }
 
     #[test]
+    fn the_learning_and_stopping_options_are_read_under_both_names() {
+        let hp = Hyperparameters::default()
+            .apply(
+                &json!({"warmup_ratio": "auto", "early_stopping_steps": 3,
+                        "load_best_at_end": false, "neftune_noise_alpha": 5,
+                        "validation_split": 0}),
+                "h",
+            )
+            .unwrap();
+        assert_eq!(hp.warmup_ratio, AutoOr::Auto);
+        assert_eq!(hp.evaluation.early_stopping_patience, Some(3));
+        assert_eq!(hp.evaluation.load_best_model_at_end, Some(false));
+        assert_eq!(hp.neftune_noise_alpha, Some(5.0));
+        assert_eq!(hp.evaluation.validation_split, Some(0.0));
+        assert!(!hp.find_learning_rate);
+        let found = hp
+            .clone()
+            .apply(&json!({"learning_rate": "find"}), "h")
+            .unwrap();
+        assert!(found.find_learning_rate && found.learning_rate.is_none());
+        let back: Hyperparameters = serde_json::from_value(found.to_json()).unwrap();
+        assert_eq!(back, found);
+        let back: Hyperparameters = serde_json::from_value(hp.to_json()).unwrap();
+        assert_eq!(back, hp);
+        // Jobs stored before `warmup_ratio` could be auto read back with their number.
+        let mut old = Hyperparameters::default().to_json();
+        old["warmup_ratio"] = json!(0.0);
+        let old: Hyperparameters = serde_json::from_value(old).unwrap();
+        assert_eq!(old.warmup_ratio, AutoOr::Value(0.0));
+    }
+
+    #[test]
     fn out_of_range_and_unknown_values_name_their_param() {
         let cases = [
             (json!({"n_epochs": 0}), "h.n_epochs"),
@@ -605,7 +706,24 @@ mod tests {
             ),
             (json!({"lr_scheduler_type": "step"}), "h.lr_scheduler_type"),
             (json!({"lora_rnak": 8}), "h.lora_rnak"),
-            (json!({"validation_split": 0}), "h.validation_split"),
+            (json!({"validation_split": -0.1}), "h.validation_split"),
+            (json!({"warmup_ratio": "some"}), "h.warmup_ratio"),
+            (json!({"warmup_ratio": 1.5}), "h.warmup_ratio"),
+            (
+                json!({"early_stopping_patience": 0}),
+                "h.early_stopping_patience",
+            ),
+            (
+                json!({"early_stopping_steps": -1}),
+                "h.early_stopping_steps",
+            ),
+            (
+                json!({"load_best_model_at_end": "yes"}),
+                "h.load_best_model_at_end",
+            ),
+            (json!({"neftune_noise_alpha": 0}), "h.neftune_noise_alpha"),
+            (json!({"learning_rate": "search"}), "h.learning_rate"),
+            (json!({"neftune_noise_alpha": 101}), "h.neftune_noise_alpha"),
             (json!({"validation_split": 2.5}), "h.validation_split"),
             (json!({"validation_split": "10%"}), "h.validation_split"),
             (

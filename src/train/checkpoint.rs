@@ -24,6 +24,24 @@ pub struct ResumeState {
     pub metrics: Vec<MetricsRow>,
     /// Checkpoint steps written so far.
     pub checkpoints: Vec<usize>,
+    /// The evaluation with the lowest validation loss so far (its adapter is in `best/`).
+    #[serde(default)]
+    pub best: Option<Best>,
+    /// Evaluations since `best` without a lower validation loss.
+    #[serde(default)]
+    pub evaluations_since_best: u32,
+    /// Training stopped before the last step (early stopping).
+    #[serde(default)]
+    pub stopped_early: bool,
+}
+
+/// The best validation loss of a run and the step it was measured at.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Best {
+    /// Optimizer step.
+    pub step: usize,
+    /// Validation loss there.
+    pub valid_loss: f32,
 }
 
 const STATE_JSON: &str = "state.json";

@@ -14,8 +14,9 @@ use super::config::RunConfig;
 use super::rng::{self, purpose};
 use super::{TensorContext, TrainError};
 use crate::domain::dataset::{EvalPrompt, Example};
-use crate::model_dir::read_tokenizer_config;
+use crate::domain::hyperparameters::AUTO_SPLIT_MIN;
 use crate::model_dir::template::ChatTemplate;
+use crate::model_dir::{Config, read_tokenizer_config};
 
 /// Label value the loss ignores.
 pub const IGNORE: i64 = -100;
@@ -285,6 +286,9 @@ pub struct Prepared {
     pub resolved: Resolved,
     /// Examples left without response tokens by truncation (skipped), out of the file's count.
     pub skipped: Option<(usize, usize)>,
+    /// Examples held out for validation because the set was large enough and no validation
+    /// data was given or refused (`validation_split` unset).
+    pub auto_split: Option<usize>,
 }
 
 /// Read, render, tokenize and split the run's data: training units (examples, or preference pairs
@@ -375,6 +379,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared, TrainError> {
         )));
     }
     let skipped = (train.len() < total).then(|| (total - train.len(), total));
+    let mut auto_split = None;
     let (valid, valid_examples) = match (&cfg.valid_file, hp.evaluation.validation_split) {
         (Some(f), _) => {
             let (samples, examples, _) = encode_all(f)?;
@@ -384,6 +389,12 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared, TrainError> {
             let held = hold_out(train.len(), split, cfg.seed)?;
             (train.take(&held), take(&mut train_examples, &held))
         }
+        (None, None) if train.len() >= AUTO_SPLIT_MIN => {
+            let k = auto_split_size(train.len());
+            auto_split = Some(k);
+            let held = hold_out(train.len(), k as f64, cfg.seed)?;
+            (train.take(&held), take(&mut train_examples, &held))
+        }
         (None, _) => (Units::new(unit), Vec::new()),
     };
     let eval_prompts = if hp.evaluation.predict_with_generate {
@@ -391,7 +402,8 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared, TrainError> {
     } else {
         Vec::new()
     };
-    let resolved = auto::resolve(hp, train.len());
+    let parameters = auto::parameter_count(&Config::load(&cfg.model_dir)?);
+    let resolved = auto::resolve(hp, train.len(), parameters);
     Ok(Prepared {
         train,
         valid,
@@ -400,7 +412,13 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared, TrainError> {
         template,
         resolved,
         skipped,
+        auto_split,
     })
+}
+
+/// How many examples an automatic validation split holds out of `n`: 10 %, at most 50.
+fn auto_split_size(n: usize) -> usize {
+    (n / 10).clamp(1, 50)
 }
 
 /// The indices of a seeded random `split` (fraction or count) of `n` training examples.

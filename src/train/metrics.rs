@@ -14,8 +14,12 @@ use super::{TrainError, io_err};
 pub struct MetricsRow {
     /// 1-based optimizer step.
     pub step: usize,
-    /// Mean training loss over the step's micro-batches.
+    /// Training loss: the mean of [`Self::step_loss`] over the steps since the last logging step
+    /// (this one included), as the Trainer and LLaMA-Factory log it.
     pub train_loss: f32,
+    /// Mean training loss over this step's micro-batches alone (older saved states: absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_loss: Option<f32>,
     /// Mean token accuracy over the step's micro-batches.
     #[serde(alias = "train_accuracy")]
     pub train_mean_token_accuracy: f32,
@@ -100,8 +104,10 @@ pub struct Rewards {
     pub eval_margins: Option<f32>,
 }
 
-/// The result file's header (OpenAI's column names).
-pub const CSV_HEADER: &str = "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy";
+/// The result file's header: OpenAI's column names (`train_loss` there is each step's own loss,
+/// as in OpenAI's per-step file), then the logged mean since the last logging step.
+pub const CSV_HEADER: &str =
+    "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy,train_loss_mean";
 
 impl MetricsRow {
     /// The `data` of a metrics event (with `total_steps`) or a checkpoint's `metrics` (without).
@@ -135,12 +141,13 @@ impl MetricsRow {
     pub fn csv_line(&self) -> String {
         let opt = |v: Option<f32>| v.map(|v| v.to_string()).unwrap_or_default();
         format!(
-            "{},{},{},{},{}",
+            "{},{},{},{},{},{}",
             self.step,
-            self.train_loss,
+            self.step_loss.unwrap_or(self.train_loss),
             self.train_mean_token_accuracy,
             opt(self.valid_loss),
-            opt(self.valid_mean_token_accuracy)
+            opt(self.valid_mean_token_accuracy),
+            self.train_loss
         )
     }
 }
@@ -163,6 +170,7 @@ mod tests {
         MetricsRow {
             step: 3,
             train_loss: 1.5,
+            step_loss: Some(1.25),
             train_mean_token_accuracy: 0.25,
             valid_loss: valid,
             valid_mean_token_accuracy: valid.map(|_| 0.5),
@@ -181,7 +189,8 @@ mod tests {
         let m = row(None).to_json(Some(10));
         assert_eq!(
             m,
-            json!({"step": 3, "total_steps": 10, "train_loss": 1.5, "train_mean_token_accuracy": 0.25})
+            json!({"step": 3, "total_steps": 10, "train_loss": 1.5, "step_loss": 1.25,
+                   "train_mean_token_accuracy": 0.25})
         );
         let m = row(Some(2.0)).to_json(None);
         assert_eq!(m["valid_loss"], 2.0);
@@ -191,8 +200,8 @@ mod tests {
 
     #[test]
     fn csv_rows_leave_unmeasured_columns_empty() {
-        assert_eq!(row(None).csv_line(), "3,1.5,0.25,,");
-        assert_eq!(row(Some(2.0)).csv_line(), "3,1.5,0.25,2,0.5");
+        assert_eq!(row(None).csv_line(), "3,1.25,0.25,,,1.5");
+        assert_eq!(row(Some(2.0)).csv_line(), "3,1.25,0.25,2,0.5,1.5");
         assert_eq!(row(None).message(10), "Step 3/10: training loss=1.5000");
     }
 

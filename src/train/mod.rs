@@ -27,6 +27,7 @@ pub mod generate;
 pub mod gpu_memory;
 pub mod lora;
 pub mod loss;
+pub mod lr_find;
 pub mod metrics;
 pub mod model;
 pub mod ops;

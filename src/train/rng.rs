@@ -53,4 +53,6 @@ pub mod purpose {
     pub const DIAGNOSTIC: u64 = 6;
     /// Bootstrap samples of an ensemble's members.
     pub const BOOTSTRAP: u64 = 7;
+    /// NEFTune embedding noise per micro-batch.
+    pub const NEFTUNE: u64 = 8;
 }

@@ -8,13 +8,14 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
-use super::checkpoint::{self, ResumeState};
+use super::checkpoint::{self, Best, ResumeState};
 use super::data::{self, Batch, Prepared, Sample};
 use super::eval::{self, AnswerLimits, EvalRecord, GenerationMetrics};
 use super::generate::Prompter;
 use super::gpu_memory;
 use super::lora::{LoraSet, LoraSpec};
 use super::loss::causal_lm_loss;
+use super::lr_find;
 pub use super::metrics::MetricsRow;
 use super::metrics::Rewards;
 use super::model::{CausalLm, Config, ForwardCtx, Weights};
@@ -150,18 +151,17 @@ pub fn train_until(
     on: &mut dyn FnMut(Update),
 ) -> Result<RunEnd, TrainError> {
     let mut run = Run::start(cfg, on)?;
-    while run.st.step < run.plan.total {
+    while !run.ended() {
         let done = run.step()?;
         let row = run.metrics_row(done, on)?;
         run.report(&row, on);
-        if run.st.step % cfg.hyperparameters.save_steps as usize == 0 || run.epoch_end() {
+        if run.st.step % cfg.hyperparameters.save_steps as usize == 0
+            || run.epoch_end()
+            || run.ended()
+        {
             run.checkpoint(&row, on)?;
         }
-        let stop_now = if run.st.step < run.plan.total {
-            stop()
-        } else {
-            None
-        };
+        let stop_now = if run.ended() { None } else { stop() };
         match stop_now {
             Some(Stop::Discard) => return Ok(RunEnd::Stopped { step: run.st.step }),
             Some(Stop::Pause) => {
@@ -175,6 +175,7 @@ pub fn train_until(
             None => {}
         }
     }
+    run.conclude(on)?;
     let outcome = finish(cfg, &run.spec, &run.lora, &run.st, run.evaluation.take())?;
     checkpoint::clear_state(&run.state_dir);
     Ok(RunEnd::Finished(outcome))
@@ -229,14 +230,20 @@ impl<'a> Run<'a> {
     /// and load the saved state when there is one.
     fn start(cfg: &'a RunConfig, on: &mut dyn FnMut(Update)) -> Result<Self, TrainError> {
         let hp = &cfg.hyperparameters;
-        let p = data::prepare(cfg)?;
+        let mut p = data::prepare(cfg)?;
         if let Some((skipped, total)) = p.skipped {
             on(Update::Message(format!(
                 "{skipped} of {total} examples had no response tokens left after truncation and \
                  were skipped"
             )));
         }
-        on(Update::Resolved(p.resolved.apply(hp)));
+        if let Some(k) = p.auto_split {
+            on(Update::Message(format!(
+                "Holding out {k} of {} training examples for validation (validation_split not \
+                 set; 0 turns this off)",
+                p.train.len() + k
+            )));
+        }
         let spec = match &cfg.init_adapter {
             Some(dir) => {
                 let spec = LoraSpec::read_peft(dir, hp.lora.dropout)?;
@@ -287,7 +294,7 @@ impl<'a> Run<'a> {
             units,
             steps_per_epoch,
             total,
-            warmup: (hp.warmup_ratio * total as f64).ceil() as usize,
+            warmup: (p.resolved.warmup_ratio * total as f64).ceil() as usize,
             checkpointing: hp.gradient_checkpointing.unwrap_or(!cfg.device.is_cpu()),
         };
         let preference = match hp.preference {
@@ -315,8 +322,19 @@ impl<'a> Run<'a> {
                 trained_tokens: 0,
                 metrics: Vec::new(),
                 checkpoints: Vec::new(),
+                best: None,
+                evaluations_since_best: 0,
+                stopped_early: false,
             },
         );
+        if hp.find_learning_rate && st.step == 0 {
+            p.resolved.learning_rate = find_learning_rate(&model, &lora, &p, &plan, cfg, on)?;
+        }
+        let mut shown = p.resolved.apply(hp);
+        if let Some(k) = p.auto_split {
+            shown.evaluation.validation_split = Some(k as f64);
+        }
+        on(Update::Resolved(shown));
         if st.step > 0 {
             on(Update::Resumed {
                 step: st.step,
@@ -368,6 +386,93 @@ impl<'a> Run<'a> {
         self.st.step.is_multiple_of(self.plan.steps_per_epoch)
     }
 
+    /// Whether training is over: every step done, or stopped early.
+    fn ended(&self) -> bool {
+        self.st.step >= self.plan.total || self.st.stopped_early
+    }
+
+    /// Whether the fine-tuned model is the best checkpoint rather than the last step.
+    fn keeps_best(&self) -> bool {
+        let e = &self.cfg.hyperparameters.evaluation;
+        e.load_best_model_at_end.unwrap_or(true) && !self.p.valid.is_empty()
+    }
+
+    /// Track the lowest validation loss (saving its adapter to `best/`) and stop early when it
+    /// has not improved for `early_stopping_patience` evaluations.
+    fn track_best(
+        &mut self,
+        valid_loss: f32,
+        on: &mut dyn FnMut(Update),
+    ) -> Result<(), TrainError> {
+        let step = self.st.step;
+        if self.st.best.is_none_or(|b| valid_loss < b.valid_loss) {
+            if self.keeps_best() {
+                save_adapter(
+                    self.cfg,
+                    &self.lora,
+                    &best_dir(&self.cfg.output_dir),
+                    &self.spec,
+                )?;
+            }
+            self.st.best = Some(Best { step, valid_loss });
+            self.st.evaluations_since_best = 0;
+            return Ok(());
+        }
+        self.st.evaluations_since_best += 1;
+        let patience = self.cfg.hyperparameters.evaluation.early_stopping_patience;
+        if let (Some(p), Some(best)) = (patience, self.st.best)
+            && self.st.evaluations_since_best >= p
+            && step < self.plan.total
+        {
+            self.st.stopped_early = true;
+            on(Update::Message(format!(
+                "Stopping early at step {step}/{}: the validation loss has not gone below {:.4} \
+                 (step {}) for {p} evaluations",
+                self.plan.total, best.valid_loss, best.step
+            )));
+        }
+        Ok(())
+    }
+
+    /// The end of training: the best checkpoint's adapter restored when it is not the last
+    /// step's (said in an event), then the generation evaluation with the model that is kept.
+    fn conclude(&mut self, on: &mut dyn FnMut(Update)) -> Result<(), TrainError> {
+        let last = self.st.step;
+        if let Some(best) = self.st.best
+            && self.keeps_best()
+            && best.step != last
+        {
+            let file = best_dir(&self.cfg.output_dir).join(WEIGHTS_FILE);
+            self.lora.load_peft(&file, &self.cfg.device)?;
+            let last_loss = self.st.metrics.iter().rev().find_map(|r| r.valid_loss);
+            on(Update::Message(format!(
+                "The fine-tuned model is the checkpoint of step {} (validation loss {:.4}), not \
+                 step {last}{}: the lowest validation loss (load_best_model_at_end)",
+                best.step,
+                best.valid_loss,
+                last_loss.map_or(String::new(), |l| format!(" (validation loss {l:.4})"))
+            )));
+        }
+        if self.p.eval_prompts.is_empty() || self.evaluation.is_some() {
+            return Ok(());
+        }
+        on(Update::Message(format!(
+            "Answering {} validation prompts with the fine-tuned model",
+            self.p.eval_prompts.len()
+        )));
+        let tuned = answer_all(self.cfg, &self.p, &self.model)?;
+        let scored = eval::score(&self.p.eval_prompts, &self.base_answers, &tuned);
+        if let Some(row) = self.st.metrics.last_mut() {
+            row.generation = Some(scored.1.clone());
+            on(Update::Metrics {
+                row: row.clone(),
+                total_steps: self.plan.total,
+            });
+        }
+        self.evaluation = Some(scored);
+        Ok(())
+    }
+
     /// One optimizer step: the forward and backward passes of its micro-batches (seeded shuffle,
     /// dropout masks by step), clipping, the scheduled learning rate, AdamW.
     #[tracing::instrument(level = "debug", skip_all, fields(step = self.st.step + 1))]
@@ -400,8 +505,19 @@ impl<'a> Run<'a> {
             let masks = self
                 .model
                 .dropout_masks(cfg.seed, (step * plan.accum + j) as u64, rows)?;
+            let micro_batch = (step * plan.accum + j) as u64;
+            let noise = match hp.neftune_noise_alpha {
+                Some(alpha) => {
+                    Some(
+                        self.model
+                            .neftune_noise(alpha, cfg.seed, micro_batch, &batch.segments)?,
+                    )
+                }
+                None => None,
+            };
             let ctx = ForwardCtx {
                 dropout: masks.as_ref(),
+                embedding_noise: noise.as_ref(),
             };
             let scale = 1.0 / micro.len() as f64;
             let out = match &self.preference {
@@ -459,9 +575,11 @@ impl<'a> Run<'a> {
     ) -> Result<MetricsRow, TrainError> {
         let (cfg, total) = (self.cfg, self.plan.total);
         let device = &cfg.device;
+        let step_loss = done.loss_sum / done.micro_batches as f32;
         let mut row = MetricsRow {
             step: self.st.step,
-            train_loss: done.loss_sum / done.micro_batches as f32,
+            train_loss: self.window_mean(step_loss),
+            step_loss: Some(step_loss),
             train_mean_token_accuracy: done.correct as f32 / done.count.max(1) as f32,
             valid_loss: None,
             valid_mean_token_accuracy: None,
@@ -497,24 +615,37 @@ impl<'a> Run<'a> {
                 (row.full_valid_loss, row.full_valid_mean_token_accuracy) = (Some(l), Some(a));
             }
         }
-        if last && !self.p.eval_prompts.is_empty() {
-            on(Update::Message(format!(
-                "Answering {} validation prompts with the fine-tuned model",
-                self.p.eval_prompts.len()
-            )));
-            let tuned = answer_all(cfg, &self.p, &self.model)?;
-            let scored = eval::score(&self.p.eval_prompts, &self.base_answers, &tuned);
-            row.generation = Some(scored.1);
-            self.evaluation = Some(scored);
+        if let Some(loss) = row.valid_loss {
+            self.track_best(loss, on)?;
+            if self.st.stopped_early {
+                (row.full_valid_loss, row.full_valid_mean_token_accuracy) =
+                    (row.valid_loss, row.valid_mean_token_accuracy);
+            }
         }
         self.st.metrics.push(row.clone());
         Ok(row)
     }
 
+    /// The mean step loss over the steps since the last logging step, `step_loss` (this step's)
+    /// included.
+    fn window_mean(&self, step_loss: f32) -> f32 {
+        let every = self.cfg.hyperparameters.logging_steps as usize;
+        let window_start = (self.st.step - 1) / every * every;
+        let earlier: Vec<f32> = self
+            .st
+            .metrics
+            .iter()
+            .rev()
+            .take_while(|r| r.step > window_start)
+            .map(|r| r.step_loss.unwrap_or(r.train_loss))
+            .collect();
+        (earlier.iter().sum::<f32>() + step_loss) / (earlier.len() + 1) as f32
+    }
+
     /// Whether the last step is one that logs its metrics.
     fn logging_step(&self) -> bool {
         let every = self.cfg.hyperparameters.logging_steps as usize;
-        self.st.step.is_multiple_of(every) || self.st.step == self.plan.total
+        self.st.step.is_multiple_of(every) || self.ended()
     }
 
     /// Tell `on` about the step: always its progress; at logging steps its metrics and the time
@@ -527,7 +658,9 @@ impl<'a> Run<'a> {
             loss: row.train_loss,
             tokens: self.st.trained_tokens,
         });
-        if self.logging_step() {
+        // The last row's metrics event comes after the generation evaluation (`conclude`).
+        let deferred = self.ended() && !self.p.eval_prompts.is_empty();
+        if self.logging_step() && !deferred {
             on(Update::Metrics {
                 row: row.clone(),
                 total_steps: total,
@@ -574,6 +707,52 @@ fn save_adapter(
     lora.save_peft(dir, spec, &cfg.base_model_name)?;
     let storage = Storage::for_run(&cfg.model_dir, &cfg.hyperparameters);
     quant::record::write(dir, storage).map_err(io_err(dir))
+}
+
+/// The learning-rate range test's rate, said in an event (the rate `auto` gives when the loss
+/// never fell).
+fn find_learning_rate(
+    model: &CausalLm,
+    lora: &LoraSet,
+    p: &Prepared,
+    plan: &Plan,
+    cfg: &RunConfig,
+    on: &mut dyn FnMut(Update),
+) -> Result<f64, TrainError> {
+    let hp = &cfg.hyperparameters;
+    on(Update::Message(format!(
+        "Learning-rate range test: up to {} steps from {:e} to {:e}",
+        lr_find::STEPS,
+        lr_find::LOWEST,
+        lr_find::HIGHEST
+    )));
+    let probe = lr_find::Probe {
+        model,
+        lora,
+        train: &p.train,
+        batch: plan.batch * plan.accum,
+        seed: cfg.seed,
+        weight_decay: hp.weight_decay,
+        max_grad_norm: hp.max_grad_norm,
+        checkpointing: plan.checkpointing,
+    };
+    Ok(match probe.run()? {
+        Some(found) => {
+            on(Update::Message(format!(
+                "Learning-rate range test: the smoothed loss was lowest ({:.4}) at {:.2e} after {} \
+                 steps; training at a tenth of it, {:.2e}",
+                found.lowest_loss, found.at_lowest_loss, found.steps, found.learning_rate
+            )));
+            found.learning_rate
+        }
+        None => {
+            on(Update::Message(format!(
+                "Learning-rate range test: the loss never fell; training at the auto rate {:.2e}",
+                p.resolved.learning_rate
+            )));
+            p.resolved.learning_rate
+        }
+    })
 }
 
 /// Greedy answers of `model` to every evaluation prompt.
@@ -679,6 +858,11 @@ pub fn checkpoint_dir(output: &Path, step: usize) -> PathBuf {
     output.join("checkpoints").join(format!("step-{step}"))
 }
 
+/// Where the adapter with the lowest validation loss so far lives.
+fn best_dir(output: &Path) -> PathBuf {
+    output.join("best")
+}
+
 fn finish(
     cfg: &RunConfig,
     spec: &LoraSpec,
@@ -693,7 +877,11 @@ fn finish(
     let metrics_csv = results.join("metrics.csv");
     super::metrics::write_csv(&metrics_csv, &st.metrics)?;
     let loss_svg = results.join("loss.svg");
-    super::report::write_loss_svg(&loss_svg, &st.metrics)?;
+    super::report::write_loss_svg(
+        &loss_svg,
+        &st.metrics,
+        cfg.hyperparameters.logging_steps as usize,
+    )?;
     let adapter_archive = results.join("adapter.tar.gz");
     crate::export::archive::write_archive(&adapter_archive, &adapter_dir, "adapter")
         .map_err(io_err(&adapter_archive))?;

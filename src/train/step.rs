@@ -96,7 +96,7 @@ impl Pass<'_> {
         head: &dyn Fn(&Tensor) -> HeadResult,
     ) -> Result<MicroOutput, TrainError> {
         let (model, batch, ctx) = (self.model, self.batch, self.ctx);
-        let x = model.embed(&batch.input_ids).ctx("embedding")?;
+        let x = model.embed_noised(&batch.input_ids, ctx).ctx("embedding")?;
         let shared = model.shared(&batch.segments).ctx("attention mask")?;
         // Forward: keep each layer's input, drop its graph.
         let mut inputs = Vec::with_capacity(model.num_layers());

@@ -78,6 +78,8 @@ pub fn config(dir: &Path, epochs: u32, lr: f64) -> RunConfig {
             },
             logging_steps: 5,
             save_steps: 1000,
+            // The trainer's mechanics, not `auto`, are what these runs test.
+            warmup_ratio: AutoOr::Value(0.0),
             ..Default::default()
         },
         seed: 7,

@@ -214,3 +214,52 @@ fn a_split_that_leaves_nothing_to_train_is_refused() {
     let err = run::train(&cfg, &|| false, &mut |_| {}).err().unwrap();
     assert!(err.to_string().contains("leaves no training"), "{err}");
 }
+
+#[test]
+fn a_hundred_examples_spare_a_validation_split_unless_told_not_to() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let records: Vec<_> = (0..100)
+        .map(|i| {
+            let (q, a) = QA[i % QA.len()];
+            serde_json::json!({"instruction": format!("{q} ({i})"), "input": "", "output": a})
+        })
+        .collect();
+    std::fs::write(
+        dir.path().join("train.json"),
+        serde_json::to_string(&records).unwrap(),
+    )
+    .unwrap();
+    let mut cfg = config(dir.path(), 1, 5e-3);
+    cfg.hyperparameters.evaluation.predict_with_generate = false;
+    let run = |cfg: &run::RunConfig| {
+        let (mut shown, mut messages) = (None, Vec::new());
+        let end = run::train(cfg, &|| false, &mut |u| match u {
+            Update::Resolved(hp) => shown = Some(hp),
+            Update::Message(m) => messages.push(m),
+            _ => {}
+        })
+        .unwrap();
+        let RunEnd::Finished(out) = end else {
+            panic!("the run did not finish")
+        };
+        (shown.unwrap(), messages, out.metrics)
+    };
+    let (shown, messages, rows) = run(&cfg);
+    assert_eq!(shown.evaluation.validation_split, Some(10.0));
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("Holding out 10 of 100 training examples")),
+        "{messages:?}"
+    );
+    assert_eq!(rows.len(), 45, "90 examples in batches of 2");
+    assert!(rows.iter().any(|r| r.valid_loss.is_some()));
+    // `validation_split: 0` trains on all of them and validates on none.
+    cfg.hyperparameters.evaluation.validation_split = Some(0.0);
+    cfg.output_dir = dir.path().join("all");
+    let (shown, _, rows) = run(&cfg);
+    assert_eq!(shown.evaluation.validation_split, Some(0.0));
+    assert_eq!(rows.len(), 50);
+    assert!(rows.iter().all(|r| r.valid_loss.is_none()));
+}

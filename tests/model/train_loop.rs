@@ -117,6 +117,7 @@ fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
     assert!(masks.is_some(), "dropout 0.1 must draw masks");
     let ctx = ForwardCtx {
         dropout: masks.as_ref(),
+        embedding_noise: None,
     };
     let run = |checkpointing: bool| {
         let mut grads = vec![None; lora.vars().len()];
@@ -412,9 +413,9 @@ fn ten_examples_are_learned_well_enough_to_recite_an_answer() {
     let answer = greedy(&model, &tok, &template, &turns, 40).unwrap();
     assert_eq!(answer, QA[0].1);
     let csv = std::fs::read_to_string(&out.metrics_csv).unwrap();
-    assert!(
-        csv.starts_with("step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n")
-    );
+    assert!(csv.starts_with(
+        "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy,train_loss_mean\n"
+    ));
     assert_eq!(csv.lines().count(), 101);
     assert!(
         std::fs::read_to_string(&out.loss_svg)
@@ -480,4 +481,206 @@ fn unsupported_architectures_are_refused_clearly() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("GPT2LMHeadModel"), "{err}");
+}
+
+/// Validation examples that ask the training questions and want another answer: the better the
+/// run learns its training answers, the worse it does on these.
+fn contrary_validation(dir: &Path) -> std::path::PathBuf {
+    let records: Vec<_> = QA
+        .iter()
+        .map(|(q, _)| json!({"instruction": q, "input": "", "output": "Nobody can say, sorry."}))
+        .collect();
+    let path = dir.join("contrary.json");
+    std::fs::write(&path, serde_json::to_string(&records).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn a_rising_validation_loss_stops_the_run_early_and_the_best_checkpoint_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let mut cfg = config(dir.path(), 20, 5e-3);
+    cfg.valid_file = Some(contrary_validation(dir.path()));
+    cfg.hyperparameters.logging_steps = 1;
+    cfg.hyperparameters.evaluation.early_stopping_patience = Some(3);
+    cfg.hyperparameters.evaluation.predict_with_generate = false;
+    let mut messages = Vec::new();
+    let end = run::train(&cfg, &|| false, &mut |u| {
+        if let Update::Message(m) = u {
+            messages.push(m);
+        }
+    })
+    .unwrap();
+    let RunEnd::Finished(out) = end else {
+        panic!("the run did not finish")
+    };
+    let rows = &out.metrics;
+    assert!(rows.len() < 100, "ran all {} steps", rows.len());
+    let (best_step, best_loss) = rows
+        .iter()
+        .filter_map(|r| Some((r.step, r.valid_loss?)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    assert_eq!(rows.last().unwrap().step, best_step + 3, "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m.starts_with("Stopping early")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains(&format!("checkpoint of step {best_step} "))),
+        "{messages:?}"
+    );
+    // The adapter the run hands over scores the best validation loss, not the last one.
+    let (model, lora) = CausalLm::load(
+        &dir.path().join("model"),
+        Some(&LoraSpec {
+            dropout: 0.05,
+            ..spec()
+        }),
+        1,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    lora.load_peft(
+        &out.adapter_dir.join("adapter_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let tok = data::load_tokenizer(&dir.path().join("model")).unwrap();
+    let template = ChatTemplate::from_model_dir(&dir.path().join("model")).unwrap();
+    let limits = data::Limits {
+        max_length: cfg.hyperparameters.max_length as usize,
+        max_source_length: None,
+        max_target_length: None,
+    };
+    let valid: Vec<data::Sample> = data::read_examples(cfg.valid_file.as_ref().unwrap())
+        .unwrap()
+        .iter()
+        .map(|e| data::encode(e, &template, &tok, limits).unwrap().unwrap())
+        .collect();
+    let (loss, _) = run::evaluate(&model, &valid, 2, &Device::Cpu).unwrap();
+    let last = rows.last().unwrap().valid_loss.unwrap();
+    assert!(
+        (loss - best_loss).abs() < 1e-5,
+        "{loss} vs best {best_loss}"
+    );
+    assert!(last > best_loss + 1e-4, "last {last}, best {best_loss}");
+}
+
+#[test]
+fn without_best_checkpoint_selection_the_last_step_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let mut cfg = config(dir.path(), 4, 5e-3);
+    cfg.valid_file = Some(contrary_validation(dir.path()));
+    cfg.hyperparameters.evaluation.load_best_model_at_end = Some(false);
+    cfg.hyperparameters.evaluation.predict_with_generate = false;
+    let mut messages = Vec::new();
+    let end = run::train(&cfg, &|| false, &mut |u| {
+        if let Update::Message(m) = u {
+            messages.push(m);
+        }
+    })
+    .unwrap();
+    assert!(matches!(end, RunEnd::Finished(ref o) if o.metrics.len() == 20));
+    assert!(!messages.iter().any(|m| m.contains("checkpoint of step")));
+    assert!(!cfg.output_dir.join("best").exists());
+}
+
+#[test]
+fn the_logged_training_loss_is_the_mean_since_the_last_log() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let cfg = config(dir.path(), 3, 5e-3);
+    let mut logged = Vec::new();
+    let end = run::train(&cfg, &|| false, &mut |u| {
+        if let Update::Metrics { row, .. } = u {
+            logged.push(row);
+        }
+    })
+    .unwrap();
+    let RunEnd::Finished(out) = end else {
+        panic!("the run did not finish")
+    };
+    // Logging every 5 of 15 steps.
+    assert_eq!(
+        logged.iter().map(|r| r.step).collect::<Vec<_>>(),
+        [5, 10, 15]
+    );
+    for row in &logged {
+        let window: Vec<f32> = out
+            .metrics
+            .iter()
+            .filter(|r| r.step + 5 > row.step && r.step <= row.step)
+            .map(|r| r.step_loss.unwrap())
+            .collect();
+        let mean = window.iter().sum::<f32>() / window.len() as f32;
+        assert_eq!(window.len(), 5);
+        assert!((row.train_loss - mean).abs() < 1e-6, "step {}", row.step);
+        assert_ne!(row.train_loss, row.step_loss.unwrap());
+    }
+    // The CSV keeps every step's own loss, then the logged mean.
+    let csv = std::fs::read_to_string(&out.metrics_csv).unwrap();
+    let line = csv.lines().nth(7).unwrap(); // step 7
+    let cells: Vec<&str> = line.split(',').collect();
+    let seventh = &out.metrics[6];
+    assert_eq!(cells[0], "7");
+    assert_eq!(cells[1], seventh.step_loss.unwrap().to_string());
+    assert_eq!(cells[5], seventh.train_loss.to_string());
+}
+
+#[test]
+fn neftune_noise_changes_training_reproducibly_and_leaves_evaluation_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let mut cfg = config(dir.path(), 1, 5e-3);
+    let plain = untimed(&finish(&cfg).metrics);
+    cfg.hyperparameters.neftune_noise_alpha = Some(5.0);
+    cfg.output_dir = dir.path().join("noisy");
+    let noisy = untimed(&finish(&cfg).metrics);
+    cfg.output_dir = dir.path().join("noisy-again");
+    let again = untimed(&finish(&cfg).metrics);
+    assert_eq!(noisy, again);
+    assert_ne!(plain[0].step_loss, noisy[0].step_loss);
+    // Same first-step adapter (zero B), so only the noise moved the first loss: a little.
+    let (a, b) = (plain[0].step_loss.unwrap(), noisy[0].step_loss.unwrap());
+    assert!((a - b).abs() / a < 0.2, "{a} vs {b}");
+}
+
+#[test]
+fn a_learning_rate_range_test_picks_the_rate_and_leaves_the_adapter_as_it_found_it() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), TinyArch::Llama);
+    let mut cfg = config(dir.path(), 2, 5e-3);
+    cfg.hyperparameters.learning_rate = None;
+    cfg.hyperparameters.find_learning_rate = true;
+    let (mut shown, mut messages) = (None, Vec::new());
+    let end = run::train(&cfg, &|| false, &mut |u| match u {
+        Update::Resolved(hp) => shown = Some(hp),
+        Update::Message(m) => messages.push(m),
+        _ => {}
+    })
+    .unwrap();
+    let RunEnd::Finished(found_run) = end else {
+        panic!("the run did not finish")
+    };
+    let shown = shown.unwrap();
+    assert!(!shown.find_learning_rate);
+    let lr = shown.learning_rate.unwrap();
+    assert!((1e-7..=1e-2).contains(&lr), "{lr}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("smoothed loss was lowest") && m.contains(&format!("{lr:.2e}"))),
+        "{messages:?}"
+    );
+    // The real run starts from the adapter the test started from: the same curve as a run told
+    // that rate from the start.
+    cfg.hyperparameters.find_learning_rate = false;
+    cfg.hyperparameters.learning_rate = Some(lr);
+    cfg.output_dir = dir.path().join("told");
+    assert_eq!(untimed(&found_run.metrics), untimed(&finish(&cfg).metrics));
 }

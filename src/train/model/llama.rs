@@ -26,6 +26,9 @@ pub use decode::KvCache;
 pub struct ForwardCtx<'a> {
     /// The micro-batch's dropout masks (training); `None` for evaluation.
     pub dropout: Option<&'a DropoutMasks>,
+    /// NEFTune noise `[1, t, hidden]` added to the token embeddings (training with
+    /// `neftune_noise_alpha`); `None` otherwise.
+    pub embedding_noise: Option<&'a Tensor>,
 }
 
 struct Attention {
@@ -269,7 +272,7 @@ impl CausalLm {
         ctx: ForwardCtx,
     ) -> Result<Tensor, TrainError> {
         (|| {
-            let mut x = self.embed(input_ids)?;
+            let mut x = self.embed_noised(input_ids, ctx)?;
             let shared = self.shared(segments)?;
             for i in 0..self.layers.len() {
                 x = self.layer(i, &x, &shared, ctx)?;
@@ -293,6 +296,41 @@ impl CausalLm {
     /// Number of decoder layers.
     pub fn num_layers(&self) -> usize {
         self.layers.len()
+    }
+
+    /// [`Self::embed`] plus the pass's NEFTune noise, if any.
+    pub fn embed_noised(&self, input_ids: &Tensor, ctx: ForwardCtx) -> candle_core::Result<Tensor> {
+        let x = self.embed(input_ids)?;
+        match ctx.embedding_noise {
+            Some(noise) => {
+                let noise = noise.to_dtype(x.dtype())?;
+                x + noise
+            }
+            None => Ok(x),
+        }
+    }
+
+    /// NEFTune's noise for a packed row of `segments` (`(start, len)` each): uniform in
+    /// `[-1, 1)` times `alpha / √(len · hidden)` of each example's own length (Jain et al., 2023,
+    /// as LLaMA-Factory and TRL apply it), drawn from the job's seed and the micro-batch.
+    pub fn neftune_noise(
+        &self,
+        alpha: f64,
+        seed: u64,
+        micro_batch: u64,
+        segments: &[(usize, usize)],
+    ) -> Result<Tensor, TrainError> {
+        let hidden = self.cfg.hidden_size;
+        let mut rng =
+            crate::train::rng::stream(seed, crate::train::rng::purpose::NEFTUNE, micro_batch);
+        let t: usize = segments.iter().map(|(_, len)| len).sum();
+        let mut values = Vec::with_capacity(t * hidden);
+        for (_, len) in segments {
+            let scale = (alpha / ((len * hidden) as f64).sqrt()) as f32;
+            let draws = crate::train::rng::uniform(&mut rng, len * hidden, -scale, scale);
+            values.extend(draws);
+        }
+        Tensor::from_vec(values, (1, t, hidden), &self.device).ctx("NEFTune noise")
     }
 
     /// Token embeddings `[b, t, hidden]` for `input_ids` `[b, t]`.

@@ -267,17 +267,17 @@ PAGES.jobs = async () => {
         training = f.id;
       }
       const hp = {};
-      for (const name of ["n_epochs", "batch_size", "gradient_accumulation_steps", "lora_rank", "max_length", "logging_steps"]) {
+      for (const name of ["n_epochs", "batch_size", "gradient_accumulation_steps", "lora_rank", "max_length", "logging_steps", "early_stopping_patience"]) {
         if (form[name].value) hp[name] = Number.parseInt(form[name].value, 10);
       }
-      for (const name of ["learning_rate", "lora_alpha", "lora_dropout"]) {
+      for (const name of ["learning_rate", "lora_alpha", "lora_dropout", "warmup_ratio", "neftune_noise_alpha"]) {
         if (form[name].value) hp[name] = Number.parseFloat(form[name].value);
       }
+      if (form.load_best_model_at_end.value) hp.load_best_model_at_end = form.load_best_model_at_end.value === "true";
       hp.lr_scheduler_type = form.lr_scheduler_type.value;
       if (form.quantization_bit.value) hp.quantization_bit = Number(form.quantization_bit.value);
       if (form.gradient_checkpointing.checked) hp.gradient_checkpointing = true;
-      const split = Number.parseFloat(form.validation_split.value || "0");
-      if (split > 0) hp.validation_split = split;
+      if (form.validation_split.value) hp.validation_split = Number.parseFloat(form.validation_split.value);
       const kind = form.method.value;
       if (kind === "dpo" && form.beta.value) hp.beta = Number.parseFloat(form.beta.value);
       const body = {
