@@ -112,7 +112,12 @@ impl JobSpec {
         if let Some(method) = req.method.as_ref().filter(|m| !m.is_null()) {
             hyperparameters = apply_method(method, hyperparameters)?;
         }
-        if validation_file.is_some() && hyperparameters.evaluation.validation_split.is_some() {
+        if validation_file.is_some()
+            && hyperparameters
+                .evaluation
+                .validation_split
+                .is_some_and(|s| s > 0.0)
+        {
             return Err(DomainError::invalid(
                 "hyperparameters.validation_split",
                 "validation_split holds out training examples for validation; it cannot be \

@@ -135,6 +135,26 @@ async fn create_rejects_bad_fields_with_their_param() {
             "method.type",
         ),
         (
+            json!({"model": "ferrotune-tiny", "training_file": file, "method": {"type": "dpo",
+            "dpo": {"hyperparameters": {"learning_rate": "find"}}}}),
+            "method.dpo.hyperparameters.learning_rate",
+        ),
+        (
+            json!({"model": "ferrotune-tiny", "training_file": file, "method": {"type": "supervised",
+            "supervised": {"hyperparameters": {"early_stopping_patience": 0}}}}),
+            "method.supervised.hyperparameters.early_stopping_patience",
+        ),
+        (
+            json!({"model": "ferrotune-tiny", "training_file": file, "method": {"type": "supervised",
+            "supervised": {"hyperparameters": {"neftune_noise_alpha": -5}}}}),
+            "method.supervised.hyperparameters.neftune_noise_alpha",
+        ),
+        (
+            json!({"model": "ferrotune-tiny", "training_file": file,
+                   "hyperparameters": {"load_best_model_at_end": "sometimes"}}),
+            "hyperparameters.load_best_model_at_end",
+        ),
+        (
             json!({"model": "ferrotune-tiny", "training_file": file, "metadata": {"k": 1}}),
             "metadata.k",
         ),

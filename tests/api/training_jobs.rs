@@ -157,7 +157,8 @@ async fn a_job_trains_to_succeeded_with_events_checkpoints_results_and_a_model()
         if file["filename"] == "step_metrics.csv" {
             let csv = String::from_utf8(bytes.to_vec()).unwrap();
             assert!(csv.starts_with(
-                "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n1,"
+                "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy,\
+                 train_loss_mean\n1,"
             ));
         }
     }
@@ -280,4 +281,66 @@ async fn data_that_cannot_be_trained_on_fails_the_job_with_a_clear_error() {
         .await;
     app.run_to_failure(&job, "invalid_training_data", "truncation to 16 tokens")
         .await;
+}
+
+#[tokio::test]
+async fn a_job_whose_validation_loss_rises_stops_early_and_serves_its_best_checkpoint() {
+    let app = spawn_app().await;
+    let train = upload_qa(&app, 10).await;
+    // The training questions with another answer: learning the training answers makes these worse.
+    let contrary: Vec<Value> = QA
+        .iter()
+        .map(|(q, _)| json!({"instruction": q, "input": "", "output": "Nobody can say, sorry."}))
+        .collect();
+    let valid: Value = app
+        .upload(
+            "contrary.json",
+            serde_json::to_vec(&contrary).unwrap(),
+            "fine-tune",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let hp = json!({"n_epochs": 20, "batch_size": 2, "learning_rate": 0.005, "logging_steps": 1,
+                    "early_stopping_patience": 3, "predict_with_generate": false});
+    let job = app
+        .create_job(
+            &train,
+            json!({"seed": 7, "validation_file": valid["id"], "method": supervised(hp)}),
+        )
+        .await;
+    let id = job["id"].as_str().unwrap();
+    assert!(app.worker().run_once().await.unwrap());
+    let job = app.job(id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let shown = &job["hyperparameters"];
+    assert_eq!(shown["warmup_ratio"], 0.1, "auto warm-up resolved: {shown}");
+    assert_eq!(shown["early_stopping_patience"], 3);
+    let messages = app.all_event_messages(id).await;
+    assert!(
+        messages.iter().any(|m| m.starts_with("Stopping early")),
+        "{messages:?}"
+    );
+    let kept = messages
+        .iter()
+        .find(|m| m.starts_with("The fine-tuned model is the checkpoint of step"))
+        .unwrap_or_else(|| panic!("{messages:?}"));
+    let metrics = app.metrics_events(id).await;
+    let last = metrics.last().unwrap();
+    assert!(last["step"].as_u64().unwrap() < 100, "{last}");
+    let best = metrics
+        .iter()
+        .filter_map(|m| Some((m["step"].as_u64()?, m["valid_loss"].as_f64()?)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    assert!(
+        kept.contains(&format!("step {} ", best.0)),
+        "{kept} vs {best:?}"
+    );
+    assert_eq!(last["step"].as_u64().unwrap(), best.0 + 3);
+    // The model it names answers.
+    let model = job["fine_tuned_model"].as_str().unwrap();
+    let answer = crate::helpers::ask(&app, model, QA[0].0).await;
+    assert_eq!(answer["model"], model);
 }

@@ -83,11 +83,14 @@ pub async fn create_fine_tuning_job(
     Ok(HttpResponse::Ok().json(FineTuningJob::from(job)))
 }
 
-/// A held-out split must leave examples on both sides.
+/// A held-out split (other than 0, none) must leave examples on both sides.
 fn check_split(hp: &Hyperparameters, examples: Option<i64>) -> Result<(), ApiError> {
     let (Some(split), Some(n)) = (hp.evaluation.validation_split, examples) else {
         return Ok(());
     };
+    if split == 0.0 {
+        return Ok(()); // none held out, as asked
+    }
     let held = if split < 1.0 {
         (split * n as f64).round()
     } else {
