@@ -463,7 +463,7 @@ impl<'a> Run<'a> {
         let tuned = answer_all(self.cfg, &self.p, &self.model)?;
         let scored = eval::score(&self.p.eval_prompts, &self.base_answers, &tuned);
         if let Some(row) = self.st.metrics.last_mut() {
-            row.generation = Some(scored.1.clone());
+            row.generation = Some(scored.1);
             on(Update::Metrics {
                 row: row.clone(),
                 total_steps: self.plan.total,
