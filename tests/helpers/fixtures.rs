@@ -10,7 +10,7 @@ use ferrotune::model_dir::template::ChatTemplate;
 use ferrotune::train::data::{self, Batch, Limits};
 use ferrotune::train::lora::LoraSpec;
 use ferrotune::train::model::{CausalLm, ForwardCtx};
-use ferrotune::train::run::{self, RunConfig, RunEnd, RunOutcome};
+use ferrotune::train::run::{self, RunConfig, RunEnd, RunOutcome, Update};
 use ferrotune::train::tiny::{TinyArch, init_tiny};
 use serde_json::{Value, json};
 
@@ -95,6 +95,35 @@ pub fn finish(cfg: &RunConfig) -> RunOutcome {
     match run::train(cfg, &|| false, &mut |_| {}).unwrap() {
         RunEnd::Finished(out) => out,
         RunEnd::Stopped { .. } => panic!("stopped without being asked"),
+    }
+}
+
+/// What a finished run said along the way: its messages and the hyperparameters it resolved.
+pub struct Noted {
+    /// The run's outcome.
+    pub out: RunOutcome,
+    /// Every `Update::Message`, in order.
+    pub messages: Vec<String>,
+    /// The `Update::Resolved` hyperparameters.
+    pub resolved: Hyperparameters,
+}
+
+/// Train `cfg` to the end, keeping its messages and resolved hyperparameters.
+pub fn finish_noting(cfg: &RunConfig) -> Noted {
+    let (mut messages, mut resolved) = (Vec::new(), None);
+    let end = run::train(cfg, &|| false, &mut |u| match u {
+        Update::Message(m) => messages.push(m),
+        Update::Resolved(hp) => resolved = Some(hp),
+        _ => {}
+    })
+    .unwrap();
+    let RunEnd::Finished(out) = end else {
+        panic!("stopped without being asked")
+    };
+    Noted {
+        out,
+        messages,
+        resolved: resolved.expect("the run resolved its hyperparameters"),
     }
 }
 

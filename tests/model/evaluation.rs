@@ -13,7 +13,7 @@ use ferrotune::train::run::{self, RunEnd, Update};
 use ferrotune::train::tiny::TinyArch;
 
 use crate::helpers::fixtures::rel_err;
-use crate::helpers::fixtures::{QA, config, finish, setup};
+use crate::helpers::fixtures::{QA, config, finish, finish_noting, setup};
 
 #[test]
 fn decoding_with_a_kv_cache_gives_the_logits_of_the_full_forward_pass() {
@@ -233,17 +233,8 @@ fn a_hundred_examples_spare_a_validation_split_unless_told_not_to() {
     let mut cfg = config(dir.path(), 1, 5e-3);
     cfg.hyperparameters.evaluation.predict_with_generate = false;
     let run = |cfg: &run::RunConfig| {
-        let (mut shown, mut messages) = (None, Vec::new());
-        let end = run::train(cfg, &|| false, &mut |u| match u {
-            Update::Resolved(hp) => shown = Some(hp),
-            Update::Message(m) => messages.push(m),
-            _ => {}
-        })
-        .unwrap();
-        let RunEnd::Finished(out) = end else {
-            panic!("the run did not finish")
-        };
-        (shown.unwrap(), messages, out.metrics)
+        let noted = finish_noting(cfg);
+        (noted.resolved, noted.messages, noted.out.metrics)
     };
     let (shown, messages, rows) = run(&cfg);
     assert_eq!(shown.evaluation.validation_split, Some(10.0));

@@ -18,7 +18,7 @@ use ferrotune::train::tiny::TinyArch;
 use serde_json::json;
 
 use crate::helpers::fixtures::{
-    QA, config, finish, first_batch, max_abs, rel_err, samples, setup, spec,
+    Noted, QA, config, finish, finish_noting, first_batch, max_abs, rel_err, samples, setup, spec,
 };
 
 #[test]
@@ -504,16 +504,7 @@ fn a_rising_validation_loss_stops_the_run_early_and_the_best_checkpoint_is_kept(
     cfg.hyperparameters.logging_steps = 1;
     cfg.hyperparameters.evaluation.early_stopping_patience = Some(3);
     cfg.hyperparameters.evaluation.predict_with_generate = false;
-    let mut messages = Vec::new();
-    let end = run::train(&cfg, &|| false, &mut |u| {
-        if let Update::Message(m) = u {
-            messages.push(m);
-        }
-    })
-    .unwrap();
-    let RunEnd::Finished(out) = end else {
-        panic!("the run did not finish")
-    };
+    let Noted { out, messages, .. } = finish_noting(&cfg);
     let rows = &out.metrics;
     assert!(rows.len() < 100, "ran all {} steps", rows.len());
     let (best_step, best_loss) = rows
@@ -578,14 +569,8 @@ fn without_best_checkpoint_selection_the_last_step_is_kept() {
     cfg.valid_file = Some(contrary_validation(dir.path()));
     cfg.hyperparameters.evaluation.load_best_model_at_end = Some(false);
     cfg.hyperparameters.evaluation.predict_with_generate = false;
-    let mut messages = Vec::new();
-    let end = run::train(&cfg, &|| false, &mut |u| {
-        if let Update::Message(m) = u {
-            messages.push(m);
-        }
-    })
-    .unwrap();
-    assert!(matches!(end, RunEnd::Finished(ref o) if o.metrics.len() == 20));
+    let Noted { out, messages, .. } = finish_noting(&cfg);
+    assert_eq!(out.metrics.len(), 20);
     assert!(!messages.iter().any(|m| m.contains("checkpoint of step")));
     assert!(!cfg.output_dir.join("best").exists());
 }
@@ -657,17 +642,11 @@ fn a_learning_rate_range_test_picks_the_rate_and_leaves_the_adapter_as_it_found_
     let mut cfg = config(dir.path(), 2, 5e-3);
     cfg.hyperparameters.learning_rate = None;
     cfg.hyperparameters.find_learning_rate = true;
-    let (mut shown, mut messages) = (None, Vec::new());
-    let end = run::train(&cfg, &|| false, &mut |u| match u {
-        Update::Resolved(hp) => shown = Some(hp),
-        Update::Message(m) => messages.push(m),
-        _ => {}
-    })
-    .unwrap();
-    let RunEnd::Finished(found_run) = end else {
-        panic!("the run did not finish")
-    };
-    let shown = shown.unwrap();
+    let Noted {
+        out: found_run,
+        messages,
+        resolved: shown,
+    } = finish_noting(&cfg);
     assert!(!shown.find_learning_rate);
     let lr = shown.learning_rate.unwrap();
     assert!((1e-7..=1e-2).contains(&lr), "{lr}");
