@@ -56,9 +56,9 @@ pub struct LlamaFactoryConfig {
     pub lora_dropout: Option<f64>,
     /// `"q_proj,v_proj"`, `"all"` or a list of module names, passed on as given.
     pub lora_target: Option<Value>,
-    /// Absolute learning rate.
-    #[serde(alias = "lr", deserialize_with = "number")]
-    pub learning_rate: Option<f64>,
+    /// Absolute learning rate, or `find` (ours: a learning-rate range test picks it).
+    #[serde(alias = "lr", deserialize_with = "learning_rate")]
+    pub learning_rate: Option<LearningRate>,
     /// Epochs; a fraction is rounded up.
     #[serde(deserialize_with = "number")]
     pub num_train_epochs: Option<f64>,
@@ -208,7 +208,13 @@ impl LlamaFactoryConfig {
         put("lora_alpha", self.lora_alpha.map(Value::from));
         put("lora_dropout", self.lora_dropout.map(Value::from));
         put("lora_target", self.lora_target.clone());
-        put("learning_rate", self.learning_rate.map(Value::from));
+        put(
+            "learning_rate",
+            self.learning_rate.map(|lr| match lr {
+                LearningRate::Value(v) => Value::from(v),
+                LearningRate::Find => Value::from("find"),
+            }),
+        );
         put(
             "batch_size",
             self.per_device_train_batch_size.map(Value::from),
@@ -280,6 +286,26 @@ impl LlamaFactoryConfig {
             None | Some("bitsandbytes") => self.quantization_type.clone(),
             Some(other) => Some(other.to_owned()),
         }
+    }
+}
+
+/// `learning_rate`: a rate, or `find`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LearningRate {
+    /// This rate.
+    Value(f64),
+    /// The rate a learning-rate range test finds.
+    Find,
+}
+
+/// `find`, or what [`number`] reads.
+fn learning_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<LearningRate>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) if s == "find" => Ok(Some(LearningRate::Find)),
+        Value::Null => Ok(None),
+        other => number::<_, f64>(other)
+            .map(|v| v.map(LearningRate::Value))
+            .map_err(|e| de::Error::custom(format!("learning_rate: {e}, or find"))),
     }
 }
 
@@ -359,7 +385,7 @@ mod tests {
     #[test]
     fn synonyms_are_aliases() {
         let cfg = yaml("lr: 2.0e-4\ndata_path: d.json\nuse_gradient_checkpointing: false\n");
-        assert_eq!(cfg.learning_rate, Some(2e-4));
+        assert_eq!(cfg.learning_rate, Some(LearningRate::Value(2e-4)));
         assert_eq!(cfg.dataset.as_deref(), Some("d.json"));
         assert_eq!(cfg.gradient_checkpointing(), Some(false));
         let off = yaml("disable_gradient_checkpointing: true\n");
@@ -375,9 +401,11 @@ mod tests {
         assert_eq!(hp["lora_rank"], Value::from(16));
         assert_eq!(hp["n_epochs"], Value::from(3));
         let json: LlamaFactoryConfig = serde_json::from_str(r#"{"lr": "3e-5"}"#).unwrap();
-        assert_eq!(json.learning_rate, Some(3e-5));
+        assert_eq!(json.learning_rate, Some(LearningRate::Value(3e-5)));
         let bad = serde_norway::from_str::<LlamaFactoryConfig>("learning_rate: fast\n");
         assert!(bad.unwrap_err().to_string().contains("learning_rate"));
+        let find = yaml("learning_rate: find\n");
+        assert_eq!(find.hyperparameters()["learning_rate"], Value::from("find"));
     }
 
     #[test]
