@@ -45,8 +45,8 @@ def run(binary, model_dir, data, eval_file, overrides, seed, work):
     tuned = [r["fine_tuned"]["rougeL"] for r in records]
     base = [r["base"]["rougeL"] for r in records]
     resolved = next((line for line in out.stderr.splitlines() if "Training " in line), "")
-    best = [line for line in out.stderr.splitlines() if "fine-tuned model is the checkpoint" in line
-            or "Stopping early" in line]
+    said = ("fine-tuned model is the checkpoint", "Stopping early", "range test:", "Holding out")
+    best = [line.strip() for line in out.stderr.splitlines() if any(s in line for s in said)]
     return {
         "steps": len(rows),
         "wall_s": round(wall, 1),
