@@ -82,6 +82,7 @@ impl Probe<'_> {
         let batch = self.batch.clamp(1, n.max(1));
         let (mut average, mut lowest): (f64, Option<(usize, f32)>) = (0.0, None);
         let mut steps = 0;
+        let (device, slots) = (self.model.device(), self.lora.vars().len());
         for i in 0..STEPS {
             let epoch = i * batch / n.max(1);
             let order = epoch_order(n, self.seed ^ 0x1f1d, epoch);
@@ -89,9 +90,8 @@ impl Probe<'_> {
             let picked: Vec<&Sample> = (start..start + batch)
                 .flat_map(|k| self.train.get(order[k % n]))
                 .collect();
-            let device = self.model.device();
             let micro = Batch::new(&picked, device)?;
-            let mut grads: Vec<Option<Tensor>> = vec![None; self.lora.vars().len()];
+            let mut grads: Vec<Option<Tensor>> = vec![None; slots];
             let out = loss_and_grads(
                 self.model,
                 self.lora,

@@ -502,10 +502,8 @@ impl<'a> Run<'a> {
             let samples: Vec<&Sample> = indices.iter().flat_map(|i| self.p.train.get(*i)).collect();
             let batch = Batch::new(&samples, &cfg.device)?;
             let rows = batch.input_ids.elem_count();
-            let masks = self
-                .model
-                .dropout_masks(cfg.seed, (step * plan.accum + j) as u64, rows)?;
             let micro_batch = (step * plan.accum + j) as u64;
+            let masks = self.model.dropout_masks(cfg.seed, micro_batch, rows)?;
             let noise = match hp.neftune_noise_alpha {
                 Some(alpha) => {
                     Some(
